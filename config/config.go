@@ -1,0 +1,272 @@
+// Package config holds pgguard's configuration: the TOML schema, its defaults,
+// environment overrides and validation. A Config is immutable once loaded;
+// reload builds a new one and swaps it in atomically.
+package config
+
+import "time"
+
+// Config is the whole pgguard configuration. Field comments name the TOML key.
+type Config struct {
+	// Listen is where applications connect (listen).
+	Listen string `toml:"listen"`
+	// HTTPListen serves /metrics, /healthz, /readyz, /status and the admin API (http_listen).
+	HTTPListen string `toml:"http_listen"`
+	// ShutdownTimeout is how long a drain waits for running transactions (shutdown_timeout).
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	// ReadOnly is the read-only kill switch (read_only).
+	ReadOnly bool `toml:"read_only"`
+	// TLSCert and TLSKey enable client-side TLS when both are set (tls_cert, tls_key).
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
+	// AuthMethod is how clients authenticate: "scram-sha-256" (default), "md5" or "plain" (auth_method).
+	AuthMethod string `toml:"auth_method"`
+	// MaxMessageSize caps a single client protocol message in bytes (max_message_size).
+	MaxMessageSize int `toml:"max_message_size"`
+	// LogLevel is the main log's level: "debug", "info", "warn", "error" (log_level).
+	LogLevel string `toml:"log_level"`
+
+	// Databases maps the database name clients connect to onto its upstreams ([databases.NAME]).
+	Databases map[string]*Database `toml:"databases"`
+	// Users may connect to pgguard ([[users]]).
+	Users []User `toml:"users"`
+	// Admin lists who may use the admin console and admin HTTP API ([admin]).
+	Admin Admin `toml:"admin"`
+	// Pool sets pooling behaviour for every database ([pool]).
+	Pool Pool `toml:"pool"`
+	// QueryLog configures the query log ([querylog]).
+	QueryLog QueryLog `toml:"querylog"`
+	// Failover configures primary/fallback switching ([failover]).
+	Failover Failover `toml:"failover"`
+	// Limits are the rate and connection rules ([[limits]]).
+	Limits []Limit `toml:"limits"`
+	// Limiter configures where limiter state lives ([limiter]).
+	Limiter Limiter `toml:"limiter"`
+	// Budget models the primary's Neon compute time ([budget]).
+	Budget Budget `toml:"budget"`
+}
+
+// Database is one [databases.NAME] entry.
+type Database struct {
+	// Primary is the upstream URL normally served (primary).
+	Primary string `toml:"primary"`
+	// Fallback is an optional upstream used while the primary cannot serve (fallback).
+	Fallback string `toml:"fallback"`
+	// PoolSize, when non-zero, overrides pool.size for this database (pool_size).
+	PoolSize int `toml:"pool_size"`
+}
+
+// User is one [[users]] entry.
+type User struct {
+	// Name is the user name clients log in with (name).
+	Name string `toml:"name"`
+	// Password is a plain password, a SCRAM-SHA-256 verifier or an "md5..." hash (password).
+	Password string `toml:"password"`
+}
+
+// Admin is the [admin] table.
+type Admin struct {
+	// Users may use the admin console (database "pgguard") and admin HTTP API (users).
+	Users []string `toml:"users"`
+}
+
+// Pool is the [pool] table.
+type Pool struct {
+	// Mode is "transaction" or "session" (mode).
+	Mode string `toml:"mode"`
+	// Size is the number of backend connections per database (size).
+	Size int `toml:"size"`
+	// MaxOverflow is how many extra connections may open while clients queue (max_overflow).
+	MaxOverflow int `toml:"max_overflow"`
+	// MaxClientConn caps client connections to pgguard (max_client_conn).
+	MaxClientConn int `toml:"max_client_conn"`
+	// WaitTimeout bounds how long a client queues for a server; 53300 after it (wait_timeout).
+	WaitTimeout Duration `toml:"wait_timeout"`
+	// ClientIdleTimeout closes idle client sessions with 57P05 (client_idle_timeout).
+	ClientIdleTimeout Duration `toml:"client_idle_timeout"`
+	// IdleTransactionTimeout rolls back and closes a client idle inside a transaction (idle_transaction_timeout).
+	IdleTransactionTimeout Duration `toml:"idle_transaction_timeout"`
+	// QueryTimeout cancels a query running longer than this (query_timeout).
+	QueryTimeout Duration `toml:"query_timeout"`
+	// ServerIdleTimeout closes server connections idle in the pool this long (server_idle_timeout).
+	ServerIdleTimeout Duration `toml:"server_idle_timeout"`
+	// ServerLifetime closes server connections older than this, with jitter, when released (server_lifetime).
+	ServerLifetime Duration `toml:"server_lifetime"`
+	// ConnectTimeout bounds dialing and authenticating an upstream (connect_timeout).
+	ConnectTimeout Duration `toml:"connect_timeout"`
+	// LoginTimeout bounds a client's startup and authentication (login_timeout).
+	LoginTimeout Duration `toml:"login_timeout"`
+	// LeakWarnAfter logs a WARN the first time a session is held idle this long (leak_warn_after).
+	LeakWarnAfter Duration `toml:"leak_warn_after"`
+	// MaxPreparedStatements bounds prepared statements kept per server connection (max_prepared_statements).
+	MaxPreparedStatements int `toml:"max_prepared_statements"`
+}
+
+// QueryLog is the [querylog] table.
+type QueryLog struct {
+	// Path is "stderr", a file path, or "" for off (path).
+	Path string `toml:"path"`
+	// Slow queries are also logged at WARN in the main log (slow).
+	Slow Duration `toml:"slow"`
+	// LogParameters logs raw literals and parameter values (log_parameters).
+	LogParameters bool `toml:"log_parameters"`
+	// MaxShapes caps the per-fingerprint statistics kept in memory (max_shapes).
+	MaxShapes int `toml:"max_shapes"`
+}
+
+// Failover is the [failover] table.
+type Failover struct {
+	// FailureThreshold is how many consecutive upstream failures switch to the fallback (failure_threshold).
+	FailureThreshold int `toml:"failure_threshold"`
+	// ProbeInterval is the first probe delay of a down primary; it backs off to ProbeMaxInterval (probe_interval).
+	ProbeInterval Duration `toml:"probe_interval"`
+	// ProbeMaxInterval caps the probe backoff (probe_max_interval).
+	ProbeMaxInterval Duration `toml:"probe_max_interval"`
+	// FailbackAfter is how long the primary must stay healthy before traffic returns (failback_after).
+	FailbackAfter Duration `toml:"failback_after"`
+	// FallbackReadOnly refuses writes with 25006 while on the fallback (fallback_read_only).
+	FallbackReadOnly bool `toml:"fallback_read_only"`
+}
+
+// Limit is one [[limits]] rule.
+type Limit struct {
+	// Name identifies the rule in messages and metrics (name).
+	Name string `toml:"name"`
+	// Match keys; empty matches anything (database, user, application_name, client_addr).
+	// ClientAddr is an IP or a CIDR prefix.
+	Database        string `toml:"database"`
+	User            string `toml:"user"`
+	ApplicationName string `toml:"application_name"`
+	ClientAddr      string `toml:"client_addr"`
+	// MaxConnections caps server connections this rule's clients hold at once; 0 is no cap (max_connections).
+	MaxConnections int `toml:"max_connections"`
+	// Rates; 0 means no limit (queries_per_second, queries_per_minute, queries_per_hour).
+	QueriesPerSecond float64 `toml:"queries_per_second"`
+	QueriesPerMinute float64 `toml:"queries_per_minute"`
+	QueriesPerHour   float64 `toml:"queries_per_hour"`
+	// Burst is the token bucket depth; default 1 (burst).
+	Burst int `toml:"burst"`
+	// Action is "delay" (hold up to MaxDelay, then refuse) or "reject" (53400 at once) (action).
+	Action string `toml:"action"`
+	// MaxDelay bounds a delayed query (max_delay).
+	MaxDelay Duration `toml:"max_delay"`
+	// Priority orders the pool queue; higher is served first (priority).
+	Priority int `toml:"priority"`
+}
+
+// Limiter is the [limiter] table.
+type Limiter struct {
+	// RedisURL, when set, shares limits and budget fleet-wide (redis_url).
+	RedisURL string `toml:"redis_url"`
+	// QueriesPerHourWarn logs a WARN when an application crosses this many queries per hour (queries_per_hour_warn).
+	QueriesPerHourWarn int `toml:"queries_per_hour_warn"`
+}
+
+// Budget is the [budget] table: a model of Neon compute time on the primary.
+type Budget struct {
+	// SuspendAfter is Neon's scale-to-zero delay (suspend_after).
+	SuspendAfter Duration `toml:"suspend_after"`
+	// ComputeUnits is the compute size in CU (compute_units).
+	ComputeUnits float64 `toml:"compute_units"`
+	// MonthlyCUHours is the month's budget; 0 disables the guard (monthly_cu_hours).
+	MonthlyCUHours float64 `toml:"monthly_cu_hours"`
+	// AlertAt is the used fraction that logs a WARN (alert_at).
+	AlertAt float64 `toml:"alert_at"`
+	// OnExhausted is "alert", "read_only", "reject_low_priority" or "fallback" (on_exhausted).
+	OnExhausted string `toml:"on_exhausted"`
+}
+
+// Duration is a time.Duration written in TOML as a Go duration string; "0" disables.
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the duration as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
+
+// D is shorthand for a Duration literal.
+func D(v time.Duration) Duration { return Duration{v} }
+
+// Default returns the built-in defaults; every default lives here.
+func Default() *Config {
+	return &Config{
+		Listen:          "127.0.0.1:6432",
+		HTTPListen:      "127.0.0.1:9187",
+		ShutdownTimeout: D(30 * time.Second),
+		AuthMethod:      "scram-sha-256",
+		MaxMessageSize:  64 << 20,
+		LogLevel:        "info",
+		Databases:       map[string]*Database{},
+		Pool: Pool{
+			Mode:                   "transaction",
+			Size:                   8,
+			MaxOverflow:            4,
+			MaxClientConn:          10000,
+			WaitTimeout:            D(30 * time.Second),
+			ClientIdleTimeout:      D(10 * time.Minute),
+			IdleTransactionTimeout: D(0),
+			QueryTimeout:           D(0),
+			ServerIdleTimeout:      D(60 * time.Second),
+			ServerLifetime:         D(time.Hour),
+			ConnectTimeout:         D(10 * time.Second),
+			LoginTimeout:           D(15 * time.Second),
+			LeakWarnAfter:          D(5 * time.Minute),
+			MaxPreparedStatements:  200,
+		},
+		QueryLog: QueryLog{
+			Path:      "stderr",
+			Slow:      D(500 * time.Millisecond),
+			MaxShapes: 5000,
+		},
+		Failover: Failover{
+			FailureThreshold: 3,
+			ProbeInterval:    D(5 * time.Second),
+			ProbeMaxInterval: D(5 * time.Minute),
+			FailbackAfter:    D(30 * time.Second),
+			FallbackReadOnly: true,
+		},
+		Limiter: Limiter{QueriesPerHourWarn: 1000},
+		Budget: Budget{
+			SuspendAfter:   D(5 * time.Minute),
+			ComputeUnits:   0.25,
+			MonthlyCUHours: 100,
+			AlertAt:        0.8,
+			OnExhausted:    "alert",
+		},
+	}
+}
+
+// IsAdmin reports whether user may use the admin console.
+func (c *Config) IsAdmin(user string) bool {
+	for _, u := range c.Admin.Users {
+		if u == user {
+			return true
+		}
+	}
+	return false
+}
+
+// User returns the [[users]] entry named name.
+func (c *Config) User(name string) (User, bool) {
+	for _, u := range c.Users {
+		if u.Name == name {
+			return u, true
+		}
+	}
+	return User{}, false
+}
+
+// PoolSize returns the pool size for database db.
+func (c *Config) PoolSize(db string) int {
+	if d := c.Databases[db]; d != nil && d.PoolSize > 0 {
+		return d.PoolSize
+	}
+	return c.Pool.Size
+}
