@@ -1,0 +1,97 @@
+// Package metrics defines pgguard's Prometheus metrics on a registry of its
+// own, created once. Hot-path code holds pre-resolved children (per database)
+// so recording costs an atomic add, never a label lookup.
+package metrics
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics holds every metric pgguard exports.
+type Metrics struct {
+	// Registry is pgguard's own registry; other packages register their collectors here.
+	Registry *prometheus.Registry
+
+	QueryDuration  *prometheus.HistogramVec // database, upstream
+	Queries        *prometheus.CounterVec   // database, application
+	QueryErrors    *prometheus.CounterVec   // database, sqlstate
+	PoolWait       *prometheus.HistogramVec // database
+	PoolMax        *prometheus.GaugeVec     // database
+	UpstreamActive *prometheus.GaugeVec     // database, upstream
+	Switches       *prometheus.CounterVec   // database
+	ReadOnly       prometheus.Gauge
+	Bytes          *prometheus.CounterVec // direction
+	ClientRefusals *prometheus.CounterVec // sqlstate: connections refused before or at login
+	ClientsReaped  *prometheus.CounterVec // reason
+}
+
+// New creates the metrics on a fresh registry, with Go runtime and process collectors.
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := &Metrics{
+		Registry: r,
+		QueryDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:                           "pgguard_query_duration_seconds",
+			Help:                           "Time from a query (or extended-protocol execution) reaching the server to its ReadyForQuery, excluding pool wait.",
+			Buckets:                        []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+			NativeHistogramBucketFactor:    1.1,
+			NativeHistogramMaxBucketNumber: 160,
+		}, []string{"database", "upstream"}),
+		Queries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgguard_queries_total",
+			Help: "Queries relayed, by database and application_name (applications past the cardinality cap count as \"other\").",
+		}, []string{"database", "application"}),
+		QueryErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgguard_query_errors_total",
+			Help: "Queries that ended in an ErrorResponse, by SQLSTATE.",
+		}, []string{"database", "sqlstate"}),
+		PoolWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:                           "pgguard_pool_wait_seconds",
+			Help:                           "Time clients waited for a server connection.",
+			Buckets:                        []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1, 5, 10, 30},
+			NativeHistogramBucketFactor:    1.1,
+			NativeHistogramMaxBucketNumber: 160,
+		}, []string{"database"}),
+		PoolMax: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pgguard_pool_max_connections",
+			Help: "Server connection limit per database: pool.size + pool.max_overflow.",
+		}, []string{"database"}),
+		UpstreamActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pgguard_upstream_active",
+			Help: "1 for the upstream (primary or fallback) new server connections go to.",
+		}, []string{"database", "upstream"}),
+		Switches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgguard_upstream_switches_total",
+			Help: "Switches between primary and fallback.",
+		}, []string{"database"}),
+		ReadOnly: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pgguard_read_only",
+			Help: "1 while the read-only kill switch is on.",
+		}),
+		Bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgguard_bytes_total",
+			Help: "Bytes relayed, by direction (client_to_server, server_to_client).",
+		}, []string{"direction"}),
+		ClientRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgguard_client_refusals_total",
+			Help: "Client connections or requests refused by pgguard, by SQLSTATE.",
+		}, []string{"sqlstate"}),
+		ClientsReaped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgguard_clients_closed_total",
+			Help: "Client sessions closed by pgguard, by reason (client_idle_timeout, idle_transaction_timeout, login_timeout, shutdown, kill).",
+		}, []string{"reason"}),
+	}
+	r.MustRegister(m.QueryDuration, m.Queries, m.QueryErrors, m.PoolWait, m.PoolMax,
+		m.UpstreamActive, m.Switches, m.ReadOnly, m.Bytes, m.ClientRefusals, m.ClientsReaped)
+	return m
+}
+
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+}

@@ -1,0 +1,413 @@
+// Package pool keeps a capped set of upstream connections for one database and
+// hands them to clients: idle connections first, new ones up to Size, overflow
+// ones up to Size+MaxOverflow only while clients queue, and a priority-ordered
+// FIFO queue bounded by a wait deadline after that.
+//
+// The pool knows nothing of the wire protocol: a connection is anything that
+// can report itself dead and be closed. It never opens a connection no client
+// asked for (no warm minimum): on Neon every new session wakes the compute.
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Conn is an upstream connection as the pool sees it.
+type Conn interface {
+	// Dead reports whether the connection can no longer serve (closed by the
+	// upstream, broken, or retired); the pool never hands out a dead one.
+	Dead() bool
+	// Close closes the connection. It may be called more than once.
+	Close()
+}
+
+// ErrWaitTimeout is returned by Acquire when no connection freed up within the wait timeout.
+var ErrWaitTimeout = errors.New("pool: wait timeout")
+
+// ErrClosed is returned by Acquire after Close.
+var ErrClosed = errors.New("pool: closed")
+
+// Options configure a Pool. Zero values are valid except Dial.
+type Options[C Conn] struct {
+	// Size is the number of connections kept; at least 1.
+	Size int
+	// MaxOverflow is how many more may open while clients queue; they close on release when nobody waits.
+	MaxOverflow int
+	// WaitTimeout bounds a queued Acquire; 0 waits until the context ends.
+	WaitTimeout time.Duration
+	// IdleTimeout closes connections idle in the pool longer than this; 0 keeps them.
+	IdleTimeout time.Duration
+	// Lifetime closes connections older than this when they are released or found idle; 0 keeps them.
+	Lifetime time.Duration
+	// Dial opens a new connection. It is called without the pool's lock held.
+	Dial func(ctx context.Context) (C, error)
+	// Retire, when set, is asked on release and on acquire of an idle connection
+	// whether the connection should be closed instead of reused (e.g. it points at
+	// an upstream no longer in use).
+	Retire func(C) bool
+}
+
+// Pool is a capped pool of connections of type C. Safe for concurrent use.
+type Pool[C Conn] struct {
+	mu      sync.Mutex
+	opts    Options[C]
+	idle    []idleConn[C] // LIFO: the most recently used is reused first, so the rest can idle out
+	total   int           // open or opening connections
+	opening int           // dials under way
+	waiters waitQueue[C]
+	closed  bool
+	born    map[any]time.Time // when each open connection was dialed, for Lifetime
+
+	stats Stats
+}
+
+type idleConn[C Conn] struct {
+	conn  C
+	since time.Time
+}
+
+// Stats are the pool's counters and gauges.
+type Stats struct {
+	Idle, Active, Opening, Waiting int
+	// Size and MaxOverflow are the current limits.
+	Size, MaxOverflow int
+	// Dials, DialErrors, WaitTimeouts, Waits count since start.
+	Dials, DialErrors, WaitTimeouts, Waits uint64
+	// WaitTotal is the summed time clients spent queued.
+	WaitTotal time.Duration
+}
+
+// New returns an empty pool: no connection opens until a client asks for one.
+func New[C Conn](opts Options[C]) *Pool[C] {
+	if opts.Size < 1 {
+		opts.Size = 1
+	}
+	return &Pool[C]{opts: opts, born: make(map[any]time.Time)}
+}
+
+// Acquire returns a connection, dialing one if the pool is under its cap, or
+// queues until one is released. Higher priority waiters are served first, FIFO
+// within a priority. It returns ErrWaitTimeout after Options.WaitTimeout, or a
+// dial error when a connection it opened for this caller failed.
+func (p *Pool[C]) Acquire(ctx context.Context, priority int) (C, error) {
+	var zero C
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return zero, ErrClosed
+	}
+	if c, ok := p.popIdleLocked(); ok {
+		p.mu.Unlock()
+		return c, nil
+	}
+	// Open a new connection when under Size, or under Size+MaxOverflow now that
+	// this client would otherwise queue.
+	if p.total < p.opts.Size+p.opts.MaxOverflow {
+		p.total++
+		p.opening++
+		p.mu.Unlock()
+		return p.dial(ctx)
+	}
+	w := p.waiters.push(priority)
+	p.stats.Waits++
+	p.mu.Unlock()
+	return p.wait(ctx, w)
+}
+
+func (p *Pool[C]) wait(ctx context.Context, w *waiter[C]) (C, error) {
+	var zero C
+	start := time.Now()
+	var timeout <-chan time.Time
+	if d := p.waitTimeout(); d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timeout = t.C
+	}
+	var err error
+	select {
+	case r := <-w.ready:
+		p.noteWait(start)
+		p.waiters.free.Put(w)
+		return r.conn, r.err
+	case <-timeout:
+		err = ErrWaitTimeout
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	p.mu.Lock()
+	if p.waiters.remove(w) {
+		if err == ErrWaitTimeout {
+			p.stats.WaitTimeouts++
+		}
+		p.mu.Unlock()
+		p.noteWait(start)
+		p.waiters.free.Put(w)
+		return zero, err
+	}
+	p.mu.Unlock()
+	// A connection was handed over just as the wait ended: use it.
+	r := <-w.ready
+	p.noteWait(start)
+	p.waiters.free.Put(w)
+	return r.conn, r.err
+}
+
+func (p *Pool[C]) noteWait(start time.Time) {
+	d := time.Since(start)
+	p.mu.Lock()
+	p.stats.WaitTotal += d
+	p.mu.Unlock()
+}
+
+func (p *Pool[C]) waitTimeout() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.opts.WaitTimeout
+}
+
+// dial opens a connection for a caller that has already been counted in total.
+func (p *Pool[C]) dial(ctx context.Context) (C, error) {
+	c, err := p.opts.Dial(ctx)
+	p.mu.Lock()
+	p.opening--
+	p.stats.Dials++
+	if err != nil {
+		p.total--
+		p.stats.DialErrors++
+		p.mu.Unlock()
+		// Our slot is free again: let the next waiter try its own dial.
+		p.refill()
+		var zero C
+		return zero, err
+	}
+	p.born[any(c)] = time.Now()
+	p.mu.Unlock()
+	return c, nil
+}
+
+// Release returns a connection acquired from the pool. A dead or retired
+// connection is closed; otherwise it goes to the first waiter, or back to the
+// idle list, or is closed when it is overflow and nobody waits.
+func (p *Pool[C]) Release(c C) {
+	p.mu.Lock()
+	if p.closed || c.Dead() || p.retireLocked(c) {
+		p.forgetLocked(c)
+		p.mu.Unlock()
+		c.Close()
+		p.refill()
+		return
+	}
+	if w := p.waiters.pop(); w != nil {
+		p.mu.Unlock()
+		w.ready <- result[C]{conn: c}
+		return
+	}
+	if p.total > p.opts.Size {
+		p.forgetLocked(c)
+		p.mu.Unlock()
+		c.Close()
+		return
+	}
+	p.idle = append(p.idle, idleConn[C]{conn: c, since: time.Now()})
+	p.mu.Unlock()
+}
+
+// Discard closes a connection that was acquired and can no longer be used.
+func (p *Pool[C]) Discard(c C) {
+	p.mu.Lock()
+	p.forgetLocked(c)
+	p.mu.Unlock()
+	c.Close()
+	p.refill()
+}
+
+// Remove takes a connection that died while idle out of the pool. It reports
+// whether the connection was idle in this pool (false: a client holds it, and
+// will Release or Discard it).
+func (p *Pool[C]) Remove(c C) bool {
+	p.mu.Lock()
+	for i := range p.idle {
+		if any(p.idle[i].conn) == any(c) {
+			p.idle = append(p.idle[:i], p.idle[i+1:]...)
+			p.forgetLocked(c)
+			p.mu.Unlock()
+			c.Close()
+			p.refill()
+			return true
+		}
+	}
+	p.mu.Unlock()
+	return false
+}
+
+// refill starts a dial for the first waiter when a connection slot has freed up.
+func (p *Pool[C]) refill() {
+	p.mu.Lock()
+	if p.closed || p.waiters.len() == 0 || p.total >= p.opts.Size+p.opts.MaxOverflow {
+		p.mu.Unlock()
+		return
+	}
+	w := p.waiters.pop()
+	p.total++
+	p.opening++
+	p.mu.Unlock()
+	go func() {
+		c, err := p.dial(context.Background())
+		w.ready <- result[C]{conn: c, err: err}
+	}()
+}
+
+func (p *Pool[C]) popIdleLocked() (C, bool) {
+	for n := len(p.idle); n > 0; n = len(p.idle) {
+		ic := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		if ic.conn.Dead() || p.retireLocked(ic.conn) {
+			p.forgetLocked(ic.conn)
+			go ic.conn.Close()
+			continue
+		}
+		return ic.conn, true
+	}
+	var zero C
+	return zero, false
+}
+
+func (p *Pool[C]) retireLocked(c C) bool {
+	if p.opts.Lifetime > 0 {
+		if born, ok := p.born[any(c)]; ok && time.Since(born) > p.opts.Lifetime {
+			return true
+		}
+	}
+	return p.opts.Retire != nil && p.opts.Retire(c)
+}
+
+func (p *Pool[C]) forgetLocked(c C) {
+	if _, ok := p.born[any(c)]; ok {
+		delete(p.born, any(c))
+		p.total--
+	}
+}
+
+// Sweep closes idle connections past IdleTimeout or Lifetime, and dead ones.
+// The janitor calls it periodically.
+func (p *Pool[C]) Sweep(now time.Time) {
+	var doomed []C
+	p.mu.Lock()
+	kept := p.idle[:0]
+	for _, ic := range p.idle {
+		expired := p.opts.IdleTimeout > 0 && now.Sub(ic.since) > p.opts.IdleTimeout
+		if expired || ic.conn.Dead() || p.retireLocked(ic.conn) {
+			p.forgetLocked(ic.conn)
+			doomed = append(doomed, ic.conn)
+			continue
+		}
+		kept = append(kept, ic)
+	}
+	clear(p.idle[len(kept):])
+	p.idle = kept
+	p.mu.Unlock()
+	for _, c := range doomed {
+		c.Close()
+	}
+	if len(doomed) > 0 {
+		p.refill()
+	}
+}
+
+// SetLimits changes the pool's limits live. Extra idle connections close at
+// once; extra busy ones close when released.
+func (p *Pool[C]) SetLimits(size, maxOverflow int, waitTimeout, idleTimeout, lifetime time.Duration) {
+	if size < 1 {
+		size = 1
+	}
+	var doomed []C
+	p.mu.Lock()
+	p.opts.Size, p.opts.MaxOverflow = size, maxOverflow
+	p.opts.WaitTimeout, p.opts.IdleTimeout, p.opts.Lifetime = waitTimeout, idleTimeout, lifetime
+	for p.total > size && len(p.idle) > 0 {
+		ic := p.idle[0]
+		p.idle = p.idle[1:]
+		p.forgetLocked(ic.conn)
+		doomed = append(doomed, ic.conn)
+	}
+	p.mu.Unlock()
+	for _, c := range doomed {
+		c.Close()
+	}
+	// A larger pool may serve waiters at once.
+	for i := 0; i < size+maxOverflow; i++ {
+		p.refill()
+	}
+}
+
+// Idle returns the idle connections, for inspection (e.g. SHOW SERVERS).
+func (p *Pool[C]) Idle() []C {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]C, len(p.idle))
+	for i, ic := range p.idle {
+		out[i] = ic.conn
+	}
+	return out
+}
+
+// CloseIdle closes every idle connection (e.g. when the upstream switches).
+func (p *Pool[C]) CloseIdle() {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	for _, ic := range idle {
+		p.forgetLocked(ic.conn)
+	}
+	p.mu.Unlock()
+	for _, ic := range idle {
+		ic.conn.Close()
+	}
+}
+
+// Close closes idle connections and fails every waiter; connections in use
+// close as they are released.
+func (p *Pool[C]) Close() {
+	p.mu.Lock()
+	p.closed = true
+	idle := p.idle
+	p.idle = nil
+	for _, ic := range idle {
+		p.forgetLocked(ic.conn)
+	}
+	var ws []*waiter[C]
+	for w := p.waiters.pop(); w != nil; w = p.waiters.pop() {
+		ws = append(ws, w)
+	}
+	p.mu.Unlock()
+	for _, ic := range idle {
+		ic.conn.Close()
+	}
+	for _, w := range ws {
+		w.ready <- result[C]{err: ErrClosed}
+	}
+}
+
+// Stats returns a snapshot of the pool's state and counters.
+func (p *Pool[C]) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.stats
+	s.Idle = len(p.idle)
+	s.Opening = p.opening
+	s.Active = p.total - s.Idle - s.Opening
+	s.Waiting = p.waiters.len()
+	s.Size, s.MaxOverflow = p.opts.Size, p.opts.MaxOverflow
+	return s
+}
+
+// String describes the pool for logs.
+func (p *Pool[C]) String() string {
+	s := p.Stats()
+	return fmt.Sprintf("pool(active=%d idle=%d opening=%d waiting=%d size=%d+%d)",
+		s.Active, s.Idle, s.Opening, s.Waiting, s.Size, s.MaxOverflow)
+}

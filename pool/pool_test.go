@@ -1,0 +1,246 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+type fakeConn struct {
+	id     int
+	dead   atomic.Bool
+	closed atomic.Int32
+}
+
+func (c *fakeConn) Dead() bool { return c.dead.Load() }
+func (c *fakeConn) Close()     { c.closed.Add(1); c.dead.Store(true) }
+
+type dialer struct {
+	n    atomic.Int32
+	fail atomic.Bool
+}
+
+func (d *dialer) dial(ctx context.Context) (*fakeConn, error) {
+	if d.fail.Load() {
+		return nil, errors.New("refused")
+	}
+	return &fakeConn{id: int(d.n.Add(1))}, nil
+}
+
+func newPool(t *testing.T, size, overflow int, wait time.Duration) (*Pool[*fakeConn], *dialer) {
+	d := &dialer{}
+	p := New(Options[*fakeConn]{Size: size, MaxOverflow: overflow, WaitTimeout: wait, Dial: d.dial})
+	t.Cleanup(p.Close)
+	return p, d
+}
+
+func TestNoConnectionUntilAsked(t *testing.T) {
+	p, d := newPool(t, 4, 0, time.Second)
+	if s := p.Stats(); s.Idle+s.Active+s.Opening != 0 || d.n.Load() != 0 {
+		t.Fatalf("pool opened connections nobody asked for: %+v", s)
+	}
+	c, err := p.Acquire(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Release(c)
+	c2, _ := p.Acquire(context.Background(), 0)
+	if c2 != c || d.n.Load() != 1 {
+		t.Fatalf("idle connection not reused: dials=%d", d.n.Load())
+	}
+}
+
+func TestCapAndWaitTimeout(t *testing.T) {
+	p, d := newPool(t, 2, 0, 50*time.Millisecond)
+	a, _ := p.Acquire(context.Background(), 0)
+	b, _ := p.Acquire(context.Background(), 0)
+	if _, err := p.Acquire(context.Background(), 0); !errors.Is(err, ErrWaitTimeout) {
+		t.Fatalf("third acquire over size 2: got %v, want ErrWaitTimeout", err)
+	}
+	if d.n.Load() != 2 {
+		t.Fatalf("dials = %d, want 2", d.n.Load())
+	}
+	p.Release(a)
+	p.Release(b)
+	if s := p.Stats(); s.WaitTimeouts != 1 || s.Idle != 2 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestOverflowOnlyWhileQueued(t *testing.T) {
+	p, d := newPool(t, 1, 1, time.Second)
+	a, _ := p.Acquire(context.Background(), 0)
+	b, err := p.Acquire(context.Background(), 0) // would queue: overflow opens
+	if err != nil || d.n.Load() != 2 {
+		t.Fatalf("overflow: err=%v dials=%d", err, d.n.Load())
+	}
+	p.Release(b) // overflow and nobody waits: closed
+	if b.closed.Load() != 1 {
+		t.Fatal("overflow connection kept after release with no waiters")
+	}
+	p.Release(a)
+	if s := p.Stats(); s.Idle != 1 {
+		t.Fatalf("idle = %d, want 1", s.Idle)
+	}
+}
+
+func TestHandoffFIFOAndPriority(t *testing.T) {
+	p, _ := newPool(t, 1, 0, 5*time.Second)
+	held, _ := p.Acquire(context.Background(), 0)
+	var mu sync.Mutex
+	var order []int
+	var wg sync.WaitGroup
+	start := func(id, prio int) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := p.Acquire(context.Background(), prio)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			order = append(order, id)
+			mu.Unlock()
+			p.Release(c)
+		}()
+		waitFor(t, func() bool { return p.Stats().Waiting >= id })
+	}
+	start(1, 0)
+	start(2, 0)
+	start(3, 10) // higher priority jumps the queue
+	p.Release(held)
+	wg.Wait()
+	if len(order) != 3 || order[0] != 3 || order[1] != 1 || order[2] != 2 {
+		t.Fatalf("service order %v, want [3 1 2]", order)
+	}
+}
+
+func TestDeadConnectionsNeverHandedOut(t *testing.T) {
+	p, d := newPool(t, 2, 0, time.Second)
+	a, _ := p.Acquire(context.Background(), 0)
+	p.Release(a)
+	a.dead.Store(true) // died while idle, before the pump removed it
+	b, err := p.Acquire(context.Background(), 0)
+	if err != nil || b == a || d.n.Load() != 2 {
+		t.Fatalf("got dead connection back: err=%v same=%v dials=%d", err, b == a, d.n.Load())
+	}
+	// Remove takes an idle connection out at once.
+	p.Release(b)
+	if !p.Remove(b) || p.Stats().Idle != 0 {
+		t.Fatal("Remove did not take the idle connection out")
+	}
+}
+
+func TestDialFailureFreesSlotForWaiter(t *testing.T) {
+	p, d := newPool(t, 1, 0, time.Second)
+	a, _ := p.Acquire(context.Background(), 0)
+	got := make(chan error, 1)
+	go func() {
+		c, err := p.Acquire(context.Background(), 0)
+		if err == nil {
+			p.Release(c)
+		}
+		got <- err
+	}()
+	waitFor(t, func() bool { return p.Stats().Waiting == 1 })
+	p.Discard(a) // slot frees: the waiter gets a fresh dial
+	if err := <-got; err != nil {
+		t.Fatalf("waiter after discard: %v", err)
+	}
+	if d.n.Load() != 2 {
+		t.Fatalf("dials = %d, want 2", d.n.Load())
+	}
+}
+
+func TestSweepIdleTimeoutAndLifetime(t *testing.T) {
+	d := &dialer{}
+	p := New(Options[*fakeConn]{Size: 2, IdleTimeout: time.Minute, Dial: d.dial})
+	defer p.Close()
+	a, _ := p.Acquire(context.Background(), 0)
+	p.Release(a)
+	p.Sweep(time.Now())
+	if p.Stats().Idle != 1 {
+		t.Fatal("swept a fresh idle connection")
+	}
+	p.Sweep(time.Now().Add(2 * time.Minute))
+	if p.Stats().Idle != 0 || a.closed.Load() != 1 {
+		t.Fatal("idle connection past IdleTimeout kept")
+	}
+	p.SetLimits(2, 0, time.Second, 0, time.Nanosecond)
+	b, _ := p.Acquire(context.Background(), 0)
+	time.Sleep(time.Millisecond)
+	p.Release(b)
+	if b.closed.Load() != 1 {
+		t.Fatal("connection past Lifetime returned to the pool")
+	}
+}
+
+func TestSetLimitsShrinksAndGrows(t *testing.T) {
+	p, _ := newPool(t, 3, 0, time.Second)
+	var cs []*fakeConn
+	for i := 0; i < 3; i++ {
+		c, _ := p.Acquire(context.Background(), 0)
+		cs = append(cs, c)
+	}
+	for _, c := range cs {
+		p.Release(c)
+	}
+	p.SetLimits(1, 0, time.Second, 0, 0)
+	if s := p.Stats(); s.Idle != 1 {
+		t.Fatalf("after shrink idle = %d, want 1", s.Idle)
+	}
+	p.SetLimits(2, 0, time.Second, 0, 0)
+	a, _ := p.Acquire(context.Background(), 0)
+	b, err := p.Acquire(context.Background(), 0)
+	if err != nil || a == b {
+		t.Fatalf("grown pool: %v", err)
+	}
+}
+
+func TestCloseFailsWaiters(t *testing.T) {
+	d := &dialer{}
+	p := New(Options[*fakeConn]{Size: 1, Dial: d.dial})
+	a, _ := p.Acquire(context.Background(), 0)
+	got := make(chan error, 1)
+	go func() { _, err := p.Acquire(context.Background(), 0); got <- err }()
+	waitFor(t, func() bool { return p.Stats().Waiting == 1 })
+	p.Close()
+	if err := <-got; !errors.Is(err, ErrClosed) {
+		t.Fatalf("waiter after Close: %v", err)
+	}
+	p.Release(a)
+	if a.closed.Load() != 1 {
+		t.Fatal("connection released after Close not closed")
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 5s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func BenchmarkAcquireRelease(b *testing.B) {
+	d := &dialer{}
+	p := New(Options[*fakeConn]{Size: 4, Dial: d.dial})
+	defer p.Close()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			c, err := p.Acquire(context.Background(), 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			p.Release(c)
+		}
+	})
+}
