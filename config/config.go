@@ -3,7 +3,10 @@
 // reload builds a new one and swaps it in atomically.
 package config
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Config is the whole pgguard configuration. Field comments name the TOML key.
 type Config struct {
@@ -43,6 +46,10 @@ type Config struct {
 	Limiter Limiter `toml:"limiter"`
 	// Budget models the primary's Neon compute time ([budget]).
 	Budget Budget `toml:"budget"`
+
+	// src records where each value came from (file line or environment
+	// variable) so Validate can point at it; set by Load, nil otherwise.
+	src *origin
 }
 
 // Database is one [databases.NAME] entry.
@@ -182,7 +189,7 @@ type Duration struct{ time.Duration }
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
-		return err
+		return fmt.Errorf("invalid duration %q; want a Go duration such as \"500ms\", \"30s\", \"5m\" or \"1h30m\", or \"0\" to disable", b)
 	}
 	d.Duration = v
 	return nil

@@ -1,0 +1,50 @@
+package config
+
+import (
+	"bytes"
+	"fmt"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Masked returns the effective configuration as TOML with every password
+// replaced by "****": users' passwords and the passwords inside the primary,
+// fallback and redis_url URLs. An empty password stays empty, so a missing
+// one is still visible. c is not modified.
+func (c *Config) Masked() string {
+	m := c.clone()
+	for _, d := range m.Databases {
+		if d != nil {
+			d.Primary = RedactURL(d.Primary)
+			d.Fallback = RedactURL(d.Fallback)
+		}
+	}
+	for i := range m.Users {
+		if m.Users[i].Password != "" {
+			m.Users[i].Password = mask
+		}
+	}
+	m.Limiter.RedisURL = RedactURL(m.Limiter.RedisURL)
+	var b bytes.Buffer
+	if err := toml.NewEncoder(&b).Encode(m); err != nil {
+		return fmt.Sprintf("# cannot encode the configuration: %v\n", err)
+	}
+	return b.String()
+}
+
+// clone returns a deep copy of c: nothing it shares with c is mutable.
+func (c *Config) clone() *Config {
+	m := *c
+	m.Databases = make(map[string]*Database, len(c.Databases))
+	for name, d := range c.Databases {
+		if d != nil {
+			cp := *d
+			d = &cp
+		}
+		m.Databases[name] = d
+	}
+	m.Users = append([]User(nil), c.Users...)
+	m.Admin.Users = append([]string(nil), c.Admin.Users...)
+	m.Limits = append([]Limit(nil), c.Limits...)
+	return &m
+}
