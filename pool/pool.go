@@ -123,9 +123,13 @@ func (p *Pool[C]) wait(ctx context.Context, w *waiter[C]) (C, error) {
 	start := time.Now()
 	var timeout <-chan time.Time
 	if d := p.waitTimeout(); d > 0 {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		timeout = t.C
+		if w.timer == nil {
+			w.timer = time.NewTimer(d)
+		} else {
+			w.timer.Reset(d)
+		}
+		defer w.timer.Stop()
+		timeout = w.timer.C
 	}
 	var err error
 	select {

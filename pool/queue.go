@@ -1,10 +1,14 @@
 package pool
 
-import "sync"
+import (
+	"sync"
+	"time"
+)
 
 // waiter is one queued Acquire. ready receives exactly one result.
 type waiter[C Conn] struct {
 	ready      chan result[C]
+	timer      *time.Timer // wait timeout, reused with the waiter
 	priority   int
 	prev, next *waiter[C]
 }
