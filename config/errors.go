@@ -1,7 +1,9 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -49,9 +51,26 @@ type problems []Problem
 
 func (ps *problems) add(p Problem) { *ps = append(*ps, p) }
 
+// err returns the problems as an *Error, ordered for reading: located
+// problems by file and line, then those without a line (line 0: environment
+// variables, keys absent from the file), each group stable.
 func (ps problems) err() error {
 	if len(ps) == 0 {
 		return nil
 	}
-	return &Error{Problems: ps}
+	sorted := slices.Clone(ps)
+	slices.SortStableFunc(sorted, func(a, b Problem) int {
+		if c := cmp.Compare(boolInt(a.Line == 0), boolInt(b.Line == 0)); c != 0 {
+			return c
+		}
+		return cmp.Or(cmp.Compare(a.File, b.File), cmp.Compare(a.Line, b.Line))
+	})
+	return &Error{Problems: sorted}
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

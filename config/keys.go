@@ -148,6 +148,10 @@ func (s *keyScanner) skipBlank() {
 
 // skipLine moves past the next newline.
 func (s *keyScanner) skipLine() {
+	if s.i >= len(s.s) {
+		s.i = len(s.s)
+		return
+	}
 	if j := strings.IndexByte(s.s[s.i:], '\n'); j >= 0 {
 		s.i += j + 1
 	} else {
@@ -275,6 +279,8 @@ func (s *keyScanner) value(key toml.Key, path string) {
 		for s.i < len(s.s) {
 			s.skipBlank()
 			switch s.at(s.i) {
+			case 0:
+				return
 			case '}':
 				s.i++
 				return
@@ -292,6 +298,8 @@ func (s *keyScanner) value(key toml.Key, path string) {
 		for n := 0; s.i < len(s.s); {
 			s.skipBlank()
 			switch s.at(s.i) {
+			case 0:
+				return
 			case ']':
 				s.i++
 				return

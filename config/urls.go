@@ -9,9 +9,8 @@ import (
 // mask replaces every password pgguard shows.
 const mask = "****"
 
-// connURL is a scheme://userinfo@rest URL split by hand, so that URLs net/url
-// rejects (a bad port, an unescaped character in the password) are still
-// understood well enough to redact.
+// connURL is a scheme://userinfo@rest URL split the way pgconn does: the
+// userinfo ends at the first '@' if it comes before any '/'.
 type connURL struct {
 	scheme   string // up to and including "://"
 	userinfo string // raw, before '@'; empty when hasUser is false
@@ -26,18 +25,7 @@ func splitURL(s string) (u connURL, ok bool) {
 		return connURL{}, false
 	}
 	u.scheme, u.rest = s[:i+3], s[i+3:]
-	// The userinfo ends at the last '@' before the path; a '/' inside the
-	// password is tolerated as long as no '@' has been seen yet.
-	at := -1
-	for j := 0; j < len(u.rest); j++ {
-		c := u.rest[j]
-		if c == '@' {
-			at = j
-		} else if (c == '/' || c == '?' || c == '#') && at >= 0 {
-			break
-		}
-	}
-	if at >= 0 {
+	if at := strings.IndexAny(u.rest, "@/"); at >= 0 && u.rest[at] == '@' {
 		u.userinfo, u.hasUser, u.rest = u.rest[:at], true, u.rest[at+1:]
 	}
 	return u, true
@@ -82,24 +70,28 @@ var (
 
 // RedactURL returns s with every password replaced by "****": the password
 // of a URL's userinfo, password and sslpassword query parameters, and
-// password= in a keyword/value connection string. It never fails; text it
-// cannot understand is returned with the recognisable parts masked.
+// password= in a keyword/value connection string. It never fails and errs
+// on the side of masking: in a URL, everything from the first ':' after the
+// user name to the last '@' is masked, so a password containing unescaped
+// '@', '/' or '?' is hidden whole (at worst, more than the password is).
 func RedactURL(s string) string {
-	u, ok := splitURL(s)
-	if !ok {
+	i := strings.Index(s, "://")
+	if i <= 0 {
 		return kvPassword.ReplaceAllString(s, "${1}"+mask)
 	}
+	scheme, rest := s[:i+3], s[i+3:]
 	var b strings.Builder
-	b.WriteString(u.scheme)
-	if u.hasUser {
-		user, _, hasPassword := strings.Cut(u.userinfo, ":")
+	b.WriteString(scheme)
+	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+		user, _, hasPassword := strings.Cut(rest[:at], ":")
 		b.WriteString(user)
 		if hasPassword {
 			b.WriteString(":" + mask)
 		}
 		b.WriteByte('@')
+		rest = rest[at+1:]
 	}
-	b.WriteString(queryPassword.ReplaceAllString(u.rest, "${1}"+mask))
+	b.WriteString(queryPassword.ReplaceAllString(rest, "${1}"+mask))
 	return b.String()
 }
 
@@ -111,6 +103,11 @@ func scrub(msg, s string) string {
 	if u, ok := splitURL(s); ok {
 		if _, raw, has := strings.Cut(u.userinfo, ":"); has {
 			secrets = append(secrets, raw, unescape(raw))
+		}
+		if at := strings.LastIndexByte(s, '@'); at >= 0 {
+			if _, raw, has := strings.Cut(s[len(u.scheme):at], ":"); has {
+				secrets = append(secrets, raw, unescape(raw))
+			}
 		}
 		for _, m := range queryPassword.FindAllStringSubmatch(u.rest, -1) {
 			secrets = append(secrets, strings.TrimPrefix(m[0], m[1]))
