@@ -26,7 +26,9 @@ func (c *Config) Masked() string {
 	}
 	m.Limiter.RedisURL = RedactURL(m.Limiter.RedisURL)
 	var b bytes.Buffer
-	if err := toml.NewEncoder(&b).Encode(m); err != nil {
+	enc := toml.NewEncoder(&b)
+	enc.Indent = ""
+	if err := enc.Encode(m); err != nil {
 		return fmt.Sprintf("# cannot encode the configuration: %v\n", err)
 	}
 	return b.String()
