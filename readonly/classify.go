@@ -1,0 +1,137 @@
+// Package readonly decides whether SQL text could write, for pgguard's
+// read-only kill switch.
+//
+// While the switch is on, the proxy passes the text of every simple Query
+// ('Q') and every Parse ('P') message to a Classifier and answers a write with
+// SQLSTATE 25006 instead of forwarding it. The classifier parses the text
+// with PostgreSQL's own grammar (pg_query) and walks the tree; it never
+// matches text with patterns. It fails closed: text it cannot parse, and
+// statements it does not know to be reads, are writes.
+//
+// What it cannot see: the bodies of user-defined functions, procedures,
+// rules and triggers. `SELECT f()` is a read here even when f writes; the
+// server-side layer (default_transaction_read_only) refuses those.
+//
+// The parser assumes standard_conforming_strings = on and an ASCII-safe
+// client encoding, as the server does by default. A session that turns
+// either off could make the server read the text differently from the
+// parser, so SET commands that would do so are writes here, and
+// CheckSetting lets the proxy vet startup parameters the same way.
+package readonly
+
+import (
+	"strings"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+)
+
+// Verdict is the classification of one SQL text.
+type Verdict struct {
+	// Write is true when the text could write, or cannot be shown not to.
+	Write bool
+	// Reason names what writes, fit for a client error message, e.g.
+	// "INSERT" or "SELECT ... FOR UPDATE". Empty for reads.
+	Reason string
+}
+
+// reasonUnparseable is the Reason for text the parser rejects.
+const reasonUnparseable = "unparseable statement"
+
+// read is the Verdict for text that cannot write.
+var read = Verdict{}
+
+// write returns a write Verdict with the given reason.
+func write(reason string) Verdict { return Verdict{Write: true, Reason: reason} }
+
+// Classifier classifies SQL text and caches verdicts by exact text.
+// It is safe for concurrent use; the zero value is not usable, call New.
+type Classifier struct {
+	cache *cache // nil when caching is off
+}
+
+// New returns a Classifier that caches up to cacheSize verdicts (0 or less
+// turns caching off). Texts longer than MaxCachedLen are never cached, so the
+// cache holds at most cacheSize*MaxCachedLen bytes of text.
+func New(cacheSize int) *Classifier {
+	c := &Classifier{}
+	if cacheSize > 0 {
+		c.cache = newCache(cacheSize)
+	}
+	return c
+}
+
+// MaxCachedLen is the longest text whose verdict is cached.
+const MaxCachedLen = 16 << 10
+
+// Classify returns the verdict for sql, which may hold several statements;
+// it is a write if any of them is. A cache hit does not allocate.
+func (c *Classifier) Classify(sql string) Verdict {
+	if c.cache != nil {
+		if v, ok := c.cache.get(sql); ok {
+			return v
+		}
+	}
+	v := classify(sql)
+	if c.cache != nil && len(sql) <= MaxCachedLen {
+		// Clone so the cache neither pins a larger buffer the caller sliced
+		// sql from nor shares memory the caller may reuse.
+		c.cache.put(strings.Clone(sql), v)
+	}
+	return v
+}
+
+// ClassifyBytes is Classify for a message body the caller will reuse; b is
+// not retained. A cache hit does not allocate.
+func (c *Classifier) ClassifyBytes(b []byte) Verdict {
+	if c.cache != nil {
+		if v, ok := c.cache.getBytes(b); ok {
+			return v
+		}
+	}
+	sql := string(b)
+	v := classify(sql)
+	if c.cache != nil && len(sql) <= MaxCachedLen {
+		c.cache.put(sql, v)
+	}
+	return v
+}
+
+// classify parses sql and classifies each statement, uncached.
+func classify(sql string) (v Verdict) {
+	// The parser reads a C string: a NUL would hide the text after it.
+	// PostgreSQL rejects such messages anyway.
+	if strings.IndexByte(sql, 0) >= 0 {
+		return write(reasonUnparseable)
+	}
+	tree, err := parse(sql)
+	if err != nil {
+		return write(reasonUnparseable)
+	}
+	defer func() {
+		// A malformed tree must not take the proxy down.
+		if recover() != nil {
+			v = write(reasonUnparseable)
+		}
+	}()
+	for _, raw := range tree.GetStmts() {
+		if v := stmtVerdict(raw.GetStmt()); v.Write {
+			return v
+		}
+	}
+	return read
+}
+
+// errPanic reports a panic inside the parser call.
+type errPanic struct{ val any }
+
+func (e errPanic) Error() string { return "readonly: parser panicked" }
+
+// parse calls pg_query.Parse, turning a panic into an error.
+func parse(sql string) (tree *pg_query.ParseResult, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			tree, err = nil, errPanic{p}
+		}
+	}()
+	return pg_query.Parse(sql)
+}
