@@ -1,0 +1,411 @@
+package localpg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Options configures a Cluster. The zero value works.
+type Options struct {
+	// User is the login role tests connect as; it authenticates with
+	// Password over SCRAM-SHA-256. Default "app".
+	User string
+	// Password is User's password. Default "app".
+	Password string
+	// Database is created owned by User. Default "app".
+	Database string
+	// MaxConnections is max_connections. Default 300.
+	MaxConnections int
+	// Settings are written to postgresql.conf after the defaults, so they
+	// win: {"log_statement": "all"}. A value is quoted unless it already is.
+	Settings map[string]string
+	// StartTimeout bounds each start of the server. Default 60s.
+	StartTimeout time.Duration
+}
+
+// withDefaults returns o with the zero fields set to their defaults.
+func (o Options) withDefaults() Options {
+	if o.User == "" {
+		o.User = "app"
+	}
+	if o.Password == "" {
+		o.Password = "app"
+	}
+	if o.Database == "" {
+		o.Database = "app"
+	}
+	if o.MaxConnections == 0 {
+		o.MaxConnections = 300
+	}
+	if o.StartTimeout == 0 {
+		o.StartTimeout = 60 * time.Second
+	}
+	return o
+}
+
+// Cluster is a throwaway PostgreSQL server on 127.0.0.1, with its data in a
+// temporary directory that Stop removes. The postgres superuser connects
+// without a password; Options.User needs its password.
+//
+// The server process is a direct child of this process rather than started
+// by pg_ctl, which would detach it: that way it dies with this process.
+type Cluster struct {
+	opts   Options // with defaults
+	binDir string
+	acct   account
+	dir    string
+	port   int // fixed after Start, so Restart comes back on the same port
+
+	mu      sync.Mutex
+	proc    *proc // the postmaster; nil while stopped
+	removed bool  // Stop has run: the directory is gone
+}
+
+// Start initialises a cluster from the cached template, starts it, and
+// creates opts.User and opts.Database. On error nothing is left running.
+func Start(opts Options) (*Cluster, error) {
+	opts = opts.withDefaults()
+	binDir, err := findBinDir()
+	if err != nil {
+		return nil, err
+	}
+	acct, err := serverAccount()
+	if err != nil {
+		return nil, err
+	}
+	tmpl, err := templateData(binDir, acct)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := newInstanceDir(acct, "pg")
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{opts: opts, binDir: binDir, acct: acct, dir: dir}
+	register(c)
+	if err := c.init(tmpl); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	return c, nil
+}
+
+// init copies the template, configures it, starts the server and creates
+// the test role and database.
+func (c *Cluster) init(tmpl string) error {
+	data := c.dataDir()
+	if err := copyTree(tmpl, data, c.acct); err != nil {
+		return fmt.Errorf("copy template: %w", err)
+	}
+	conf, err := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	_, err = conf.WriteString("\ninclude_if_exists 'localpg.conf'\n")
+	if cerr := conf.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := c.writeFile(filepath.Join(data, "pg_hba.conf"), hbaConf); err != nil {
+		return err
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for attempt := 1; ; attempt++ {
+		if c.port, err = freePort(); err != nil {
+			return err
+		}
+		if err := c.writeFile(filepath.Join(data, "localpg.conf"), c.conf()); err != nil {
+			return err
+		}
+		err = c.startLocked()
+		if err == nil {
+			break
+		}
+		if attempt == 5 || !portTaken(c.LogFile()) {
+			return err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.StartTimeout)
+	defer cancel()
+	return c.createRole(ctx)
+}
+
+// hbaConf lets the postgres superuser in without a password and everyone
+// else with SCRAM-SHA-256, over the socket and 127.0.0.1 only.
+const hbaConf = `# written by pgguard's internal/localpg
+# TYPE  DATABASE     USER      ADDRESS        METHOD
+local   all          postgres                 trust
+host    all          postgres  127.0.0.1/32   trust
+host    replication  postgres  127.0.0.1/32   trust
+local   all          all                      scram-sha-256
+host    all          all       127.0.0.1/32   scram-sha-256
+`
+
+// conf returns the settings in localpg.conf, which postgresql.conf includes.
+func (c *Cluster) conf() string {
+	var b strings.Builder
+	set := func(k, v string) {
+		if len(v) < 2 || v[0] != '\'' || v[len(v)-1] != '\'' {
+			v = quoteLiteral(v)
+		}
+		fmt.Fprintf(&b, "%s = %s\n", k, v)
+	}
+	b.WriteString("# written by pgguard's internal/localpg\n")
+	set("listen_addresses", "127.0.0.1")
+	set("port", strconv.Itoa(c.port))
+	// A socket path longer than sun_path (108 bytes) fails the start.
+	sockets := c.dir
+	if len(filepath.Join(c.dir, ".s.PGSQL.65535")) >= 108 {
+		sockets = ""
+	}
+	set("unix_socket_directories", sockets)
+	set("max_connections", strconv.Itoa(c.opts.MaxConnections))
+	set("shared_buffers", "32MB")
+	set("huge_pages", "off")
+	// Durability is worthless for throwaway data and costs time.
+	set("fsync", "off")
+	set("synchronous_commit", "off")
+	set("full_page_writes", "off")
+	set("password_encryption", "scram-sha-256")
+	set("logging_collector", "off")
+	set("log_destination", "stderr")
+	set("log_line_prefix", "%m [%p] %q%u@%d ")
+	keys := make([]string, 0, len(c.opts.Settings))
+	for k := range c.opts.Settings {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		set(k, c.opts.Settings[k])
+	}
+	return b.String()
+}
+
+// writeFile writes a file that the server reads.
+func (c *Cluster) writeFile(path, content string) error {
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		return err
+	}
+	return c.acct.chown(path)
+}
+
+// startLocked starts the postmaster and waits until it accepts connections,
+// as `pg_ctl start -w` would. c.mu is held.
+func (c *Cluster) startLocked() error {
+	p, err := startProc(c.acct, c.dir, c.LogFile(), filepath.Join(c.binDir, "postgres"), "-D", c.dataDir())
+	if err != nil {
+		return err
+	}
+	if err := p.waitReady(c.opts.StartTimeout, c.LogFile(), func() bool { return c.ready(p.pid()) }); err != nil {
+		p.stop(syscall.SIGQUIT, 5*time.Second)
+		return err
+	}
+	c.proc = p
+	return nil
+}
+
+// ready reports whether postmaster.pid says the postmaster pid accepts
+// connections: its eighth line reads "ready" (PostgreSQL 10 and later).
+func (c *Cluster) ready(pid int) bool {
+	b, err := os.ReadFile(filepath.Join(c.dataDir(), "postmaster.pid"))
+	if err != nil {
+		return false
+	}
+	lines := strings.Split(string(b), "\n")
+	return len(lines) >= 8 && lines[0] == strconv.Itoa(pid) && strings.TrimSpace(lines[7]) == "ready"
+}
+
+// createRole creates Options.User and Options.Database.
+func (c *Cluster) createRole(ctx context.Context) error {
+	conn, err := c.connect(ctx, "postgres")
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	role := pgx.Identifier{c.opts.User}.Sanitize()
+	sql := "CREATE ROLE " + role + " LOGIN PASSWORD " + quoteLiteral(c.opts.Password)
+	if c.opts.User == "postgres" {
+		sql = "ALTER ROLE postgres PASSWORD " + quoteLiteral(c.opts.Password)
+	}
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("create role %s: %w", c.opts.User, err)
+	}
+	switch c.opts.Database {
+	case "postgres", "template0", "template1":
+		return nil
+	}
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{c.opts.Database}.Sanitize()+" OWNER "+role); err != nil {
+		return fmt.Errorf("create database %s: %w", c.opts.Database, err)
+	}
+	return nil
+}
+
+// quoteLiteral quotes s as an SQL (and postgresql.conf) string literal.
+func quoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// connect opens a superuser connection to database db.
+func (c *Cluster) connect(ctx context.Context, db string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(c.SuperURL(db))
+	if err != nil {
+		return nil, err
+	}
+	cfg.ConnectTimeout = 10 * time.Second
+	cfg.RuntimeParams["application_name"] = "localpg"
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+// Exec runs sql as the superuser in Options.Database on a connection of its
+// own. Without args it uses the simple protocol, so sql may hold several
+// statements.
+func (c *Cluster) Exec(ctx context.Context, sql string, args ...any) error {
+	conn, err := c.connect(ctx, c.opts.Database)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, sql, args...)
+	return err
+}
+
+// QueryInt runs sql as the superuser in Options.Database on a connection of
+// its own (application_name "localpg") and returns the integer in the first
+// column of the first row, as in "SELECT count(*) FROM pg_stat_activity".
+func (c *Cluster) QueryInt(ctx context.Context, sql string, args ...any) (int64, error) {
+	conn, err := c.connect(ctx, c.opts.Database)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.Background())
+	var n int64
+	err = conn.QueryRow(ctx, sql, args...).Scan(&n)
+	return n, err
+}
+
+// Host returns the address the server listens on: "127.0.0.1".
+func (c *Cluster) Host() string { return "127.0.0.1" }
+
+// Port returns the server's TCP port, the same across restarts.
+func (c *Cluster) Port() int { return c.port }
+
+// Addr returns "127.0.0.1:PORT".
+func (c *Cluster) Addr() string { return net.JoinHostPort(c.Host(), strconv.Itoa(c.port)) }
+
+// User returns the test role's name.
+func (c *Cluster) User() string { return c.opts.User }
+
+// Password returns the test role's password.
+func (c *Cluster) Password() string { return c.opts.Password }
+
+// Database returns the database created for the test role.
+func (c *Cluster) Database() string { return c.opts.Database }
+
+// URL returns the postgres:// URL of database db (Options.Database when
+// empty) for the test role, password included, with sslmode=disable.
+func (c *Cluster) URL(db string) string {
+	return c.url(url.UserPassword(c.opts.User, c.opts.Password), db)
+}
+
+// SuperURL returns the postgres:// URL of database db (Options.Database
+// when empty) for the postgres superuser, who needs no password.
+func (c *Cluster) SuperURL(db string) string {
+	return c.url(url.User("postgres"), db)
+}
+
+func (c *Cluster) url(user *url.Userinfo, db string) string {
+	if db == "" {
+		db = c.opts.Database
+	}
+	u := url.URL{Scheme: "postgres", User: user, Host: c.Addr(), Path: "/" + db, RawQuery: "sslmode=disable"}
+	return u.String()
+}
+
+// Dir returns the cluster's directory: the data directory "data", the log
+// and the Unix socket.
+func (c *Cluster) Dir() string { return c.dir }
+
+// dataDir returns the PostgreSQL data directory.
+func (c *Cluster) dataDir() string { return filepath.Join(c.dir, "data") }
+
+// LogFile returns the path of the server log.
+func (c *Cluster) LogFile() string { return filepath.Join(c.dir, "postgres.log") }
+
+// Pid returns the postmaster's process id, or 0 while it is stopped.
+func (c *Cluster) Pid() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.proc == nil || c.proc.exited() {
+		return 0
+	}
+	return c.proc.pid()
+}
+
+// errRemoved is returned by operations on a cluster after Stop.
+var errRemoved = errors.New("localpg: cluster was stopped and removed")
+
+// StopImmediate shuts the server down at once, as `pg_ctl stop -m
+// immediate` does (SIGQUIT): clients are cut off, nothing is checkpointed,
+// and the next start runs crash recovery. The data stays for Restart.
+func (c *Cluster) StopImmediate() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.removed {
+		return errRemoved
+	}
+	if c.proc != nil {
+		c.proc.stop(syscall.SIGQUIT, 10*time.Second)
+		c.proc = nil
+	}
+	return nil
+}
+
+// Restart starts the server again on the same port with the same data;
+// a running server is shut down first (fast mode: SIGINT).
+func (c *Cluster) Restart() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.removed {
+		return errRemoved
+	}
+	if c.proc != nil {
+		c.proc.stop(syscall.SIGINT, 30*time.Second)
+		c.proc = nil
+	}
+	return c.startLocked()
+}
+
+// Stop stops the server and removes its directory. It is idempotent and
+// safe after a failed Start.
+func (c *Cluster) Stop() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.removed {
+		return nil
+	}
+	c.removed = true
+	unregister(c)
+	if c.proc != nil {
+		// Immediate: the data is about to go, so a checkpoint is wasted.
+		c.proc.stop(syscall.SIGQUIT, 10*time.Second)
+		c.proc = nil
+	}
+	return os.RemoveAll(c.dir)
+}
