@@ -346,31 +346,45 @@ func TestDropWhenBlocked(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := Record{Query: "SELECT 1", Error: strings.Repeat("x", 4000), SQLState: "XX000"} // ~4 KB lines fill the pipe fast
-	const total = 21000 // 20000 now, 1000 after the pause
-	sent := make(chan time.Duration)
-	go func() {
-		start := time.Now()
-		for range total - 1000 {
-			l.Log(rec)
+	sent := 0
+	logN := func(n int) {
+		done := make(chan struct{})
+		go func() {
+			for range n {
+				l.Log(rec)
+			}
+			close(done)
+		}()
+		select {
+		case <-done:
+			sent += n
+		case <-time.After(10 * time.Second):
+			t.Fatal("Log blocked")
 		}
-		sent <- time.Since(start)
-	}()
-	select {
-	case d := <-sent:
-		t.Logf("%d Log calls against a blocked writer took %v; dropped %d", total, d, l.Dropped())
-	case <-time.After(10 * time.Second):
-		t.Fatal("Log blocked")
 	}
-	// Given time, a writer that was merely slow would empty the queue; a
-	// blocked one leaves it full, so every further record is dropped.
-	time.Sleep(100 * time.Millisecond)
+
+	logN(20000)
+	// Top the queue up until it stays full: a writer that is merely slow
+	// would empty it within the pause, a blocked one cannot.
+	for i := 0; ; i++ {
+		before := l.Dropped()
+		logN(len(l.ch) + 1)
+		if l.Dropped() > before {
+			time.Sleep(50 * time.Millisecond)
+			if len(l.ch) == cap(l.ch) {
+				break
+			}
+		}
+		if i == 100 {
+			t.Fatal("the writer never blocked")
+		}
+	}
 	before := l.Dropped()
-	for range 1000 {
-		l.Log(rec)
-	}
+	logN(1000)
 	if d := l.Dropped() - before; d != 1000 {
-		t.Fatalf("writer not blocked: %d of 1000 dropped", d)
+		t.Fatalf("blocked writer: %d of 1000 dropped", d)
 	}
+	t.Logf("sent %d, dropped %d", sent, l.Dropped())
 
 	read := make(chan int)
 	go func() {
@@ -381,8 +395,8 @@ func TestDropWhenBlocked(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := <-read
-	if uint64(lines)+l.Dropped() != total {
-		t.Fatalf("written %d + dropped %d != %d", lines, l.Dropped(), total)
+	if uint64(lines)+l.Dropped() != uint64(sent) {
+		t.Fatalf("written %d + dropped %d != sent %d", lines, l.Dropped(), sent)
 	}
 }
 
