@@ -6,6 +6,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
 )
 
 // statement is one row of testdata/statements.tsv.
@@ -98,110 +100,138 @@ func TestStatements(t *testing.T) {
 	}
 }
 
-func TestReasons(t *testing.T) {
-	for sql, want := range map[string]string{
-		"INSERT INTO t VALUES (1)":                              "INSERT",
-		"WITH x AS (DELETE FROM t RETURNING 1) SELECT * FROM x": "DELETE",
-		"MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE": "MERGE",
-		"CREATE TABLE x (id int)":                               "CREATE TABLE",
-		"CREATE TEMP TABLE x (id int)":                          "CREATE TEMP TABLE",
-		"CREATE TABLE x AS SELECT 1":                            "CREATE TABLE AS",
-		"SELECT 1 INTO x":                                       "SELECT INTO",
-		"CREATE MATERIALIZED VIEW m AS SELECT 1":                "CREATE MATERIALIZED VIEW",
-		"CREATE ROLE r":                                         "CREATE ROLE",
-		"CREATE INDEX ON t (id)":                                "CREATE INDEX",
-		"CREATE DATABASE d":                                     "CREATE DATABASE",
-		"ALTER TABLE t ADD COLUMN c int":                        "ALTER TABLE",
-		"ALTER MATERIALIZED VIEW m RENAME TO n":                 "ALTER MATERIALIZED VIEW ... RENAME",
-		"DROP VIEW v":                                           "DROP VIEW",
-		"TRUNCATE t":                                            "TRUNCATE",
-		"COMMENT ON TABLE t IS 'x'":                             "COMMENT",
-		"GRANT SELECT ON t TO PUBLIC":                           "GRANT",
-		"REVOKE SELECT ON t FROM PUBLIC":                        "REVOKE",
-		"VACUUM t":                                              "VACUUM",
-		"ANALYZE t":                                             "ANALYZE",
-		"REINDEX TABLE t":                                       "REINDEX",
-		"CLUSTER t":                                             "CLUSTER",
-		"COPY t FROM STDIN":                                     "COPY ... FROM",
-		"CALL p()":                                              "CALL",
-		"DO $$BEGIN END$$":                                      "DO",
-		"SELECT * FROM t FOR UPDATE":                            "SELECT ... FOR UPDATE",
-		"SELECT * FROM t FOR NO KEY UPDATE":                     "SELECT ... FOR NO KEY UPDATE",
-		"SELECT * FROM t FOR SHARE":                             "SELECT ... FOR SHARE",
-		"SELECT * FROM t FOR KEY SHARE":                         "SELECT ... FOR KEY SHARE",
-		"EXPLAIN ANALYZE DELETE FROM t":                         "EXPLAIN ANALYZE DELETE",
-		"BEGIN READ WRITE":                                      "BEGIN READ WRITE",
-		"START TRANSACTION READ WRITE":                          "START TRANSACTION READ WRITE",
-		"SET TRANSACTION READ WRITE":                            "SET TRANSACTION READ WRITE",
-		"SET default_transaction_read_only = off":               "SET default_transaction_read_only",
-		"RESET transaction_read_only":                           "RESET transaction_read_only",
-		"RESET ALL":                                             "RESET ALL",
-		"DISCARD ALL":                                           "DISCARD ALL",
-		"SELECT set_config('default_transaction_read_only', 'off', false)": "set_config('default_transaction_read_only', ...)",
-		"SELECT nextval('s')":                   "nextval()",
-		"SELECT setval('s', 1)":                 "setval()",
-		"LOCK t":                                "LOCK",
-		"NOTIFY c":                              "NOTIFY",
-		"PREPARE p AS INSERT INTO t VALUES (1)": "PREPARE ... AS INSERT",
-		"EXECUTE p":                             "EXECUTE",
-		"REFRESH MATERIALIZED VIEW m":           "REFRESH MATERIALIZED VIEW",
-		"IMPORT FOREIGN SCHEMA s FROM SERVER f INTO s": "IMPORT FOREIGN SCHEMA",
-		"SECURITY LABEL ON TABLE t IS 'x'":             "SECURITY LABEL",
-		"ALTER SYSTEM SET work_mem = '1MB'":            "ALTER SYSTEM",
-		"CHECKPOINT":                                   "CHECKPOINT",
-		"SELEC 1":                                      reasonUnparseable,
-		"SELECT 1\x00; DELETE FROM t":                  reasonUnparseable,
-	} {
-		if got := classify(sql); !got.Write || got.Reason != want {
-			t.Errorf("%q: got %+v, want write %q", sql, got, want)
+func TestZeroCache(t *testing.T) {
+	c := New(0)
+	if v := c.Classify("DELETE FROM t"); !v.Write {
+		t.Fatal("uncached classifier passed a DELETE")
+	}
+	if v := c.ClassifyBytes([]byte("SELECT 1")); v.Write {
+		t.Fatalf("uncached classifier refused SELECT 1: %+v", v)
+	}
+}
+
+func TestLongTextNotCached(t *testing.T) {
+	c := New(16)
+	long := "SELECT 1" + strings.Repeat(" ", MaxCachedLen)
+	if v := c.Classify(long); v.Write {
+		t.Fatalf("long SELECT refused: %+v", v)
+	}
+	if n := c.cache.len(); n != 0 {
+		t.Fatalf("long text cached: %d entries", n)
+	}
+}
+
+func TestNoPanicOnOddInput(t *testing.T) {
+	for _, s := range []string{"\x00", "SELECT 1\x00", "\xff\xfe", "SELECT '\xff'", strings.Repeat("(", 1<<16), strings.Repeat("SELECT 1;", 10000)} {
+		v := classify(s)
+		if !v.Write && strings.IndexByte(s, 0) >= 0 {
+			t.Errorf("%.20q: text with NUL passed", s)
 		}
 	}
 }
 
-func TestCheckSetting(t *testing.T) {
-	for _, tc := range []struct {
-		name, value string
-		write       bool
-	}{
-		{"default_transaction_read_only", "on", false},
-		{"default_transaction_read_only", "TRUE", false},
-		{"Transaction_Read_Only", "t", false},
-		{"default_transaction_read_only", "1", false},
-		{"default_transaction_read_only", "ye", false},
-		{"default_transaction_read_only", "off", true},
-		{"default_transaction_read_only", "", true},
-		{"default_transaction_read_only", "o", true},
-		{"default_transaction_read_only", " on", true},
-		{"standard_conforming_strings", "on", false},
-		{"standard_conforming_strings", "off", true},
-		{"client_encoding", "UTF8", false},
-		{"client_encoding", "Shift_JIS", true},
-		{"client_encoding", "win-932", true},
-		{"client_encoding", "GB18030", true},
-		{"application_name", "anything", false},
-	} {
-		if got := CheckSetting(tc.name, tc.value); got.Write != tc.write || got.Write == (got.Reason == "") {
-			t.Errorf("CheckSetting(%q, %q) = %+v, want write %v", tc.name, tc.value, got, tc.write)
+// FuzzClassify checks that Classify never panics, that a verdict is stable
+// across calls and cache evictions, and that a read always parses.
+func FuzzClassify(f *testing.F) {
+	for _, s := range loadStatements(f) {
+		f.Add(s.sql)
+	}
+	c := New(64) // small, so that fuzzing also exercises eviction
+	f.Fuzz(func(t *testing.T, sql string) {
+		v := c.Classify(sql)
+		if v2 := c.Classify(sql); v2 != v {
+			t.Fatalf("second call: %+v, first: %+v", v2, v)
+		}
+		if vb := c.ClassifyBytes([]byte(sql)); vb != v {
+			t.Fatalf("ClassifyBytes: %+v, Classify: %+v", vb, v)
+		}
+		if vu := classify(sql); vu != v {
+			t.Fatalf("uncached: %+v, cached: %+v", vu, v)
+		}
+		if v.Write {
+			if v.Reason == "" {
+				t.Fatal("write without a reason")
+			}
+			return
+		}
+		if v.Reason != "" {
+			t.Fatalf("read with reason %q", v.Reason)
+		}
+		if strings.IndexByte(sql, 0) >= 0 {
+			t.Fatal("read with a NUL byte")
+		}
+		if _, err := pg_query.Parse(sql); err != nil {
+			t.Fatalf("read but does not parse: %v", err)
+		}
+	})
+}
+
+func BenchmarkClassifyHit(b *testing.B) {
+	c := New(1024)
+	c.Classify(pgbenchUpdate)
+	b.ReportAllocs()
+	for b.Loop() {
+		c.Classify(pgbenchUpdate)
+	}
+}
+
+func BenchmarkClassifyBytesHit(b *testing.B) {
+	c := New(1024)
+	q := []byte(pgbenchUpdate)
+	c.ClassifyBytes(q)
+	b.ReportAllocs()
+	for b.Loop() {
+		c.ClassifyBytes(q)
+	}
+}
+
+func BenchmarkClassifyHitParallel(b *testing.B) {
+	c := New(4096)
+	qs := pgbenchScript()
+	for _, q := range qs {
+		c.Classify(q)
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for i := 0; pb.Next(); i++ {
+			c.Classify(qs[i%len(qs)])
+		}
+	})
+}
+
+func BenchmarkClassifyMiss(b *testing.B) {
+	for _, q := range []string{pgbenchSelect, pgbenchUpdate} {
+		b.Run(strings.Fields(q)[0], func(b *testing.B) {
+			c := New(0) // every call parses
+			b.ReportAllocs()
+			for b.Loop() {
+				c.Classify(q)
+			}
+		})
+	}
+}
+
+// BenchmarkParse is the parser's share of a miss.
+func BenchmarkParse(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := pg_query.Parse(pgbenchUpdate); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
 
-func TestItoa(t *testing.T) {
-	for _, i := range []int32{0, 1, -1, 42, -2147483648, 2147483647} {
-		if got, want := itoa(i), fmt.Sprint(i); got != want {
-			t.Errorf("itoa(%d) = %q", i, got)
-		}
-	}
-}
+// Statements of pgbench's built-in TPC-B-like script.
+const (
+	pgbenchSelect = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+	pgbenchUpdate = "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2;"
+)
 
-func TestDeepNesting(t *testing.T) {
-	// Far deeper than any real query: must fail closed or answer, not crash.
-	for _, depth := range []int{100, 1000, 100000} {
-		sql := "SELECT " + strings.Repeat("(", depth) + "1" + strings.Repeat(")", depth)
-		_ = classify(sql)
-		sql = strings.Repeat("SELECT * FROM (", depth) + "DELETE FROM t" + strings.Repeat(") x", depth)
-		if v := classify(sql); !v.Write {
-			t.Errorf("depth %d: nested DELETE passed", depth)
-		}
+// pgbenchScript returns a set of distinct statements for parallel hits.
+func pgbenchScript() []string {
+	var qs []string
+	for i := 0; i < 256; i++ {
+		qs = append(qs, fmt.Sprintf("SELECT abalance FROM pgbench_accounts WHERE aid = %d;", i))
 	}
+	return qs
 }
