@@ -1,0 +1,52 @@
+package auth
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// authPlain runs AuthenticationCleartextPassword (docs §55.2.1): the client
+// sends its password in a PasswordMessage, which is checked against any kind
+// of secret.
+func authPlain(be *pgproto3.Backend, user, secret string, kind secretKind) error {
+	if err := send(be, &pgproto3.AuthenticationCleartextPassword{}); err != nil {
+		return err
+	}
+	msg, err := receive(be, pgproto3.AuthTypeCleartextPassword, "PasswordMessage")
+	if err != nil {
+		return err
+	}
+	pw, ok := msg.(*pgproto3.PasswordMessage)
+	if !ok {
+		return unexpected(msg, "PasswordMessage")
+	}
+	match, err := checkPlain(kind, secret, user, pw.Password)
+	if err != nil {
+		return err
+	}
+	if !match {
+		return fmt.Errorf("%w: cleartext password does not match", ErrPasswordMismatch)
+	}
+	return nil
+}
+
+// checkPlain reports whether password, as the client sent it, matches
+// secret (PostgreSQL's plain_crypt_verify). An empty password never matches.
+func checkPlain(kind secretKind, secret, user, password string) (bool, error) {
+	if password == "" {
+		return false, nil
+	}
+	switch kind {
+	case scramSecret:
+		return verifySCRAMPlain(secret, password)
+	case md5Secret:
+		return subtle.ConstantTimeCompare([]byte(MD5Hash(password, user)), []byte(secret)) == 1, nil
+	default:
+		// Compare digests so that the time taken says nothing of the length.
+		a, b := sha256.Sum256([]byte(password)), sha256.Sum256([]byte(secret))
+		return subtle.ConstantTimeCompare(a[:], b[:]) == 1, nil
+	}
+}
