@@ -174,10 +174,11 @@ func unexpected(msg pgproto3.FrontendMessage, what string) error {
 }
 
 // isIOError tells a failed or closed connection from a message pgproto3
-// could not decode.
+// could not decode. A bare io.EOF is a decode error: Receive reports a
+// connection closed mid-message as io.ErrUnexpectedEOF.
 func isIOError(err error) bool {
 	var ne net.Error
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, io.ErrClosedPipe) || errors.Is(err, net.ErrClosed) ||
-		errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne)
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.ErrClosedPipe) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		errors.As(err, &ne)
 }
