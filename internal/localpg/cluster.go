@@ -179,6 +179,9 @@ func (c *Cluster) conf() string {
 	set("max_connections", strconv.Itoa(c.opts.MaxConnections))
 	set("shared_buffers", "32MB")
 	set("huge_pages", "off")
+	// Segments in the data directory, not /dev/shm, go away with it even
+	// when the server was killed.
+	set("dynamic_shared_memory_type", "mmap")
 	// Durability is worthless for throwaway data and costs time.
 	set("fsync", "off")
 	set("synchronous_commit", "off")
