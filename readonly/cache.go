@@ -63,8 +63,12 @@ func (c *cache) get(key string) (Verdict, bool) {
 
 // getBytes looks key up without converting it to a string.
 func (c *cache) getBytes(key []byte) (Verdict, bool) {
-	// The compiler does not allocate for string(key) used as a map index.
-	return c.shards[maphash.Bytes(c.seed, key)&c.mask].get(string(key))
+	s := &c.shards[maphash.Bytes(c.seed, key)&c.mask]
+	s.mu.RLock()
+	i, ok := s.index[string(key)] // no allocation: string(key) only indexes
+	v := s.hit(i, ok)
+	s.mu.RUnlock()
+	return v, ok
 }
 
 // put stores v for key, evicting another entry when the shard is full.
@@ -75,16 +79,21 @@ func (c *cache) put(key string, v Verdict) {
 func (s *shard) get(key string) (Verdict, bool) {
 	s.mu.RLock()
 	i, ok := s.index[key]
-	var v Verdict
-	if ok {
-		sl := &s.slots[i]
-		v = sl.v
-		if !sl.ref.Load() { // avoid dirtying the cache line on every hit
-			sl.ref.Store(true)
-		}
-	}
+	v := s.hit(i, ok)
 	s.mu.RUnlock()
 	return v, ok
+}
+
+// hit marks slot i referenced and returns its verdict; s.mu is read-locked.
+func (s *shard) hit(i int32, ok bool) Verdict {
+	if !ok {
+		return Verdict{}
+	}
+	sl := &s.slots[i]
+	if !sl.ref.Load() { // avoid dirtying the cache line on every hit
+		sl.ref.Store(true)
+	}
+	return sl.v
 }
 
 func (s *shard) put(key string, v Verdict) {

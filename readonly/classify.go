@@ -21,6 +21,7 @@ package readonly
 
 import (
 	"strings"
+	"sync"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 )
@@ -96,8 +97,36 @@ func (c *Classifier) ClassifyBytes(b []byte) Verdict {
 	return v
 }
 
-// classify parses sql and classifies each statement, uncached.
-func classify(sql string) (v Verdict) {
+// reasonSelfCheck is the Reason for every text when the self-check failed.
+const reasonSelfCheck = "classifier self-check failed"
+
+// classify classifies sql uncached, failing closed if the self-check did.
+func classify(sql string) Verdict {
+	if !selfCheck() {
+		return write(reasonSelfCheck)
+	}
+	return classifyText(sql)
+}
+
+// selfCheck confirms once that the tree walk still sees nested writes. The
+// walk reflects over pg_query's generated structs; should a new version of
+// them hide their fields, every text becomes a write rather than a read.
+var selfCheck = sync.OnceValue(func() bool {
+	for sql, write := range map[string]bool{
+		"WITH x AS (DELETE FROM t RETURNING 1) SELECT * FROM x": true,
+		"SELECT (SELECT nextval('s'))":                          true,
+		"SELECT * FROM (SELECT 1 FROM t FOR UPDATE) AS x":       true,
+		"SELECT 1": false,
+	} {
+		if classifyText(sql).Write != write {
+			return false
+		}
+	}
+	return true
+})
+
+// classifyText parses sql and classifies each statement.
+func classifyText(sql string) (v Verdict) {
 	// The parser reads a C string: a NUL would hide the text after it.
 	// PostgreSQL rejects such messages anyway.
 	if strings.IndexByte(sql, 0) >= 0 {

@@ -148,6 +148,7 @@ func FuzzClassify(f *testing.F) {
 		if vu := classify(sql); vu != v {
 			t.Fatalf("uncached: %+v, cached: %+v", vu, v)
 		}
+		checkWalk(t, sql)
 		if v.Write {
 			if v.Reason == "" {
 				t.Fatal("write without a reason")

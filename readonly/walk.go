@@ -1,10 +1,12 @@
 package readonly
 
 import (
+	"reflect"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
-	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // stmtVerdict classifies one top-level statement. Only statements known to
@@ -16,7 +18,7 @@ func stmtVerdict(n *pg_query.Node) Verdict {
 
 	// Queries: reads unless something inside them writes.
 	case *pg_query.Node_SelectStmt:
-		return walk(s.SelectStmt.ProtoReflect())
+		return walk(s.SelectStmt)
 	case *pg_query.Node_DeclareCursorStmt:
 		return stmtVerdict(s.DeclareCursorStmt.GetQuery())
 	case *pg_query.Node_PrepareStmt:
@@ -156,10 +158,19 @@ func copyVerdict(s *pg_query.CopyStmt) Verdict {
 
 // walk looks through a query's whole tree for anything that writes:
 // data-modifying statements (as in WITH x AS (DELETE ...)), SELECT INTO,
-// row-locking clauses and calls of functions in writeFuncs. It reflects
-// over every field so that no node kind can be overlooked.
-func walk(m protoreflect.Message) Verdict {
-	switch x := m.Interface().(type) {
+// row-locking clauses and calls of functions in writeFuncs. It visits every
+// exported pointer, slice and oneof field of the generated structs, so that
+// no node kind can be overlooked; per-type field plans keep it fast.
+func walk(n any) Verdict {
+	return walkValue(reflect.ValueOf(n))
+}
+
+// walkValue walks v, a pointer to a generated struct.
+func walkValue(v reflect.Value) Verdict {
+	if v.IsNil() {
+		return read
+	}
+	switch x := v.Interface().(type) {
 	case *pg_query.InsertStmt:
 		return write("INSERT")
 	case *pg_query.UpdateStmt:
@@ -180,22 +191,76 @@ func walk(m protoreflect.Message) Verdict {
 			return write(r)
 		}
 	}
-	v := read
-	m.Range(func(fd protoreflect.FieldDescriptor, val protoreflect.Value) bool {
-		if fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
-			return true
-		}
-		if fd.IsList() {
-			l := val.List()
-			for i := 0; i < l.Len() && !v.Write; i++ {
-				v = walk(l.Get(i).Message())
+	e := v.Elem()
+	for _, f := range planFor(e.Type()) {
+		fv := e.Field(f.index)
+		switch f.kind {
+		case reflect.Pointer:
+			if v := walkValue(fv); v.Write {
+				return v
 			}
-		} else {
-			v = walk(val.Message())
+		case reflect.Slice:
+			for i := range fv.Len() {
+				if v := walkValue(fv.Index(i)); v.Write {
+					return v
+				}
+			}
+		case reflect.Interface: // a oneof: a pointer to a wrapper struct
+			if !fv.IsNil() {
+				if v := walkValue(fv.Elem()); v.Write {
+					return v
+				}
+			}
 		}
-		return !v.Write
-	})
-	return v
+	}
+	return read
+}
+
+// fieldPlan is one field walkValue descends into.
+type fieldPlan struct {
+	index int
+	kind  reflect.Kind // Pointer, Slice (of pointers) or Interface
+}
+
+// plans maps a struct type to its fieldPlans. It is copied on write: the
+// set of types is small and fixed, so after warm-up lookups never lock.
+var (
+	plans   atomic.Pointer[map[reflect.Type][]fieldPlan]
+	plansMu sync.Mutex // serialises writers of plans
+)
+
+// planFor returns the exported fields of struct type t that can hold
+// nodes: pointers to structs, slices of them, and oneof interfaces.
+func planFor(t reflect.Type) []fieldPlan {
+	if m := plans.Load(); m != nil {
+		if p, ok := (*m)[t]; ok {
+			return p
+		}
+	}
+	var p []fieldPlan
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue // protoimpl state
+		}
+		switch ft := f.Type; {
+		case ft.Kind() == reflect.Pointer && ft.Elem().Kind() == reflect.Struct,
+			ft.Kind() == reflect.Interface:
+			p = append(p, fieldPlan{i, ft.Kind()})
+		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Pointer:
+			p = append(p, fieldPlan{i, reflect.Slice})
+		}
+	}
+	plansMu.Lock()
+	defer plansMu.Unlock()
+	next := map[reflect.Type][]fieldPlan{t: p}
+	if m := plans.Load(); m != nil {
+		for k, v := range *m {
+			next[k] = v
+		}
+	}
+	plans.Store(&next)
+	return p
 }
 
 // lockReason names a row-locking clause.

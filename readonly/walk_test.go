@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 func TestReasons(t *testing.T) {
@@ -83,5 +86,75 @@ func TestDeepNesting(t *testing.T) {
 		if v := classify(sql); !v.Write {
 			t.Errorf("depth %d: nested DELETE passed", depth)
 		}
+	}
+}
+
+// BenchmarkWalk is the tree walk's share of a miss.
+func BenchmarkWalk(b *testing.B) {
+	tree, err := pg_query.Parse("SELECT a.aid, b.bid FROM pgbench_accounts a JOIN pgbench_branches b USING (bid) WHERE a.aid IN (SELECT aid FROM pgbench_history WHERE delta > $1) ORDER BY 1 LIMIT 10")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if v := stmtVerdict(tree.Stmts[0].Stmt); v.Write {
+			b.Fatal(v)
+		}
+	}
+}
+
+// refWalk is a slow reference for walk built on protoreflect, which sees
+// every populated field whatever the generated Go structs look like.
+func refWalk(m protoreflect.Message) bool {
+	switch x := m.Interface().(type) {
+	case *pg_query.InsertStmt, *pg_query.UpdateStmt, *pg_query.DeleteStmt, *pg_query.MergeStmt:
+		return true
+	case *pg_query.SelectStmt:
+		if x.GetIntoClause() != nil || len(x.GetLockingClause()) > 0 {
+			return true
+		}
+	case *pg_query.FuncCall:
+		if funcReason(x) != "" {
+			return true
+		}
+	}
+	found := false
+	m.Range(func(fd protoreflect.FieldDescriptor, val protoreflect.Value) bool {
+		switch {
+		case fd.Kind() != protoreflect.MessageKind || fd.IsMap():
+		case fd.IsList():
+			for i := 0; i < val.List().Len() && !found; i++ {
+				found = refWalk(val.List().Get(i).Message())
+			}
+		default:
+			found = refWalk(val.Message())
+		}
+		return !found
+	})
+	return found
+}
+
+// checkWalk compares walk with refWalk on every statement of sql.
+func checkWalk(t *testing.T, sql string) {
+	tree, err := pg_query.Parse(sql)
+	if err != nil {
+		return
+	}
+	for _, raw := range tree.GetStmts() {
+		if got, want := walk(raw.GetStmt()).Write, refWalk(raw.GetStmt().ProtoReflect()); got != want {
+			t.Errorf("%q: walk says write=%v, reference %v", sql, got, want)
+		}
+	}
+}
+
+func TestWalkMatchesReference(t *testing.T) {
+	for _, s := range loadStatements(t) {
+		checkWalk(t, s.sql)
+	}
+}
+
+func TestSelfCheck(t *testing.T) {
+	if !selfCheck() {
+		t.Fatal("self-check failed")
 	}
 }
