@@ -121,7 +121,13 @@ func (s *Stats) add(info *shapeInfo, r *Record) {
 	st.total += d
 	st.max = max(st.max, d)
 	st.sketch.Add(d.Seconds())
-	st.last = at
+	// Records from different connections may arrive slightly out of order.
+	if at.Before(st.first) {
+		st.first = at
+	}
+	if at.After(st.last) {
+		st.last = at
+	}
 }
 
 // newShape makes room for one more shape, reusing the evicted one's memory.

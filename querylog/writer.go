@@ -39,6 +39,7 @@ type Logger struct {
 	stats *Stats
 	main  *slog.Logger
 
+	ctl     sync.Mutex // serializes Reopen, Reconfigure and Close
 	mu      sync.Mutex // guards path and pending
 	path    string
 	pending *sink       // output for the writer to switch to (nil: none)
@@ -47,8 +48,7 @@ type Logger struct {
 	wake   chan struct{} // tells the writer a swap is pending; capacity 1
 	done   chan struct{} // closed by Close
 	exited chan struct{} // closed when the writer returns
-	once   sync.Once
-	err    error // Close's result, set by the writer before exited
+	err    error         // Close's result, set by the writer before exited
 
 	// Owned by the writer goroutine.
 	out       *sink
@@ -109,8 +109,21 @@ func openSink(path string) (*sink, error) {
 		}
 		s.f, s.bw = f, bufio.NewWriterSize(f, bufSize)
 	}
-	s.h = slog.NewJSONHandler(s.bw, nil)
+	s.h = slog.NewJSONHandler(lineWriter{s.bw}, nil)
 	return &s, nil
+}
+
+// lineWriter keeps each JSON line (one Write from the handler) whole in the
+// buffer, so a flush never splits a line: stderr is shared with the main log.
+type lineWriter struct{ bw *bufio.Writer }
+
+func (w lineWriter) Write(p []byte) (int, error) {
+	if len(p) > w.bw.Available() && w.bw.Buffered() > 0 {
+		if err := w.bw.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	return w.bw.Write(p)
 }
 
 func (s *sink) close() error {
@@ -149,8 +162,14 @@ func (l *Logger) Enabled() bool { return l != nil && !l.closed.Load() }
 // LogParameters reports whether records should carry Params (log_parameters).
 func (l *Logger) LogParameters() bool { return l != nil && l.logParams.Load() }
 
-// Dropped returns how many records were dropped because the queue was full.
-func (l *Logger) Dropped() uint64 { return l.dropped.Load() }
+// Dropped returns how many records were dropped because the queue was full
+// (or the Logger closed).
+func (l *Logger) Dropped() uint64 {
+	if l == nil {
+		return 0
+	}
+	return l.dropped.Load()
+}
 
 // Stats returns the per-shape statistics.
 func (l *Logger) Stats() *Stats { return l.stats }
@@ -176,6 +195,11 @@ func (l *Logger) Collectors() []prometheus.Collector {
 // Reopen reopens the log file by its path, for logrotate after SIGHUP. The
 // writer switches over without losing queued records.
 func (l *Logger) Reopen() error {
+	l.ctl.Lock()
+	defer l.ctl.Unlock()
+	if l.closed.Load() {
+		return errClosed
+	}
 	l.mu.Lock()
 	path := l.path
 	l.mu.Unlock()
@@ -194,6 +218,11 @@ func (l *Logger) Reopen() error {
 // log_parameters and max_shapes. When the new path cannot be opened nothing
 // changes and the error is returned.
 func (l *Logger) Reconfigure(cfg config.QueryLog) error {
+	l.ctl.Lock()
+	defer l.ctl.Unlock()
+	if l.closed.Load() {
+		return errClosed
+	}
 	l.mu.Lock()
 	changed := cfg.Path != l.path
 	l.mu.Unlock()
@@ -228,13 +257,16 @@ func (l *Logger) setPending(path string, out *sink) {
 // Close stops accepting records, writes those queued, flushes and closes
 // the file. It waits for the writer, so it blocks while the output does.
 func (l *Logger) Close() error {
-	l.once.Do(func() {
-		l.closed.Store(true)
+	l.ctl.Lock()
+	defer l.ctl.Unlock()
+	if !l.closed.Swap(true) {
 		close(l.done)
-	})
+	}
 	<-l.exited
 	return l.err
 }
+
+var errClosed = errors.New("querylog: logger closed")
 
 // run is the writer goroutine.
 func (l *Logger) run() {

@@ -515,3 +515,45 @@ func BenchmarkWrite(b *testing.B) {
 		l.write(&r)
 	}
 }
+
+// chunkWriter records each Write it receives.
+type chunkWriter struct{ chunks []string }
+
+func (c *chunkWriter) Write(p []byte) (int, error) {
+	c.chunks = append(c.chunks, string(p))
+	return len(p), nil
+}
+
+func TestLineWriterFlushesWholeLines(t *testing.T) {
+	var out chunkWriter
+	bw := bufio.NewWriterSize(&out, 100)
+	h := slog.NewJSONHandler(lineWriter{bw}, nil)
+	for i := range 50 {
+		rec := slog.NewRecord(time.Time{}, slog.LevelInfo, strings.Repeat("m", i*7), 0)
+		h.Handle(t.Context(), rec)
+	}
+	bw.Flush()
+	for _, c := range out.chunks {
+		if !strings.HasSuffix(c, "\n") {
+			t.Fatalf("a flush split a line: %q", c)
+		}
+	}
+	if n := strings.Count(strings.Join(out.chunks, ""), "\n"); n != 50 {
+		t.Fatalf("%d lines, want 50", n)
+	}
+}
+
+func TestAfterClose(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "q.log")
+	l := newTestLogger(t, config.QueryLog{Path: path}, nil)
+	l.Close()
+	if err := l.Reopen(); err == nil {
+		t.Error("Reopen after Close succeeded")
+	}
+	if err := l.Reconfigure(config.QueryLog{Path: path + ".2"}); err == nil {
+		t.Error("Reconfigure after Close succeeded")
+	}
+	if _, err := os.Stat(path + ".2"); err == nil {
+		t.Error("Reconfigure after Close opened a file")
+	}
+}
