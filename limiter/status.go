@@ -1,0 +1,152 @@
+package limiter
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// maxStatusApps bounds the applications listed in Status and StatsRows.
+const maxStatusApps = 100
+
+// Status is the limiter's section of GET /status.
+type Status struct {
+	// Redis is "off" (no limiter.redis_url), "suspended" (SUSPEND_REDIS),
+	// "fleet" (shared through Redis) or "per_instance" (Redis unreachable).
+	Redis              string         `json:"redis"`
+	Rules              []RuleStatus   `json:"rules"`
+	QueriesPerHourWarn int            `json:"queries_per_hour_warn"`
+	Applications       []AppStatus    `json:"applications"` // busiest first, at most 100
+	Budget             BudgetStatus   `json:"budget"`
+	Pollers            []PollerReport `json:"pollers"`
+}
+
+// RuleStatus is one [[limits]] rule and its state on this instance.
+type RuleStatus struct {
+	Name             string  `json:"name"`
+	Match            string  `json:"match"`
+	QueriesPerSecond float64 `json:"queries_per_second,omitempty"`
+	QueriesPerMinute float64 `json:"queries_per_minute,omitempty"`
+	QueriesPerHour   float64 `json:"queries_per_hour,omitempty"`
+	Burst            int     `json:"burst"`
+	Action           string  `json:"action"`
+	MaxDelay         string  `json:"max_delay,omitempty"`
+	MaxConnections   int     `json:"max_connections,omitempty"`
+	Priority         int     `json:"priority"`
+	// Tokens left in the per-instance bucket (the fleet's live in Redis).
+	Tokens float64 `json:"tokens"`
+	// Connections held by the rule's clients, and sessions waiting for one.
+	Connections int   `json:"connections"`
+	Waiting     int   `json:"waiting"`
+	Admitted    int64 `json:"admitted"`
+	Delayed     int64 `json:"delayed"`
+	Rejected    int64 `json:"rejected"`
+}
+
+// redisMode names where the limits live now.
+func (l *Limiter) redisMode() string {
+	switch {
+	case l.mode != "redis":
+		return l.mode
+	case l.redis.up.Load():
+		return "fleet"
+	}
+	return "per_instance"
+}
+
+// Status returns a JSON-able snapshot for /status. Nil-safe.
+func (l *Limiter) Status() any {
+	if l == nil {
+		return nil
+	}
+	return l.status()
+}
+
+func (l *Limiter) status() Status {
+	now := l.clock.Now()
+	st := Status{Redis: l.redisMode(), Budget: l.budget.Snapshot(), Pollers: l.budget.Pollers()}
+	if cfg := l.cfg.Load(); cfg != nil {
+		st.QueriesPerHourWarn = cfg.Limiter.QueriesPerHourWarn
+	}
+	for _, r := range *l.set.Load() {
+		rs := RuleStatus{
+			Name: r.name, Match: r.matchString(),
+			QueriesPerSecond: r.cfg.QueriesPerSecond, QueriesPerMinute: r.cfg.QueriesPerMinute, QueriesPerHour: r.cfg.QueriesPerHour,
+			Burst: int(r.burst), Action: "delay", MaxConnections: r.maxConns, Priority: r.priority,
+			Admitted: r.st.admitted.Load(), Delayed: r.st.delayed.Load(), Rejected: r.st.rejected.Load(),
+		}
+		if r.reject {
+			rs.Action = "reject"
+		} else {
+			rs.MaxDelay = r.maxDelay.String()
+		}
+		if r.hasRate() {
+			r.st.mu.Lock()
+			rs.Tokens = round2(r.st.bucket.level(now))
+			r.st.mu.Unlock()
+		}
+		rs.Connections, rs.Waiting = r.st.sem.state()
+		st.Rules = append(st.Rules, rs)
+	}
+	st.Applications = l.apps.snapshot()
+	if len(st.Applications) > maxStatusApps {
+		st.Applications = st.Applications[:maxStatusApps]
+	}
+	return st
+}
+
+// StatsRows is the limiter's view for the admin console: one row per rule,
+// application, endpoint budget and poller, readable in psql.
+func (l *Limiter) StatsRows() (columns []string, rows [][]string) {
+	columns = []string{"kind", "name", "detail"}
+	if l == nil {
+		return columns, nil
+	}
+	st := l.status()
+	rows = append(rows, []string{"limiter", "redis", st.Redis})
+	for _, r := range st.Rules {
+		var d []string
+		for i, q := range []float64{r.QueriesPerSecond, r.QueriesPerMinute, r.QueriesPerHour} {
+			if q > 0 {
+				d = append(d, rateKeys[i]+"="+fmtFloat(q))
+			}
+		}
+		if len(d) > 0 {
+			d = append(d, "burst="+strconv.Itoa(r.Burst), "action="+r.Action)
+			if r.MaxDelay != "" {
+				d = append(d, "max_delay="+r.MaxDelay)
+			}
+			d = append(d, "tokens="+fmtFloat(r.Tokens))
+		}
+		if r.MaxConnections > 0 {
+			d = append(d, fmt.Sprintf("connections=%d/%d waiting=%d", r.Connections, r.MaxConnections, r.Waiting))
+		}
+		d = append(d, fmt.Sprintf("priority=%d admitted=%d delayed=%d rejected=%d (%s)", r.Priority, r.Admitted, r.Delayed, r.Rejected, r.Match))
+		rows = append(rows, []string{"rule", r.Name, strings.Join(d, " ")})
+	}
+	for _, a := range st.Applications {
+		d := strconv.FormatInt(a.QueriesLastHour, 10) + " queries in the last hour"
+		if a.AboveWarn {
+			d += fmt.Sprintf(" (above queries_per_hour_warn = %d)", st.QueriesPerHourWarn)
+		}
+		rows = append(rows, []string{"application", a.Application, d})
+	}
+	b := st.Budget
+	rows = append(rows, []string{"budget", b.Month, fmt.Sprintf("awake %s, %.2f of %g CU-hours (%.1f%%), projected %.1f, on_exhausted=%s%s",
+		time.Duration(b.AwakeSeconds*float64(time.Second)).Round(time.Second), b.CUHours, b.MonthlyCUHours, 100*b.UsedRatio,
+		b.ProjectedCUHours, b.OnExhausted, map[bool]string{true: " EXHAUSTED", false: ""}[b.Exhausted])})
+	for _, e := range b.Endpoints {
+		rows = append(rows, []string{"endpoint", e.Endpoint, fmt.Sprintf("awake %s this month, awake now: %t",
+			time.Duration(e.AwakeSeconds*float64(time.Second)).Round(time.Second), e.AwakeNow)})
+	}
+	for _, p := range st.Pollers {
+		d := fmt.Sprintf("%d queries in %s, gap median %s max %s, alone keeps %s awake (%.0f%%)",
+			p.Queries, p.Window.Round(time.Minute), roundDur(p.MedianGap), roundDur(p.MaxGap), p.AwakeTime.Round(time.Second), 100*p.AwakeFraction)
+		if p.KeepsAwake {
+			d += ", KEEPS COMPUTE AWAKE"
+		}
+		rows = append(rows, []string{"poller", p.Application, d})
+	}
+	return columns, rows
+}
