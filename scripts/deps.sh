@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Installs what pgguard's tests, benchmarks and `pgguard demo` need, from
+# Debian/Ubuntu packages: PostgreSQL server binaries, PgBouncer, Redis, the
+# Python and Node.js client libraries, make and a C compiler (pg_query_go
+# uses cgo). Idempotent: apt-get runs only when something is missing.
+# Works as root, or through sudo when it exists.
+#
+# Services of packages installed here are not started (policy-rc.d), and no
+# "main" PostgreSQL cluster is created: tests start throwaway servers of
+# their own on free ports (internal/localpg).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+exists() { compgen -G "$1" >/dev/null; }
+
+missing=()
+if [ -n "${PG_BIN:-}" ] && [ -x "$PG_BIN/initdb" ]; then
+	: # a PostgreSQL of the caller's choosing
+else
+	exists '/usr/lib/postgresql/*/bin/initdb' || missing+=(postgresql)
+	exists '/usr/share/postgresql/*/extension/pg_stat_statements.control' || missing+=(postgresql-contrib)
+fi
+{ command -v pgbouncer || [ -x /usr/sbin/pgbouncer ]; } >/dev/null || missing+=(pgbouncer)
+command -v redis-server >/dev/null || missing+=(redis-server)
+if command -v dpkg-query >/dev/null; then
+	installed python3-psycopg2 || missing+=(python3-psycopg2)
+	installed python3-sqlalchemy || missing+=(python3-sqlalchemy)
+fi
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+command -v make >/dev/null || missing+=(make)
+if [ "${CGO_ENABLED:-1}" != 0 ] && ! command -v "${CC:-gcc}" >/dev/null && ! command -v cc >/dev/null; then
+	missing+=(gcc libc6-dev)
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "deps: installing ${missing[*]}"
+	if ! command -v apt-get >/dev/null; then
+		echo "deps: no apt-get here; install these yourself: ${missing[*]}" >&2
+		exit 1
+	fi
+	sudo=()
+	if [ "$(id -u)" != 0 ]; then
+		if ! command -v sudo >/dev/null; then
+			echo "deps: not root and no sudo; as root run: apt-get install ${missing[*]}" >&2
+			exit 1
+		fi
+		sudo=(sudo)
+	fi
+	# No main cluster for the postgresql package (postgresql-common reads
+	# createcluster.d), and no services started during the install.
+	"${sudo[@]}" mkdir -p /etc/postgresql-common/createcluster.d
+	echo 'create_main_cluster = false' | "${sudo[@]}" tee /etc/postgresql-common/createcluster.d/pgguard-no-main.conf >/dev/null
+	policy=
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		policy=/usr/sbin/policy-rc.d
+		printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+		"${sudo[@]}" chmod +x "$policy"
+		trap '"${sudo[@]}" rm -f "$policy"' EXIT
+	fi
+	export DEBIAN_FRONTEND=noninteractive
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Node.js test clients, once test/node exists.
+if [ -f test/node/package.json ]; then
+	(
+		cd test/node
+		if [ -f package-lock.json ]; then
+			npm ci --no-audit --no-fund
+		else
+			npm install --no-audit --no-fund
+		fi
+	)
+fi
+
+echo "deps: ok"
