@@ -50,3 +50,15 @@ func checkPlain(kind secretKind, secret, user, password string) (bool, error) {
 		return subtle.ConstantTimeCompare(a[:], b[:]) == 1, nil
 	}
 }
+
+// CheckPassword reports whether password, given in clear by a client (for
+// example over HTTP basic auth), matches secret: a plain password, a
+// SCRAM-SHA-256 verifier or an md5 hash.
+func CheckPassword(user, password, secret string) bool {
+	kind, err := classify(secret)
+	if err != nil {
+		return false
+	}
+	ok, err := checkPlain(kind, secret, user, password)
+	return err == nil && ok
+}
