@@ -483,22 +483,49 @@ func TestReconfigure(t *testing.T) {
 }
 
 // BenchmarkLog measures the caller's cost of Log for a record whose strings
-// already exist; the writer runs with no output (shape and statistics only).
+// already exist: "queued" lets the writer drain between batches (timer
+// stopped), so every record is enqueued; "full" logs flat out, so most hit
+// a full queue and are dropped.
 func BenchmarkLog(b *testing.B) {
-	l, err := New(config.QueryLog{MaxShapes: 100}, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
 	r := Record{Time: time.Now(), Database: "app", User: "u", Application: "web", Upstream: "primary",
 		Query: "SELECT * FROM users WHERE id = $1", Duration: time.Millisecond, Rows: 1, Tag: "SELECT 1"}
-	b.ReportAllocs()
-	n := 0
-	for b.Loop() {
-		l.Log(r)
-		n++
+	newL := func(b *testing.B) *Logger {
+		l, err := New(config.QueryLog{MaxShapes: 100}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { l.Close() })
+		return l
 	}
-	b.ReportMetric(float64(l.Dropped())/float64(n), "dropped/op")
+	b.Run("queued", func(b *testing.B) {
+		l := newL(b)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := range b.N {
+			if i%1024 == 0 {
+				b.StopTimer()
+				for len(l.ch) > 0 {
+					time.Sleep(50 * time.Microsecond)
+				}
+				b.StartTimer()
+			}
+			l.Log(r)
+		}
+		b.StopTimer()
+		if l.Dropped() != 0 {
+			b.Fatalf("%d dropped", l.Dropped())
+		}
+	})
+	b.Run("full", func(b *testing.B) {
+		l := newL(b)
+		b.ReportAllocs()
+		n := 0
+		for b.Loop() {
+			l.Log(r)
+			n++
+		}
+		b.ReportMetric(float64(l.Dropped())/float64(n), "dropped/op")
+	})
 }
 
 // BenchmarkWrite measures the writer goroutine's cost per record (cached
