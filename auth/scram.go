@@ -270,7 +270,9 @@ func parseClientFirst(msg string) (clientFirst, error) {
 	}
 	switch {
 	case flag == "n", flag == "y":
-		// "y": the client could bind but thinks we cannot, which is right.
+		// "y": the client could bind but thinks we cannot, which is right
+		// while only SCRAM-SHA-256 is offered; once -PLUS is, "y" must fail
+		// (RFC 5802 §6, a downgrade).
 	case strings.HasPrefix(flag, "p="):
 		return cf, fmt.Errorf("%w: client requires SCRAM channel binding (%s), but only %s was offered",
 			ErrProtocolViolation, flag[2:], scramMechanism)
