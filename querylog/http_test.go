@@ -10,7 +10,7 @@ import (
 )
 
 func TestHandler(t *testing.T) {
-	s := NewStats(10)
+	s := newStats(10)
 	for i := 1; i <= 3; i++ {
 		for range i * 10 {
 			s.add(testInfo(i), &Record{Duration: time.Duration(10-i) * time.Millisecond})

@@ -79,8 +79,8 @@ type ShapeStats struct {
 	LastSeen  time.Time `json:"last_seen"`
 }
 
-// NewStats returns empty statistics keeping at most maxShapes shapes (default 5000 when <= 0).
-func NewStats(maxShapes int) *Stats {
+// newStats returns empty statistics keeping at most maxShapes shapes (default 5000 when <= 0).
+func newStats(maxShapes int) *Stats {
 	s := &Stats{shapes: make(map[uint64]*shapeStat)}
 	s.lru.prev, s.lru.next = &s.lru, &s.lru
 	s.max = orDefault(maxShapes)

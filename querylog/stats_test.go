@@ -16,7 +16,7 @@ func testInfo(i int) *shapeInfo {
 }
 
 func TestStatsQuantiles(t *testing.T) {
-	s := NewStats(10)
+	s := newStats(10)
 	info := testInfo(1)
 	rng := rand.New(rand.NewPCG(1, 2))
 	vals := make([]float64, 10000)
@@ -36,7 +36,7 @@ func TestStatsQuantiles(t *testing.T) {
 }
 
 func TestStatsSortLimitReset(t *testing.T) {
-	s := NewStats(10)
+	s := newStats(10)
 	// shape 1: many fast calls; 2: few slow; 3: one very slow; 4: medium.
 	for range 100 {
 		s.add(testInfo(1), &Record{Duration: time.Millisecond})
@@ -92,7 +92,7 @@ func TestStatsMemory(t *testing.T) {
 		infos[i] = testInfo(i)
 	}
 	before := heap()
-	s := NewStats(bound)
+	s := newStats(bound)
 	for i, info := range infos {
 		for _, d := range []time.Duration{time.Millisecond, 10 * time.Millisecond, 100 * time.Millisecond} {
 			s.add(info, &Record{Duration: d, Rows: 1})

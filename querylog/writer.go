@@ -81,7 +81,7 @@ func newLogger(cfg config.QueryLog, main *slog.Logger, queue int) (*Logger, erro
 	}
 	l := &Logger{
 		ch:     make(chan Record, queue),
-		stats:  NewStats(cfg.MaxShapes),
+		stats:  newStats(cfg.MaxShapes),
 		main:   main,
 		path:   cfg.Path,
 		wake:   make(chan struct{}, 1),

@@ -532,7 +532,7 @@ func BenchmarkLog(b *testing.B) {
 // shape, statistics, one JSON line into a discarded buffer): its inverse is
 // the sustained rate the queue drains at.
 func BenchmarkWrite(b *testing.B) {
-	l := &Logger{stats: NewStats(100), main: slog.New(slog.DiscardHandler)}
+	l := &Logger{stats: newStats(100), main: slog.New(slog.DiscardHandler)}
 	bw := bufio.NewWriterSize(io.Discard, bufSize)
 	l.out = &sink{bw: bw, h: slog.NewJSONHandler(bw, nil)}
 	r := Record{Time: time.Now(), Database: "app", User: "u", Application: "web", ClientAddr: "10.0.0.1:5555", Upstream: "primary",
