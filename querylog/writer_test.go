@@ -584,3 +584,15 @@ func TestAfterClose(t *testing.T) {
 		t.Error("Reconfigure after Close opened a file")
 	}
 }
+
+func TestLogDoesNotAllocate(t *testing.T) {
+	l := newTestLogger(t, config.QueryLog{}, nil)
+	r := Record{Time: time.Now(), Database: "app", Query: "SELECT 1", Params: [][]byte{[]byte("x")}}
+	if n := testing.AllocsPerRun(1000, func() { l.Log(r) }); n != 0 {
+		t.Fatalf("Log allocates %v times", n)
+	}
+	var nilL *Logger
+	if n := testing.AllocsPerRun(100, func() { nilL.Log(r) }); n != 0 {
+		t.Fatalf("nil Log allocates %v times", n)
+	}
+}
