@@ -11,7 +11,7 @@ import (
 )
 
 const (
-	// maxApps caps the applications counted by name; later ones count as "other".
+	// maxApps caps the applications counted, "other" included; later ones count as "other".
 	maxApps = 1000
 	// otherApp collects applications past maxApps.
 	otherApp = "other"
@@ -76,7 +76,7 @@ func (a *appRates) lookup(name string) *appCounter {
 	if c = a.apps[name]; c != nil {
 		return c
 	}
-	if len(a.apps) >= maxApps {
+	if len(a.apps) >= maxApps-1 { // keep room for "other"
 		if name = otherApp; a.apps[name] != nil {
 			return a.apps[name]
 		}

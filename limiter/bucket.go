@@ -53,7 +53,7 @@ func (b *bucket) take(now time.Time, maxWait time.Duration) (wait time.Duration,
 	b.refill(now)
 	need, bind := 0.0, -1
 	for i, r := range b.rates {
-		if r > 0 && b.tokens[i] < 1 {
+		if r > 0 && b.tokens[i] < 1-tokenEpsilon {
 			if w := (1 - b.tokens[i]) / r; w > need {
 				need, bind = w, i
 			}
@@ -95,6 +95,10 @@ func (b *bucket) level(now time.Time) float64 {
 	}
 	return lv
 }
+
+// tokenEpsilon absorbs the rounding of many small refills, so that a token
+// due at an instant is there at that instant.
+const tokenEpsilon = 1e-9
 
 // reservation is a token taken for one rule, kept until the query is sure
 // to run so that it can be given back.

@@ -36,7 +36,7 @@ for i = 1, 3 do
   local t = tonumber(v[i]) or burst
   if r > 0 then
     t = math.min(burst, t + dt * r)
-    if t < 1 and (1 - t) / r > need then need, bind = (1 - t) / r, i - 1 end
+    if t < 1 - 1e-9 and (1 - t) / r > need then need, bind = (1 - t) / r, i - 1 end
   else
     t = burst
   end
