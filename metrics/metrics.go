@@ -27,6 +27,7 @@ type Metrics struct {
 	Bytes          *prometheus.CounterVec // direction
 	ClientRefusals *prometheus.CounterVec // sqlstate: connections refused before or at login
 	ClientsReaped  *prometheus.CounterVec // reason
+	ClientsPinned  *prometheus.CounterVec // reason
 }
 
 // New creates the metrics on a fresh registry, with Go runtime and process collectors.
@@ -81,13 +82,17 @@ func New() *Metrics {
 			Name: "pgguard_client_refusals_total",
 			Help: "Client connections or requests refused by pgguard, by SQLSTATE.",
 		}, []string{"sqlstate"}),
+		ClientsPinned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgguard_clients_pinned_total",
+			Help: "Transaction-mode clients pinned to one server for the rest of their session, by reason (LISTEN, SQL PREPARE, session advisory lock, cursor WITH HOLD, temporary table).",
+		}, []string{"reason"}),
 		ClientsReaped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgguard_clients_closed_total",
 			Help: "Client sessions closed by pgguard, by reason (client_idle_timeout, idle_transaction_timeout, login_timeout, shutdown, kill).",
 		}, []string{"reason"}),
 	}
 	r.MustRegister(m.QueryDuration, m.Queries, m.QueryErrors, m.PoolWait, m.PoolMax,
-		m.UpstreamActive, m.Switches, m.ReadOnly, m.Bytes, m.ClientRefusals, m.ClientsReaped)
+		m.UpstreamActive, m.Switches, m.ReadOnly, m.Bytes, m.ClientRefusals, m.ClientsReaped, m.ClientsPinned)
 	return m
 }
 

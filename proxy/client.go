@@ -1,0 +1,543 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/pgguard/pgguard/pool"
+)
+
+type poolMode uint8
+
+const (
+	poolTransaction poolMode = iota
+	poolSession
+)
+
+// Client states, counted in metrics and shown by SHOW CLIENTS.
+const (
+	stateLogin   int32 = iota // before ReadyForQuery of the startup
+	stateIdle                 // no server linked
+	stateWaiting              // queued for a server
+	stateActive               // linked to a server
+)
+
+var stateNames = [...]string{"login", "idle", "waiting", "active"}
+
+// client is one application connection. Its goroutine reads the client and
+// forwards to the linked server; the server's pump writes replies back.
+// Memory matters here (thousands of idle sessions): the read buffer is
+// borrowed from readBufs only while bytes are pending.
+type client struct {
+	p      *Proxy
+	id     uint32 // also the BackendKeyData process ID
+	secret uint32
+	conn   net.Conn
+	out    *sock           // writes to the client
+	raw    syscall.RawConn // reads, for plain TCP; nil for TLS connections
+	db     *database
+	user   string
+	app    string
+	want   sessionWant // session parameters that follow the client from server to server
+
+	// Named prepared statements, by client name (transaction mode).
+	// Owned by the client goroutine.
+	stmts map[string]*stmt
+
+	pooling  poolMode
+	priority int
+
+	server atomic.Pointer[backend] // linked server; changed only under that backend's mu
+
+	// Owned by the client goroutine.
+	buf     []byte // pending input; nil when none
+	w       int    // bytes in buf
+	skip    int    // bytes still to forward of a message streamed without inspection
+	lastTyp byte   // type of the last message started
+	// discarding: a refused batch is being skipped up to its Sync.
+	discarding bool
+	expect     []expectedReply // Parse/Close in the chunk being sent (fast path)
+	obuf       []byte          // rewritten output (slow path)
+	effects    []*effect       // session effects of the statements in the chunk
+	pinned     atomic.Bool     // keeps its server for the rest of the session
+	pinReason  string          // why, for SHOW CLIENTS; set before pinned
+	readFn     func(fd uintptr) bool
+	rn         int
+	rerr       error
+
+	state       atomic.Int32
+	lastActive  atomic.Int64 // unix nanos of the last message from the client
+	connectedAt int64
+	closing     atomic.Pointer[Error] // why pgguard is closing this client, if it is
+}
+
+const readBufSize = 16 << 10
+
+var readBufs = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
+
+func getReadBuf() []byte { return *(readBufs.Get().(*[]byte)) }
+
+func putReadBuf(b []byte) {
+	if cap(b) == readBufSize {
+		b = b[:readBufSize]
+		readBufs.Put(&b)
+	}
+}
+
+// serve runs the client's message loop after login until it disconnects.
+func (c *client) serve() {
+	for {
+		if err := c.fill(); err != nil {
+			c.disconnect(err)
+			return
+		}
+		if err := c.process(); err != nil {
+			c.disconnect(err)
+			return
+		}
+	}
+}
+
+// fill reads more client input into buf. On plain TCP it waits for input
+// without holding a buffer: the borrowed one goes back while the socket is empty.
+func (c *client) fill() error {
+	if c.raw == nil {
+		if c.buf == nil {
+			c.buf = getReadBuf()
+		}
+		n, err := c.conn.Read(c.buf[c.w:])
+		c.w += n
+		if n > 0 {
+			return nil
+		}
+		return err
+	}
+	if err := c.raw.Read(c.readFn); err != nil {
+		return err
+	}
+	if c.rerr != nil {
+		return c.rerr
+	}
+	return nil
+}
+
+// readRaw is the syscall.RawConn callback: it returns false to park the
+// goroutine in the netpoller until the socket is readable.
+func (c *client) readRaw(fd uintptr) bool {
+	if c.buf == nil {
+		c.buf = getReadBuf()
+	}
+	p := c.buf[c.w:]
+	n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	switch {
+	case e == syscall.EAGAIN:
+		if c.w == 0 {
+			putReadBuf(c.buf)
+			c.buf = nil
+		}
+		return false
+	case e == syscall.EINTR:
+		return c.readRaw(fd)
+	case e != 0:
+		c.rerr = e
+	case n == 0:
+		c.rerr = errClientEOF
+	default:
+		c.w += int(n)
+	}
+	return true
+}
+
+var (
+	errClientEOF   = errors.New("client closed the connection")
+	errTerminate   = errors.New("client sent Terminate")
+	errServerWrite = errors.New("write to server failed")
+)
+
+// isSyncPoint reports whether a client message closes a batch: the server
+// answers it with ReadyForQuery (Query, Sync, FunctionCall) or ends a COPY.
+func isSyncPoint(typ byte) bool {
+	return typ == 'Q' || typ == 'S' || typ == 'F' || typ == 'c' || typ == 'f'
+}
+
+// inspectClient reports whether a client message must be whole before it is
+// forwarded (pgguard reads it).
+func inspectClient(typ byte) bool {
+	switch typ {
+	case 'Q', 'P', 'B', 'D', 'C', 'X':
+		return true
+	}
+	return false
+}
+
+// process forwards every complete message in buf (and the available part of
+// large messages pgguard need not read) to the server, acquiring one first.
+func (c *client) process() error {
+	data := c.buf[:c.w]
+	from, pos := 0, 0 // data[from:pos] is forwarded
+	if c.skip > 0 {
+		pos = min(c.skip, len(data))
+		c.skip -= pos
+		if c.discarding {
+			from = pos
+		}
+	}
+	if c.discarding && c.skip == 0 {
+		pos = c.discard(data, pos)
+		from = pos
+	}
+	lead := pos - from // bytes continuing a message streamed from the last read
+	syncs, queries := 0, 0
+	slow := false
+	transaction := c.pooling == poolTransaction && !c.pinned.Load()
+	maxMsg := c.p.cfg.Load().MaxMessageSize
+	for len(data)-pos >= 5 {
+		typ := data[pos]
+		n := int(binary.BigEndian.Uint32(data[pos+1:]))
+		if n < 4 || n > maxMsg {
+			return fatalf(codeProtocolViolation, "message of %d bytes is outside 4..max_message_size = %d; raise max_message_size if it is legitimate", n, maxMsg)
+		}
+		end := pos + 1 + n
+		if end > len(data) {
+			if inspectClient(typ) {
+				break // wait for the whole message
+			}
+			c.skip = end - len(data)
+			c.lastTyp = typ
+			pos = len(data)
+			break
+		}
+		body := data[pos+5 : end]
+		switch typ {
+		case 'X':
+			if err := c.send(data[from:pos], syncs, lead, slow); err != nil {
+				return err
+			}
+			return errTerminate
+		case 'Q':
+			syncs++
+			queries++
+			c.noteEffect(queryText(body))
+		case 'P':
+			c.expect = append(c.expect, expectedReply{'1', syncs})
+			if name, rest, ok := cstring(body); ok {
+				c.noteEffect(queryText(rest))
+				slow = slow || (transaction && name != "")
+			}
+		case 'C':
+			c.expect = append(c.expect, expectedReply{'3', syncs})
+			slow = slow || (transaction && namedStmtMessage(typ, body))
+		case 'B', 'D':
+			slow = slow || (transaction && namedStmtMessage(typ, body))
+		case 'E':
+			queries++
+		case 'S', 'F':
+			syncs++
+		}
+		c.lastTyp = typ
+		pos = end
+	}
+	if queries > 0 {
+		c.db.queryCount.Add(uint64(queries))
+		c.db.queries.Add(float64(queries))
+	}
+	c.lastActive.Store(time.Now().UnixNano())
+	if err := c.send(data[from:pos], syncs, lead, slow); err != nil {
+		var e *Error
+		if !errors.As(err, &e) || e.Fatal() {
+			return err
+		}
+		c.refuse(e, syncs)
+	}
+	c.keep(data[pos:])
+	return nil
+}
+
+// queryText returns the SQL of a Query or Parse body (up to its NUL).
+func queryText(b []byte) []byte {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		return b[:i]
+	}
+	return b
+}
+
+// noteEffect records what a statement does to session state, to apply when
+// it is sent.
+func (c *client) noteEffect(sql []byte) {
+	if e := statementEffect(sql); e != nil {
+		c.effects = append(c.effects, e)
+	}
+}
+
+// refuse answers the messages just dropped with an error per batch and a
+// ReadyForQuery per sync point; a batch still open is discarded up to its
+// Sync (PostgreSQL docs 55.2.3: after an error the server skips to Sync).
+func (c *client) refuse(e *Error, syncs int) {
+	open := c.skip > 0 || !isSyncPoint(c.lastTyp)
+	var buf []byte
+	for i := 0; i < syncs; i++ {
+		buf = e.encode(buf)
+		buf = append(buf, 'Z', 0, 0, 0, 5, 'I')
+	}
+	if open {
+		buf = e.encode(buf)
+		c.discarding = true
+	}
+	c.write(buf)
+	c.p.metrics.ClientRefusals.WithLabelValues(e.Code).Inc()
+}
+
+// discard drops the messages of a refused batch up to and including its
+// Sync, answered with ReadyForQuery; it returns where forwarding resumes.
+func (c *client) discard(data []byte, pos int) int {
+	for len(data)-pos >= 5 {
+		typ := data[pos]
+		end := pos + 1 + int(binary.BigEndian.Uint32(data[pos+1:]))
+		if end > len(data) {
+			if typ == 'S' || typ == 'X' {
+				return pos
+			}
+			c.skip = end - len(data)
+			c.lastTyp = typ
+			return len(data)
+		}
+		if typ == 'X' {
+			return pos
+		}
+		pos = end
+		if typ == 'S' {
+			c.discarding = false
+			c.lastTyp = typ
+			c.write([]byte{'Z', 0, 0, 0, 5, 'I'})
+			return pos
+		}
+	}
+	return pos
+}
+
+// keep moves an incomplete message to the front of buf, growing buf when the
+// message is larger than it; with nothing left, the buffer goes back.
+func (c *client) keep(rest []byte) {
+	c.w = len(rest)
+	if len(rest) == 0 {
+		putReadBuf(c.buf)
+		c.buf = nil
+		return
+	}
+	need := len(rest)
+	if len(rest) >= 5 {
+		need = 1 + int(binary.BigEndian.Uint32(rest[1:]))
+	}
+	if need > cap(c.buf) {
+		nb := make([]byte, need)
+		copy(nb, rest)
+		putReadBuf(c.buf)
+		c.buf = nb
+		return
+	}
+	copy(c.buf, rest)
+	c.buf = c.buf[:cap(c.buf)]
+}
+
+// send forwards p to the linked server, acquiring and linking one when there
+// is none. A server that fails the first write of a fresh link is replaced.
+// lead is how many leading bytes continue a message from the last read; slow
+// asks for prepared statement names to be translated.
+func (c *client) send(p []byte, syncs, lead int, slow bool) error {
+	defer c.sent()
+	if len(p) == 0 {
+		return nil
+	}
+	open := c.skip > 0 || !isSyncPoint(c.lastTyp)
+	for attempt := 0; ; attempt++ {
+		b := c.server.Load()
+		fresh := b == nil
+		if fresh {
+			var err error
+			if b, err = c.acquire(); err != nil {
+				return err
+			}
+		}
+		out, ok := b.prepareSend(c, p, syncs, lead, open, slow)
+		if !ok {
+			continue // the transaction ended and the server went back: take another
+		}
+		if _, err := b.out.Write(out); err != nil {
+			b.mu.Lock()
+			if b.client == c {
+				b.client = nil
+				c.server.Store(nil)
+			}
+			b.mu.Unlock()
+			b.db.pool.Discard(b)
+			if fresh && attempt < 2 {
+				continue
+			}
+			return c.p.clientError(errServerWrite, c.db, true)
+		}
+		c.p.bytesIn.Add(float64(len(out)))
+		return nil
+	}
+}
+
+// sent clears what process collected for one send.
+func (c *client) sent() {
+	c.expect = c.expect[:0]
+	clear(c.effects)
+	c.effects = c.effects[:0]
+}
+
+// expectedReply is a ParseComplete ('1') or CloseComplete ('3') a chunk's
+// message will produce, and how many sync points precede it in the chunk.
+type expectedReply struct {
+	typ   byte
+	syncs int
+}
+
+// setStmt and friends keep the client's named prepared statements.
+func (c *client) setStmt(name string, st *stmt) {
+	if c.stmts == nil {
+		c.stmts = make(map[string]*stmt)
+	}
+	c.stmts[name] = st
+}
+
+func (c *client) stmt(name string) *stmt { return c.stmts[name] }
+
+func (c *client) dropStmt(name string) { delete(c.stmts, name) }
+
+// applyEffects applies the session effects of the statements being sent to
+// client c and its server b (b.mu held).
+func (c *client) applyEffects(b *backend) {
+	for _, e := range c.effects {
+		if e.pin != "" && c.pooling == poolTransaction && !c.pinned.Load() {
+			c.pinReason = e.pin
+			c.pinned.Store(true)
+			c.p.metrics.ClientsPinned.WithLabelValues(e.pin).Inc()
+			c.p.log.Info("client pinned to its server connection for the rest of its session",
+				"client", c.id, "application_name", c.app, "reason", e.pin)
+		}
+		for k, sql := range e.custom {
+			if sql == "" {
+				c.want.custom.del(k)
+				b.custom.del(k)
+			} else {
+				c.want.custom.set(k, sql)
+				b.custom.set(k, sql)
+			}
+		}
+		if e.resetAll {
+			c.want.resetAll()
+			b.custom = nil
+		}
+		if e.dropAll {
+			c.stmts = nil
+			b.stmts.clear()
+		}
+	}
+}
+
+// acquire takes a server from the pool and links it to c.
+func (c *client) acquire() (*backend, error) {
+	c.state.Store(stateWaiting)
+	if err := c.p.waitResumed(); err != nil {
+		return nil, c.p.clientError(pool.ErrClosed, c.db, true)
+	}
+	start := time.Now()
+	for {
+		b, err := c.db.pool.Acquire(c.p.ctx, c.priority)
+		if err != nil {
+			c.state.Store(stateIdle)
+			return nil, c.p.clientError(err, c.db, c.pooling == poolSession)
+		}
+		if b.link(c) {
+			c.db.poolWait.Observe(time.Since(start).Seconds())
+			c.state.Store(stateActive)
+			return b, nil
+		}
+		c.db.pool.Discard(b) // died between the pool and us
+	}
+}
+
+// transactionDone is called by the pump after it returned c's server.
+func (c *client) transactionDone() {
+	c.state.Store(stateIdle)
+}
+
+// write sends bytes to the client. Errors surface on the client goroutine's
+// next read, which then cleans up.
+func (c *client) write(p []byte) {
+	c.out.Write(p)
+}
+
+// sendError writes an ErrorResponse, plus ReadyForQuery for a non-fatal one.
+func (c *client) sendError(e *Error) {
+	buf := e.encode(nil)
+	if !e.Fatal() {
+		buf = append(buf, 'Z', 0, 0, 0, 5, 'I')
+	}
+	c.write(buf)
+	c.p.metrics.ClientRefusals.WithLabelValues(e.Code).Inc()
+}
+
+// serverLost is called by the pump when the linked server died. The client's
+// transaction is gone with it, so the session ends, as with a crashed server.
+func (c *client) serverLost(b *backend, err error) {
+	e := c.closing.Load()
+	if e == nil {
+		e = fatalf(codeConnectionFailure, "server connection to %s for database %q was lost; the transaction, if any, was rolled back",
+			b.db.upstreamHost(), b.db.name)
+		e.Cause = err
+	}
+	c.sendError(e)
+	c.conn.Close()
+}
+
+// lingerClose lets a client still writing a message pgguard refused finish
+// the write and read the error, instead of seeing a connection reset: it
+// half-closes and discards input for a moment.
+func (c *client) lingerClose() {
+	if tc, ok := c.conn.(*net.TCPConn); ok {
+		tc.CloseWrite()
+	}
+	c.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	io.Copy(io.Discard, io.LimitReader(c.conn, int64(c.p.cfg.Load().MaxMessageSize)))
+}
+
+// closeWith ends the session with a FATAL error (reaper, shutdown, KILL).
+func (c *client) closeWith(e *Error) {
+	if !c.closing.CompareAndSwap(nil, e) {
+		return
+	}
+	c.sendError(e)
+	c.conn.Close()
+}
+
+// disconnect ends the session: the server, if any, is reset and returned, or
+// closed when it cannot be made clean.
+func (c *client) disconnect(cause error) {
+	var e *Error
+	if errors.As(cause, &e) && c.closing.Load() == nil {
+		c.sendError(e)
+		if e.Code == codeProtocolViolation {
+			c.lingerClose()
+		}
+	}
+	if b := c.server.Load(); b != nil {
+		b.reset(c, c.pooling == poolSession || c.pinned.Load())
+	}
+	if c.buf != nil {
+		putReadBuf(c.buf)
+		c.buf = nil
+	}
+	c.conn.Close()
+	c.p.forget(c)
+}

@@ -1,0 +1,122 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgguard/pgguard/pool"
+)
+
+// SQLSTATEs pgguard sends on its own (PostgreSQL docs, Appendix A).
+const (
+	codeAdminShutdown      = "57P01"
+	codeIdleSession        = "57P05"
+	codeIdleInTransaction  = "25P03"
+	codeQueryCanceled      = "57014"
+	codeReadOnlyTx         = "25006"
+	codeTooManyConnections = "53300"
+	codeConfigLimit        = "53400"
+	codeInvalidPassword    = "28P01"
+	codeInvalidAuthSpec    = "28000"
+	codeConnectionFailure  = "08006"
+	codeProtocolViolation  = "08P01"
+	codeUnknownDatabase    = "3D000"
+	codeFeatureUnsupported = "0A000"
+	codeInternal           = "XX000"
+)
+
+// Error is an error pgguard reports to a client as an ErrorResponse. Message
+// is what the client sees (it names the limit and the setting to change);
+// Cause is for pgguard's own log only.
+type Error struct {
+	Severity string // ERROR or FATAL
+	Code     string
+	Message  string
+	Detail   string
+	Hint     string
+	Cause    error
+}
+
+func (e *Error) Error() string {
+	if e.Cause != nil {
+		return fmt.Sprintf("%s %s: %s: %v", e.Severity, e.Code, e.Message, e.Cause)
+	}
+	return fmt.Sprintf("%s %s: %s", e.Severity, e.Code, e.Message)
+}
+
+func (e *Error) Unwrap() error { return e.Cause }
+
+// Fatal reports whether the client connection closes after this error.
+func (e *Error) Fatal() bool { return e.Severity == "FATAL" }
+
+// encode appends the ErrorResponse to dst.
+func (e *Error) encode(dst []byte) []byte {
+	msg := pgproto3.ErrorResponse{
+		Severity:            e.Severity,
+		SeverityUnlocalized: e.Severity,
+		Code:                e.Code,
+		Message:             e.Message,
+		Detail:              e.Detail,
+		Hint:                e.Hint,
+	}
+	out, err := msg.Encode(dst)
+	if err != nil { // only on absurd sizes; never lose the error itself
+		return dst
+	}
+	return out
+}
+
+func fatalf(code, format string, args ...any) *Error {
+	return &Error{Severity: "FATAL", Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+func errorf(code, format string, args ...any) *Error {
+	return &Error{Severity: "ERROR", Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// clientError maps an internal error to what the client is told: the one
+// table from causes to SQLSTATEs. fatal selects the severity for errors that
+// end the session (at login, or when no server can be had in session mode).
+func (p *Proxy) clientError(err error, db *database, fatal bool) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	sev := "ERROR"
+	if fatal {
+		sev = "FATAL"
+	}
+	cfg := p.cfg.Load()
+	var pgErr *pgconn.PgError
+	var connErr *pgconn.ConnectError
+	var netErr net.Error
+	switch {
+	case errors.Is(err, pool.ErrWaitTimeout):
+		return &Error{Severity: sev, Code: codeTooManyConnections, Cause: err,
+			Message: fmt.Sprintf("no server connection for database %q within pool.wait_timeout = %s: all %d connections (pool.size + pool.max_overflow) are busy",
+				db.name, cfg.Pool.WaitTimeout.Duration, cfg.PoolSize(db.name)+cfg.Pool.MaxOverflow),
+			Hint: "raise pool.size, pool.max_overflow or pool.wait_timeout, or shorten the transactions holding connections"}
+	case errors.Is(err, pool.ErrClosed):
+		return &Error{Severity: "FATAL", Code: codeAdminShutdown, Cause: err, Message: "pgguard is shutting down"}
+	case errors.As(err, &pgErr) && db != nil:
+		// The upstream refused us (bad credentials in the URL, too many connections, Neon quota).
+		return &Error{Severity: sev, Code: codeConnectionFailure, Cause: err,
+			Message: fmt.Sprintf("upstream %s for database %q refused the connection: %s (SQLSTATE %s)",
+				db.upstreamHost(), db.name, pgErr.Message, pgErr.Code)}
+	case errors.As(err, &connErr), errors.As(err, &netErr), errors.Is(err, context.DeadlineExceeded):
+		host := "?"
+		if db != nil {
+			host = db.upstreamHost()
+		}
+		return &Error{Severity: sev, Code: codeConnectionFailure, Cause: err,
+			Message: fmt.Sprintf("cannot reach upstream %s for database %q within pool.connect_timeout = %s",
+				host, db.nameOr(), cfg.Pool.ConnectTimeout.Duration)}
+	}
+	return &Error{Severity: sev, Code: codeConnectionFailure, Cause: err,
+		Message: fmt.Sprintf("server connection for database %q failed", db.nameOr())}
+}

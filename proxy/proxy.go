@@ -1,0 +1,390 @@
+// Package proxy is pgguard's PostgreSQL wire-protocol front: it accepts client
+// sessions, authenticates them, and relays their traffic over pooled server
+// connections, in transaction or session pooling mode.
+//
+// Goroutines: one accept loop; one per client connection (reads the client,
+// forwards to its server); one pump per server connection (reads the server,
+// forwards to the linked client, returns the server to the pool on
+// ReadyForQuery 'I' in transaction mode); one janitor.
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/metrics"
+)
+
+// adminDatabase is the database name of the admin console.
+const adminDatabase = "pgguard"
+
+// ConsoleFunc serves an admin console session on an authenticated connection
+// after pgguard sent ReadyForQuery; it returns when the session ends.
+type ConsoleFunc func(conn net.Conn, user string)
+
+// Proxy is the pooling proxy. Create it with New, then Serve.
+type Proxy struct {
+	cfg     atomic.Pointer[config.Config]
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	tls     *tls.Config
+
+	// Console, when set, serves sessions on the "pgguard" admin database.
+	Console ConsoleFunc
+
+	ctx    context.Context // ends on Close: aborts waits and dials
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	dbs      map[string]*database
+	clients  map[uint32]*client
+	nextID   uint32
+	ln       net.Listener
+	drained  chan struct{} // closed when the last client leaves during a drain
+	draining atomic.Bool
+	paused   atomic.Bool
+	resumed  chan struct{} // closed by Resume; nil when not paused
+
+	bytesIn, bytesOut prometheus.Counter
+	started           time.Time
+}
+
+// New builds a proxy for cfg. Nothing connects upstream until a client asks.
+func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*Proxy, error) {
+	p := &Proxy{
+		log:      log,
+		metrics:  m,
+		dbs:      make(map[string]*database),
+		clients:  make(map[uint32]*client),
+		bytesIn:  m.Bytes.WithLabelValues("client_to_server"),
+		bytesOut: m.Bytes.WithLabelValues("server_to_client"),
+		started:  time.Now(),
+	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.cfg.Store(cfg)
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("tls_cert/tls_key: %w", err)
+		}
+		p.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	for name, dc := range cfg.Databases {
+		db, err := newDatabase(p, name, dc)
+		if err != nil {
+			return nil, err
+		}
+		p.dbs[name] = db
+	}
+	p.setReadOnlyMetric(cfg.ReadOnly)
+	m.Registry.MustRegister(&stateCollector{p: p})
+	return p, nil
+}
+
+// Serve accepts clients on ln until Shutdown or Close.
+func (p *Proxy) Serve(ln net.Listener) error {
+	p.mu.Lock()
+	p.ln = ln
+	p.mu.Unlock()
+	go p.janitor()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if p.draining.Load() || p.ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		go p.handle(conn)
+	}
+}
+
+// handle runs login on its own goroutine, then serves the session on a fresh
+// one, so an idle session keeps only a minimal stack.
+func (p *Proxy) handle(conn net.Conn) {
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetKeepAlive(true)
+		tc.SetKeepAlivePeriod(time.Minute)
+	}
+	c := p.login(conn)
+	if c == nil {
+		conn.Close()
+		return
+	}
+	if c.db == nil {
+		go p.serveConsole(c)
+		return
+	}
+	go c.serve()
+}
+
+func (p *Proxy) serveConsole(c *client) {
+	defer p.forget(c)
+	defer c.conn.Close()
+	if p.Console == nil {
+		writeFatal(c.conn, fatalf(codeFeatureUnsupported, "the admin console is not enabled"))
+		return
+	}
+	p.Console(c.conn, c.user)
+}
+
+// register gives c its BackendKeyData and makes it visible.
+func (p *Proxy) register(c *client) {
+	var s [4]byte
+	rand.Read(s[:])
+	c.secret = binary.BigEndian.Uint32(s[:])
+	p.mu.Lock()
+	for {
+		p.nextID++
+		if p.nextID != 0 && p.clients[p.nextID] == nil {
+			break
+		}
+	}
+	c.id = p.nextID
+	p.clients[c.id] = c
+	p.mu.Unlock()
+}
+
+// forget removes a client that has gone.
+func (p *Proxy) forget(c *client) {
+	p.mu.Lock()
+	if p.clients[c.id] == c {
+		delete(p.clients, c.id)
+	}
+	if len(p.clients) == 0 && p.drained != nil {
+		close(p.drained)
+		p.drained = nil
+	}
+	p.mu.Unlock()
+}
+
+func (p *Proxy) clientCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.clients)
+}
+
+func (p *Proxy) database(name string) *database {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.dbs[name]
+}
+
+func (p *Proxy) databases() []*database {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*database, 0, len(p.dbs))
+	for _, db := range p.dbs {
+		out = append(out, db)
+	}
+	return out
+}
+
+func (p *Proxy) snapshotClients() []*client {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*client, 0, len(p.clients))
+	for _, c := range p.clients {
+		out = append(out, c)
+	}
+	return out
+}
+
+// Config returns the configuration in force.
+func (p *Proxy) Config() *config.Config { return p.cfg.Load() }
+
+// Reload applies a new configuration without dropping connections: pool
+// sizes and timeouts, users, read-only and new databases take effect. Changes
+// that need a restart are returned so the caller can report them.
+func (p *Proxy) Reload(cfg *config.Config) (needsRestart []string, err error) {
+	old := p.cfg.Load()
+	_, needsRestart = config.Diff(old, cfg)
+	p.cfg.Store(cfg)
+	for name, dc := range cfg.Databases {
+		if db := p.database(name); db != nil {
+			db.configure(cfg)
+			continue
+		}
+		db, err := newDatabase(p, name, dc)
+		if err != nil {
+			return needsRestart, err
+		}
+		p.mu.Lock()
+		p.dbs[name] = db
+		p.mu.Unlock()
+	}
+	if old.ReadOnly != cfg.ReadOnly {
+		p.setReadOnlyMetric(cfg.ReadOnly)
+		p.log.Warn("read-only switch changed by reload", "read_only", cfg.ReadOnly)
+	}
+	return needsRestart, nil
+}
+
+func (p *Proxy) setReadOnlyMetric(on bool) {
+	v := 0.0
+	if on {
+		v = 1
+	}
+	p.metrics.ReadOnly.Set(v)
+}
+
+// janitor closes idle clients past client_idle_timeout and sweeps the pools.
+func (p *Proxy) janitor() {
+	t := time.NewTicker(time.Second / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case now := <-t.C:
+			p.reapIdleClients(now)
+			for _, db := range p.databases() {
+				db.pool.Sweep(now)
+			}
+		}
+	}
+}
+
+func (p *Proxy) reapIdleClients(now time.Time) {
+	limit := p.cfg.Load().Pool.ClientIdleTimeout.Duration
+	if limit <= 0 {
+		return
+	}
+	for _, c := range p.snapshotClients() {
+		if c.db == nil || c.state.Load() != stateIdle {
+			continue
+		}
+		idle := now.Sub(time.Unix(0, c.lastActive.Load()))
+		if idle > limit {
+			p.metrics.ClientsReaped.WithLabelValues("client_idle_timeout").Inc()
+			c.closeWith(fatalf(codeIdleSession,
+				"terminating connection due to idle-session timeout: idle for %s, over pool.client_idle_timeout = %s", idle.Round(time.Second), limit))
+		}
+	}
+}
+
+// Shutdown drains: it stops accepting, closes idle sessions with 57P01, lets
+// running transactions finish until ctx ends, then closes the rest.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.draining.Store(true)
+	p.mu.Lock()
+	if p.ln != nil {
+		p.ln.Close()
+	}
+	drained := make(chan struct{})
+	if len(p.clients) == 0 {
+		close(drained)
+	} else {
+		p.drained = drained
+	}
+	p.mu.Unlock()
+	p.closeIdleForShutdown()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-drained:
+			p.Close()
+			return nil
+		case <-t.C:
+			p.closeIdleForShutdown()
+		case <-ctx.Done():
+			for _, c := range p.snapshotClients() {
+				c.closeWith(fatalf(codeAdminShutdown, "terminating connection: pgguard is shutting down and shutdown_timeout passed"))
+			}
+			p.Close()
+			return ctx.Err()
+		}
+	}
+}
+
+// closeIdleForShutdown closes the sessions that hold no transaction.
+func (p *Proxy) closeIdleForShutdown() {
+	for _, c := range p.snapshotClients() {
+		if c.idleForShutdown() {
+			p.metrics.ClientsReaped.WithLabelValues("shutdown").Inc()
+			c.closeWith(fatalf(codeAdminShutdown, "terminating connection: pgguard is shutting down"))
+		}
+	}
+}
+
+// idleForShutdown reports whether c is between transactions.
+func (c *client) idleForShutdown() bool {
+	switch c.state.Load() {
+	case stateIdle, stateLogin:
+		return true
+	case stateActive:
+		b := c.server.Load()
+		if b == nil {
+			return true
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.client == c && b.pending == 0 && !b.open && b.txStatus == 'I'
+	}
+	return false
+}
+
+// Close stops everything at once: listener, clients, pools.
+func (p *Proxy) Close() {
+	p.draining.Store(true)
+	p.cancel()
+	p.mu.Lock()
+	if p.ln != nil {
+		p.ln.Close()
+	}
+	p.mu.Unlock()
+	for _, c := range p.snapshotClients() {
+		c.conn.Close()
+	}
+	for _, db := range p.databases() {
+		db.pool.Close()
+	}
+}
+
+// stateCollector reports client and server connection gauges at scrape time,
+// so the hot path never touches a gauge.
+type stateCollector struct{ p *Proxy }
+
+var (
+	clientsDesc = prometheus.NewDesc("pgguard_client_connections", "Client connections by state (login, idle, waiting, active).", []string{"state"}, nil)
+	serversDesc = prometheus.NewDesc("pgguard_server_connections", "Server connections by database, upstream and state (active, idle, opening).", []string{"database", "upstream", "state"}, nil)
+)
+
+func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- clientsDesc
+	ch <- serversDesc
+}
+
+func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	var counts [len(stateNames)]int
+	for _, c := range s.p.snapshotClients() {
+		counts[c.state.Load()]++
+	}
+	for i, n := range counts {
+		ch <- prometheus.MustNewConstMetric(clientsDesc, prometheus.GaugeValue, float64(n), stateNames[i])
+	}
+	for _, db := range s.p.databases() {
+		st := db.pool.Stats()
+		for state, n := range map[string]int{"active": st.Active, "idle": st.Idle, "opening": st.Opening} {
+			ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(n), db.name, "primary", state)
+		}
+	}
+}

@@ -1,0 +1,353 @@
+package proxy
+
+import (
+	"bytes"
+	"strings"
+	"sync"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+)
+
+// Session state under transaction pooling: a client's session parameters
+// follow it from server to server, and statements whose effect outlives the
+// transaction pin the client to its server.
+//
+// Parameters come in two kinds. Reported ones (PostgreSQL sends
+// ParameterStatus when they change: application_name, TimeZone, DateStyle,
+// IntervalStyle, client_encoding, standard_conforming_strings) are tracked
+// from those messages. Others (search_path, and anything given with
+// options=-c at startup or SET by the client) are tracked as the SQL that
+// establishes them. Before a client runs on a server whose values differ,
+// pgguard sends one Query that makes them match and swallows its replies.
+
+// reportedParams are the settable parameters PostgreSQL reports (docs 55.2.7).
+var reportedParams = map[string]bool{
+	"application_name": true, "client_encoding": true, "DateStyle": true,
+	"IntervalStyle": true, "TimeZone": true, "standard_conforming_strings": true,
+}
+
+// startupSkip are startup keys that are not session parameters.
+var startupSkip = map[string]bool{"user": true, "database": true, "options": true, "replication": true}
+
+// sessionWant is what a client's session parameters should be. Small
+// slices, not maps: thousands of idle sessions each hold one.
+type sessionWant struct {
+	reported kvs // value per reported parameter the client chose
+	custom   kvs // SQL establishing each other parameter it chose
+	// startupCustom is custom as at startup, restored by RESET ALL and DISCARD ALL.
+	startupCustom kvs
+}
+
+type kv struct{ k, v string }
+
+// kvs is a tiny string map.
+type kvs []kv
+
+func (s kvs) get(k string) (string, bool) {
+	for _, e := range s {
+		if e.k == k {
+			return e.v, true
+		}
+	}
+	return "", false
+}
+
+func (s *kvs) set(k, v string) {
+	for i := range *s {
+		if (*s)[i].k == k {
+			(*s)[i].v = v
+			return
+		}
+	}
+	*s = append(*s, kv{k, v})
+}
+
+func (s *kvs) del(k string) {
+	for i := range *s {
+		if (*s)[i].k == k {
+			*s = append((*s)[:i], (*s)[i+1:]...)
+			return
+		}
+	}
+}
+
+// newSessionWant takes the client's startup parameters, including options=-c.
+func newSessionWant(params map[string]string) sessionWant {
+	var w sessionWant
+	set := func(k, v string) {
+		if canon, ok := canonicalReported(k); ok {
+			w.reported.set(canon, v)
+			return
+		}
+		w.custom.set(strings.ToLower(k), setConfigSQL(k, v))
+	}
+	for k, v := range params {
+		if !startupSkip[k] && !strings.HasPrefix(k, "_pq_.") {
+			set(k, v)
+		}
+	}
+	for k, v := range parseOptions(params["options"]) {
+		set(k, v)
+	}
+	w.startupCustom = append(kvs(nil), w.custom...)
+	return w
+}
+
+// resetAll follows RESET ALL / DISCARD ALL: custom parameters go back to
+// their startup values (reported ones follow the server's ParameterStatus).
+func (w *sessionWant) resetAll() {
+	w.custom = append(kvs(nil), w.startupCustom...)
+}
+
+func canonicalReported(k string) (string, bool) {
+	for name := range reportedParams {
+		if strings.EqualFold(name, k) {
+			return name, true
+		}
+	}
+	return "", false
+}
+
+// parseOptions reads the startup "options" value: "-c name=value" and
+// "--name=value" switches separated by spaces, with backslash escapes
+// (PostgreSQL docs 20.1.4).
+func parseOptions(s string) map[string]string {
+	var words []string
+	var cur strings.Builder
+	esc := false
+	for _, r := range s {
+		switch {
+		case esc:
+			cur.WriteRune(r)
+			esc = false
+		case r == '\\':
+			esc = true
+		case r == ' ' || r == '\t':
+			if cur.Len() > 0 {
+				words = append(words, cur.String())
+				cur.Reset()
+			}
+		default:
+			cur.WriteRune(r)
+		}
+	}
+	if cur.Len() > 0 {
+		words = append(words, cur.String())
+	}
+	out := map[string]string{}
+	for i := 0; i < len(words); i++ {
+		var kv string
+		switch {
+		case words[i] == "-c" && i+1 < len(words):
+			i++
+			kv = words[i]
+		case strings.HasPrefix(words[i], "-c"):
+			kv = words[i][2:]
+		case strings.HasPrefix(words[i], "--"):
+			kv = words[i][2:]
+		default:
+			continue
+		}
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			out[strings.ReplaceAll(k, "-", "_")] = v
+		}
+	}
+	return out
+}
+
+// setConfigSQL is SQL that sets a parameter to a raw string value with the
+// semantics of a startup parameter.
+func setConfigSQL(k, v string) string {
+	return "SELECT pg_catalog.set_config(" + quoteLiteral(k) + ", " + quoteLiteral(v) + ", false)"
+}
+
+func quoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// syncSQL returns the Query that makes server b match client c's session
+// parameters, or "" when they already do, and records b as matching. b.mu is
+// held.
+func syncSQL(c *client, b *backend) string {
+	var sb strings.Builder
+	add := func(sql string) {
+		if sb.Len() > 0 {
+			sb.WriteString("; ")
+		}
+		sb.WriteString(sql)
+	}
+	for _, e := range c.want.reported {
+		if b.params[e.k] != e.v {
+			add(setConfigSQL(e.k, e.v))
+		}
+	}
+	// Reported parameters the client never chose get the server's defaults.
+	for k := range reportedParams {
+		if _, chosen := c.want.reported.get(k); chosen {
+			continue
+		}
+		if def, ok := b.initial[k]; ok && b.params[k] != def {
+			add(setConfigSQL(k, def))
+		}
+	}
+	for _, e := range c.want.custom {
+		if v, _ := b.custom.get(e.k); v != e.v {
+			add(e.v)
+		}
+	}
+	for _, e := range b.custom {
+		if _, ok := c.want.custom.get(e.k); !ok {
+			add("RESET " + quoteIdent(e.k))
+		}
+	}
+	if sb.Len() > 0 {
+		b.custom = append(b.custom[:0], c.want.custom...)
+	}
+	return sb.String()
+}
+
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+// effect is what a statement text does to session state.
+type effect struct {
+	pin      string            // why the client must keep its server, or ""
+	custom   map[string]string // non-reported parameters set (SQL) or reset ("")
+	resetAll bool              // RESET ALL or DISCARD ALL: back to the startup values
+	dropAll  bool              // DEALLOCATE ALL or DISCARD ALL: prepared statements gone
+	dealloc  []string          // DEALLOCATE name
+}
+
+// effects caches statement effects by text; only texts that mention a
+// session-level keyword are parsed at all.
+var effects = struct {
+	sync.Mutex
+	m map[string]*effect
+}{m: map[string]*effect{}}
+
+const maxEffects = 4096
+
+// sessionKeywords start statements with session-level effects (or name the
+// functions that have them); a text with none of them is skipped unparsed.
+var sessionKeywords = []string{"set", "reset", "discard", "deallocate", "prepare", "listen",
+	"declare", "create", "advisory", "select"}
+
+// statementEffect returns what sql does to session state, or nil.
+func statementEffect(sql []byte) *effect {
+	if !mayAffectSession(sql) {
+		return nil
+	}
+	effects.Lock()
+	e, ok := effects.m[string(sql)]
+	effects.Unlock()
+	if ok {
+		return e
+	}
+	e = parseEffect(string(sql))
+	effects.Lock()
+	if len(effects.m) >= maxEffects {
+		clear(effects.m)
+	}
+	effects.m[string(sql)] = e
+	effects.Unlock()
+	return e
+}
+
+// mayAffectSession is a cheap filter: does any statement in sql begin with a
+// session-level keyword, or name an advisory lock function? "select" counts
+// only with "advisory" or "set_config" in the text.
+func mayAffectSession(sql []byte) bool {
+	for i := 0; i < len(sql); {
+		for i < len(sql) && (sql[i] == ' ' || sql[i] == '\n' || sql[i] == '\t' || sql[i] == '\r' || sql[i] == ';' || sql[i] == '(') {
+			i++
+		}
+		j := i
+		for j < len(sql) && (sql[j]|0x20 >= 'a' && sql[j]|0x20 <= 'z') {
+			j++
+		}
+		word := sql[i:j]
+		for _, kw := range sessionKeywords {
+			if len(word) == len(kw) && bytes.EqualFold(word, []byte(kw)) {
+				if kw != "select" || bytes.Contains(sql, []byte("advisory")) || bytes.Contains(sql, []byte("set_config")) {
+					return true
+				}
+			}
+		}
+		k := bytes.IndexByte(sql[j:], ';')
+		if k < 0 {
+			return false
+		}
+		i = j + k + 1
+	}
+	return false
+}
+
+func parseEffect(sql string) *effect {
+	tree, err := pg_query.Parse(sql)
+	if err != nil {
+		return nil // the server will report the syntax error
+	}
+	e := &effect{}
+	lower := strings.ToLower(sql)
+	if (strings.Contains(lower, "pg_advisory_lock") || strings.Contains(lower, "pg_try_advisory_lock")) && !strings.Contains(lower, "_xact_") {
+		e.pin = "session advisory lock"
+	}
+	for _, raw := range tree.Stmts {
+		n := raw.Stmt
+		switch {
+		case n.GetVariableSetStmt() != nil:
+			v := n.GetVariableSetStmt()
+			if v.IsLocal {
+				continue
+			}
+			switch v.Kind {
+			case pg_query.VariableSetKind_VAR_RESET_ALL:
+				e.resetAll = true
+			case pg_query.VariableSetKind_VAR_SET_VALUE, pg_query.VariableSetKind_VAR_SET_CURRENT:
+				if _, reported := canonicalReported(v.Name); reported || v.Name == "" {
+					continue
+				}
+				one := &pg_query.ParseResult{Stmts: []*pg_query.RawStmt{{Stmt: n}}}
+				if text, err := pg_query.Deparse(one); err == nil {
+					e.setCustom(strings.ToLower(v.Name), text)
+				}
+			case pg_query.VariableSetKind_VAR_SET_DEFAULT, pg_query.VariableSetKind_VAR_RESET:
+				if _, reported := canonicalReported(v.Name); !reported {
+					e.setCustom(strings.ToLower(v.Name), "")
+				}
+			}
+		case n.GetDiscardStmt() != nil:
+			switch n.GetDiscardStmt().Target {
+			case pg_query.DiscardMode_DISCARD_ALL:
+				e.resetAll, e.dropAll = true, true
+			}
+		case n.GetDeallocateStmt() != nil:
+			d := n.GetDeallocateStmt()
+			if d.Isall || d.Name == "" {
+				e.dropAll = true
+			} else {
+				e.dealloc = append(e.dealloc, d.Name)
+			}
+		case n.GetPrepareStmt() != nil:
+			e.pin = "SQL PREPARE"
+		case n.GetListenStmt() != nil:
+			e.pin = "LISTEN"
+		case n.GetDeclareCursorStmt() != nil && n.GetDeclareCursorStmt().Options&0x0020 != 0: // CURSOR_OPT_HOLD
+			e.pin = "cursor WITH HOLD"
+		case n.GetCreateStmt() != nil && n.GetCreateStmt().GetRelation().GetRelpersistence() == "t":
+			e.pin = "temporary table"
+		case n.GetCreateTableAsStmt() != nil && n.GetCreateTableAsStmt().GetInto().GetRel().GetRelpersistence() == "t":
+			e.pin = "temporary table"
+		}
+	}
+	if e.pin == "" && e.custom == nil && !e.resetAll && !e.dropAll && e.dealloc == nil {
+		return nil
+	}
+	return e
+}
+
+func (e *effect) setCustom(k, sql string) {
+	if e.custom == nil {
+		e.custom = map[string]string{}
+	}
+	e.custom[k] = sql
+}

@@ -1,0 +1,283 @@
+package proxy
+
+import (
+	"bytes"
+	"container/list"
+	"encoding/binary"
+	"hash/maphash"
+	"strconv"
+)
+
+// Named prepared statements under transaction pooling (what pgx, JDBC,
+// asyncpg and pgbench -M prepared send). A client's statement names mean
+// nothing on the next server it lands on, so pgguard:
+//
+//   - remembers each client's statements by name (client.stmts);
+//   - prepares each distinct statement (query text + parameter types) on a
+//     server once, under a name derived from its content, "pgg_<hash>", and
+//     remembers per server which it holds (backend.stmts, an LRU bounded by
+//     pool.max_prepared_statements that deallocates what it evicts);
+//   - rewrites Parse/Bind/Describe/Close to the server name, prepares a
+//     statement first when the server lacks it, and keeps the client from
+//     seeing the replies it did not ask for.
+//
+// Replies are matched to requests without decoding the stream: ParseComplete
+// ('1') and CloseComplete ('3') come only from Parse and Close, in order, so a
+// FIFO of what to do with each ('forward' or 'swallow') per batch is enough.
+// After an error the server skips to Sync and never answers the rest of the
+// batch; its entries are dropped at the batch's ReadyForQuery.
+
+var stmtSeed = maphash.MakeSeed()
+
+// stmt is one client-named prepared statement.
+type stmt struct {
+	key   uint64 // hash of query text and parameter types
+	parse []byte // the Parse body after the name: query\0, int16 count, OIDs
+}
+
+func (s *stmt) serverName() string { return serverStmtName(s.key) }
+
+func serverStmtName(key uint64) string {
+	var b [20]byte
+	return string(strconv.AppendUint(append(b[:0], "pgg_"...), key, 36))
+}
+
+// pendingReply says what to do with one expected ParseComplete/CloseComplete.
+type pendingReply struct {
+	typ     byte   // '1' or '3'
+	swallow bool   // pgguard's own request: the client must not see the reply
+	batch   uint64 // sync points sent before the request: the batch it belongs to
+	key     uint64 // for a Parse: the statement it prepares, 0 for unnamed
+}
+
+// serverStmts is a server connection's prepared statements, most recently
+// used at the front. Guarded by the backend's mu.
+type serverStmts struct {
+	lru  list.List
+	byID map[uint64]*list.Element
+}
+
+func (s *serverStmts) has(key uint64) bool {
+	if e, ok := s.byID[key]; ok {
+		s.lru.MoveToFront(e)
+		return true
+	}
+	return false
+}
+
+func (s *serverStmts) add(key uint64) {
+	if s.byID == nil {
+		s.byID = make(map[uint64]*list.Element)
+	}
+	s.byID[key] = s.lru.PushFront(key)
+}
+
+func (s *serverStmts) remove(key uint64) {
+	if e, ok := s.byID[key]; ok {
+		s.lru.Remove(e)
+		delete(s.byID, key)
+	}
+}
+
+// evict removes and returns the least recently used statement beyond max.
+func (s *serverStmts) evict(max int) (uint64, bool) {
+	if max <= 0 || s.lru.Len() <= max {
+		return 0, false
+	}
+	e := s.lru.Back()
+	key := e.Value.(uint64)
+	s.lru.Remove(e)
+	delete(s.byID, key)
+	return key, true
+}
+
+func (s *serverStmts) clear() {
+	s.lru.Init()
+	s.byID = nil
+}
+
+// namedStmtMessage reports whether a client message refers to a named
+// prepared statement and must be rewritten in transaction mode.
+func namedStmtMessage(typ byte, body []byte) bool {
+	switch typ {
+	case 'P':
+		return len(body) > 0 && body[0] != 0
+	case 'B':
+		i := bytes.IndexByte(body, 0) // portal name
+		return i >= 0 && i+1 < len(body) && body[i+1] != 0
+	case 'D', 'C':
+		return len(body) > 1 && body[0] == 'S' && body[1] != 0
+	}
+	return false
+}
+
+// rewriter builds what is sent to a server for one chunk of client messages
+// on the slow path (some name to translate). It runs on the client goroutine
+// with the backend's mu held.
+type rewriter struct {
+	c     *client
+	b     *backend
+	out   []byte
+	batch uint64 // batch id of the next message
+	max   int    // pool.max_prepared_statements
+}
+
+// chunk translates a run of client messages; the first lead bytes continue a
+// message already under way.
+func (w *rewriter) chunk(p []byte, lead int) {
+	w.out = append(w.out, p[:lead]...)
+	for pos := lead; pos < len(p); {
+		if len(p)-pos < 5 {
+			w.out = append(w.out, p[pos:]...)
+			return
+		}
+		end := pos + 1 + int(binary.BigEndian.Uint32(p[pos+1:]))
+		if end > len(p) {
+			w.out = append(w.out, p[pos:]...) // the start of a message streamed on
+			return
+		}
+		w.message(p[pos:end])
+		pos = end
+	}
+}
+
+// message appends the translation of one whole client message.
+func (w *rewriter) message(msg []byte) {
+	typ, body := msg[0], msg[5:]
+	switch typ {
+	case 'P':
+		name, rest, ok := cstring(body)
+		if !ok || name == "" {
+			w.out = append(w.out, msg...)
+			w.expect('1', false, 0)
+			return
+		}
+		st := &stmt{key: maphash.Bytes(stmtSeed, rest), parse: append([]byte(nil), rest...)}
+		w.c.setStmt(name, st)
+		if w.b.stmts.has(st.key) {
+			// Already prepared here: answer the client's Parse with a
+			// ParseComplete from a no-op Parse, closed at once.
+			w.out = appendMsg(w.out, 'P', "pgg_noop\x00\x00\x00\x00")
+			w.expect('1', false, 0)
+			w.out = appendMsg(w.out, 'C', "Spgg_noop\x00")
+			w.expect('3', true, 0)
+			return
+		}
+		w.prepare(st, false)
+	case 'B':
+		portal, rest, _ := cstring(body)
+		name, params, ok := cstring(rest)
+		st := w.c.stmt(name)
+		if !ok || st == nil {
+			w.out = append(w.out, msg...) // the server reports the unknown name
+			return
+		}
+		w.ensure(st)
+		w.out = appendMsgParts(w.out, 'B', portal, "\x00", st.serverName(), "\x00", string(params))
+	case 'D':
+		st := w.c.stmt(string(bytes.TrimSuffix(body[1:], []byte{0})))
+		if st == nil {
+			w.out = append(w.out, msg...)
+			return
+		}
+		w.ensure(st)
+		w.out = appendMsgParts(w.out, 'D', "S", st.serverName(), "\x00")
+	case 'C':
+		if body[0] == 'S' && len(body) > 1 && body[1] != 0 {
+			// The statement may serve other clients on this server: keep it,
+			// and let the server answer a Close of a name it does not have.
+			w.c.dropStmt(string(bytes.TrimSuffix(body[1:], []byte{0})))
+			w.out = appendMsg(w.out, 'C', "Spgg_closed\x00")
+		} else {
+			w.out = append(w.out, msg...)
+		}
+		w.expect('3', false, 0)
+	default:
+		w.out = append(w.out, msg...)
+		if typ == 'S' || typ == 'Q' || typ == 'F' {
+			w.batch++
+		}
+	}
+}
+
+// ensure prepares st on the server first when it lacks it; the client never
+// sees that ParseComplete.
+func (w *rewriter) ensure(st *stmt) {
+	if !w.b.stmts.has(st.key) {
+		w.prepare(st, true)
+	}
+}
+
+// prepare sends a Parse of st under its server name, evicting the least used
+// statement when the server holds pool.max_prepared_statements already.
+func (w *rewriter) prepare(st *stmt, swallow bool) {
+	w.b.stmts.add(st.key)
+	if old, ok := w.b.stmts.evict(w.max); ok {
+		w.out = appendMsgParts(w.out, 'C', "S", serverStmtName(old), "\x00")
+		w.expect('3', true, 0)
+	}
+	// Close the name first: whatever the server had under it (after a
+	// DISCARD ALL pgguard could not follow, say) cannot make the Parse fail.
+	w.out = appendMsgParts(w.out, 'C', "S", st.serverName(), "\x00")
+	w.expect('3', true, 0)
+	w.out = appendMsgParts(w.out, 'P', st.serverName(), "\x00", string(st.parse))
+	w.expect('1', swallow, st.key)
+}
+
+func (w *rewriter) expect(typ byte, swallow bool, key uint64) {
+	w.b.replies = append(w.b.replies, pendingReply{typ: typ, swallow: swallow, batch: w.batch, key: key})
+}
+
+// appendMsg appends a message with a string body.
+func appendMsg(dst []byte, typ byte, body string) []byte {
+	dst = append(dst, typ, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(dst[len(dst)-4:], uint32(len(body)+4))
+	return append(dst, body...)
+}
+
+func appendMsgParts(dst []byte, typ byte, parts ...string) []byte {
+	n := 4
+	for _, p := range parts {
+		n += len(p)
+	}
+	dst = append(dst, typ, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(dst[len(dst)-4:], uint32(n))
+	for _, p := range parts {
+		dst = append(dst, p...)
+	}
+	return dst
+}
+
+// reply handles a ParseComplete or CloseComplete from the server (pump
+// goroutine, mu held) and reports whether the client must not see it.
+func (b *backend) reply(typ byte) (swallow bool) {
+	if len(b.replies) == 0 {
+		return false
+	}
+	r := b.replies[0]
+	b.replies = b.replies[1:]
+	if r.typ != typ {
+		b.db.p.log.Error("prepared statement bookkeeping out of step; closing server connection", "server", b.id, "want", string(r.typ), "got", string(typ))
+		b.dead.Store(true)
+		return false
+	}
+	return r.swallow
+}
+
+// batchDone drops the expectations of a batch the server finished: requests
+// it skipped after an error never get a reply, and a statement whose Parse
+// was skipped is not prepared on the server.
+func (b *backend) batchDone() {
+	done := b.syncsDone
+	i := 0
+	for i < len(b.replies) && b.replies[i].batch < done {
+		if r := b.replies[i]; r.typ == '1' && r.key != 0 {
+			b.stmts.remove(r.key)
+		}
+		i++
+	}
+	b.replies = b.replies[i:]
+	if len(b.replies) == 0 {
+		b.replies = b.replies[:0:0]
+	}
+}
