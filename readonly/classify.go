@@ -4,18 +4,51 @@
 // While the switch is on, the proxy passes the text of every simple Query
 // ('Q') and every Parse ('P') message to a Classifier and answers a write with
 // SQLSTATE 25006 instead of forwarding it. The classifier parses the text
-// with PostgreSQL's own grammar (pg_query) and walks the tree; it never
-// matches text with patterns. It fails closed: text it cannot parse, and
-// statements it does not know to be reads, are writes.
+// with PostgreSQL's own grammar (pg_query, PostgreSQL 17) and walks the tree;
+// it never matches text with patterns. It fails closed: text it cannot
+// parse, and statement kinds it does not know to be reads, are writes. A
+// string of several statements is a write if any of them is.
+//
+// Decisions beyond "DML and DDL write" (PostgreSQL itself allows several of
+// these in a read-only transaction; the proxy is stricter on purpose):
+//
+//   - VACUUM, ANALYZE, REINDEX, CLUSTER, CHECKPOINT, LOAD: writes
+//     (maintenance that changes the database or the server).
+//   - LOCK in any mode, NOTIFY and pg_notify(): writes. LISTEN, UNLISTEN: reads.
+//   - EXECUTE: a write, since the prepared statement's text is not at hand.
+//     PREPARE is judged by the statement it prepares.
+//   - EXPLAIN without ANALYZE only plans: a read whatever it explains.
+//     EXPLAIN ANALYZE is judged by the statement it runs. (PostgreSQL 15
+//     lets EXPLAIN ANALYZE CREATE TABLE AS / SELECT INTO create the table
+//     in a read-only transaction; this layer refuses them.)
+//   - COPY FROM, and COPY TO a server file or PROGRAM: writes. COPY TO
+//     STDOUT is a read unless its query writes.
+//   - SELECT ... FOR UPDATE/NO KEY UPDATE/SHARE/KEY SHARE anywhere in a
+//     query, and SELECT INTO: writes.
+//   - default_transaction_read_only and transaction_read_only: SET to a
+//     true value is a read; SET to anything else, SET ... TO DEFAULT, RESET,
+//     RESET ALL and DISCARD ALL (which resets them) are writes, as are BEGIN,
+//     START TRANSACTION, SET TRANSACTION and SET SESSION CHARACTERISTICS with
+//     READ WRITE, and set_config() of either name with any value.
+//   - nextval(), setval(), large-object writers, dblink writers: writes.
+//   - PREPARE TRANSACTION, COMMIT PREPARED, ROLLBACK PREPARED: writes.
+//   - DISCARD PLANS/SEQUENCES/TEMP, SET and RESET of other parameters,
+//     SHOW, transaction control, cursors, DEALLOCATE and empty text: reads.
 //
 // What it cannot see: the bodies of user-defined functions, procedures,
 // rules and triggers. `SELECT f()` is a read here even when f writes; the
 // server-side layer (default_transaction_read_only) refuses those.
 //
 // The parser assumes standard_conforming_strings = on and an ASCII-safe
-// client encoding, as the server does by default. A session that turns
-// either off could make the server read the text differently from the
-// parser, so SET commands that would do so are writes here, and
+// client encoding, as the server does by default. A session that changed
+// either could make the server split the text differently from the parser:
+//
+//	SELECT 'a\'' ; DELETE FROM t; --'
+//
+// is one string literal with the standard setting, but a literal and a
+// DELETE with standard_conforming_strings off (PostgreSQL docs, "String
+// Constants"). So SET standard_conforming_strings to off and SET
+// client_encoding to a client-only encoding are writes here, and
 // CheckSetting lets the proxy vet startup parameters the same way.
 package readonly
 

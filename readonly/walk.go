@@ -107,8 +107,8 @@ func explainVerdict(s *pg_query.ExplainStmt) Verdict {
 	analyze := false
 	for _, o := range s.GetOptions() {
 		d := o.GetDefElem()
-		if d != nil && strings.EqualFold(d.GetDefname(), "analyze") {
-			analyze = defTrue(d.GetArg())
+		if d != nil && strings.EqualFold(d.GetDefname(), "analyze") && defTrue(d.GetArg()) {
+			analyze = true // any ANALYZE that may be true wins (fail closed)
 		}
 	}
 	if !analyze {
