@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
@@ -235,4 +236,28 @@ func pgbenchScript() []string {
 		qs = append(qs, fmt.Sprintf("SELECT abalance FROM pgbench_accounts WHERE aid = %d;", i))
 	}
 	return qs
+}
+
+func TestClassifyConcurrent(t *testing.T) {
+	stmts := loadStatements(t)
+	c := New(64) // smaller than the table: hits, misses and evictions race
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 3*len(stmts); i++ {
+				s := stmts[(i*(g+1))%len(stmts)]
+				v := c.Classify(s.sql)
+				if g%2 == 1 {
+					v = c.ClassifyBytes([]byte(s.sql))
+				}
+				if v.Write != s.write {
+					t.Errorf("statements.tsv:%d: Write = %v", s.line, v.Write)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
