@@ -69,9 +69,9 @@ type Cluster struct {
 	dir    string
 	port   int // fixed after Start, so Restart comes back on the same port
 
-	mu      sync.Mutex
-	proc    *proc // the postmaster; nil while stopped
-	removed bool  // Stop has run: the directory is gone
+	mu      sync.Mutex // guards proc and removed; held through starts and stops
+	proc    *proc      // the postmaster; nil while stopped
+	removed bool       // Stop has run: the directory is gone
 }
 
 // Start initialises a cluster from the cached template, starts it, and
@@ -86,17 +86,13 @@ func Start(opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmpl, err := templateData(binDir, acct)
-	if err != nil {
-		return nil, err
-	}
 	dir, err := newInstanceDir(acct, "pg")
 	if err != nil {
 		return nil, err
 	}
 	c := &Cluster{opts: opts, binDir: binDir, acct: acct, dir: dir}
 	register(c)
-	if err := c.init(tmpl); err != nil {
+	if err := c.init(); err != nil {
 		c.Stop()
 		return nil, err
 	}
@@ -105,10 +101,10 @@ func Start(opts Options) (*Cluster, error) {
 
 // init copies the template, configures it, starts the server and creates
 // the test role and database.
-func (c *Cluster) init(tmpl string) error {
+func (c *Cluster) init() error {
 	data := c.dataDir()
-	if err := copyTree(tmpl, data, c.acct); err != nil {
-		return fmt.Errorf("copy template: %w", err)
+	if err := copyTemplate(c.binDir, data, c.acct); err != nil {
+		return err
 	}
 	conf, err := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {

@@ -49,9 +49,9 @@ type PgBouncer struct {
 	dir  string
 	port int
 
-	mu      sync.Mutex
-	proc    *proc
-	removed bool
+	mu      sync.Mutex // guards proc and removed
+	proc    *proc      // nil until started
+	removed bool       // Stop has run: the directory is gone
 }
 
 // StartPgBouncer writes a configuration into a temporary directory and

@@ -19,9 +19,9 @@ type Redis struct {
 	dir  string
 	port int
 
-	mu      sync.Mutex
-	proc    *proc // nil while killed
-	removed bool
+	mu      sync.Mutex // guards proc and removed; held through starts and stops
+	proc    *proc      // nil while killed
+	removed bool       // Stop has run: the directory is gone
 }
 
 // redisStartTimeout bounds a start of redis-server.

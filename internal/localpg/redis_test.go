@@ -1,13 +1,20 @@
 package localpg
 
 import (
+	"context"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
 )
 
+// quietRedis drops go-redis's log lines, expected here while Redis is down.
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
+
 func TestRedis(t *testing.T) {
 	Require(t, RedisAvailable())
+	redis.SetLogger(quietRedis{})
 	r, err := StartRedis()
 	if err != nil {
 		t.Fatal(err)

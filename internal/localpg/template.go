@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,69 +21,127 @@ import (
 // output is kept as a template under os.TempDir() and each cluster starts
 // from a copy. A lock file guards building the template against concurrent
 // test binaries; a "complete" marker tells a finished one from a crashed
-// attempt.
+// attempt and holds the entry count that every copy is checked against.
 const (
 	templatePrefix = dirPrefix + "template-"
 	// templateRecipe names the initdb flags below; change it when they
 	// change so that old templates are not reused.
-	templateRecipe = "r1"
+	templateRecipe = "r2"
 )
 
 // templateMu serialises building templates within this process.
 var templateMu sync.Mutex
 
-// templateData returns the data directory of the template for binDir,
-// building it when needed.
-func templateData(binDir string, acct account) (string, error) {
+// A template is a data directory made by initdb, to be copied.
+type template struct {
+	root    string // holds data/ and, once built, the "complete" marker
+	entries int    // files and directories under data/ when it was built
+}
+
+func (t template) data() string     { return filepath.Join(t.root, "data") }
+func (t template) marker() string   { return filepath.Join(t.root, "complete") }
+func (t template) lockPath() string { return t.root + ".lock" }
+
+// load reads the marker, which holds the version and the entry count.
+func (t *template) load() bool {
+	b, err := os.ReadFile(t.marker())
+	if err != nil {
+		return false
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) < 2 {
+		return false
+	}
+	t.entries, err = strconv.Atoi(lines[1])
+	return err == nil && t.entries > 0
+}
+
+// discard makes the next loadTemplate build the template again.
+func (t template) discard() {
+	if unlock, err := lockFile(t.lockPath(), time.Minute); err == nil {
+		os.Remove(t.marker())
+		unlock()
+	}
+}
+
+// loadTemplate returns the template for binDir, building it when needed.
+func loadTemplate(binDir string, acct account) (template, error) {
 	version, err := pgVersion(binDir)
 	if err != nil {
-		return "", err
+		return template{}, err
 	}
-	root := filepath.Join(os.TempDir(), templatePrefix+templateKey(binDir, version, acct))
-	data := filepath.Join(root, "data")
-	complete := filepath.Join(root, "complete")
-	if _, err := os.Stat(complete); err == nil {
-		return data, nil
+	t := template{root: filepath.Join(os.TempDir(), templatePrefix+templateKey(binDir, version, acct))}
+	if t.load() {
+		return t, nil
 	}
 
 	templateMu.Lock()
 	defer templateMu.Unlock()
 	if err := acct.makeTraversable(os.TempDir()); err != nil {
-		return "", err
+		return template{}, err
 	}
-	unlock, err := lockFile(root+".lock", 5*time.Minute)
+	unlock, err := lockFile(t.lockPath(), 5*time.Minute)
 	if err != nil {
-		return "", err
+		return template{}, err
 	}
 	defer unlock()
-	if _, err := os.Stat(complete); err == nil {
-		return data, nil // another process built it while we waited
+	if t.load() {
+		return t, nil // another process built it while we waited
 	}
-	if err := os.RemoveAll(root); err != nil {
-		return "", err
+	if err := os.RemoveAll(t.root); err != nil {
+		return template{}, err
 	}
-	if err := os.Mkdir(root, 0o755); err != nil {
-		return "", err
+	if err := os.Mkdir(t.root, 0o755); err != nil {
+		return template{}, err
 	}
-	if err := acct.chown(root); err != nil {
-		return "", err
+	if err := acct.chown(t.root); err != nil {
+		return template{}, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "initdb"),
-		"--pgdata="+data, "--username=postgres", "--auth=trust",
-		"--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions")
-	cmd.Dir = root
+		"--pgdata="+t.data(), "--username=postgres", "--auth=trust",
+		"--encoding=UTF8", "--locale=C", "--no-sync")
+	cmd.Dir = t.root
 	cmd.Env = childEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: acct.cred}
 	if out, err := cmd.CombinedOutput(); err != nil {
-		os.RemoveAll(root)
-		return "", fmt.Errorf("initdb: %w\n%s", err, out)
+		os.RemoveAll(t.root)
+		return template{}, fmt.Errorf("initdb: %w\n%s", err, out)
 	}
-	if err := os.WriteFile(complete, []byte(version+"\n"), 0o644); err != nil {
-		return "", err
+	t.entries = 0
+	if err := filepath.WalkDir(t.data(), func(_ string, _ fs.DirEntry, err error) error {
+		t.entries++
+		return err
+	}); err != nil {
+		return template{}, err
 	}
-	return data, nil
+	if err := os.WriteFile(t.marker(), fmt.Appendf(nil, "%s\n%d\n", version, t.entries), 0o644); err != nil {
+		return template{}, err
+	}
+	return t, nil
+}
+
+// copyTemplate copies the template for binDir to dst. A template that lost
+// files (tmp cleaners delete old files one by one) is built again.
+func copyTemplate(binDir, dst string, acct account) error {
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		var t template
+		if t, err = loadTemplate(binDir, acct); err != nil {
+			return err
+		}
+		var n int
+		if n, err = copyTree(t.data(), dst, acct); err == nil && n == t.entries {
+			return nil
+		}
+		if err == nil {
+			err = fmt.Errorf("template %s has %d entries, not %d", t.data(), n, t.entries)
+		}
+		os.RemoveAll(dst)
+		t.discard()
+	}
+	return fmt.Errorf("copy template: %w", err)
 }
 
 // templateKey names a template after the PostgreSQL version, with a hash of
@@ -104,7 +163,7 @@ func templateKey(binDir, version string, acct account) string {
 // lockFile takes an exclusive flock on path, waiting up to timeout, and
 // returns the function that releases it.
 func lockFile(path string, timeout time.Duration) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDONLY, 0o644) // flock needs no write access
 	if err != nil {
 		return nil, err
 	}
@@ -123,12 +182,15 @@ func lockFile(path string, timeout time.Duration) (unlock func(), err error) {
 }
 
 // copyTree copies the directory src to dst, which must not exist, keeping
-// permissions and giving everything to acct.
-func copyTree(src, dst string, acct account) error {
-	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+// permissions and giving everything to acct. It returns how many entries
+// it copied.
+func copyTree(src, dst string, acct account) (int, error) {
+	n := 0
+	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
+		n++
 		rel, err := filepath.Rel(src, path)
 		if err != nil {
 			return err
@@ -156,6 +218,7 @@ func copyTree(src, dst string, acct account) error {
 		}
 		return acct.chown(target)
 	})
+	return n, err
 }
 
 // copyFile copies one regular file; on Linux io.Copy uses copy_file_range.
