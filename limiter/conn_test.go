@@ -81,9 +81,12 @@ func TestMaxConnectionsKeepsWorkersToTheirShare(t *testing.T) {
 		waitFor(t, "waiter queued", func() bool { _, n := sem.state(); return n == i-2 })
 	}
 	w[0].ReleaseConn()
+	if a := <-order; a != 3 {
+		t.Fatalf("served %d first, want 3 (FIFO)", a)
+	}
 	w[1].ReleaseConn()
-	if a, b := <-order, <-order; a != 3 || b != 4 {
-		t.Fatalf("served %d then %d, want 3 then 4 (FIFO)", a, b)
+	if b := <-order; b != 4 {
+		t.Fatalf("served %d second, want 4 (FIFO)", b)
 	}
 	w[3].ReleaseConn()
 	if c := <-order; c != 5 {

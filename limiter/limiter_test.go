@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -297,5 +298,24 @@ func TestStatusAndStatsRows(t *testing.T) {
 	}
 	for _, r := range rows {
 		t.Logf("%-11s | %-19s | %s", r[0], r[1], r[2])
+	}
+}
+
+// Close stops the janitor and the Redis probe.
+func TestCloseStopsGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	cfg := testConfig(config.Limit{Name: "w", ApplicationName: "w", QueriesPerSecond: 1})
+	cfg.Limiter.RedisURL = "redis://127.0.0.1:1/0" // down: the probe runs
+	l, err := New(cfg, nil, withTick(5*time.Millisecond), withRedisBackoff(time.Millisecond, 5*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "goroutines to exit", func() bool { return runtime.NumGoroutine() <= before })
+	if s := l.Match(Client{Application: "w"}); s.Admit(context.Background()) != nil {
+		t.Fatal("session after Close refused")
 	}
 }
