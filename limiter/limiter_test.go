@@ -3,9 +3,7 @@ package limiter
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"log/slog"
-	"net/netip"
 	"runtime"
 	"strings"
 	"sync"
@@ -131,39 +129,6 @@ func testConfig(limits ...config.Limit) *config.Config {
 
 var day0 = time.Date(2026, 4, 10, 0, 0, 0, 0, time.UTC)
 
-func TestMatch(t *testing.T) {
-	cfg := testConfig(
-		config.Limit{Name: "workers", ApplicationName: "availability-worker", QueriesPerMinute: 10, Burst: 5},
-		config.Limit{Name: "batch-net", ClientAddr: "10.1.0.0/16", MaxConnections: 2, Priority: -1},
-		config.Limit{Name: "one-host", ClientAddr: "192.0.2.7", User: "etl", QueriesPerSecond: 1},
-		config.Limit{Name: "vip", Database: "app", User: "admin", MaxConnections: 50, Priority: 10},
-	)
-	l, _, _ := testLimiter(t, cfg, newFakeClock(day0))
-	ip := netip.MustParseAddr
-	for _, tc := range []struct {
-		c        Client
-		rules    string
-		priority int
-	}{
-		{Client{Database: "app", User: "web", Application: "branding"}, "", 0},
-		{Client{Database: "app", User: "web", Application: "availability-worker"}, "workers", 0},
-		{Client{Database: "app", Application: "availability-worker", Addr: ip("10.1.2.3")}, "workers,batch-net", 0},
-		{Client{Database: "app", Addr: ip("::ffff:10.1.2.3")}, "batch-net", -1},
-		{Client{User: "etl", Addr: ip("192.0.2.7")}, "one-host", 0},
-		{Client{User: "etl", Addr: ip("192.0.2.8")}, "", 0},
-		{Client{User: "etl"}, "", 0}, // Unix socket: no address
-		{Client{Database: "app", User: "admin", Addr: ip("10.1.0.1")}, "batch-net,vip", 10},
-	} {
-		s := l.Match(tc.c)
-		if s == nil {
-			t.Fatalf("%+v: nil session", tc.c)
-		}
-		if got := strings.Join(s.Rules(), ","); got != tc.rules || s.Priority() != tc.priority {
-			t.Errorf("%+v: rules %q priority %d, want %q %d", tc.c, got, s.Priority(), tc.rules, tc.priority)
-		}
-	}
-}
-
 func TestNilIsNoOp(t *testing.T) {
 	var l *Limiter
 	s := l.Match(Client{Application: "x"})
@@ -265,39 +230,6 @@ func TestReconfigureKeepsState(t *testing.T) {
 		if err := s.Admit(ctx); err != nil {
 			t.Fatal(err)
 		}
-	}
-}
-
-func TestStatusAndStatsRows(t *testing.T) {
-	clk := newFakeClock(day0)
-	cfg := testConfig(config.Limit{Name: "workers", ApplicationName: "availability-worker", QueriesPerMinute: 10, Burst: 5, MaxConnections: 2})
-	l, _, _ := testLimiter(t, cfg, clk)
-	s := l.Match(Client{Database: "app", Application: "availability-worker"})
-	for i := range 30 {
-		_ = s.Admit(context.Background())
-		s.Observe()
-		l.ObserveUpstreamQuery("app", "availability-worker", clk.Now())
-		clk.Advance(time.Minute)
-		if i%5 == 0 {
-			l.tick()
-		}
-	}
-	b, err := json.Marshal(l.Status())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{`"redis":"off"`, `"name":"workers"`, `"match":"application_name=availability-worker"`,
-		`"application":"availability-worker"`, `"keeps_compute_awake":true`, `"month":"2026-04"`} {
-		if !bytes.Contains(b, []byte(want)) {
-			t.Errorf("status lacks %s:\n%s", want, b)
-		}
-	}
-	cols, rows := l.StatsRows()
-	if len(cols) != 3 || len(rows) < 5 {
-		t.Fatalf("stats rows: %v %v", cols, rows)
-	}
-	for _, r := range rows {
-		t.Logf("%-11s | %-19s | %s", r[0], r[1], r[2])
 	}
 }
 
