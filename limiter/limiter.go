@@ -113,8 +113,9 @@ type Limiter struct {
 	closeOnce sync.Once
 }
 
-// New builds a Limiter from cfg. It does not wait for Redis: an unreachable
-// Redis only means per-instance limits until it answers.
+// New builds a Limiter from cfg. With limiter.redis_url it pings Redis once,
+// within the 50 ms call timeout; an unreachable Redis only means per-instance
+// limits until the background probe finds it.
 func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Limiter, error) {
 	o := options{
 		clock:        realClock{},
