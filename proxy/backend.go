@@ -38,6 +38,8 @@ type backend struct {
 	resets   int     // ReadyForQuerys still to swallow from reset queries pgguard sent
 	resetBad bool    // a reset query failed: close instead of reuse
 	prelude  int     // ReadyForQuerys still to swallow from session parameter syncs
+	swallowZ int     // lone ReadyForQuerys to swallow (a Sync pgguard added)
+	roGen    uint64  // read-only switch generation the server was synced for
 	synced   *client // the linked client whose parameters b was brought in line with
 	// What the server holds: parameter values as reported (params) and at
 	// connect (initial), custom parameters set, prepared statements.
@@ -114,9 +116,14 @@ func (b *backend) prepareSend(c *client, p []byte, syncs, lead int, open, slow b
 	}
 	out := p
 	var sync string
-	if b.synced != c {
-		b.synced = c
-		sync = syncSQL(c, b)
+	gen := c.p.roGen.Load()
+	if b.synced != c || b.roGen != gen && b.txStatus == 'I' {
+		b.synced, b.roGen = c, gen
+		sync = syncSQL(c, b, c.p.cfg.Load().ReadOnly)
+	}
+	if c.swallowZ {
+		b.swallowZ++
+		c.swallowZ = false
 	}
 	c.applyEffects(b)
 	if sync != "" || slow {
@@ -223,6 +230,12 @@ func (b *backend) readyForQuery(status byte, data []byte, start, end int) int {
 		b.prelude--
 		b.mu.Unlock()
 		return end // session parameter sync replies are swallowed
+	}
+	if b.swallowZ > 0 {
+		b.swallowZ--
+		b.mu.Unlock()
+		b.forward(data[start : end-6])
+		return end
 	}
 	if b.client == nil && b.resets > 0 {
 		b.resets--

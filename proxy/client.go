@@ -62,16 +62,20 @@ type client struct {
 	w       int    // bytes in buf
 	skip    int    // bytes still to forward of a message streamed without inspection
 	lastTyp byte   // type of the last message started
-	// discarding: a refused batch is being skipped up to its Sync.
-	discarding bool
-	expect     []expectedReply // Parse/Close in the chunk being sent (fast path)
-	obuf       []byte          // rewritten output (slow path)
-	effects    []*effect       // session effects of the statements in the chunk
-	pinned     atomic.Bool     // keeps its server for the rest of the session
-	pinReason  string          // why, for SHOW CLIENTS; set before pinned
-	readFn     func(fd uintptr) bool
-	rn         int
-	rerr       error
+	// discarding: a refused batch is being skipped up to its Sync, which is
+	// answered with ReadyForQuery unless discardQuiet (the server answers).
+	discarding   bool
+	discardQuiet bool
+	swallowZ     bool            // the next send carries a Sync whose ReadyForQuery the client must not see
+	roBuf        []byte          // scratch for the read-only guard
+	expect       []expectedReply // Parse/Close in the chunk being sent (fast path)
+	obuf         []byte          // rewritten output (slow path)
+	effects      []*effect       // session effects of the statements in the chunk
+	pinned       atomic.Bool     // keeps its server for the rest of the session
+	pinReason    string          // why, for SHOW CLIENTS; set before pinned
+	readFn       func(fd uintptr) bool
+	rn           int
+	rerr         error
 
 	state       atomic.Int32
 	lastActive  atomic.Int64 // unix nanos of the last message from the client
@@ -197,8 +201,9 @@ func (c *client) process() error {
 	lead := pos - from // bytes continuing a message streamed from the last read
 	syncs, queries := 0, 0
 	slow := false
-	transaction := c.pooling == poolTransaction && !c.pinned.Load()
-	maxMsg := c.p.cfg.Load().MaxMessageSize
+	transaction := c.pooling == poolTransaction
+	cfg := c.p.cfg.Load()
+	maxMsg, readOnly := cfg.MaxMessageSize, cfg.ReadOnly
 	for len(data)-pos >= 5 {
 		typ := data[pos]
 		n := int(binary.BigEndian.Uint32(data[pos+1:]))
@@ -216,6 +221,24 @@ func (c *client) process() error {
 			break
 		}
 		body := data[pos+5 : end]
+		if readOnly {
+			if v := c.p.guard(typ, body, c); v.Write {
+				if err := c.send(data[from:pos], syncs, lead, slow); err != nil {
+					return err
+				}
+				from, syncs, lead, slow = end, 0, 0, false
+				if err := c.refuseWrite(typ, v.Reason); err != nil {
+					return err
+				}
+				c.lastTyp = typ
+				pos = end
+				if typ != 'Q' {
+					pos = c.discard(data, pos)
+					from = pos
+				}
+				continue
+			}
+		}
 		switch typ {
 		case 'X':
 			if err := c.send(data[from:pos], syncs, lead, slow); err != nil {
@@ -231,6 +254,9 @@ func (c *client) process() error {
 			if name, rest, ok := cstring(body); ok {
 				c.noteEffect(queryText(rest))
 				slow = slow || (transaction && name != "")
+				if !transaction && name != "" {
+					c.setStmt(name, &stmt{parse: append([]byte(nil), rest...)}) // for the read-only guard
+				}
 			}
 		case 'C':
 			c.expect = append(c.expect, expectedReply{'3', syncs})
@@ -277,6 +303,44 @@ func (c *client) noteEffect(sql []byte) {
 	}
 }
 
+// refuseWrite refuses a Query, Parse or Bind that would write while the
+// read-only switch is on (SQLSTATE 25006). With a server linked, replies may
+// still be on their way, so the server raises the error in stream order (and
+// aborts the transaction, as PostgreSQL would); otherwise pgguard answers.
+// A refused extended-protocol message makes the rest of its batch skipped.
+func (c *client) refuseWrite(typ byte, reason string) error {
+	e := readOnlyError(reason)
+	c.p.metrics.ClientRefusals.WithLabelValues(codeReadOnlyTx).Inc()
+	open := c.skip > 0 || !isSyncPoint(c.lastTyp)
+	if c.server.Load() == nil && !open {
+		buf := e.encode(nil)
+		if typ == 'Q' {
+			buf = append(buf, 'Z', 0, 0, 0, 5, 'I')
+		} else {
+			c.discarding = true
+		}
+		c.write(buf)
+		return nil
+	}
+	q := appendQuery(nil, raiseSQL(e))
+	syncs := 1
+	if open || typ != 'Q' {
+		// End the batch first (the server may be skipping to Sync after an
+		// error); the client must not see that ReadyForQuery.
+		q = append([]byte{'S', 0, 0, 0, 4}, q...)
+		syncs = 2
+		c.swallowZ = true
+	}
+	if typ != 'Q' {
+		c.discarding, c.discardQuiet = true, true
+	}
+	last := c.lastTyp
+	c.lastTyp = 'Q'
+	err := c.send(q, syncs, 0, false)
+	c.lastTyp = last
+	return err
+}
+
 // refuse answers the messages just dropped with an error per batch and a
 // ReadyForQuery per sync point; a batch still open is discarded up to its
 // Sync (PostgreSQL docs 55.2.3: after an error the server skips to Sync).
@@ -316,7 +380,10 @@ func (c *client) discard(data []byte, pos int) int {
 		if typ == 'S' {
 			c.discarding = false
 			c.lastTyp = typ
-			c.write([]byte{'Z', 0, 0, 0, 5, 'I'})
+			if !c.discardQuiet {
+				c.write([]byte{'Z', 0, 0, 0, 5, 'I'})
+			}
+			c.discardQuiet = false
 			return pos
 		}
 	}

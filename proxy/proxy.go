@@ -55,6 +55,7 @@ type Proxy struct {
 	drained  chan struct{} // closed when the last client leaves during a drain
 	draining atomic.Bool
 	paused   atomic.Bool
+	roGen    atomic.Uint64 // bumped when the read-only switch flips: servers re-sync
 	resumed  chan struct{} // closed by Resume; nil when not paused
 
 	bytesIn, bytesOut prometheus.Counter
@@ -231,6 +232,7 @@ func (p *Proxy) Reload(cfg *config.Config) (needsRestart []string, err error) {
 		p.mu.Unlock()
 	}
 	if old.ReadOnly != cfg.ReadOnly {
+		p.roGen.Add(1)
 		p.setReadOnlyMetric(cfg.ReadOnly)
 		p.log.Warn("read-only switch changed by reload", "read_only", cfg.ReadOnly)
 	}

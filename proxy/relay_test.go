@@ -94,3 +94,33 @@ func BenchmarkFrameReaderScan(b *testing.B) {
 		b.Fatal("nothing scanned")
 	}
 }
+
+func TestNumbersToZero(t *testing.T) {
+	for in, want := range map[string]string{
+		"SELECT abalance FROM pgbench_accounts WHERE aid = 4711;": "SELECT abalance FROM pgbench_accounts WHERE aid = 0;",
+		"SELECT * FROM t2 WHERE x = $1 LIMIT 10":                  "SELECT * FROM t2 WHERE x = $1 LIMIT 0",
+		"SELECT 1.25, 1e5, 'a 42'":                                "SELECT 0.0, 0e5, 'a 0'",
+	} {
+		if got := string(numbersToZero(nil, []byte(in))); got != want {
+			t.Errorf("numbersToZero(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// FuzzNumbersToZero: for a SELECT, normalizing numbers never changes the
+// read-only verdict (nor whether the text parses).
+func FuzzNumbersToZero(f *testing.F) {
+	for _, s := range []string{"SELECT 1", "SELECT * FROM t WHERE id = 42 FOR UPDATE", "SELECT set_config('x', '1', false)", "SELECT 1e5, t2.x FROM t2"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, sql string) {
+		if !startsWithSelect([]byte(sql)) {
+			return
+		}
+		a := classifier.Classify(sql)
+		b := classifier.ClassifyBytes(numbersToZero(nil, []byte(sql)))
+		if a.Write != b.Write {
+			t.Fatalf("%q: verdict %v, normalized %v", sql, a, b)
+		}
+	})
+}

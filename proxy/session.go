@@ -24,7 +24,12 @@ import (
 var reportedParams = map[string]bool{
 	"application_name": true, "client_encoding": true, "DateStyle": true,
 	"IntervalStyle": true, "TimeZone": true, "standard_conforming_strings": true,
+	"default_transaction_read_only": true,
 }
+
+// readOnlyParam is forced on on every server while the read-only switch is
+// on, so a write hidden in a function fails at the server too.
+const readOnlyParam = "default_transaction_read_only"
 
 // startupSkip are startup keys that are not session parameters.
 var startupSkip = map[string]bool{"user": true, "database": true, "options": true, "replication": true}
@@ -168,7 +173,7 @@ func quoteLiteral(s string) string {
 // syncSQL returns the Query that makes server b match client c's session
 // parameters, or "" when they already do, and records b as matching. b.mu is
 // held.
-func syncSQL(c *client, b *backend) string {
+func syncSQL(c *client, b *backend, readOnly bool) string {
 	var sb strings.Builder
 	add := func(sql string) {
 		if sb.Len() > 0 {
@@ -176,14 +181,20 @@ func syncSQL(c *client, b *backend) string {
 		}
 		sb.WriteString(sql)
 	}
+	if readOnly && b.params[readOnlyParam] != "on" {
+		add(setConfigSQL(readOnlyParam, "on"))
+	}
 	for _, e := range c.want.reported {
+		if readOnly && e.k == readOnlyParam {
+			continue
+		}
 		if b.params[e.k] != e.v {
 			add(setConfigSQL(e.k, e.v))
 		}
 	}
 	// Reported parameters the client never chose get the server's defaults.
 	for k := range reportedParams {
-		if _, chosen := c.want.reported.get(k); chosen {
+		if _, chosen := c.want.reported.get(k); chosen || readOnly && k == readOnlyParam {
 			continue
 		}
 		if def, ok := b.initial[k]; ok && b.params[k] != def {

@@ -145,6 +145,7 @@ func (p *Proxy) authenticate(conn net.Conn, params map[string]string) *client {
 	c.out = newSock(conn)
 	c.raw = c.out.raw
 	c.readFn = c.readRaw
+	c.lastTyp = 'S' // at a sync point: nothing sent yet
 	c.pooling = poolTransaction
 	if cfg.Pool.Mode == "session" {
 		c.pooling = poolSession

@@ -221,6 +221,7 @@ func (p *Proxy) SetReadOnly(on bool, who string) {
 			break
 		}
 	}
+	p.roGen.Add(1)
 	p.setReadOnlyMetric(on)
 	p.log.Warn("read-only switch flipped", "read_only", on, "by", who)
 }
