@@ -1,0 +1,419 @@
+// Package failover decides which upstream a database's new server
+// connections go to: its primary, or its fallback while the primary cannot
+// serve.
+//
+// Health comes from real traffic only. The proxy reports every dial (Success
+// or Failure) and every server connection in use that ended without pgguard
+// closing it (Lost). After failover.failure_threshold consecutive failures of
+// the primary the Monitor switches to the fallback. Only then does it do I/O
+// of its own: it probes the primary by connecting (the injected ProbeFunc;
+// never a query), first after probe_interval, then backing off x2 up to
+// probe_max_interval, and switches back once every probe has succeeded for
+// failback_after. A healthy primary is never probed: on Neon every new
+// session and every query resets the compute's suspend timer, which is how a
+// compute budget gets burned.
+//
+// Without a fallback the same threshold marks the primary down (the proxy is
+// then not ready), and the next successful dial or probe marks it up again.
+// Those probes exist so /readyz recovers even after a load balancer stopped
+// sending traffic because of it. While on the fallback, a fallback that keeps
+// failing is marked down the same way and probed on the same ticks.
+//
+// Server connections in use that die together share one cause (a restart, a
+// suspend): Lost counts at most one failure per second, so the threshold is
+// reached only if connection attempts fail too.
+package failover
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgguard/pgguard/config"
+)
+
+// Upstream names one of a database's two upstreams.
+type Upstream uint8
+
+// The upstreams of a database.
+const (
+	Primary Upstream = iota
+	Fallback
+)
+
+// String returns "primary" or "fallback", the value of the upstream label in metrics.
+func (u Upstream) String() string {
+	if u == Fallback {
+		return "fallback"
+	}
+	return "primary"
+}
+
+// MarshalText makes an Upstream appear as its name in JSON.
+func (u Upstream) MarshalText() ([]byte, error) { return []byte(u.String()), nil }
+
+// ProbeFunc checks that an upstream accepts connections: it connects,
+// authenticates and closes, and runs no query. It should honour ctx and
+// bound itself by the connect timeout.
+type ProbeFunc func(ctx context.Context, u Upstream) error
+
+// Switch records one change of the active upstream.
+type Switch struct {
+	From   Upstream  `json:"from"`
+	To     Upstream  `json:"to"`
+	Reason string    `json:"reason"`
+	At     time.Time `json:"at"`
+}
+
+// lostWindow is how close together connection losses count as one failure.
+const lostWindow = time.Second
+
+// Monitor is the failover state machine of one database. Safe for
+// concurrent use; Active is a single atomic load, for the hot path.
+type Monitor struct {
+	// OnSwitch, when set before the Monitor is first used, is called after
+	// every switch with the Monitor's lock held (so calls arrive in order):
+	// keep it short and do not call back into the Monitor.
+	OnSwitch func(Switch)
+
+	hasFallback bool
+	probe       ProbeFunc
+	log         *slog.Logger
+	clock       Clock
+	active      atomic.Uint32 // an Upstream; written under mu
+	ctx         context.Context
+	cancel      context.CancelFunc
+
+	mu           sync.Mutex
+	cfg          config.Failover
+	health       [2]health
+	since        time.Time // when active last changed (or New)
+	switches     uint64
+	last         *Switch
+	probing      bool
+	gen          uint64 // bumped by every schedule and stop: a stale timer does nothing
+	timer        Timer
+	interval     time.Duration // current probe backoff
+	next         time.Time     // when the next probe is due; zero when none
+	healthySince time.Time     // first of the unbroken run of successful probes
+	closed       bool
+}
+
+// health is what real traffic and probes said lately about one upstream.
+type health struct {
+	fails       int  // consecutive failures
+	down        bool // fails reached the threshold; cleared by a success
+	lastLost    time.Time
+	lastError   string
+	lastErrorAt time.Time
+}
+
+// New returns a Monitor on the primary. hasFallback says whether the
+// database names a fallback; probe is its only I/O, used only while the
+// primary is considered down. A nil log discards; a nil clock is SystemClock.
+func New(cfg config.Failover, hasFallback bool, probe ProbeFunc, log *slog.Logger, clock Clock) *Monitor {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if clock == nil {
+		clock = SystemClock
+	}
+	m := &Monitor{hasFallback: hasFallback, probe: probe, log: log, clock: clock, cfg: cfg}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	m.since = clock.Now()
+	return m
+}
+
+// Active returns the upstream new server connections should go to.
+func (m *Monitor) Active() Upstream { return Upstream(m.active.Load()) }
+
+// Configure applies changed [failover] settings; they take effect at the
+// next failure or probe.
+func (m *Monitor) Configure(cfg config.Failover) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cfg = cfg
+	m.interval = min(m.interval, m.maxInterval())
+}
+
+// Success reports an established connection to u (a dial that succeeded).
+func (m *Monitor) Success(u Upstream) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || u != m.Active() {
+		return
+	}
+	h := &m.health[u]
+	h.fails = 0
+	if !h.down {
+		return
+	}
+	h.down = false
+	m.log.Info("upstream connects again", "upstream", u)
+	if u == Primary { // no fallback: nothing to switch back from
+		m.stopProbingLocked()
+	}
+}
+
+// Failure reports a failed connection attempt to u. Errors that say nothing
+// about the upstream (Classify's NotFailure) are ignored, and so are failures
+// of the upstream not in use.
+func (m *Monitor) Failure(u Upstream, err error) { m.fail(u, err, false) }
+
+// Lost reports that a server connection on u ended while a client was using
+// it, without pgguard closing it. Losses within a second count once.
+func (m *Monitor) Lost(u Upstream, err error) { m.fail(u, err, true) }
+
+func (m *Monitor) fail(u Upstream, err error, lost bool) {
+	c := Classify(err)
+	if c.Kind == NotFailure {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || u != m.Active() {
+		return
+	}
+	now := m.clock.Now()
+	h := &m.health[u]
+	h.lastError, h.lastErrorAt = c.Reason+": "+err.Error(), now
+	if lost {
+		if !h.lastLost.IsZero() && now.Sub(h.lastLost) < lostWindow {
+			return
+		}
+		h.lastLost = now
+	}
+	h.fails++
+	if h.fails < m.threshold() || h.down {
+		return
+	}
+	reason := fmt.Sprintf("%d consecutive failures of the %s (failover.failure_threshold = %d); last: %s",
+		h.fails, u, m.threshold(), h.lastError)
+	if u == Primary && m.hasFallback {
+		m.switchLocked(Fallback, reason)
+		return
+	}
+	h.down = true
+	if u == Primary {
+		m.log.Warn("the primary cannot serve and there is no fallback: no upstream can serve", "reason", reason)
+	} else {
+		m.log.Warn("the fallback cannot serve either: no upstream can serve", "reason", reason)
+	}
+	m.startProbingLocked()
+}
+
+// Serving reports whether the active upstream can serve, judged from recent
+// real traffic and probes: false only when it failed failure_threshold times
+// in a row since its last success.
+func (m *Monitor) Serving() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return !m.health[m.Active()].down
+}
+
+// Close stops probing; a probe in flight is cancelled.
+func (m *Monitor) Close() {
+	m.mu.Lock()
+	m.closed = true
+	m.stopProbingLocked()
+	m.mu.Unlock()
+	m.cancel()
+}
+
+// switchLocked makes to the active upstream.
+func (m *Monitor) switchLocked(to Upstream, reason string) {
+	from := m.Active()
+	now := m.clock.Now()
+	m.active.Store(uint32(to))
+	m.since = now
+	m.switches++
+	sw := Switch{From: from, To: to, Reason: reason, At: now}
+	m.last = &sw
+	m.health[to].fails, m.health[to].down, m.health[to].lastLost = 0, false, time.Time{}
+	if to == Fallback {
+		m.health[Primary].down = true
+		m.startProbingLocked()
+		m.log.Warn("upstream switch: the primary cannot serve; new server connections go to the fallback",
+			"from", from, "to", to, "reason", reason)
+	} else {
+		m.health[Fallback].fails, m.health[Fallback].down = 0, false
+		m.stopProbingLocked()
+		m.log.Warn("upstream switch: the primary is healthy again; new transactions go back to it and fallback connections drain",
+			"from", from, "to", to, "reason", reason)
+	}
+	if m.OnSwitch != nil {
+		m.OnSwitch(sw)
+	}
+}
+
+func (m *Monitor) startProbingLocked() {
+	if m.probing || m.closed {
+		return
+	}
+	m.probing = true
+	m.healthySince = time.Time{}
+	m.interval = m.probeInterval()
+	m.scheduleLocked(m.interval)
+}
+
+func (m *Monitor) stopProbingLocked() {
+	m.probing = false
+	m.gen++
+	if m.timer != nil {
+		m.timer.Stop()
+		m.timer = nil
+	}
+	m.next = time.Time{}
+	m.healthySince = time.Time{}
+}
+
+func (m *Monitor) scheduleLocked(d time.Duration) {
+	m.gen++
+	gen := m.gen
+	m.next = m.clock.Now().Add(d)
+	m.timer = m.clock.AfterFunc(d, func() { m.tick(gen) })
+}
+
+// tick runs one probe round: the primary, and the fallback too while it is
+// in use and down.
+func (m *Monitor) tick(gen uint64) {
+	m.mu.Lock()
+	if m.closed || !m.probing || gen != m.gen {
+		m.mu.Unlock()
+		return
+	}
+	checkFallback := m.Active() == Fallback && m.health[Fallback].down
+	m.next = time.Time{}
+	m.mu.Unlock()
+
+	err := m.probe(m.ctx, Primary)
+	var ferr error
+	if checkFallback {
+		ferr = m.probe(m.ctx, Fallback)
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || gen != m.gen {
+		return
+	}
+	now := m.clock.Now()
+	if checkFallback && ferr == nil && m.Active() == Fallback && m.health[Fallback].down {
+		m.health[Fallback].fails, m.health[Fallback].down = 0, false
+		m.log.Info("the fallback answers probes again", "upstream", Fallback)
+	}
+	if err != nil {
+		h := &m.health[Primary]
+		h.lastError, h.lastErrorAt = "probe: "+Classify(err).Reason+": "+err.Error(), now
+		if !m.healthySince.IsZero() {
+			m.log.Info("a probe of the primary failed: its healthy period starts over", "err", err)
+		}
+		m.healthySince = time.Time{}
+		m.interval = min(2*m.interval, m.maxInterval())
+		m.log.Debug("primary probe failed", "err", err, "next_probe_in", m.interval)
+		m.scheduleLocked(m.interval)
+		return
+	}
+	m.interval = m.probeInterval()
+	if !m.hasFallback {
+		m.health[Primary].fails, m.health[Primary].down = 0, false
+		m.stopProbingLocked()
+		m.log.Info("the primary answers probes again: it can serve", "upstream", Primary)
+		return
+	}
+	after := max(m.cfg.FailbackAfter.Duration, 0)
+	if m.healthySince.IsZero() {
+		m.healthySince = now
+		if after > 0 {
+			m.log.Info("the primary answers probes again; traffic returns if every probe succeeds for failback_after",
+				"failback_after", after)
+		}
+	}
+	healthy := now.Sub(m.healthySince)
+	if healthy >= after {
+		m.switchLocked(Primary, fmt.Sprintf("every probe of the primary succeeded for %s (failover.failback_after = %s)",
+			healthy.Round(time.Millisecond), after))
+		return
+	}
+	m.scheduleLocked(min(m.interval, after-healthy))
+}
+
+func (m *Monitor) threshold() int { return max(m.cfg.FailureThreshold, 1) }
+
+func (m *Monitor) probeInterval() time.Duration {
+	if d := m.cfg.ProbeInterval.Duration; d > 0 {
+		return d
+	}
+	return time.Second
+}
+
+func (m *Monitor) maxInterval() time.Duration {
+	return max(m.cfg.ProbeMaxInterval.Duration, m.probeInterval())
+}
+
+// State is a snapshot of a Monitor, for /status.
+type State struct {
+	// Active is the upstream new server connections go to.
+	Active Upstream `json:"active"`
+	// ActiveSince is when Active last changed, or when pgguard started.
+	ActiveSince time.Time `json:"active_since"`
+	// Serving is false when the active upstream keeps failing.
+	Serving bool `json:"serving"`
+	// Primary and Fallback (nil without one) describe each upstream.
+	Primary  UpstreamState  `json:"primary"`
+	Fallback *UpstreamState `json:"fallback,omitempty"`
+	// Switches counts switches since start; LastSwitch is the latest.
+	Switches   uint64  `json:"switches"`
+	LastSwitch *Switch `json:"last_switch,omitempty"`
+	// NextProbe is when the primary (or a down fallback) is probed next;
+	// zero while the primary is healthy, which is never probed.
+	NextProbe time.Time `json:"next_probe,omitzero"`
+	// ProbeIntervalSeconds is the current probe backoff, while probing.
+	ProbeIntervalSeconds float64 `json:"probe_interval_seconds,omitempty"`
+	// PrimaryHealthySince starts the current run of successful probes.
+	PrimaryHealthySince time.Time `json:"primary_healthy_since,omitzero"`
+}
+
+// UpstreamState describes one upstream in a State.
+type UpstreamState struct {
+	// ConsecutiveFailures since its last success.
+	ConsecutiveFailures int `json:"consecutive_failures"`
+	// Down: it reached failure_threshold and has not succeeded since.
+	Down bool `json:"down"`
+	// LastError is the latest failure, with when it happened.
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+}
+
+// State returns a snapshot for /status.
+func (m *Monitor) State() State {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	up := func(h health) UpstreamState {
+		return UpstreamState{ConsecutiveFailures: h.fails, Down: h.down, LastError: h.lastError, LastErrorAt: h.lastErrorAt}
+	}
+	st := State{
+		Active:              m.Active(),
+		ActiveSince:         m.since,
+		Serving:             !m.health[m.Active()].down,
+		Primary:             up(m.health[Primary]),
+		Switches:            m.switches,
+		NextProbe:           m.next,
+		PrimaryHealthySince: m.healthySince,
+	}
+	if m.hasFallback {
+		f := up(m.health[Fallback])
+		st.Fallback = &f
+	}
+	if m.last != nil {
+		sw := *m.last
+		st.LastSwitch = &sw
+	}
+	if m.probing {
+		st.ProbeIntervalSeconds = m.interval.Seconds()
+	}
+	return st
+}
