@@ -58,23 +58,28 @@ func startsWithSelect(sql []byte) bool {
 
 // numbersToZero copies sql with every numeric literal's digits replaced by
 // 0, so queries that differ only in numbers ("WHERE aid = 4711", pgbench's
-// and many ORMs' point reads) share one classifier cache entry. Digits that
-// continue a word (t2, $1, 1e5's exponent) are kept. In a SELECT neither
+// and many ORMs' point reads) share one classifier cache entry. Only runs
+// standing alone are replaced: digits touching a word (t2, $1, 1e5, 0x1F)
+// or a fraction point are kept. In a SELECT neither
 // validity nor read/write-ness can change with a number's value.
 func numbersToZero(dst, sql []byte) []byte {
-	inNum := false
-	for i, ch := range sql {
-		digit := ch >= '0' && ch <= '9'
-		switch {
-		case digit && inNum:
-			continue
-		case digit && (i == 0 || !isWordByte(sql[i-1])):
+	for i := 0; i < len(sql); {
+		j := i
+		for j < len(sql) && sql[j] >= '0' && sql[j] <= '9' {
+			j++
+		}
+		// A run of digits standing alone: not inside a word (t2, $1), not
+		// followed by one (00B0, 1e5, 0x1F) or by a fraction point.
+		if j > i && (i == 0 || !isWordByte(sql[i-1])) && (j == len(sql) || !isWordByte(sql[j]) && sql[j] != '.') {
 			dst = append(dst, '0')
-			inNum = true
+			i = j
 			continue
 		}
-		inNum = false
-		dst = append(dst, ch)
+		if j == i {
+			j++
+		}
+		dst = append(dst, sql[i:j]...)
+		i = j
 	}
 	return dst
 }

@@ -99,7 +99,7 @@ func TestNumbersToZero(t *testing.T) {
 	for in, want := range map[string]string{
 		"SELECT abalance FROM pgbench_accounts WHERE aid = 4711;": "SELECT abalance FROM pgbench_accounts WHERE aid = 0;",
 		"SELECT * FROM t2 WHERE x = $1 LIMIT 10":                  "SELECT * FROM t2 WHERE x = $1 LIMIT 0",
-		"SELECT 1.25, 1e5, 'a 42'":                                "SELECT 0.0, 0e5, 'a 0'",
+		"SELECT 1.25, 1e5, 'a 42', 00B0":                          "SELECT 1.0, 1e5, 'a 0', 00B0",
 	} {
 		if got := string(numbersToZero(nil, []byte(in))); got != want {
 			t.Errorf("numbersToZero(%q) = %q, want %q", in, got, want)
