@@ -24,7 +24,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
+	"github.com/pgguard/pgguard/querylog"
 )
 
 // adminDatabase is the database name of the admin console.
@@ -43,6 +45,10 @@ type Proxy struct {
 
 	// Console, when set, serves sessions on the "pgguard" admin database.
 	Console ConsoleFunc
+	// QueryLog, when set, receives a record of every query (set before Serve).
+	QueryLog *querylog.Logger
+	// Limiter, when set, applies [[limits]] and the [budget] guard (set before Serve).
+	Limiter *limiter.Limiter
 
 	ctx    context.Context // ends on Close: aborts waits and dials
 	cancel context.CancelFunc
