@@ -348,6 +348,7 @@ func (b *backend) died(err error) {
 	switch {
 	case c != nil:
 		c.server.Store(nil)
+		b.db.linkedServerDied(b, err)
 		c.serverLost(b, err)
 		b.db.pool.Discard(b)
 	case resetting:

@@ -12,16 +12,30 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/failover"
 	"github.com/pgguard/pgguard/pool"
 )
 
-// database is one [databases.NAME] entry: its upstream and its pool of server
-// connections.
+// database is one [databases.NAME] entry: its upstreams, the failover
+// monitor choosing between them, and its pool of server connections.
+//
+// Failover (package failover decides, this file acts): new server
+// connections go to fo.Active(). Dial results and the deaths of server
+// connections in use feed the monitor; nothing else touches a healthy
+// primary. The pool's Retire closes, on release, connections to the upstream
+// not in use, so after a switch each transaction's next server comes from the
+// new upstream and the old one's connections drain as their clients let go
+// (a session-mode client keeps its server until it disconnects).
 type database struct {
-	name    string
-	p       *Proxy
-	primary *pgconn.Config
-	pool    *pool.Pool[*backend]
+	name     string
+	p        *Proxy
+	primary  *pgconn.Config
+	fallback *pgconn.Config // nil when the entry names no fallback
+	// fallbackRO is fallback opened with default_transaction_read_only=on,
+	// used while failover.fallback_read_only is on.
+	fallbackRO *pgconn.Config
+	fo         *failover.Monitor
+	pool       *pool.Pool[*backend]
 
 	// params are the ParameterStatus values of the newest server connection,
 	// given to clients at login. Guarded by mu.
@@ -38,28 +52,125 @@ type database struct {
 	nextSrvID  atomic.Uint64
 }
 
+// fallbackReadOnlyParam is the server setting that makes writes on the fallback fail
+// with 25006 (PostgreSQL docs 20.11.1); it is given at connect, so RESET ALL
+// and DISCARD ALL keep it.
+const fallbackReadOnlyParam = "default_transaction_read_only"
+
 func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) {
 	pc, err := pgconn.ParseConfig(dc.Primary)
 	if err != nil {
 		return nil, fmt.Errorf("databases.%s.primary: %w", name, err)
 	}
 	db := &database{name: name, p: p, primary: pc}
+	if dc.Fallback != "" {
+		fc, err := pgconn.ParseConfig(dc.Fallback)
+		if err != nil {
+			return nil, fmt.Errorf("databases.%s.fallback: %w", name, err)
+		}
+		db.fallback = fc
+		db.fallbackRO = fc.Copy()
+		db.fallbackRO.RuntimeParams[fallbackReadOnlyParam] = "on"
+	}
 	db.queryDur = p.metrics.QueryDuration.WithLabelValues(name, "primary")
 	db.poolWait = p.metrics.PoolWait.WithLabelValues(name)
 	db.queries = p.metrics.Queries.WithLabelValues(name, "")
-	p.metrics.UpstreamActive.WithLabelValues(name, "primary").Set(1)
-	db.pool = pool.New(pool.Options[*backend]{Dial: db.dial})
+	db.fo = failover.New(p.cfg.Load().Failover, db.fallback != nil, db.probe, p.log.With("database", name), nil)
+	db.fo.OnSwitch = db.switched
+	context.AfterFunc(p.ctx, db.fo.Close)
+	db.setActiveMetric(failover.Primary)
+	db.pool = pool.New(pool.Options[*backend]{Dial: db.dial, Retire: db.retire})
 	db.configure(p.cfg.Load())
 	return db, nil
 }
 
-// configure applies the live-changeable pool settings.
+// configure applies the live-changeable pool and failover settings.
 func (db *database) configure(cfg *config.Config) {
 	size := cfg.PoolSize(db.name)
 	db.pool.SetLimits(size, cfg.Pool.MaxOverflow, cfg.Pool.WaitTimeout.Duration,
 		cfg.Pool.ServerIdleTimeout.Duration, jitter(cfg.Pool.ServerLifetime.Duration))
 	db.p.metrics.PoolMax.WithLabelValues(db.name).Set(float64(size + cfg.Pool.MaxOverflow))
+	db.fo.Configure(cfg.Failover)
 }
+
+// switched is the monitor's OnSwitch hook: metrics only (the WARN line is the
+// monitor's). Retire does the draining.
+func (db *database) switched(sw failover.Switch) {
+	db.setActiveMetric(sw.To)
+	db.p.metrics.Switches.WithLabelValues(db.name).Inc()
+}
+
+// setActiveMetric sets pgguard_upstream_active: 1 for u, 0 for the other.
+func (db *database) setActiveMetric(u failover.Upstream) {
+	m := db.p.metrics.UpstreamActive
+	if db.fallback == nil {
+		m.WithLabelValues(db.name, failover.Primary.String()).Set(1)
+		return
+	}
+	for _, v := range []failover.Upstream{failover.Primary, failover.Fallback} {
+		g := m.WithLabelValues(db.name, v.String())
+		if v == u {
+			g.Set(1)
+		} else {
+			g.Set(0)
+		}
+	}
+}
+
+// retire is the pool's Retire hook: a connection to the upstream not in use
+// is closed when released or found idle, instead of being reused.
+func (db *database) retire(b *backend) bool {
+	return b.upstream != db.fo.Active().String()
+}
+
+// upstreamConfig returns the pgconn config for u.
+func (db *database) upstreamConfig(u failover.Upstream) *pgconn.Config {
+	if u == failover.Fallback && db.fallback != nil {
+		if db.p.cfg.Load().Failover.FallbackReadOnly {
+			return db.fallbackRO
+		}
+		return db.fallback
+	}
+	return db.primary
+}
+
+// connect opens and authenticates a connection to u within pool.connect_timeout.
+func (db *database) connect(ctx context.Context, u failover.Upstream) (*pgconn.PgConn, error) {
+	if d := db.p.cfg.Load().Pool.ConnectTimeout.Duration; d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	return pgconn.ConnectConfig(ctx, db.upstreamConfig(u))
+}
+
+// probe is the monitor's ProbeFunc: connect and close, never a query. It
+// runs only while the primary (or a fallback in use) is considered down.
+func (db *database) probe(ctx context.Context, u failover.Upstream) error {
+	conn, err := db.connect(ctx, u)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	conn.Close(ctx)
+	return nil
+}
+
+// linkedServerDied is called by the pump of a server connection that ended
+// while linked to a client. Unless pgguard closed it (the monitor ignores
+// net.ErrClosed), that is a failure of its upstream.
+func (db *database) linkedServerDied(b *backend, err error) {
+	u := failover.Primary
+	if b.upstream == failover.Fallback.String() {
+		u = failover.Fallback
+	}
+	db.fo.Lost(u, err)
+}
+
+// retryPause spaces the attempts on the primary that one dial makes before
+// failure_threshold is reached (see dial).
+const retryPause = 100 * time.Millisecond
 
 // jitter spreads server_lifetime by up to -10% so a fleet does not reconnect at once.
 func jitter(d time.Duration) time.Duration {
@@ -69,16 +180,54 @@ func jitter(d time.Duration) time.Duration {
 	return d - time.Duration(time.Now().UnixNano()%int64(d/10+1))
 }
 
-// dial opens, authenticates and hijacks a server connection (pgconn does TLS
-// with SNI and SCRAM, which is what Neon needs).
+// dial opens a server connection to the active upstream and reports the
+// result to the monitor. With a fallback configured, a failed attempt on the
+// primary is retried (after retryPause) until failure_threshold attempts
+// have failed, and once that switches to the fallback, the fallback is
+// dialed at once: the client waiting for this connection sees latency, not
+// an error, when the primary goes down. Without a fallback an error is
+// returned at once, as before.
 func (db *database) dial(ctx context.Context) (*backend, error) {
-	cfg := db.p.cfg.Load()
-	if d := cfg.Pool.ConnectTimeout.Duration; d > 0 {
+	threshold := max(db.p.cfg.Load().Failover.FailureThreshold, 1)
+	var err error
+	for attempt := 1; attempt <= threshold+2; attempt++ {
+		u := db.fo.Active()
+		var b *backend
+		if b, err = db.dialUpstream(ctx, u); err == nil {
+			db.fo.Success(u)
+			return b, nil
+		}
+		if ctx.Err() != nil { // pgguard is closing: says nothing of the upstream
+			return nil, err
+		}
+		db.fo.Failure(u, err)
+		switch {
+		case db.fo.Active() != u:
+			db.p.log.Info("dial failed; trying the other upstream", "database", db.name, "upstream", u, "err", err)
+		case u == failover.Primary && db.fallback != nil && attempt < threshold:
+			t := time.NewTimer(retryPause)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil, err
+			}
+		default:
+			return nil, err
+		}
+	}
+	return nil, err
+}
+
+// dialUpstream opens, authenticates and hijacks a server connection to u
+// (pgconn does TLS with SNI and SCRAM, which is what Neon needs).
+func (db *database) dialUpstream(ctx context.Context, u failover.Upstream) (*backend, error) {
+	if d := db.p.cfg.Load().Pool.ConnectTimeout.Duration; d > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
-	conn, err := pgconn.ConnectConfig(ctx, db.primary)
+	conn, err := pgconn.ConnectConfig(ctx, db.upstreamConfig(u))
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +240,7 @@ func (db *database) dial(ctx context.Context) (*backend, error) {
 		conn.Close(context.Background())
 		return nil, err
 	}
-	b := newBackend(db, hc, "primary")
+	b := newBackend(db, hc, u.String())
 	db.mu.Lock()
 	db.params = maps.Clone(hc.ParameterStatuses)
 	db.mu.Unlock()
@@ -120,11 +269,55 @@ func (db *database) startupParams(ctx context.Context) (map[string]string, error
 	return db.params, nil
 }
 
+// upstreamHost returns host:port of the upstream in use.
 func (db *database) upstreamHost() string {
 	if db == nil || db.primary == nil {
 		return "?"
 	}
-	return fmt.Sprintf("%s:%d", db.primary.Host, db.primary.Port)
+	return db.hostOf(db.fo.Active().String())
+}
+
+// hostOf returns host:port of the upstream named "primary" or "fallback"
+// (backend.upstream).
+func (db *database) hostOf(upstream string) string {
+	c := db.primary
+	if upstream == failover.Fallback.String() && db.fallback != nil {
+		c = db.fallback
+	}
+	return fmt.Sprintf("%s:%d", c.Host, c.Port)
+}
+
+// upstreamName returns "primary" or "fallback": the upstream in use.
+func (db *database) upstreamName() string { return db.fo.Active().String() }
+
+// fallbackReadOnly reports whether writes are refused because the database
+// is served by its fallback with failover.fallback_read_only on, and the
+// message to give. The server refuses them anyway (connections to the
+// fallback are opened with default_transaction_read_only=on, so it answers
+// 25006 "cannot execute INSERT in a read-only transaction"); a protocol-level
+// guard can use this to refuse first, with a message saying why.
+func (db *database) fallbackReadOnly() (string, bool) {
+	if db.fallback == nil || db.fo.Active() != failover.Fallback || !db.p.cfg.Load().Failover.FallbackReadOnly {
+		return "", false
+	}
+	return fmt.Sprintf("the primary upstream of database %q is down and its fallback %s serves it read-only "+
+		"(failover.fallback_read_only = true): writes are refused until the primary is back", db.name, db.hostOf("fallback")), true
+}
+
+// upstreamsServing reports whether some database has an upstream that can
+// serve, from recent real traffic (and, while an upstream is down, probes):
+// false only when every database's active upstream failed
+// failover.failure_threshold times in a row since its last success. That is
+// the fallback failing too, or the primary failing with no fallback. With no
+// databases it is true.
+func (p *Proxy) upstreamsServing() bool {
+	dbs := p.databases()
+	for _, db := range dbs {
+		if db.fo.Serving() {
+			return true
+		}
+	}
+	return len(dbs) == 0
 }
 
 func (db *database) nameOr() string {

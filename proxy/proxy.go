@@ -392,7 +392,7 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, db := range s.p.databases() {
 		st := db.pool.Stats()
 		for state, n := range map[string]int{"active": st.Active, "idle": st.Idle, "opening": st.Opening} {
-			ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(n), db.name, "primary", state)
+			ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(n), db.name, db.upstreamName(), state)
 		}
 	}
 }

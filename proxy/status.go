@@ -3,6 +3,8 @@ package proxy
 import (
 	"slices"
 	"time"
+
+	"github.com/pgguard/pgguard/failover"
 )
 
 // PoolStatus describes one database's pool (SHOW POOLS, /status).
@@ -26,6 +28,9 @@ type PoolStatus struct {
 	Transactions   uint64  `json:"total_xact_count"`
 	Queries        uint64  `json:"total_query_count"`
 	AvgWaitSeconds float64 `json:"avg_wait_seconds"`
+
+	// Failover is the database's failover state (upstream in use, failures, probes).
+	Failover failover.State `json:"failover"`
 }
 
 // ClientStatus describes one client session (SHOW CLIENTS).
@@ -75,7 +80,7 @@ func (p *Proxy) Pools() []PoolStatus {
 	for _, db := range p.databases() {
 		st := db.pool.Stats()
 		ps := PoolStatus{
-			Database: db.name, Upstream: "primary", UpstreamHost: db.upstreamHost(), Mode: mode,
+			Database: db.name, Upstream: db.upstreamName(), UpstreamHost: db.upstreamHost(), Mode: mode, Failover: db.fo.State(),
 			ServersActive: st.Active, ServersIdle: st.Idle, ServersOpening: st.Opening,
 			Size: st.Size, MaxOverflow: st.MaxOverflow,
 			Dials: st.Dials, DialErrors: st.DialErrors, WaitTimeouts: st.WaitTimeouts, Waits: st.Waits,
@@ -140,7 +145,7 @@ func (p *Proxy) Servers() []ServerStatus {
 		seen[b] = true
 		b.mu.Lock()
 		ss := ServerStatus{
-			ID: b.id, Database: b.db.name, Upstream: b.upstream, Host: b.db.upstreamHost(), PID: b.hc.PID,
+			ID: b.id, Database: b.db.name, Upstream: b.upstream, Host: b.db.hostOf(b.upstream), PID: b.hc.PID,
 			State: state, TxStatus: string(b.txStatus), Created: b.created, LastUsed: time.Unix(0, b.lastUsed.Load()),
 		}
 		if b.client != nil {
@@ -175,11 +180,12 @@ func (p *Proxy) Status() Status {
 	}
 }
 
-// Ready reports whether pgguard can serve: it is not draining. An upstream is
-// assumed able to serve until real traffic says otherwise; pgguard never
-// probes a healthy primary (that would keep a Neon compute awake).
+// Ready reports whether pgguard can serve: it is not draining and some
+// upstream can serve (see upstreamsServing). An upstream is assumed able to
+// serve until real traffic says otherwise; pgguard never probes a healthy
+// primary (that would keep a Neon compute awake).
 func (p *Proxy) Ready() bool {
-	return !p.draining.Load()
+	return !p.draining.Load() && p.upstreamsServing()
 }
 
 // ReadOnly reports whether the read-only kill switch is on.
