@@ -43,10 +43,11 @@ type backend struct {
 	synced   *client // the linked client whose parameters b was brought in line with
 	// What the server holds: parameter values as reported (params) and at
 	// connect (initial), custom parameters set, prepared statements.
-	params  map[string]string
-	initial map[string]string
-	custom  kvs
-	stmts   serverStmts
+	params   map[string]string
+	initial  map[string]string
+	custom   kvs
+	stmts    serverStmts
+	inflight []inflightQuery // queries sent, awaiting their ReadyForQuery
 	// replies expected for Parse/Close sent, and sync points sent and answered.
 	replies   []pendingReply
 	syncsSent uint64
@@ -147,6 +148,7 @@ func (b *backend) prepareSend(c *client, p []byte, syncs, lead int, open, slow b
 	} else {
 		b.expectReplies(c)
 	}
+	b.startQueries(c, time.Now())
 	b.pending += syncs
 	b.syncsSent += uint64(syncs)
 	b.open = open
@@ -201,6 +203,8 @@ func (b *backend) relay(data []byte) {
 				b.forward(data[start : end-5])
 				start = end
 			}
+		case 'C':
+			b.commandComplete(body)
 		case 'E':
 			b.serverError(body)
 		case 'S':
@@ -237,6 +241,11 @@ func (b *backend) readyForQuery(status byte, data []byte, start, end int) int {
 		b.forward(data[start : end-6])
 		return end
 	}
+	now := time.Now()
+	q, done := b.finishQuery(now)
+	if done && q.query {
+		defer b.report(q, now)
+	}
 	if b.client == nil && b.resets > 0 {
 		b.resets--
 		done := b.resets == 0
@@ -251,7 +260,7 @@ func (b *backend) readyForQuery(status byte, data []byte, start, end int) int {
 	if release {
 		b.client = nil
 		b.synced = nil
-		c.server.Store(nil)
+		c.unlink()
 	}
 	hold := release && b.cancels > 0
 	b.held = hold
@@ -298,6 +307,7 @@ func (b *backend) serverError(body []byte) {
 	if sev == "FATAL" || sev == "PANIC" || code == codeAdminShutdown {
 		b.dead.Store(true)
 	}
+	b.queryError(code, body)
 	b.mu.Lock()
 	if b.client == nil && b.resets > 0 {
 		b.resetBad = true
@@ -347,7 +357,7 @@ func (b *backend) died(err error) {
 	b.mu.Unlock()
 	switch {
 	case c != nil:
-		c.server.Store(nil)
+		c.unlink()
 		b.db.linkedServerDied(b, err)
 		c.serverLost(b, err)
 		b.db.pool.Discard(b)
@@ -372,7 +382,7 @@ func (b *backend) reset(c *client, discardAll bool) {
 	}
 	b.client = nil
 	b.synced = nil
-	c.server.Store(nil)
+	c.unlink()
 	if b.pending > 0 || b.open || b.dead.Load() {
 		b.mu.Unlock()
 		b.db.pool.Discard(b)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/pool"
 )
 
@@ -46,7 +48,9 @@ type client struct {
 	db     *database
 	user   string
 	app    string
+	addr   string      // remote address, for logs and SHOW CLIENTS
 	want   sessionWant // session parameters that follow the client from server to server
+	lim    *limiter.Session
 
 	// Named prepared statements, by client name (transaction mode).
 	// Owned by the client goroutine.
@@ -68,6 +72,10 @@ type client struct {
 	discardQuiet bool
 	swallowZ     bool            // the next send carries a Sync whose ReadyForQuery the client must not see
 	roBuf        []byte          // scratch for the read-only guard
+	queued       []pendingQuery  // sync points in the chunk being sent, for the query log
+	batchText    string          // statement of the extended-protocol batch under way
+	batchExec    bool            // the batch under way executes something
+	wait         time.Duration   // pool wait of the transaction about to start
 	expect       []expectedReply // Parse/Close in the chunk being sent (fast path)
 	obuf         []byte          // rewritten output (slow path)
 	effects      []*effect       // session effects of the statements in the chunk
@@ -203,7 +211,7 @@ func (c *client) process() error {
 	slow := false
 	transaction := c.pooling == poolTransaction
 	cfg := c.p.cfg.Load()
-	maxMsg, readOnly := cfg.MaxMessageSize, cfg.ReadOnly
+	maxMsg, readOnly := cfg.MaxMessageSize, cfg.ReadOnly || c.p.Limiter.Budget().Action() == "read_only"
 	for len(data)-pos >= 5 {
 		typ := data[pos]
 		n := int(binary.BigEndian.Uint32(data[pos+1:]))
@@ -227,7 +235,7 @@ func (c *client) process() error {
 					return err
 				}
 				from, syncs, lead, slow = end, 0, 0, false
-				if err := c.refuseWrite(typ, v.Reason); err != nil {
+				if err := c.refuseWrite(typ, v.Reason, body); err != nil {
 					return err
 				}
 				c.lastTyp = typ
@@ -249,10 +257,12 @@ func (c *client) process() error {
 			syncs++
 			queries++
 			c.noteEffect(queryText(body))
+			c.noteQuery(queryText(body), false)
 		case 'P':
 			c.expect = append(c.expect, expectedReply{'1', syncs})
 			if name, rest, ok := cstring(body); ok {
 				c.noteEffect(queryText(rest))
+				c.batchText = c.intern(queryText(rest))
 				slow = slow || (transaction && name != "")
 				if !transaction && name != "" {
 					c.setStmt(name, &stmt{parse: append([]byte(nil), rest...)}) // for the read-only guard
@@ -263,10 +273,18 @@ func (c *client) process() error {
 			slow = slow || (transaction && namedStmtMessage(typ, body))
 		case 'B', 'D':
 			slow = slow || (transaction && namedStmtMessage(typ, body))
+			if typ == 'B' {
+				if st := c.stmt(boundStmt(body)); st != nil {
+					c.batchText = c.intern(queryText(st.parse))
+				}
+			}
 		case 'E':
 			queries++
+			c.batchExec = true
 		case 'S', 'F':
 			syncs++
+			c.queued = append(c.queued, pendingQuery{text: c.batchText, query: c.batchExec, extended: true})
+			c.batchText, c.batchExec = "", false
 		}
 		c.lastTyp = typ
 		pos = end
@@ -274,6 +292,9 @@ func (c *client) process() error {
 	if queries > 0 {
 		c.db.queryCount.Add(uint64(queries))
 		c.db.queries.Add(float64(queries))
+		for i := 0; i < queries; i++ {
+			c.lim.Observe()
+		}
 	}
 	c.lastActive.Store(time.Now().UnixNano())
 	if err := c.send(data[from:pos], syncs, lead, slow); err != nil {
@@ -308,7 +329,7 @@ func (c *client) noteEffect(sql []byte) {
 // still be on their way, so the server raises the error in stream order (and
 // aborts the transaction, as PostgreSQL would); otherwise pgguard answers.
 // A refused extended-protocol message makes the rest of its batch skipped.
-func (c *client) refuseWrite(typ byte, reason string) error {
+func (c *client) refuseWrite(typ byte, reason string, body []byte) error {
 	e := readOnlyError(reason)
 	c.p.metrics.ClientRefusals.WithLabelValues(codeReadOnlyTx).Inc()
 	open := c.skip > 0 || !isSyncPoint(c.lastTyp)
@@ -323,6 +344,11 @@ func (c *client) refuseWrite(typ byte, reason string) error {
 		return nil
 	}
 	q := appendQuery(nil, raiseSQL(e))
+	if typ == 'Q' {
+		c.noteQuery(queryText(body), false)
+	} else {
+		c.queued = append(c.queued, pendingQuery{text: c.batchText, query: true, extended: true})
+	}
 	syncs := 1
 	if open || typ != 'Q' {
 		// End the batch first (the server may be skipping to Sync after an
@@ -427,6 +453,12 @@ func (c *client) send(p []byte, syncs, lead int, slow bool) error {
 	for attempt := 0; ; attempt++ {
 		b := c.server.Load()
 		fresh := b == nil
+		if attempt == 0 && (fresh && c.pooling == poolTransaction || c.pooling == poolSession && len(c.queued) > 0) {
+			// A new transaction (transaction mode) or query (session mode).
+			if err := c.lim.Admit(c.p.ctx); err != nil {
+				return c.p.clientError(err, c.db, false)
+			}
+		}
 		if fresh {
 			var err error
 			if b, err = c.acquire(); err != nil {
@@ -441,7 +473,7 @@ func (c *client) send(p []byte, syncs, lead int, slow bool) error {
 			b.mu.Lock()
 			if b.client == c {
 				b.client = nil
-				c.server.Store(nil)
+				c.unlink()
 			}
 			b.mu.Unlock()
 			b.db.pool.Discard(b)
@@ -458,6 +490,8 @@ func (c *client) send(p []byte, syncs, lead int, slow bool) error {
 // sent clears what process collected for one send.
 func (c *client) sent() {
 	c.expect = c.expect[:0]
+	clear(c.queued)
+	c.queued = c.queued[:0]
 	clear(c.effects)
 	c.effects = c.effects[:0]
 }
@@ -519,19 +553,44 @@ func (c *client) acquire() (*backend, error) {
 		return nil, c.p.clientError(pool.ErrClosed, c.db, true)
 	}
 	start := time.Now()
+	if err := c.acquireSlot(); err != nil {
+		c.state.Store(stateIdle)
+		return nil, c.p.clientError(err, c.db, false)
+	}
 	for {
 		b, err := c.db.pool.Acquire(c.p.ctx, c.priority)
 		if err != nil {
+			c.lim.ReleaseConn()
 			c.state.Store(stateIdle)
 			return nil, c.p.clientError(err, c.db, c.pooling == poolSession)
 		}
 		if b.link(c) {
-			c.db.poolWait.Observe(time.Since(start).Seconds())
+			c.wait = time.Since(start)
+			c.db.poolWait.Observe(c.wait.Seconds())
 			c.state.Store(stateActive)
 			return b, nil
 		}
 		c.db.pool.Discard(b) // died between the pool and us
 	}
+}
+
+// acquireSlot takes a max_connections slot of the client's [[limits]] rules,
+// waiting up to pool.wait_timeout.
+func (c *client) acquireSlot() error {
+	if c.lim == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(c.p.ctx, c.p.cfg.Load().Pool.WaitTimeout.Duration)
+	defer cancel()
+	return c.lim.AcquireConn(ctx)
+}
+
+// unlink ends c's link to its server (the backend's mu held): the limiter
+// slot goes back first, so the client goroutine can only take a new one
+// after seeing the link gone.
+func (c *client) unlink() {
+	c.lim.ReleaseConn()
+	c.server.Store(nil)
 }
 
 // transactionDone is called by the pump after it returned c's server.
@@ -576,7 +635,7 @@ func (c *client) lingerClose() {
 		tc.CloseWrite()
 	}
 	c.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-	io.Copy(io.Discard, io.LimitReader(c.conn, int64(c.p.cfg.Load().MaxMessageSize)))
+	io.Copy(io.Discard, io.LimitReader(c.conn, 1<<30)) // bounded by the deadline
 }
 
 // closeWith ends the session with a FATAL error (reaper, shutdown, KILL).

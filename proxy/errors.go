@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/pool"
 )
 
@@ -95,7 +96,10 @@ func (p *Proxy) clientError(err error, db *database, fatal bool) *Error {
 	var pgErr *pgconn.PgError
 	var connErr *pgconn.ConnectError
 	var netErr net.Error
+	var limitErr *limiter.LimitError
 	switch {
+	case errors.As(err, &limitErr):
+		return &Error{Severity: "ERROR", Code: codeConfigLimit, Message: limitErr.Message, Cause: err}
 	case errors.Is(err, pool.ErrWaitTimeout):
 		return &Error{Severity: sev, Code: codeTooManyConnections, Cause: err,
 			Message: fmt.Sprintf("no server connection for database %q within pool.wait_timeout = %s: all %d connections (pool.size + pool.max_overflow) are busy",

@@ -76,8 +76,9 @@ func testConfig(mode string) *config.Config {
 	return cfg
 }
 
-// startGuard runs pgguard in-process on a free port until the test ends.
-func startGuard(t testing.TB, cfg *config.Config) *guard {
+// startGuard runs pgguard in-process on a free port until the test ends;
+// setup, when given, runs before Serve (to set hooks such as QueryLog).
+func startGuard(t testing.TB, cfg *config.Config, setup ...func(*proxy.Proxy)) *guard {
 	t.Helper()
 	m := metrics.New()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -87,6 +88,9 @@ func startGuard(t testing.TB, cfg *config.Config) *guard {
 	p, err := proxy.New(cfg, log, m)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range setup {
+		f(p)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -21,7 +21,7 @@ type frameReader struct {
 
 // inspectServer reports whether the pump must see a server message's body.
 func inspectServer(typ byte) bool {
-	return typ == 'Z' || typ == 'E' || typ == 'S' || typ == '1' || typ == '3'
+	return typ == 'Z' || typ == 'E' || typ == 'S' || typ == '1' || typ == '3' || typ == 'C'
 }
 
 // scan walks data, calling fn for each complete inspected frame with its body

@@ -50,11 +50,11 @@ func scanAll(data []byte, chunk int) []seen {
 func TestFrameReaderChunking(t *testing.T) {
 	data := serverStream(t)
 	want := scanAll(data, len(data))
-	if len(want) != 3 || want[0].typ != 'S' || want[1].typ != 'E' || want[2].typ != 'Z' {
+	if len(want) != 4 || want[0].typ != 'C' || want[1].typ != 'S' || want[2].typ != 'E' || want[3].typ != 'Z' {
 		t.Fatalf("whole-buffer scan found %v", want)
 	}
-	if want[2].end != len(data) || want[2].body != "T" {
-		t.Fatalf("ReadyForQuery at %d body %q", want[2].end, want[2].body)
+	if want[3].end != len(data) || want[3].body != "T" {
+		t.Fatalf("ReadyForQuery at %d body %q", want[3].end, want[3].body)
 	}
 	for chunk := 1; chunk < len(data); chunk++ {
 		got := scanAll(data, chunk)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgguard/pgguard/auth"
+	"github.com/pgguard/pgguard/limiter"
 )
 
 // Startup packet codes (PostgreSQL docs 55.7, StartupMessage, SSLRequest,
@@ -141,6 +143,12 @@ func (p *Proxy) authenticate(conn net.Conn, params map[string]string) *client {
 		app:         params["application_name"],
 		want:        newSessionWant(params),
 		connectedAt: time.Now().UnixNano(),
+	}
+	c.addr = conn.RemoteAddr().String()
+	if !admin {
+		ap, _ := netip.ParseAddrPort(c.addr)
+		c.lim = p.Limiter.Match(limiter.Client{Database: dbname, User: user, Application: c.app, Addr: ap.Addr().Unmap()})
+		c.priority = c.lim.Priority()
 	}
 	c.out = newSock(conn)
 	c.raw = c.out.raw

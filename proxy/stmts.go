@@ -281,3 +281,10 @@ func (b *backend) batchDone() {
 		b.replies = b.replies[:0:0]
 	}
 }
+
+// boundStmt returns the statement name of a Bind body.
+func boundStmt(body []byte) string {
+	_, rest, _ := cstring(body)
+	name, _, _ := cstring(rest)
+	return name
+}

@@ -1,0 +1,158 @@
+package proxy_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/limiter"
+	"github.com/pgguard/pgguard/proxy"
+	"github.com/pgguard/pgguard/querylog"
+)
+
+// TestQueryLog runs a known mix of queries (simple and extended, fast, slow
+// and failing) and checks the log lines, the per-shape counts and that the
+// per-shape p95 matches the known sleeps within the sketch's accuracy.
+func TestQueryLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "queries.log")
+	qcfg := config.QueryLog{Path: path, Slow: config.D(time.Hour), MaxShapes: 100}
+	ql, err := querylog.New(qcfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ql.Close()
+	cfg := testConfig("transaction")
+	g := startGuard(t, cfg, func(p *proxy.Proxy) { p.QueryLog = ql })
+	ctx := context.Background()
+	simple := connect(t, g.url("app"), pgx.QueryExecModeSimpleProtocol)
+	extended := connect(t, g.url("app"), pgx.QueryExecModeExec)
+
+	for i := 0; i < 20; i++ {
+		if _, err := simple.Exec(ctx, "SELECT pg_sleep(0.05), 'secret-literal'"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := extended.Exec(ctx, "SELECT $1::int + 1", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 5; i++ {
+		simple.Exec(ctx, "SELECT 1/0")
+	}
+	ql.Close() // flush
+	stats := ql.Stats().Snapshot("total", 0)
+	byQuery := map[string]querylog.ShapeStats{}
+	for _, s := range stats {
+		byQuery[s.Query] = s
+	}
+	sleep, ok := byQuery["SELECT pg_sleep($1), $2"]
+	if !ok || sleep.Calls != 20 {
+		t.Fatalf("pg_sleep shape: %+v (all: %+v)", sleep, stats)
+	}
+	if sleep.P95MS < 50 || sleep.P95MS > 80 {
+		t.Errorf("pg_sleep(0.05) p95 = %.1f ms, want about 50", sleep.P95MS)
+	}
+	if ext := byQuery["SELECT $1::int + $2"]; ext.Calls != 20 {
+		t.Errorf("extended shape: %+v", ext)
+	}
+	if div := byQuery["SELECT $1/$2"]; div.Calls != 5 || div.Errors != 5 {
+		t.Errorf("failing shape: %+v", div)
+	}
+
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	lines, errorsSeen := 0, 0
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var rec map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			t.Fatalf("bad log line %q: %v", sc.Text(), err)
+		}
+		lines++
+		if rec["database"] != "app" || rec["user"] != testUser || rec["upstream"] != "primary" {
+			t.Errorf("record fields: %v", rec)
+		}
+		if q, _ := rec["query"].(string); q == "" || containsAny(q, "secret-literal") {
+			t.Errorf("query text %q: want normalized, no literals", q)
+		}
+		if rec["sqlstate"] == "22012" {
+			errorsSeen++
+		}
+	}
+	if lines != 45 || errorsSeen != 5 {
+		t.Errorf("%d log lines (%d with 22012), want 45 (5)", lines, errorsSeen)
+	}
+}
+
+func containsAny(s, sub string) bool {
+	return len(sub) > 0 && len(s) >= len(sub) && indexOf(s, sub) >= 0
+}
+
+func indexOf(s, sub string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return i
+		}
+	}
+	return -1
+}
+
+// TestPollingWorkerLimited: a worker polling every 50 ms under a 10/minute
+// rule (burst 5, reject) gets exactly its share and 53400 naming the rule,
+// while a web client on the same database is never refused.
+func TestPollingWorkerLimited(t *testing.T) {
+	cfg := testConfig("transaction")
+	cfg.Limits = []config.Limit{{Name: "workers", ApplicationName: "availability-worker",
+		QueriesPerMinute: 10, Burst: 5, Action: "reject"}}
+	lim, err := limiter.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lim.Close()
+	g := startGuard(t, cfg, func(p *proxy.Proxy) { p.Limiter = lim })
+	ctx := context.Background()
+	worker := connect(t, g.url("app")+"&application_name=availability-worker", pgx.QueryExecModeExec)
+	web := connect(t, g.url("app")+"&application_name=web", pgx.QueryExecModeExec)
+
+	var wg sync.WaitGroup
+	webErrs := 0
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < 60; i++ {
+			if _, err := web.Exec(ctx, "SELECT 1"); err != nil {
+				webErrs++
+			}
+			time.Sleep(25 * time.Millisecond)
+		}
+	}()
+	admitted, refused := 0, 0
+	for i := 0; i < 30; i++ { // 1.5 s of polling every 50 ms
+		_, err := worker.Exec(ctx, "SELECT 1")
+		switch {
+		case err == nil:
+			admitted++
+		case pgCode(err) == "53400" && containsAny(pgMessage(err), `"workers"`):
+			refused++
+		default:
+			t.Fatalf("worker: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	wg.Wait()
+	if admitted != 5 || refused != 25 || webErrs != 0 {
+		t.Fatalf("worker admitted %d refused %d (want 5 and 25: burst 5, 10/min); web errors %d", admitted, refused, webErrs)
+	}
+}

@@ -1,0 +1,162 @@
+package proxy
+
+import (
+	"bytes"
+	"strconv"
+	"time"
+
+	"github.com/pgguard/pgguard/querylog"
+)
+
+// Query timing. Every sync point a client sends (a Query, or the Sync that
+// ends an extended-protocol batch) is one query for the log and the
+// statistics: the client goroutine notes its text, the send stamps it, and
+// the pump completes it from CommandComplete/ErrorResponse and ends it at
+// ReadyForQuery. Pool wait is kept apart from the duration.
+
+// pendingQuery is a query noted by process, not yet sent.
+type pendingQuery struct {
+	text     string // interned; "" when there is no query log
+	query    bool   // false for a sync that ran nothing (Parse/Describe/Sync)
+	extended bool
+}
+
+// inflightQuery is a query sent to a server, awaiting its ReadyForQuery.
+// Guarded by the backend's mu.
+type inflightQuery struct {
+	pendingQuery
+	client   *client
+	start    time.Time
+	wait     time.Duration
+	rows     int64
+	tag      string
+	sqlstate string
+	errMsg   string
+}
+
+// noteQuery records a sync point's statement text (nil when the batch only
+// synced).
+func (c *client) noteQuery(text []byte, extended bool) {
+	c.queued = append(c.queued, pendingQuery{text: c.intern(text), query: true, extended: extended})
+}
+
+// intern returns text as a string for the query log, or "" without one.
+func (c *client) intern(text []byte) string {
+	if c.p.QueryLog == nil {
+		return ""
+	}
+	return c.p.QueryLog.Intern(text)
+}
+
+// startQueries moves c's noted queries to b's in-flight list (b.mu held).
+func (b *backend) startQueries(c *client, now time.Time) {
+	for _, q := range c.queued {
+		b.inflight = append(b.inflight, inflightQuery{pendingQuery: q, client: c, start: now, wait: c.wait})
+		c.wait = 0
+	}
+}
+
+// commandComplete notes a CommandComplete's tag and row count on the
+// current query (pump, b.mu not held: the list's head is only touched by
+// the pump).
+func (b *backend) commandComplete(body []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.inflight) == 0 {
+		return
+	}
+	q := &b.inflight[0]
+	tag := queryText(body)
+	word := tag
+	if i := bytes.IndexByte(tag, ' '); i >= 0 {
+		word = tag[:i]
+	}
+	q.tag = commandWord(word)
+	if i := bytes.LastIndexByte(tag, ' '); i >= 0 {
+		if n, err := strconv.ParseInt(string(tag[i+1:]), 10, 64); err == nil {
+			q.rows += n
+		}
+	}
+}
+
+// queryError notes an ErrorResponse on the current query.
+func (b *backend) queryError(code string, body []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.inflight) == 0 {
+		return
+	}
+	q := &b.inflight[0]
+	if q.sqlstate == "" {
+		q.sqlstate = code
+		q.errMsg = errorMessage(body)
+	}
+}
+
+// finishQuery ends the current query at its ReadyForQuery (b.mu held) and
+// returns it for reporting outside the lock.
+func (b *backend) finishQuery(now time.Time) (inflightQuery, bool) {
+	if len(b.inflight) == 0 {
+		return inflightQuery{}, false
+	}
+	q := b.inflight[0]
+	b.inflight[0] = inflightQuery{}
+	b.inflight = b.inflight[1:]
+	if len(b.inflight) == 0 {
+		b.inflight = b.inflight[:0:0]
+	} else if b.inflight[0].start.Before(now) {
+		b.inflight[0].start = now // pipelined: the next one starts when this one ends
+	}
+	return q, true
+}
+
+// report sends a finished query to the metrics, the query log and the budget model.
+func (b *backend) report(q inflightQuery, now time.Time) {
+	d := now.Sub(q.start)
+	db := b.db
+	db.queryDur.Observe(d.Seconds())
+	if q.sqlstate != "" {
+		db.p.metrics.QueryErrors.WithLabelValues(db.name, q.sqlstate).Inc()
+	}
+	c := q.client
+	if b.upstream == "primary" {
+		db.p.Limiter.ObserveUpstreamQuery(db.name, c.app, now)
+	}
+	if db.p.QueryLog == nil || q.text == "" {
+		return
+	}
+	db.p.QueryLog.Log(querylog.Record{
+		Time: q.start, Database: db.name, User: c.user, Application: c.app, ClientAddr: c.addr,
+		Upstream: b.upstream, Query: q.text, Duration: d, Wait: q.wait, Rows: q.rows,
+		Tag: q.tag, SQLState: q.sqlstate, Error: q.errMsg, Extended: q.extended,
+	})
+}
+
+// commandWord returns the command word of a tag without allocating for the
+// common ones.
+func commandWord(w []byte) string {
+	for _, s := range commonTags {
+		if string(w) == s {
+			return s
+		}
+	}
+	return string(w)
+}
+
+var commonTags = []string{"SELECT", "INSERT", "UPDATE", "DELETE", "BEGIN", "COMMIT", "ROLLBACK", "SET", "COPY", "FETCH", "MERGE", "SHOW", "DO"}
+
+// errorMessage returns an ErrorResponse's primary message ('M' field).
+func errorMessage(body []byte) string {
+	for len(body) > 0 && body[0] != 0 {
+		t := body[0]
+		i := bytes.IndexByte(body[1:], 0)
+		if i < 0 {
+			return ""
+		}
+		if t == 'M' {
+			return string(body[1 : 1+i])
+		}
+		body = body[2+i:]
+	}
+	return ""
+}
