@@ -28,6 +28,7 @@ type Metrics struct {
 	ClientRefusals *prometheus.CounterVec // sqlstate: connections refused before or at login
 	ClientsReaped  *prometheus.CounterVec // reason
 	ClientsPinned  *prometheus.CounterVec // reason
+	LeakWarnings   *prometheus.CounterVec // application
 }
 
 // New creates the metrics on a fresh registry, with Go runtime and process collectors.
@@ -86,13 +87,17 @@ func New() *Metrics {
 			Name: "pgguard_clients_pinned_total",
 			Help: "Transaction-mode clients pinned to one server for the rest of their session, by reason (LISTEN, SQL PREPARE, session advisory lock, cursor WITH HOLD, temporary table).",
 		}, []string{"reason"}),
+		LeakWarnings: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgguard_leak_warnings_total",
+			Help: "Sessions that held a server connection idle past pool.leak_warn_after, by application_name.",
+		}, []string{"application"}),
 		ClientsReaped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgguard_clients_closed_total",
 			Help: "Client sessions closed by pgguard, by reason (client_idle_timeout, idle_transaction_timeout, login_timeout, shutdown, kill).",
 		}, []string{"reason"}),
 	}
 	r.MustRegister(m.QueryDuration, m.Queries, m.QueryErrors, m.PoolWait, m.PoolMax,
-		m.UpstreamActive, m.Switches, m.ReadOnly, m.Bytes, m.ClientRefusals, m.ClientsReaped, m.ClientsPinned)
+		m.UpstreamActive, m.Switches, m.ReadOnly, m.Bytes, m.ClientRefusals, m.ClientsReaped, m.ClientsPinned, m.LeakWarnings)
 	return m
 }
 

@@ -54,8 +54,9 @@ type backend struct {
 	syncsDone uint64
 	// cancels counts CancelRequests in flight for this connection; a release
 	// meanwhile is held (held=true) so the cancel cannot hit the next client.
-	cancels int
-	held    bool
+	cancels  int
+	held     bool
+	timedOut bool // pgguard cancelled the running query for pool.query_timeout
 
 	// Owned by the pump goroutine.
 	in       frameReader
@@ -207,6 +208,12 @@ func (b *backend) relay(data []byte) {
 			b.commandComplete(body)
 		case 'E':
 			b.serverError(body)
+			if e := b.timeoutError(body); e != nil && end-len(body)-5 >= start {
+				// Say why: the client asked for nothing, pgguard cancelled it.
+				b.forward(data[start : end-len(body)-5])
+				b.forward(e.encode(nil))
+				start = end
+			}
 		case 'S':
 			b.parameterStatus(body)
 		}
@@ -408,6 +415,35 @@ func (b *backend) reset(c *client, discardAll bool) {
 	if _, err := b.out.Write(q); err != nil {
 		b.db.pool.Discard(b)
 	}
+}
+
+// markTimedOut flags the running query of c as cancelled for
+// pool.query_timeout; false if it already is, or c no longer holds b.
+func (b *backend) markTimedOut(c *client) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.client != c || b.timedOut {
+		return false
+	}
+	b.timedOut = true
+	return true
+}
+
+// timeoutError returns the error to give the client in place of the
+// server's 57014 after a query_timeout cancel, or nil.
+func (b *backend) timeoutError(body []byte) *Error {
+	b.mu.Lock()
+	if !b.timedOut {
+		b.mu.Unlock()
+		return nil
+	}
+	b.timedOut = false
+	b.mu.Unlock()
+	if _, code := errorFields(body); code != codeQueryCanceled {
+		return nil
+	}
+	return errorf(codeQueryCanceled, "canceling statement: it ran longer than pool.query_timeout = %s; raise pool.query_timeout or speed the query up",
+		b.db.p.cfg.Load().Pool.QueryTimeout.Duration)
 }
 
 // cancelFor sends a CancelRequest for what b runs for client c, and for

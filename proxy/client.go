@@ -89,6 +89,7 @@ type client struct {
 	lastActive  atomic.Int64 // unix nanos of the last message from the client
 	connectedAt int64
 	closing     atomic.Pointer[Error] // why pgguard is closing this client, if it is
+	leakWarned  atomic.Bool
 }
 
 const readBufSize = 16 << 10
@@ -572,6 +573,33 @@ func (c *client) acquire() (*backend, error) {
 		}
 		c.db.pool.Discard(b) // died between the pool and us
 	}
+}
+
+// serverState is what the janitor needs to know about c's server.
+type serverState struct {
+	b             *backend
+	running       bool      // a query is in flight
+	since         time.Time // when it was sent
+	inTransaction bool      // idle inside a transaction block
+}
+
+func (c *client) serverState() serverState {
+	b := c.server.Load()
+	if b == nil {
+		return serverState{}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.client != c {
+		return serverState{}
+	}
+	st := serverState{b: b}
+	if len(b.inflight) > 0 {
+		st.running, st.since = true, b.inflight[0].start
+	} else {
+		st.inTransaction = b.txStatus != 'I' || b.open
+	}
+	return st
 }
 
 // acquireSlot takes a max_connections slot of the client's [[limits]] rules,

@@ -271,21 +271,59 @@ func (p *Proxy) janitor() {
 }
 
 func (p *Proxy) reapIdleClients(now time.Time) {
-	limit := p.cfg.Load().Pool.ClientIdleTimeout.Duration
-	if limit <= 0 {
-		return
-	}
+	pc := p.cfg.Load().Pool
 	for _, c := range p.snapshotClients() {
-		if c.db == nil || c.state.Load() != stateIdle {
+		if c.db == nil {
 			continue
 		}
 		idle := now.Sub(time.Unix(0, c.lastActive.Load()))
-		if idle > limit {
-			p.metrics.ClientsReaped.WithLabelValues("client_idle_timeout").Inc()
-			c.closeWith(fatalf(codeIdleSession,
-				"terminating connection due to idle-session timeout: idle for %s, over pool.client_idle_timeout = %s", idle.Round(time.Second), limit))
+		st := c.serverState()
+		switch {
+		case st.running:
+			if d := now.Sub(st.since); pc.QueryTimeout.Duration > 0 && d > pc.QueryTimeout.Duration && st.b.markTimedOut(c) {
+				p.metrics.ClientsReaped.WithLabelValues("query_timeout").Inc()
+				p.log.Warn("cancelling a query past pool.query_timeout", "client", c.id, "application_name", c.app, "running", d.Round(time.Millisecond))
+				go st.b.cancelFor(c)
+			}
+		case st.inTransaction:
+			if limit := pc.IdleTransactionTimeout.Duration; limit > 0 && idle > limit {
+				p.metrics.ClientsReaped.WithLabelValues("idle_transaction_timeout").Inc()
+				c.closeWith(fatalf(codeIdleInTransaction,
+					"terminating connection due to idle-in-transaction timeout: idle for %s inside a transaction, over pool.idle_transaction_timeout = %s; the transaction was rolled back",
+					idle.Round(time.Millisecond), limit))
+				continue
+			}
+			p.warnLeak(c, idle, pc.LeakWarnAfter.Duration, "idle in a transaction")
+		case st.b != nil: // session mode (or pinned): holds a server while idle
+			p.warnLeak(c, idle, pc.LeakWarnAfter.Duration, "holding a server connection while idle")
+			fallthrough
+		default:
+			if limit := pc.ClientIdleTimeout.Duration; limit > 0 && idle > limit && c.state.Load() != stateWaiting {
+				p.metrics.ClientsReaped.WithLabelValues("client_idle_timeout").Inc()
+				c.closeWith(fatalf(codeIdleSession,
+					"terminating connection due to idle-session timeout: idle for %s, over pool.client_idle_timeout = %s", idle.Round(time.Millisecond), limit))
+			}
 		}
 	}
+}
+
+// warnLeak logs once per session that passes leak_warn_after while holding
+// a server connection idle: the runbook's connection leak, found for you.
+func (p *Proxy) warnLeak(c *client, idle, after time.Duration, what string) {
+	if after <= 0 || idle <= after || c.leakWarned.Swap(true) {
+		return
+	}
+	p.metrics.LeakWarnings.WithLabelValues(appLabel(c.app)).Inc()
+	p.log.Warn("possible connection leak: session "+what+" past pool.leak_warn_after",
+		"client", c.id, "application_name", c.app, "addr", c.addr, "idle", idle.Round(time.Second), "leak_warn_after", after)
+}
+
+// appLabel bounds the application label's cardinality.
+func appLabel(app string) string {
+	if len(app) > 64 {
+		return app[:64]
+	}
+	return app
 }
 
 // Shutdown drains: it stops accepting, closes idle sessions with 57P01, lets
