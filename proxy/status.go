@@ -45,6 +45,7 @@ type ClientStatus struct {
 	LastActive  time.Time `json:"request_time"`
 	IdleSeconds float64   `json:"idle_seconds"`
 	Server      uint64    `json:"server,omitempty"`
+	Pinned      string    `json:"pinned,omitempty"` // why the client keeps its server in transaction mode
 }
 
 // ServerStatus describes one server connection (SHOW SERVERS).
@@ -127,6 +128,9 @@ func (p *Proxy) Clients() []ClientStatus {
 		}
 		if b := c.server.Load(); b != nil {
 			cs.Server = b.id
+		}
+		if c.pinned.Load() {
+			cs.Pinned = c.pinReason
 		}
 		out = append(out, cs)
 	}
