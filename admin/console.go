@@ -3,13 +3,16 @@ package admin
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/proxy"
+	"github.com/pgguard/pgguard/querylog"
 )
 
 // Table is a result set for the console: column names and text rows.
@@ -18,14 +21,20 @@ type Table struct {
 	Rows    [][]string
 }
 
-// Console serves the admin console: SHOW POOLS/CLIENTS/SERVERS/STATS/CONFIG
-// and the views other packages add, SET read_only, PAUSE, RESUME, RELOAD and
-// KILL, answered as result sets over the simple query protocol, with column
-// names a PgBouncer user would recognise.
+// Console serves the admin console: SHOW POOLS/CLIENTS/SERVERS/STATS/CONFIG,
+// SHOW QUERIES (with a query log), SHOW LIMITS/APPLICATIONS/BUDGET/POLLERS
+// (with a limiter) and the views added to Views, SET read_only, PAUSE,
+// RESUME, RELOAD and KILL, answered as result sets over the simple query
+// protocol, with column names a PgBouncer user would recognise. Set its
+// fields before the first session.
 type Console struct {
 	proxy  *proxy.Proxy
 	reload func() error
-	// Views adds SHOW <name> views (e.g. "queries" from the query log).
+	// QueryLog, when set, serves SHOW QUERIES.
+	QueryLog *querylog.Logger
+	// Limiter, when set, serves SHOW LIMITS, APPLICATIONS, BUDGET and POLLERS.
+	Limiter *limiter.Limiter
+	// Views adds SHOW <name> views.
 	Views map[string]func() Table
 }
 
@@ -86,6 +95,17 @@ func (c *Console) command(be *pgproto3.Backend, user, stmt string) error {
 	case "show":
 		if len(words) < 2 {
 			return fmt.Errorf("SHOW needs a view: %s", strings.Join(c.viewNames(), ", "))
+		}
+		if words[1] == "queries" && c.QueryLog != nil {
+			sortBy := "total"
+			if len(words) > 2 {
+				sortBy = words[2]
+			}
+			if !slices.Contains(querySorts, sortBy) {
+				return fmt.Errorf("SHOW QUERIES sorts by %s, not %q", strings.Join(querySorts, ", "), sortBy)
+			}
+			sendTable(be, queriesTable(c.QueryLog.Stats(), sortBy), "SHOW")
+			return nil
 		}
 		t, ok := c.view(words[1])
 		if !ok {
@@ -150,9 +170,18 @@ func cutAssign(s string) (name, value string, ok bool) {
 
 func (c *Console) viewNames() []string {
 	names := []string{"pools", "clients", "servers", "stats", "config"}
-	for n := range c.Views {
-		names = append(names, n)
+	if c.QueryLog != nil {
+		names = append(names, "queries")
 	}
+	if c.Limiter != nil {
+		names = append(names, "limits", "applications", "budget", "pollers")
+	}
+	for n := range c.Views {
+		if !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
 	return names
 }
 
@@ -168,6 +197,21 @@ func (c *Console) view(name string) (Table, bool) {
 		return statsTable(c.proxy.Pools()), true
 	case "config":
 		return configTable(c.proxy.Config().Masked()), true
+	}
+	if c.QueryLog != nil && name == "queries" {
+		return queriesTable(c.QueryLog.Stats(), "total"), true
+	}
+	if c.Limiter != nil {
+		switch name {
+		case "limits":
+			return limitsTable(c.Limiter), true
+		case "applications":
+			return applicationsTable(c.Limiter), true
+		case "budget":
+			return budgetTable(c.Limiter), true
+		case "pollers":
+			return pollersTable(c.Limiter), true
+		}
 	}
 	if f, ok := c.Views[name]; ok {
 		return f(), true

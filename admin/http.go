@@ -1,6 +1,6 @@
 // Package admin is pgguard's operator surface: the HTTP endpoints (/metrics,
-// /healthz, /readyz, /status, POST /read-only) and the admin console spoken
-// over the PostgreSQL protocol on database "pgguard".
+// /healthz, /readyz, /status, /queries, POST /read-only) and the admin
+// console spoken over the PostgreSQL protocol on database "pgguard".
 package admin
 
 import (
@@ -10,16 +10,24 @@ import (
 	"strings"
 
 	"github.com/pgguard/pgguard/auth"
+	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
+	"github.com/pgguard/pgguard/querylog"
 )
 
-// HTTP serves pgguard's HTTP endpoints. Extra handlers (e.g. /queries) are
-// mounted with Handle.
+// HTTP serves pgguard's HTTP endpoints. Set its fields, then call Handler
+// once; extra handlers are mounted with Handle.
 type HTTP struct {
-	Proxy   *proxy.Proxy
+	// Proxy is the proxy reported on and controlled (required).
+	Proxy *proxy.Proxy
+	// Metrics is served at /metrics (required).
 	Metrics *metrics.Metrics
-	// StatusExtra, when set, adds sections to /status (limiter, failover, ...).
+	// QueryLog, when set, serves /queries and adds "query_log" to /status.
+	QueryLog *querylog.Logger
+	// Limiter, when set, adds "limiter" to /status.
+	Limiter *limiter.Limiter
+	// StatusExtra, when set, adds more sections to /status.
 	StatusExtra func() map[string]any
 
 	mux *http.ServeMux
@@ -38,6 +46,14 @@ func (h *HTTP) Handler() http.Handler {
 	h.mux.HandleFunc("GET /readyz", h.readyz)
 	h.mux.HandleFunc("GET /status", h.status)
 	h.mux.HandleFunc("POST /read-only", h.readOnly)
+	if h.QueryLog != nil {
+		// Reading the statistics is open like /status; forgetting them is
+		// an admin action like POST /read-only.
+		q := h.QueryLog.Handler()
+		h.mux.Handle("GET /queries", q)
+		h.mux.Handle("POST /queries/reset", h.adminOnly(q))
+		h.mux.Handle("DELETE /queries", h.adminOnly(q))
+	}
 	return h.mux
 }
 
@@ -57,21 +73,60 @@ func (h *HTTP) readyz(w http.ResponseWriter, r *http.Request) {
 
 func (h *HTTP) status(w http.ResponseWriter, r *http.Request) {
 	st := h.Proxy.Status()
-	if h.StatusExtra != nil {
-		st.Extra = h.StatusExtra()
-	}
+	st.Extra = h.statusExtra()
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(st)
 }
 
+// statusExtra returns the /status sections beyond the proxy's own, or nil.
+func (h *HTTP) statusExtra() map[string]any {
+	var extra map[string]any
+	if h.StatusExtra != nil {
+		extra = h.StatusExtra()
+	}
+	if h.QueryLog == nil && h.Limiter == nil {
+		return extra
+	}
+	if extra == nil {
+		extra = map[string]any{}
+	}
+	if h.Limiter != nil {
+		extra["limiter"] = h.Limiter.Status()
+	}
+	if h.QueryLog != nil {
+		st := h.QueryLog.Stats()
+		extra["query_log"] = map[string]any{
+			"dropped": h.QueryLog.Dropped(),
+			"shapes":  st.Len(),
+			"evicted": st.Evicted(),
+		}
+	}
+	return extra
+}
+
+// adminOnly wraps next so that only admin users (HTTP basic auth) reach it.
+func (h *HTTP) adminOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := h.authorize(r); !ok {
+			unauthorized(w)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func unauthorized(w http.ResponseWriter) {
+	w.Header().Set("WWW-Authenticate", `Basic realm="pgguard"`)
+	http.Error(w, "admin credentials required: a user listed in admin.users, with its password", http.StatusUnauthorized)
+}
+
 // readOnly flips the kill switch; body "on" or "off"; admin users only (HTTP basic auth).
 func (h *HTTP) readOnly(w http.ResponseWriter, r *http.Request) {
 	user, ok := h.authorize(r)
 	if !ok {
-		w.Header().Set("WWW-Authenticate", `Basic realm="pgguard"`)
-		http.Error(w, "admin credentials required: a user listed in admin.users, with its password", http.StatusUnauthorized)
+		unauthorized(w)
 		return
 	}
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 64))

@@ -18,14 +18,23 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/pgguard/pgguard/admin"
 	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
+	"github.com/pgguard/pgguard/querylog"
 )
+
+// envSuspendRedis forces per-instance limits even with limiter.redis_url set
+// (true/1/on/yes). It is read at start only.
+const envSuspendRedis = "SUSPEND_REDIS"
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "0.1.0-dev"
@@ -85,13 +94,39 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 // serve runs pgguard until a signal drains it. ready, when set, receives the
 // listen address once clients can connect.
 func serve(cfg *config.Config, path string, log *slog.Logger, ready func(addr net.Addr)) error {
+	suspendRedis, err := envBool(envSuspendRedis)
+	if err != nil {
+		return err
+	}
+	redis.SetLogger(redisLogger{log.With("component", "redis")})
 	m := metrics.New()
+
+	ql, err := querylog.New(cfg.QueryLog, log)
+	if err != nil {
+		return fmt.Errorf("querylog.path: %w", err)
+	}
+	defer ql.Close() // after the drain: the last queries are written
+	for _, c := range ql.Collectors() {
+		if err := m.Registry.Register(c); err != nil {
+			return fmt.Errorf("querylog metrics: %w", err)
+		}
+	}
+	lim, err := limiter.New(cfg, log, limiter.WithRegisterer(m.Registry), limiter.WithRedisSuspended(suspendRedis))
+	if err != nil {
+		return fmt.Errorf("limiter: %w", err)
+	}
+	defer lim.Close()
+
 	p, err := proxy.New(cfg, log, m)
 	if err != nil {
 		return err
 	}
+	p.QueryLog, p.Limiter = ql, lim
+	reload := reloader(p, ql, lim, path, log)
+
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
+		p.Close()
 		return fmt.Errorf("listen: %w", err)
 	}
 	var httpSrv *http.Server
@@ -99,22 +134,24 @@ func serve(cfg *config.Config, path string, log *slog.Logger, ready func(addr ne
 		hln, err := net.Listen("tcp", cfg.HTTPListen)
 		if err != nil {
 			ln.Close()
+			p.Close()
 			return fmt.Errorf("http_listen: %w", err)
 		}
-		h := &admin.HTTP{Proxy: p, Metrics: m}
+		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim}
 		httpSrv = &http.Server{Handler: h.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		go httpSrv.Serve(hln)
 		log.Info("http listening", "addr", hln.Addr().String())
 	}
-	p.Console = admin.NewConsole(p, reloader(p, path, log)).Serve
+	console := admin.NewConsole(p, reload)
+	console.QueryLog, console.Limiter = ql, lim
+	p.Console = console.Serve
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	log.Info("pgguard listening", "addr", ln.Addr().String(), "version", version, "pool_mode", cfg.Pool.Mode)
 	if ready != nil {
 		ready(ln.Addr())
 	}
-
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	served := make(chan error, 1)
 	go func() { served <- p.Serve(ln) }()
 
@@ -124,7 +161,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger, ready func(addr ne
 			return err
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				reloader(p, path, log)()
+				reload()
 				continue
 			}
 			timeout := p.Config().ShutdownTimeout.Duration
@@ -152,10 +189,16 @@ func serve(cfg *config.Config, path string, log *slog.Logger, ready func(addr ne
 	}
 }
 
-// reloader returns the function SIGHUP and the console's RELOAD call: re-read
-// the config; on error keep the running one.
-func reloader(p *proxy.Proxy, path string, log *slog.Logger) func() error {
+// reloader returns the function SIGHUP and the console's RELOAD call: reopen
+// the query log file (logrotate), re-read the config and apply it to the
+// proxy, the query log and the limiter; on a config error keep the running one.
+func reloader(p *proxy.Proxy, ql *querylog.Logger, lim *limiter.Limiter, path string, log *slog.Logger) func() error {
 	return func() error {
+		// Reopen first and whatever the config says: logrotate's SIGHUP must
+		// work even while the file has an error.
+		if err := ql.Reopen(); err != nil {
+			log.Error("query log: reopen failed; writing to the old file", "err", err)
+		}
 		cfg, err := config.Load(path, os.Getenv)
 		if err != nil {
 			log.Error("reload failed; keeping the running config", "err", err)
@@ -166,10 +209,39 @@ func reloader(p *proxy.Proxy, path string, log *slog.Logger) func() error {
 			log.Error("reload partly failed", "err", err)
 			return err
 		}
+		if err := ql.Reconfigure(cfg.QueryLog); err != nil {
+			log.Error("reload: [querylog] not applied; keeping the running query log settings", "path", cfg.QueryLog.Path, "err", err)
+			return fmt.Errorf("querylog.path: %w", err)
+		}
+		lim.Reconfigure(cfg)
 		for _, k := range restart {
 			log.Warn("config key changed but needs a restart to take effect", "key", k)
 		}
 		log.Info("config reloaded")
 		return nil
 	}
+}
+
+// envBool reads a boolean environment variable: true/1/on/yes or
+// false/0/off/no, unset or empty is false.
+func envBool(name string) (bool, error) {
+	switch v := strings.ToLower(strings.TrimSpace(os.Getenv(name))); v {
+	case "", "false", "0", "off", "no":
+		return false, nil
+	case "true", "1", "on", "yes":
+		return true, nil
+	default:
+		return false, fmt.Errorf("%s=%q: want true/1/on/yes or false/0/off/no", name, v)
+	}
+}
+
+// redisLogger routes go-redis's own log lines (dial and pool errors) to the
+// main log at DEBUG: the limiter already reports Redis going away and coming
+// back in one WARN/INFO line and the pgguard_limiter_redis_up metric, so the
+// per-attempt detail is only for debugging.
+type redisLogger struct{ log *slog.Logger }
+
+// Printf implements go-redis's logging interface.
+func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	r.log.DebugContext(ctx, strings.TrimSpace(fmt.Sprintf(format, v...)))
 }
