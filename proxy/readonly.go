@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 
+	"github.com/pgguard/pgguard/querylog"
 	"github.com/pgguard/pgguard/readonly"
 )
 
@@ -39,7 +40,7 @@ func (p *Proxy) guard(typ byte, body []byte, c *client) readonly.Verdict {
 		return readonly.Verdict{}
 	}
 	if startsWithSelect(sql) {
-		c.roBuf = numbersToZero(c.roBuf[:0], sql)
+		c.roBuf = querylog.ZeroNumbers(c.roBuf[:0], sql)
 		sql = c.roBuf
 	}
 	return classifier.ClassifyBytes(sql)
@@ -54,34 +55,6 @@ func startsWithSelect(sql []byte) bool {
 		i++
 	}
 	return len(sql)-i > 6 && bytes.EqualFold(sql[i:i+6], []byte("select")) && !isWordByte(sql[i+6])
-}
-
-// numbersToZero copies sql with every numeric literal's digits replaced by
-// 0, so queries that differ only in numbers ("WHERE aid = 4711", pgbench's
-// and many ORMs' point reads) share one classifier cache entry. Only runs
-// standing alone are replaced: digits touching a word (t2, $1, 1e5, 0x1F)
-// or a fraction point are kept. In a SELECT neither
-// validity nor read/write-ness can change with a number's value.
-func numbersToZero(dst, sql []byte) []byte {
-	for i := 0; i < len(sql); {
-		j := i
-		for j < len(sql) && sql[j] >= '0' && sql[j] <= '9' {
-			j++
-		}
-		// A run of digits standing alone: not inside a word (t2, $1), not
-		// followed by one (00B0, 1e5, 0x1F) or by a fraction point.
-		if j > i && (i == 0 || !isWordByte(sql[i-1])) && (j == len(sql) || !isWordByte(sql[j]) && sql[j] != '.') {
-			dst = append(dst, '0')
-			i = j
-			continue
-		}
-		if j == i {
-			j++
-		}
-		dst = append(dst, sql[i:j]...)
-		i = j
-	}
-	return dst
 }
 
 func isWordByte(c byte) bool {

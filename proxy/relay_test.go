@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgguard/pgguard/querylog"
 )
 
 // serverStream is a typical reply: RowDescription, DataRows, CommandComplete,
@@ -95,13 +97,13 @@ func BenchmarkFrameReaderScan(b *testing.B) {
 	}
 }
 
-func TestNumbersToZero(t *testing.T) {
+func TestZeroNumbers(t *testing.T) {
 	for in, want := range map[string]string{
 		"SELECT abalance FROM pgbench_accounts WHERE aid = 4711;": "SELECT abalance FROM pgbench_accounts WHERE aid = 0;",
 		"SELECT * FROM t2 WHERE x = $1 LIMIT 10":                  "SELECT * FROM t2 WHERE x = $1 LIMIT 0",
 		"SELECT 1.25, 1e5, 'a 42', 00B0":                          "SELECT 1.0, 1e5, 'a 0', 00B0",
 	} {
-		if got := string(numbersToZero(nil, []byte(in))); got != want {
+		if got := string(querylog.ZeroNumbers(nil, []byte(in))); got != want {
 			t.Errorf("numbersToZero(%q) = %q, want %q", in, got, want)
 		}
 	}
@@ -118,7 +120,7 @@ func FuzzNumbersToZero(f *testing.F) {
 			return
 		}
 		a := classifier.Classify(sql)
-		b := classifier.ClassifyBytes(numbersToZero(nil, []byte(sql)))
+		b := classifier.ClassifyBytes(querylog.ZeroNumbers(nil, []byte(sql)))
 		if a.Write != b.Write {
 			t.Fatalf("%q: verdict %v, normalized %v", sql, a, b)
 		}

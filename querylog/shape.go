@@ -30,7 +30,10 @@ type shapeInfo struct {
 // numbers and quoted strings masked as ?. Results are cached by text in a
 // bounded LRU; a miss costs a parse (tens of µs). Safe for concurrent use.
 func Shape(query string) (fingerprint uint64, normalized string) {
-	s := shapes.get(query)
+	// Key the cache by the text with numbers zeroed: queries that differ
+	// only in numeric literals (pgbench -M simple, ORMs inlining ids) then
+	// parse once, not once per call.
+	s := shapes.get(string(ZeroNumbers(make([]byte, 0, len(query)), []byte(query))))
 	return s.fp, s.norm
 }
 
