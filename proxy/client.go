@@ -648,7 +648,7 @@ func (c *client) serverLost(b *backend, err error) {
 	e := c.closing.Load()
 	if e == nil {
 		e = fatalf(codeConnectionFailure, "server connection to %s for database %q was lost; the transaction, if any, was rolled back",
-			b.db.upstreamHost(), b.db.name)
+			b.db.hostOf(b.upstream), b.db.name)
 		e.Cause = err
 	}
 	c.sendError(e)
