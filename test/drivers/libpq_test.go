@@ -66,6 +66,9 @@ func TestLibPQ(t *testing.T) {
 			}
 			wg.Wait()
 			errs.report(t)
+			if t.Failed() && variant.params == "" {
+				t.Log(unnamedBug)
+			}
 			if n := queryInt(t, fmt.Sprintf("SELECT count(*) FROM %s WHERE kind = 'tx' AND n = seq * 3 + 7", table)); n != pqClients*pqRounds {
 				t.Errorf("%d rows committed with the values written, want %d", n, pqClients*pqRounds)
 			}

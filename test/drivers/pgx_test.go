@@ -73,6 +73,9 @@ func TestPgxMatrix(t *testing.T) {
 			}
 			wg.Wait()
 			errs.report(t)
+			if t.Failed() && v.mode == pgx.QueryExecModeDescribeExec {
+				t.Log(unnamedBug)
+			}
 
 			// What the clients committed, read directly from PostgreSQL.
 			q := func(sql string) int64 { return queryInt(t, fmt.Sprintf(sql, table)) }
@@ -91,6 +94,19 @@ func TestPgxMatrix(t *testing.T) {
 			if n := q("SELECT count(DISTINCT (client, seq, kind)) FROM %s"); n != q("SELECT count(*) FROM %s") {
 				t.Errorf("duplicate rows: %d distinct of %d", n, q("SELECT count(*) FROM %s"))
 			}
+			if v.maxPrepared > 0 {
+				// Each server holds at most pool.max_prepared_statements.
+				probe := connect(t, pgxConfig(t, g.url(), pgx.QueryExecModeSimpleProtocol))
+				for i := 0; i < 6; i++ {
+					var n int
+					if err := probe.QueryRow(ctx, "SELECT count(*) FROM pg_prepared_statements").Scan(&n); err != nil {
+						t.Fatal(err)
+					}
+					if n > v.maxPrepared {
+						t.Fatalf("a server holds %d prepared statements, pool.max_prepared_statements = %d", n, v.maxPrepared)
+					}
+				}
+			}
 			t.Logf("%s: %d clients x %d rounds in %s", v.mode, pgxClients, pgxRounds, time.Since(start).Round(time.Millisecond))
 		})
 	}
@@ -101,6 +117,12 @@ const (
 	getNSQL      = "SELECT n, note FROM %s WHERE client = $1 AND seq = $2 AND kind = $3"
 	countKindSQL = "SELECT count(*) FROM %s WHERE client = $1 AND kind = $2"
 )
+
+// unnamedBug explains the failures of pgx's describe-exec mode and of lib/pq
+// without binary_parameters.
+const unnamedBug = "BUG: the unnamed prepared statement does not survive a Sync: a driver that sends Parse+Describe+Sync " +
+	"and then Bind+Execute+Sync of the unnamed statement (pgx describe exec, lib/pq with arguments) gets its Bind run on " +
+	"whatever server is free, which holds another client's unnamed statement (wrong results) or none (26000)"
 
 // pgxClient is one client of the pgx matrix.
 type pgxClient struct {

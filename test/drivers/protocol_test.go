@@ -196,6 +196,27 @@ func TestExtendedProtocolEdgeCases(t *testing.T) {
 		},
 		bug: "a Parse of a statement name the client already has is accepted and replaces it (PostgreSQL: 42P05)",
 	}, {
+		name: "Parse in an aborted transaction",
+		sql:  "SELECT $1::int + 10 AS v", syncs: 6,
+		msgs: []pgproto3.FrontendMessage{
+			&pgproto3.Query{String: "BEGIN"},
+			&pgproto3.Bind{PreparedStatement: "s1", Parameters: one}, &pgproto3.Execute{}, &pgproto3.Sync{},
+			&pgproto3.Query{String: "SELECT 1/0"},
+			&pgproto3.Parse{Name: "s2", Query: "SELECT $1::int + 10 AS v"}, &pgproto3.Sync{},
+			&pgproto3.Query{String: "ROLLBACK"},
+			&pgproto3.Bind{PreparedStatement: "s2", Parameters: one}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		},
+		bug: "a Parse in an aborted transaction of a statement the server already holds is answered with ParseComplete (PostgreSQL: 25P02), and the statement then exists",
+	}, {
+		name: "Close skipped after an error",
+		sql:  "SELECT $1::int + 10 AS v", syncs: 2,
+		msgs: []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Query: "SELECT 1 / (0 * $1::int)"}, &pgproto3.Bind{Parameters: one}, &pgproto3.Execute{},
+			&pgproto3.Close{ObjectType: 'S', Name: "s1"}, &pgproto3.Sync{},
+			&pgproto3.Bind{PreparedStatement: "s1", Parameters: one}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		},
+		bug: "a Close the server skips (after an error in its batch) still forgets the client's statement",
+	}, {
 		name: "Close, then Bind",
 		sql:  "SELECT 1", syncs: 2,
 		msgs: []pgproto3.FrontendMessage{
