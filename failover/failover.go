@@ -21,7 +21,10 @@
 //
 // Server connections in use that die together share one cause (a restart, a
 // suspend): Lost counts at most one failure per second, so the threshold is
-// reached only if connection attempts fail too.
+// reached only if connection attempts fail too. Failures are consecutive
+// when no success came between them and none came more than five minutes
+// after the one before: isolated losses spread over hours (a terminated
+// backend now and then, on a pool that rarely dials) do not add up.
 package failover
 
 import (
@@ -71,6 +74,10 @@ type Switch struct {
 // lostWindow is how close together connection losses count as one failure.
 const lostWindow = time.Second
 
+// failureMemory is how long a failure counts toward the next: a failure
+// later than this after the previous one starts a new count.
+const failureMemory = 5 * time.Minute
+
 // Monitor is the failover state machine of one database. Safe for
 // concurrent use; Active is a single atomic load, for the hot path.
 type Monitor struct {
@@ -104,9 +111,10 @@ type Monitor struct {
 
 // health is what real traffic and probes said lately about one upstream.
 type health struct {
-	fails       int  // consecutive failures
-	down        bool // fails reached the threshold; cleared by a success
-	lastLost    time.Time
+	fails       int       // consecutive failures
+	down        bool      // fails reached the threshold; cleared by a success
+	lastLost    time.Time // last Lost that counted
+	lastCounted time.Time // last failure that counted
 	lastError   string
 	lastErrorAt time.Time
 }
@@ -186,6 +194,10 @@ func (m *Monitor) fail(u Upstream, err error, lost bool) {
 		}
 		h.lastLost = now
 	}
+	if h.fails > 0 && now.Sub(h.lastCounted) > failureMemory {
+		h.fails = 0
+	}
+	h.lastCounted = now
 	h.fails++
 	if h.fails < m.threshold() || h.down {
 		return

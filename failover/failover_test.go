@@ -263,6 +263,27 @@ func TestLostCoalesced(t *testing.T) {
 	}
 }
 
+// TestOldFailuresForgotten: failures more than five minutes apart do not
+// add up, however few successes come between them.
+func TestOldFailuresForgotten(t *testing.T) {
+	r := newRig(t, testFailover(), true)
+	for range 10 {
+		r.m.Lost(Primary, errors.New("EOF"))
+		r.clock.Advance(6 * time.Minute)
+	}
+	if r.m.Active() != Primary {
+		t.Fatal("sporadic losses over an hour switched upstreams")
+	}
+	r.m.Lost(Primary, errors.New("EOF"))
+	r.clock.Advance(4 * time.Minute)
+	r.m.Lost(Primary, errors.New("EOF"))
+	r.clock.Advance(4 * time.Minute)
+	r.m.Failure(Primary, errRefused)
+	if r.m.Active() != Fallback {
+		t.Fatal("failures within five minutes of each other did not add up")
+	}
+}
+
 // TestProbeBackoff: probes start at probe_interval and double up to
 // probe_max_interval while the primary stays down.
 func TestProbeBackoff(t *testing.T) {
