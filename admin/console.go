@@ -47,6 +47,10 @@ func NewConsole(p *proxy.Proxy, reload func() error) *Console {
 func (c *Console) Serve(conn net.Conn, user string) {
 	be := pgproto3.NewBackend(conn, conn)
 	be.SetMaxBodyLen(1 << 20)
+	// refused is set from an extended-protocol message to its Sync: one
+	// error, the rest of the batch ignored, one ReadyForQuery at the Sync
+	// (the protocol's error recovery, PostgreSQL docs 55.2.3).
+	refused := false
 	for {
 		msg, err := be.Receive()
 		if err != nil {
@@ -58,10 +62,13 @@ func (c *Console) Serve(conn net.Conn, user string) {
 		case *pgproto3.Terminate:
 			return
 		case *pgproto3.Sync:
+			refused = false
 			be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
 		default:
-			sendError(be, "0A000", "the admin console speaks the simple query protocol only (use psql)")
-			be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+			if !refused {
+				sendError(be, "0A000", "the admin console speaks the simple query protocol only (use psql, or pgx's QueryExecModeSimpleProtocol)")
+				refused = true
+			}
 		}
 		if err := be.Flush(); err != nil {
 			return
