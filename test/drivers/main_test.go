@@ -41,6 +41,8 @@ const (
 	pgUser = "tester"
 )
 
+// TestMain starts the package's PostgreSQL; without one installed it skips
+// the package, or fails it when CI is set.
 func TestMain(m *testing.M) {
 	os.Exit(localpg.Main(m, localpg.Options{User: pgUser, Password: "tester-pw", Database: "app"}, &pg))
 }
@@ -56,10 +58,6 @@ type guard struct {
 func (g *guard) url() string {
 	return fmt.Sprintf("postgres://%s:%s@%s/app?sslmode=disable", testUser, testPassword, g.addr)
 }
-
-// host and port split g.addr for tools that take them separately.
-func (g *guard) host() string { h, _, _ := net.SplitHostPort(g.addr); return h }
-func (g *guard) port() string { _, p, _ := net.SplitHostPort(g.addr); return p }
 
 // txConfig returns a transaction-mode config for database "app" on pg with
 // the matrix's pool: 2 server connections and no overflow.
@@ -240,13 +238,12 @@ func requireTool(t testing.TB, why string, err error) {
 }
 
 // runTool runs a helper program with a timeout and returns its combined output.
-func runTool(t testing.TB, timeout time.Duration, dir string, env []string, name string, args ...string) (string, error) {
+func runTool(t testing.TB, timeout time.Duration, dir, name string, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
 	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {

@@ -23,7 +23,7 @@ func TestNodePostgres(t *testing.T) {
 	freshTable(t, table, "client int, seq int, kind text, note text, n int8")
 	g := startTxGuard(t)
 
-	out, err := runTool(t, 90*time.Second, "node", nil, node, "clients.js", g.url(), table, strconv.Itoa(workers), strconv.Itoa(rounds))
+	out, err := runTool(t, 90*time.Second, "node", node, "clients.js", g.url(), table, strconv.Itoa(workers), strconv.Itoa(rounds))
 	if err != nil {
 		t.Fatalf("node-postgres clients: %v\n%s", err, out)
 	}

@@ -58,7 +58,7 @@ func TestPgbench(t *testing.T) {
 	g := startTxGuard(t)
 
 	// pgbench -i itself goes through pgguard: DDL, COPY FROM STDIN, VACUUM.
-	if out, err := runTool(t, 60*time.Second, "", nil, bin, "-i", "-q", "-s", "1", g.url()); err != nil {
+	if out, err := runTool(t, 60*time.Second, "", bin, "-i", "-q", "-s", "1", g.url()); err != nil {
 		t.Fatalf("pgbench -i through pgguard: %v\n%s", err, out)
 	}
 	if n := queryInt(t, "SELECT count(*) FROM pgbench_accounts"); n != 100000 {
@@ -68,7 +68,7 @@ func TestPgbench(t *testing.T) {
 	run := func(t *testing.T, args ...string) pgbenchResult {
 		t.Helper()
 		args = append([]string{"-n"}, append(args, g.url())...)
-		out, err := runTool(t, 60*time.Second, "", nil, bin, args...)
+		out, err := runTool(t, 60*time.Second, "", bin, args...)
 		r, ok := parsePgbench(out)
 		switch {
 		case err != nil:

@@ -45,16 +45,6 @@ func pinnedCount(t *testing.T, g *guard, reason string) float64 {
 	return m.GetCounter().GetValue()
 }
 
-// backendPID returns the server process a query of conn runs on.
-func backendPID(t *testing.T, conn *pgx.Conn) int {
-	t.Helper()
-	var pid int
-	if err := conn.QueryRow(context.Background(), "SELECT pg_backend_pid()").Scan(&pid); err != nil {
-		t.Fatal(err)
-	}
-	return pid
-}
-
 // TestPinnedSessionFeatures checks the session features transaction pooling
 // cannot move between servers — LISTEN, session advisory locks, WITH HOLD
 // cursors, temporary tables, SQL PREPARE — behave as on a direct connection

@@ -31,7 +31,7 @@ func TestPsycopg2SQLAlchemy(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out, err := runTool(t, 90*time.Second, "py", nil, debianPython, "sqlalchemy_clients.py",
+			out, err := runTool(t, 90*time.Second, "py", debianPython, "sqlalchemy_clients.py",
 				url, table, strconv.Itoa(p), strconv.Itoa(threads), strconv.Itoa(rounds))
 			if err != nil {
 				errs.add(fmt.Errorf("process %d: %v\n%s", p, err, out))
