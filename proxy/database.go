@@ -52,9 +52,9 @@ type database struct {
 	nextSrvID  atomic.Uint64
 }
 
-// fallbackReadOnlyParam is the server setting that makes writes on the fallback fail
-// with 25006 (PostgreSQL docs 20.11.1); it is given at connect, so RESET ALL
-// and DISCARD ALL keep it.
+// fallbackReadOnlyParam makes writes on the fallback fail with 25006
+// (PostgreSQL docs 20.11.1). It is given at connect, so RESET ALL and
+// DISCARD ALL keep it.
 const fallbackReadOnlyParam = "default_transaction_read_only"
 
 func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) {
