@@ -49,7 +49,8 @@ func pinnedCount(t *testing.T, g *guard, reason string) float64 {
 // cannot move between servers — LISTEN, session advisory locks, WITH HOLD
 // cursors, temporary tables, SQL PREPARE — behave as on a direct connection
 // while other clients keep both servers busy: the client is pinned to its
-// server (and counted in pgguard_clients_pinned_total), and its prepared
+// server (counted in pgguard_clients_pinned_total and shown in SHOW
+// CLIENTS), and its prepared
 // statements from before the pin keep working.
 func TestPinnedSessionFeatures(t *testing.T) {
 	g := startTxGuard(t)
@@ -79,6 +80,15 @@ func TestPinnedSessionFeatures(t *testing.T) {
 		t.Helper()
 		if got := pinnedCount(t, g, reason); got != before+1 {
 			t.Errorf("pgguard_clients_pinned_total{reason=%q} went from %v to %v, want +1", reason, before, got)
+		}
+		shown := 0
+		for _, c := range g.Clients() {
+			if c.Pinned == reason {
+				shown++
+			}
+		}
+		if shown != 1 {
+			t.Errorf("SHOW CLIENTS lists %d clients pinned for %q, want 1", shown, reason)
 		}
 	}
 
