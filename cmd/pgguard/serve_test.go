@@ -1,0 +1,264 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/internal/localpg"
+)
+
+// lockedBuffer is an io.Writer safe for the logger's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestServe runs serve as main does, against a real PostgreSQL, and drives it
+// with real signals: the query log and the limiter are wired (metrics,
+// /status, console), SIGHUP reopens the query log for logrotate, RELOAD
+// applies a changed [[limits]], SUSPEND_REDIS is honoured and SIGTERM drains.
+func TestServe(t *testing.T) {
+	localpg.Require(t, localpg.Available())
+	pg, err := localpg.Start(localpg.Options{User: "tester", Password: "tester-pw", Database: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Stop() })
+	clearEnv(t)
+	t.Setenv(envSuspendRedis, "yes")
+
+	dir := t.TempDir()
+	qlog := filepath.Join(dir, "query.log")
+	httpAddr := freeOr("127.0.0.1:0")
+	path := filepath.Join(dir, "pgguard.toml")
+	base := fmt.Sprintf(`listen = "127.0.0.1:0"
+http_listen = %q
+shutdown_timeout = "5s"
+
+[databases.app]
+primary = %q
+
+[[users]]
+name = "app"
+password = "app-pw"
+
+[[users]]
+name = "admin"
+password = "admin-pw"
+
+[admin]
+users = ["admin"]
+
+[querylog]
+path = %q
+
+[limiter]
+redis_url = "redis://127.0.0.1:1/0"
+
+[[limits]]
+name = "workers"
+application_name = "worker"
+queries_per_minute = 600
+`, httpAddr, pg.URL("app"), qlog)
+	os.WriteFile(path, []byte(base), 0o600)
+	cfg, err := config.Load(path, os.Getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	logs := &lockedBuffer{}
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() { done <- serve(cfg, path, newLogger(logs, "debug"), func(a net.Addr) { ready <- a }) }()
+	var addr net.Addr
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("serve: %v\n%s", err, logs)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("serve did not come up\n%s", logs)
+	}
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			syscall.Kill(os.Getpid(), syscall.SIGTERM)
+			<-done
+		}
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	connect := func(user, pass, db string) *pgconn.PgConn {
+		t.Helper()
+		c, err := pgconn.Connect(ctx, fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable&application_name=worker", user, pass, addr, db))
+		if err != nil {
+			t.Fatalf("connect %s: %v", db, err)
+		}
+		t.Cleanup(func() { c.Close(context.Background()) })
+		return c
+	}
+	execOK := func(c *pgconn.PgConn, sql string) []*pgconn.Result {
+		t.Helper()
+		rs, err := c.Exec(ctx, sql).ReadAll()
+		if err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		return rs
+	}
+	httpGet := func(p string) string {
+		t.Helper()
+		resp, err := http.Get("http://" + httpAddr + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", p, resp.StatusCode, b)
+		}
+		return string(b)
+	}
+
+	app := connect("app", "app-pw", "app")
+	execOK(app, "SELECT 1")
+
+	// The query log's and the limiter's metrics are on pgguard's registry.
+	metrics := httpGet("/metrics")
+	for _, name := range []string{"pgguard_querylog_dropped_total", "pgguard_querylog_shapes_evicted_total", "pgguard_budget_cu_hours", "pgguard_application_queries_per_hour"} {
+		if !strings.Contains(metrics, "\n"+name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+	var st struct {
+		Extra struct {
+			Limiter struct {
+				Redis string `json:"redis"`
+			} `json:"limiter"`
+			QueryLog map[string]any `json:"query_log"`
+		} `json:"extra"`
+	}
+	if err := json.Unmarshal([]byte(httpGet("/status")), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Extra.Limiter.Redis != "suspended" || st.Extra.QueryLog == nil {
+		t.Errorf("/status: limiter.redis %q (want suspended: SUSPEND_REDIS=yes), query_log %v", st.Extra.Limiter.Redis, st.Extra.QueryLog)
+	}
+
+	// logrotate: move the file away, SIGHUP, and pgguard writes a new one.
+	if err := os.Rename(qlog, qlog+".1"); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitFile(t, qlog)
+	waitFor(t, "config reloaded in the log", func() bool { return strings.Contains(logs.String(), "config reloaded") })
+	execOK(app, "SELECT 2 AS after_rotate")
+
+	// RELOAD from the console applies a new [[limits]] rule and [querylog].
+	os.WriteFile(path, []byte(base+`
+[[limits]]
+name = "nightly"
+application_name = "nightly-report"
+max_connections = 1
+`), 0o600)
+	con := connect("admin", "admin-pw", "pgguard")
+	execOK(con, "RELOAD")
+	limits := execOK(con, "SHOW LIMITS")
+	if !bytes.Contains(bytes.Join(flatten(limits), nil), []byte("nightly")) {
+		t.Errorf("SHOW LIMITS after RELOAD lacks the new rule: %q", flatten(limits))
+	}
+
+	// SIGTERM drains, closes the query log and returns.
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	select {
+	case err := <-done:
+		stopped = true
+		if err != nil {
+			t.Fatalf("serve after SIGTERM: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("serve did not return after SIGTERM\n%s", logs)
+	}
+	// Every query is in one of the two files; those after the SIGHUP in the new one.
+	rotated, _ := os.ReadFile(qlog + ".1")
+	current, _ := os.ReadFile(qlog)
+	if !bytes.Contains(append(rotated, current...), []byte(`"query":"SELECT $1"`)) {
+		t.Errorf("the first query is in neither query log file:\n%s\n%s", rotated, current)
+	}
+	if !bytes.Contains(current, []byte(`"query":"SELECT $1 AS after_rotate"`)) {
+		t.Errorf("the query after SIGHUP is not in the reopened file:\n%s", current)
+	}
+	if !strings.Contains(logs.String(), "pgguard stopped") {
+		t.Errorf("no 'pgguard stopped' in the log:\n%s", logs)
+	}
+}
+
+func TestServeRefusesBadSuspendRedis(t *testing.T) {
+	clearEnv(t)
+	t.Setenv(envSuspendRedis, "sometimes")
+	cfg := config.Default()
+	err := serve(cfg, "", newLogger(io.Discard, "info"), nil)
+	if err == nil || !strings.Contains(err.Error(), "SUSPEND_REDIS") {
+		t.Errorf("serve with SUSPEND_REDIS=sometimes: %v", err)
+	}
+}
+
+func TestRedisLogger(t *testing.T) {
+	var b bytes.Buffer
+	redisLogger{newLogger(&b, "debug").With("component", "redis")}.Printf(context.Background(), "redis: dial %s: connection refused\n", "127.0.0.1:1")
+	if got := b.String(); !strings.Contains(got, "level=DEBUG") || !strings.Contains(got, `msg="redis: dial 127.0.0.1:1: connection refused"`) || !strings.Contains(got, "component=redis") {
+		t.Errorf("redisLogger wrote %q", got)
+	}
+}
+
+func flatten(rs []*pgconn.Result) [][]byte {
+	var out [][]byte
+	for _, r := range rs {
+		for _, row := range r.Rows {
+			out = append(out, row...)
+		}
+	}
+	return out
+}
+
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	waitFor(t, path+" to exist", func() bool { _, err := os.Stat(path); return err == nil })
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
