@@ -19,9 +19,9 @@ test: deps
 demo: deps
 	$(GO) run ./cmd/pgguard demo
 
-bench:
-	@if [ -f scripts/bench.sh ]; then bash scripts/bench.sh; \
-	else echo "bench: scripts/bench.sh does not exist yet"; fi
+# pgbench through a direct connection, PgBouncer and pgguard, same run (bench/).
+bench: deps
+	PGGUARD_BENCH=1 $(GO) test -count=1 -v -timeout 30m ./bench/
 
 clean:
 	rm -rf bin
