@@ -48,8 +48,10 @@ pgguard is running in front of a throwaway PostgreSQL (%s, data in %s).
   DATABASE_URL=postgres://app:secret@%s/app
 
   psql "postgres://app:secret@%s/app"        # your queries, pooled
-  psql "postgres://app:secret@%s/pgguard"    # admin console: SHOW POOLS; SHOW CLIENTS; ...
-  curl http://%s/metrics                     # Prometheus metrics (also /status, /healthz, /readyz)
+  psql "postgres://app:secret@%s/pgguard"    # admin console: SHOW POOLS; SHOW QUERIES; SHOW BUDGET; ...
+  curl http://%s/metrics                     # Prometheus metrics (also /status, /queries, /healthz, /readyz)
+
+Every query is logged as a JSON line on stderr (querylog.path).
 
 Press Ctrl-C to stop; the PostgreSQL cluster is removed.
 `, pg.Host(), pg.Dir(), addr, addr, addr, cfg.HTTPListen)
