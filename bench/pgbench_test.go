@@ -51,7 +51,7 @@ func setup(t *testing.T, guardExtra string) *env {
 	}
 	t.Cleanup(func() { pg.Stop() })
 	pgbench(t, "-i", "-q", "-s", "10", pg.URL("bench"))
-	bouncer, err := localpg.StartPgBouncer(localpg.PgBouncerOptions{Cluster: pg, Database: "bench", PoolMode: "transaction", PoolSize: 10, MaxClientConn: 2000})
+	bouncer, err := localpg.StartPgBouncer(localpg.PgBouncerOptions{Cluster: pg, Database: "bench", PoolMode: "transaction", PoolSize: 10, MaxClientConn: 20000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +276,7 @@ func envInt(name string, def int) int {
 func TestIdleClientMemory(t *testing.T) {
 	skipUnlessBench(t)
 	e := setup(t, "")
-	n := envInt("PGGUARD_BENCH_IDLE", 5000)
+	n := envInt("PGGUARD_BENCH_IDLE", 2000)
 	perGuard := idleCost(t, e.guard.cmd.Process.Pid, e.guard.url("bench"), n)
 	perBouncer := idleCost(t, e.bouncer.Pid(), e.bouncer.URL("bench"), n)
 	t.Logf("idle client sessions: %d", n)

@@ -43,11 +43,19 @@ type backend struct {
 	synced   *client // the linked client whose parameters b was brought in line with
 	// What the server holds: parameter values as reported (params) and at
 	// connect (initial), custom parameters set, prepared statements.
-	params   map[string]string
-	initial  map[string]string
-	custom   kvs
-	stmts    serverStmts
-	inflight []inflightQuery // queries sent, awaiting their ReadyForQuery
+	params  map[string]string
+	initial map[string]string
+	custom  kvs
+	// staged are custom parameters SET in the unit of work under way: they
+	// stick when it ends committed; unitAborted when an error or ROLLBACK
+	// ended it.
+	staged      kvs
+	unitAborted bool
+	stmts       serverStmts
+	// Whose unnamed statement the server holds (a client and its number).
+	unnamedOwner *client
+	unnamedGen   uint64
+	inflight     []inflightQuery // queries sent, awaiting their ReadyForQuery
 	// replies expected for Parse/Close sent, and sync points sent and answered.
 	replies   []pendingReply
 	syncsSent uint64
@@ -149,6 +157,12 @@ func (b *backend) prepareSend(c *client, p []byte, syncs, lead int, open, slow b
 	} else {
 		b.expectReplies(c)
 	}
+	switch c.unnamedSeen {
+	case 1:
+		b.unnamedOwner, b.unnamedGen = c, c.unnamedGen
+	case 2:
+		b.unnamedOwner = nil
+	}
 	b.startQueries(c, time.Now())
 	b.pending += syncs
 	b.syncsSent += uint64(syncs)
@@ -239,6 +253,7 @@ func (b *backend) readyForQuery(status byte, data []byte, start, end int) int {
 	b.batchDone()
 	if b.prelude > 0 {
 		b.prelude--
+		b.unitAborted = false // the sync's own errors are not the client's
 		b.mu.Unlock()
 		return end // session parameter sync replies are swallowed
 	}
@@ -247,6 +262,9 @@ func (b *backend) readyForQuery(status byte, data []byte, start, end int) int {
 		b.mu.Unlock()
 		b.forward(data[start : end-6])
 		return end
+	}
+	if status == 'I' {
+		b.unitDone()
 	}
 	now := time.Now()
 	q, done := b.finishQuery(now)
@@ -315,6 +333,9 @@ func (b *backend) serverError(body []byte) {
 		b.dead.Store(true)
 	}
 	b.queryError(code, body)
+	b.mu.Lock()
+	b.unitAborted = true
+	b.mu.Unlock()
 	b.mu.Lock()
 	if b.client == nil && b.resets > 0 {
 		b.resetBad = true
@@ -415,6 +436,25 @@ func (b *backend) reset(c *client, discardAll bool) {
 	if _, err := b.out.Write(q); err != nil {
 		b.db.pool.Discard(b)
 	}
+}
+
+// unitDone settles the SETs of a finished unit of work (mu held): they stick,
+// for the client and the server, unless it was rolled back.
+func (b *backend) unitDone() {
+	if c := b.client; c != nil && !b.unitAborted {
+		for _, e := range b.staged {
+			if e.v == "" {
+				c.want.custom.del(e.k)
+				b.custom.del(e.k)
+			} else {
+				c.want.custom.set(e.k, e.v)
+				b.custom.set(e.k, e.v)
+			}
+		}
+	}
+	clear(b.staged)
+	b.staged = b.staged[:0]
+	b.unitAborted = false
 }
 
 // markTimedOut flags the running query of c as cancelled for

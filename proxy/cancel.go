@@ -28,5 +28,10 @@ func (p *Proxy) handleCancel(body []byte) {
 	}
 	if b := c.server.Load(); b != nil {
 		b.cancelFor(c)
+		return
+	}
+	if c.state.Load() == stateWaiting {
+		// Queued for a server: the query has not run; it never will.
+		c.cancelQueued.Store(true)
 	}
 }

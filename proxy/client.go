@@ -55,6 +55,13 @@ type client struct {
 	// Named prepared statements, by client name (transaction mode).
 	// Owned by the client goroutine.
 	stmts map[string]*stmt
+	// The client's last unnamed Parse (body after the name) and its number:
+	// re-sent when a later Bind or Describe of "" lands on another server.
+	unnamed    []byte
+	unnamedGen uint64
+	// unnamedSeen: 1 when the chunk being sent parses an unnamed statement
+	// last, 2 when a Query (which destroys it) comes last.
+	unnamedSeen uint8
 
 	pooling  poolMode
 	priority int
@@ -85,11 +92,12 @@ type client struct {
 	rn           int
 	rerr         error
 
-	state       atomic.Int32
-	lastActive  atomic.Int64 // unix nanos of the last message from the client
-	connectedAt int64
-	closing     atomic.Pointer[Error] // why pgguard is closing this client, if it is
-	leakWarned  atomic.Bool
+	state        atomic.Int32
+	lastActive   atomic.Int64 // unix nanos of the last message from the client
+	connectedAt  int64
+	closing      atomic.Pointer[Error] // why pgguard is closing this client, if it is
+	leakWarned   atomic.Bool
+	cancelQueued atomic.Bool // a CancelRequest came while queued for a server
 }
 
 const readBufSize = 16 << 10
@@ -257,6 +265,7 @@ func (c *client) process() error {
 		case 'Q':
 			syncs++
 			queries++
+			c.unnamedSeen = 2
 			c.noteEffect(queryText(body))
 			c.noteQuery(queryText(body), false)
 		case 'P':
@@ -264,6 +273,11 @@ func (c *client) process() error {
 			if name, rest, ok := cstring(body); ok {
 				c.noteEffect(queryText(rest))
 				c.batchText = c.intern(queryText(rest))
+				if name == "" {
+					c.unnamed = append(c.unnamed[:0], rest...)
+					c.unnamedGen++
+					c.unnamedSeen = 1
+				}
 				slow = slow || (transaction && name != "")
 				if !transaction && name != "" {
 					c.setStmt(name, &stmt{parse: append([]byte(nil), rest...)}) // for the read-only guard
@@ -273,7 +287,8 @@ func (c *client) process() error {
 			c.expect = append(c.expect, expectedReply{'3', syncs})
 			slow = slow || (transaction && namedStmtMessage(typ, body))
 		case 'B', 'D':
-			slow = slow || (transaction && namedStmtMessage(typ, body))
+			slow = slow || (transaction && (namedStmtMessage(typ, body) ||
+				c.unnamedSeen != 1 && c.unnamed != nil && unnamedStmtMessage(typ, body)))
 			if typ == 'B' {
 				if st := c.stmt(boundStmt(body)); st != nil {
 					c.batchText = c.intern(queryText(st.parse))
@@ -490,6 +505,7 @@ func (c *client) send(p []byte, syncs, lead int, slow bool) error {
 
 // sent clears what process collected for one send.
 func (c *client) sent() {
+	c.unnamedSeen = 0
 	c.expect = c.expect[:0]
 	clear(c.queued)
 	c.queued = c.queued[:0]
@@ -528,13 +544,8 @@ func (c *client) applyEffects(b *backend) {
 				"client", c.id, "application_name", c.app, "reason", e.pin)
 		}
 		for k, sql := range e.custom {
-			if sql == "" {
-				c.want.custom.del(k)
-				b.custom.del(k)
-			} else {
-				c.want.custom.set(k, sql)
-				b.custom.set(k, sql)
-			}
+			// Takes effect if its transaction commits (see backend.unitDone).
+			b.staged = append(b.staged, kv{k, sql})
 		}
 		if e.resetAll {
 			c.want.resetAll()
@@ -564,6 +575,12 @@ func (c *client) acquire() (*backend, error) {
 			c.lim.ReleaseConn()
 			c.state.Store(stateIdle)
 			return nil, c.p.clientError(err, c.db, c.pooling == poolSession)
+		}
+		if c.cancelQueued.Swap(false) {
+			c.db.pool.Release(b)
+			c.lim.ReleaseConn()
+			c.state.Store(stateIdle)
+			return nil, errorf(codeQueryCanceled, "canceling statement due to user request (while it waited for a server connection)")
 		}
 		if b.link(c) {
 			c.wait = time.Since(start)

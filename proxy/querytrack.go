@@ -62,15 +62,18 @@ func (b *backend) startQueries(c *client, now time.Time) {
 func (b *backend) commandComplete(body []byte) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if len(b.inflight) == 0 {
-		return
-	}
-	q := &b.inflight[0]
 	tag := queryText(body)
 	word := tag
 	if i := bytes.IndexByte(tag, ' '); i >= 0 {
 		word = tag[:i]
 	}
+	if string(word) == "ROLLBACK" { // also what COMMIT of an aborted transaction says
+		b.unitAborted = true
+	}
+	if len(b.inflight) == 0 {
+		return
+	}
+	q := &b.inflight[0]
 	q.tag = commandWord(word)
 	if i := bytes.LastIndexByte(tag, ' '); i >= 0 {
 		if n, err := strconv.ParseInt(string(tag[i+1:]), 10, 64); err == nil {

@@ -304,6 +304,9 @@ func parseEffect(sql string) *effect {
 	}
 	for _, raw := range tree.Stmts {
 		n := raw.Stmt
+		if sel := n.GetSelectStmt(); sel != nil && strings.Contains(lower, "set_config") {
+			e.setConfigCalls(sel)
+		}
 		switch {
 		case n.GetVariableSetStmt() != nil:
 			v := n.GetVariableSetStmt()
@@ -317,7 +320,7 @@ func parseEffect(sql string) *effect {
 				if _, reported := canonicalReported(v.Name); reported || v.Name == "" {
 					continue
 				}
-				one := &pg_query.ParseResult{Stmts: []*pg_query.RawStmt{{Stmt: n}}}
+				one := &pg_query.ParseResult{Version: tree.Version, Stmts: []*pg_query.RawStmt{{Stmt: n}}}
 				if text, err := pg_query.Deparse(one); err == nil {
 					e.setCustom(strings.ToLower(v.Name), text)
 				}
@@ -354,6 +357,35 @@ func parseEffect(sql string) *effect {
 		return nil
 	}
 	return e
+}
+
+// setConfigCalls tracks SELECT set_config(name, value, false) of a parameter
+// PostgreSQL does not report; with arguments that are not constants the
+// value cannot be known, so the client is pinned instead.
+func (e *effect) setConfigCalls(sel *pg_query.SelectStmt) {
+	for _, t := range sel.GetTargetList() {
+		f := t.GetResTarget().GetVal().GetFuncCall()
+		if f == nil || len(f.GetFuncname()) == 0 {
+			continue
+		}
+		if f.GetFuncname()[len(f.GetFuncname())-1].GetString_().GetSval() != "set_config" {
+			continue
+		}
+		args := f.GetArgs()
+		if len(args) != 3 {
+			continue
+		}
+		name, value := args[0].GetAConst().GetSval(), args[1].GetAConst().GetSval()
+		local := args[2].GetAConst().GetBoolval()
+		if name == nil || value == nil || local == nil {
+			e.pin = "set_config with computed arguments"
+			continue
+		}
+		if _, reported := canonicalReported(name.GetSval()); reported || local.GetBoolval() {
+			continue
+		}
+		e.setCustom(strings.ToLower(name.GetSval()), setConfigSQL(name.GetSval(), value.GetSval()))
+	}
 }
 
 func (e *effect) setCustom(k, sql string) {

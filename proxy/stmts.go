@@ -37,6 +37,19 @@ type stmt struct {
 
 func (s *stmt) serverName() string { return serverStmtName(s.key) }
 
+// stmtKey identifies a statement for sharing across clients on a server: its
+// text and parameter types, and the client's search_path, which decides
+// what the text's names mean.
+func (c *client) stmtKey(parse []byte) uint64 {
+	var h maphash.Hash
+	h.SetSeed(stmtSeed)
+	sp, _ := c.want.custom.get("search_path")
+	h.WriteString(sp)
+	h.WriteByte(0)
+	h.Write(parse)
+	return h.Sum64()
+}
+
 func serverStmtName(key uint64) string {
 	var b [20]byte
 	return string(strconv.AppendUint(append(b[:0], "pgg_"...), key, 36))
@@ -111,6 +124,19 @@ func namedStmtMessage(typ byte, body []byte) bool {
 	return false
 }
 
+// unnamedStmtMessage reports whether a Bind or a statement Describe refers
+// to the unnamed statement.
+func unnamedStmtMessage(typ byte, body []byte) bool {
+	switch typ {
+	case 'B':
+		i := bytes.IndexByte(body, 0)
+		return i >= 0 && i+1 < len(body) && body[i+1] == 0
+	case 'D':
+		return len(body) > 1 && body[0] == 'S' && body[1] == 0
+	}
+	return false
+}
+
 // rewriter builds what is sent to a server for one chunk of client messages
 // on the slow path (some name to translate). It runs on the client goroutine
 // with the backend's mu held.
@@ -150,9 +176,10 @@ func (w *rewriter) message(msg []byte) {
 		if !ok || name == "" {
 			w.out = append(w.out, msg...)
 			w.expect('1', false, 0)
+			w.b.unnamedOwner, w.b.unnamedGen = w.c, w.c.unnamedGen
 			return
 		}
-		st := &stmt{key: maphash.Bytes(stmtSeed, rest), parse: append([]byte(nil), rest...)}
+		st := &stmt{key: w.c.stmtKey(rest), parse: append([]byte(nil), rest...)}
 		w.c.setStmt(name, st)
 		if w.b.stmts.has(st.key) {
 			// Already prepared here: answer the client's Parse with a
@@ -167,6 +194,11 @@ func (w *rewriter) message(msg []byte) {
 	case 'B':
 		portal, rest, _ := cstring(body)
 		name, params, ok := cstring(rest)
+		if ok && name == "" {
+			w.ensureUnnamed()
+			w.out = append(w.out, msg...)
+			return
+		}
 		st := w.c.stmt(name)
 		if !ok || st == nil {
 			w.out = append(w.out, msg...) // the server reports the unknown name
@@ -175,6 +207,11 @@ func (w *rewriter) message(msg []byte) {
 		w.ensure(st)
 		w.out = appendMsgParts(w.out, 'B', portal, "\x00", st.serverName(), "\x00", string(params))
 	case 'D':
+		if unnamedStmtMessage(typ, body) {
+			w.ensureUnnamed()
+			w.out = append(w.out, msg...)
+			return
+		}
 		st := w.c.stmt(string(bytes.TrimSuffix(body[1:], []byte{0})))
 		if st == nil {
 			w.out = append(w.out, msg...)
@@ -198,6 +235,18 @@ func (w *rewriter) message(msg []byte) {
 			w.batch++
 		}
 	}
+}
+
+// ensureUnnamed re-parses the client's unnamed statement, invisibly, when
+// the server's unnamed statement is not the client's latest (it was parsed
+// on another server, before a Sync released that one).
+func (w *rewriter) ensureUnnamed() {
+	if w.c.unnamed == nil || w.b.unnamedOwner == w.c && w.b.unnamedGen == w.c.unnamedGen {
+		return
+	}
+	w.out = appendMsgParts(w.out, 'P', "\x00", string(w.c.unnamed))
+	w.expect('1', true, 0)
+	w.b.unnamedOwner, w.b.unnamedGen = w.c, w.c.unnamedGen
 }
 
 // ensure prepares st on the server first when it lacks it; the client never

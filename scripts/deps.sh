@@ -65,16 +65,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# Node.js test clients, once test/node exists.
-if [ -f test/node/package.json ]; then
-	(
-		cd test/node
-		if [ -f package-lock.json ]; then
-			npm ci --no-audit --no-fund
-		else
-			npm install --no-audit --no-fund
-		fi
-	)
+# node-postgres for the driver matrix (test/drivers/node), pinned by its lock file.
+if [ -f test/drivers/node/package-lock.json ] && [ ! -d test/drivers/node/node_modules/pg ]; then
+	(cd test/drivers/node && npm ci --no-audit --no-fund)
 fi
 
 echo "deps: ok"
