@@ -17,8 +17,10 @@ import (
 
 // Table is a result set for the console: column names and text rows.
 type Table struct {
+	// Columns are the column names, sent as text columns.
 	Columns []string
-	Rows    [][]string
+	// Rows hold one value per column.
+	Rows [][]string
 }
 
 // Console serves the admin console: SHOW POOLS/CLIENTS/SERVERS/STATS/CONFIG,
