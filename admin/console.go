@@ -239,14 +239,14 @@ func poolsTable(pools []proxy.PoolStatus) Table {
 }
 
 func clientsTable(clients []proxy.ClientStatus) Table {
-	t := Table{Columns: []string{"id", "user", "database", "application_name", "addr", "state", "connect_time", "request_time", "idle_s", "server"}}
+	t := Table{Columns: []string{"id", "user", "database", "application_name", "addr", "state", "connect_time", "request_time", "idle_s", "server", "pinned"}}
 	for _, c := range clients {
 		srv := ""
 		if c.Server != 0 {
 			srv = strconv.FormatUint(c.Server, 10)
 		}
 		t.Rows = append(t.Rows, []string{strconv.FormatUint(uint64(c.ID), 10), c.User, c.Database, c.Application, c.Addr, c.State,
-			ts(c.ConnectedAt), ts(c.LastActive), strconv.FormatFloat(c.IdleSeconds, 'f', 1, 64), srv})
+			ts(c.ConnectedAt), ts(c.LastActive), strconv.FormatFloat(c.IdleSeconds, 'f', 1, 64), srv, c.Pinned})
 	}
 	return t
 }

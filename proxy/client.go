@@ -221,6 +221,8 @@ func (c *client) process() error {
 	transaction := c.pooling == poolTransaction
 	cfg := c.p.cfg.Load()
 	maxMsg, readOnly := cfg.MaxMessageSize, cfg.ReadOnly || c.p.Limiter.Budget().Action() == "read_only"
+	fallbackWhy, onFallback := c.db.fallbackReadOnly()
+	readOnly = readOnly || onFallback
 	for len(data)-pos >= 5 {
 		typ := data[pos]
 		n := int(binary.BigEndian.Uint32(data[pos+1:]))
@@ -244,7 +246,7 @@ func (c *client) process() error {
 					return err
 				}
 				from, syncs, lead, slow = end, 0, 0, false
-				if err := c.refuseWrite(typ, v.Reason, body); err != nil {
+				if err := c.refuseWrite(typ, v.Reason, fallbackWhy, body); err != nil {
 					return err
 				}
 				c.lastTyp = typ
@@ -345,8 +347,11 @@ func (c *client) noteEffect(sql []byte) {
 // still be on their way, so the server raises the error in stream order (and
 // aborts the transaction, as PostgreSQL would); otherwise pgguard answers.
 // A refused extended-protocol message makes the rest of its batch skipped.
-func (c *client) refuseWrite(typ byte, reason string, body []byte) error {
+func (c *client) refuseWrite(typ byte, reason, fallbackWhy string, body []byte) error {
 	e := readOnlyError(reason)
+	if fallbackWhy != "" {
+		e.Message, e.Hint = "cannot execute "+reason+": "+fallbackWhy, ""
+	}
 	c.p.metrics.ClientRefusals.WithLabelValues(codeReadOnlyTx).Inc()
 	open := c.skip > 0 || !isSyncPoint(c.lastTyp)
 	if c.server.Load() == nil && !open {

@@ -61,6 +61,9 @@ func TestQueryLog(t *testing.T) {
 	if sleep.P95MS < 50 || sleep.P95MS > 80 {
 		t.Errorf("pg_sleep(0.05) p95 = %.1f ms, want about 50", sleep.P95MS)
 	}
+	if sleep.Rows != 20 {
+		t.Errorf("pg_sleep shape rows = %d, want 20 (one per call)", sleep.Rows)
+	}
 	if ext := byQuery["SELECT $1::int + $2"]; ext.Calls != 20 {
 		t.Errorf("extended shape: %+v", ext)
 	}

@@ -67,6 +67,9 @@ func (b *backend) commandComplete(body []byte) {
 	if i := bytes.IndexByte(tag, ' '); i >= 0 {
 		word = tag[:i]
 	}
+	if b.prelude > 0 {
+		return // pgguard's own session sync, not the client's query
+	}
 	if string(word) == "ROLLBACK" { // also what COMMIT of an aborted transaction says
 		b.unitAborted = true
 	}
@@ -86,7 +89,7 @@ func (b *backend) commandComplete(body []byte) {
 func (b *backend) queryError(code string, body []byte) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if len(b.inflight) == 0 {
+	if len(b.inflight) == 0 || b.prelude > 0 {
 		return
 	}
 	q := &b.inflight[0]
