@@ -44,7 +44,7 @@ type env struct {
 	guard   *guardProc
 }
 
-func setup(t *testing.T, guardExtra string) *env {
+func setup(t *testing.T) *env {
 	pg, err := localpg.Start(localpg.Options{User: "bench", Password: "bench", Database: "bench", MaxConnections: 200})
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +56,7 @@ func setup(t *testing.T, guardExtra string) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { bouncer.Stop() })
-	g := startGuardProc(t, pg, guardExtra)
+	g := startGuardProc(t, pg, guardOpts{})
 	return &env{pg: pg, bouncer: bouncer, guard: g}
 }
 
@@ -70,7 +70,13 @@ func (g *guardProc) url(db string) string {
 	return fmt.Sprintf("postgres://bench:bench@%s/%s?sslmode=disable", g.addr, db)
 }
 
-func startGuardProc(t *testing.T, pg *localpg.Cluster, extra string) *guardProc {
+// guardOpts vary the pgguard under test.
+type guardOpts struct {
+	readOnly     bool
+	queryLogPath string // "" is off
+}
+
+func startGuardProc(t *testing.T, pg *localpg.Cluster, o guardOpts) *guardProc {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "pgguard")
 	build := exec.Command("go", "build", "-o", bin, "../cmd/pgguard")
@@ -80,6 +86,7 @@ func startGuardProc(t *testing.T, pg *localpg.Cluster, extra string) *guardProc 
 	port := freePort(t)
 	cfg := fmt.Sprintf(`listen = "127.0.0.1:%d"
 http_listen = ""
+read_only = %v
 [databases.bench]
 primary = %q
 [[users]]
@@ -91,9 +98,8 @@ size = 10
 max_overflow = 0
 max_client_conn = 20000
 [querylog]
-path = ""
-%s
-`, port, pg.URL("bench"), extra)
+path = %q
+`, port, o.readOnly, pg.URL("bench"), o.queryLogPath)
 	path := filepath.Join(dir, "pgguard.toml")
 	os.WriteFile(path, []byte(cfg), 0o600)
 	cmd := exec.Command(bin, "-config", path)
@@ -181,7 +187,7 @@ func run(t *testing.T, url string, args ...string) result {
 // interleaved over several rounds, and reports medians and ratios.
 func TestPgbenchSideBySide(t *testing.T) {
 	skipUnlessBench(t)
-	e := setup(t, "")
+	e := setup(t)
 	rounds := envInt("PGGUARD_BENCH_ROUNDS", 3)
 	secs := strconv.Itoa(envInt("PGGUARD_BENCH_SECONDS", 10))
 	targets := []struct{ name, url string }{
@@ -275,7 +281,7 @@ func envInt(name string, def int) int {
 // PgBouncer and reports resident memory per session for both.
 func TestIdleClientMemory(t *testing.T) {
 	skipUnlessBench(t)
-	e := setup(t, "")
+	e := setup(t)
 	n := envInt("PGGUARD_BENCH_IDLE", 2000)
 	perGuard := idleCost(t, e.guard.cmd.Process.Pid, e.guard.url("bench"), n)
 	perBouncer := idleCost(t, e.bouncer.Pid(), e.bouncer.URL("bench"), n)
@@ -327,4 +333,40 @@ func rss(t *testing.T, pid int) int64 {
 	}
 	t.Fatal("no VmRSS")
 	return 0
+}
+
+// TestFeatureCost measures what the query log (to a file) and the read-only
+// switch cost: pgbench -S through three pgguard processes (plain, query log
+// on, read-only on), interleaved in the same run.
+func TestFeatureCost(t *testing.T) {
+	skipUnlessBench(t)
+	e := setup(t)
+	logged := startGuardProc(t, e.pg, guardOpts{queryLogPath: filepath.Join(t.TempDir(), "queries.log")})
+	readOnly := startGuardProc(t, e.pg, guardOpts{readOnly: true})
+	rounds := envInt("PGGUARD_BENCH_ROUNDS", 3)
+	secs := strconv.Itoa(envInt("PGGUARD_BENCH_SECONDS", 10))
+	targets := []struct{ name, url string }{
+		{"plain", e.guard.url("bench")},
+		{"query log to a file", logged.url("bench")},
+		{"read-only on", readOnly.url("bench")},
+	}
+	for _, mode := range []string{"simple", "prepared"} {
+		res := map[string][]result{}
+		for r := 0; r < rounds; r++ {
+			for _, tg := range targets {
+				out := run(t, tg.url, "-S", "-n", "-c", "50", "-j", "2", "-T", secs, "-M", mode)
+				if out.failed != 0 {
+					t.Errorf("%s: %d failed transactions", tg.name, out.failed)
+				}
+				res[tg.name] = append(res[tg.name], out)
+			}
+		}
+		tps := func(r result) float64 { return r.tps }
+		base := median(res["plain"], tps)
+		t.Logf("pgbench -S -c 50 -M %s through pgguard:", mode)
+		for _, tg := range targets {
+			m := median(res[tg.name], tps)
+			t.Logf("  %-22s %8.1f tps  (x%.3f of plain)", tg.name, m, m/base)
+		}
+	}
 }

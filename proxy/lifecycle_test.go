@@ -115,3 +115,34 @@ func TestReloadPoolSize(t *testing.T) {
 		t.Fatalf("pool size %d after reload, want 2", p.Size)
 	}
 }
+
+// TestLeakReported: a session idle in a transaction past leak_warn_after is
+// listed in /status (Status().Leaks) and counted in the metric.
+func TestLeakReported(t *testing.T) {
+	cfg := testConfig("transaction")
+	cfg.Pool.LeakWarnAfter = config.D(300 * time.Millisecond)
+	g := startGuard(t, cfg)
+	ctx := context.Background()
+	leaky := connect(t, g.url("app")+"&application_name=leaky-script", pgx.QueryExecModeExec)
+	if _, err := leaky.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "leak reported", func() bool {
+		l := g.Status().Leaks
+		return len(l) == 1 && l[0].Application == "leaky-script"
+	})
+	waitFor(t, "leak counted", func() bool { return testutilCount(g, "pgguard_leak_warnings_total") == nil })
+}
+
+func testutilCount(g *guard, name string) error {
+	mfs, err := g.metrics.Registry.Gather()
+	if err != nil {
+		return err
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 && mf.GetMetric()[0].GetCounter().GetValue() >= 1 {
+			return nil
+		}
+	}
+	return errors.New(name + " not counted")
+}

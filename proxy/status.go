@@ -64,13 +64,16 @@ type ServerStatus struct {
 
 // Status is the /status document.
 type Status struct {
-	ReadOnly      bool           `json:"read_only"`
-	Draining      bool           `json:"draining"`
-	Paused        bool           `json:"paused"`
-	Clients       int            `json:"clients"`
-	UptimeSeconds float64        `json:"uptime_seconds"`
-	Pools         []PoolStatus   `json:"pools"`
-	Extra         map[string]any `json:"extra,omitempty"`
+	ReadOnly      bool         `json:"read_only"`
+	Draining      bool         `json:"draining"`
+	Paused        bool         `json:"paused"`
+	Clients       int          `json:"clients"`
+	UptimeSeconds float64      `json:"uptime_seconds"`
+	Pools         []PoolStatus `json:"pools"`
+	// Leaks are sessions holding a server connection idle past
+	// pool.leak_warn_after (idle in a transaction, or in session mode).
+	Leaks []ClientStatus `json:"leaks,omitempty"`
+	Extra map[string]any `json:"extra,omitempty"`
 }
 
 // Pools reports every database's pool, sorted by name.
@@ -181,7 +184,23 @@ func (p *Proxy) Status() Status {
 		Clients:       p.clientCount(),
 		UptimeSeconds: time.Since(p.started).Seconds(),
 		Pools:         p.Pools(),
+		Leaks:         p.leaks(),
 	}
+}
+
+// leaks lists sessions holding a server connection idle past leak_warn_after.
+func (p *Proxy) leaks() []ClientStatus {
+	after := p.cfg.Load().Pool.LeakWarnAfter.Duration
+	if after <= 0 {
+		return nil
+	}
+	var out []ClientStatus
+	for _, cs := range p.Clients() {
+		if cs.Server != 0 && cs.IdleSeconds > after.Seconds() {
+			out = append(out, cs)
+		}
+	}
+	return out
 }
 
 // Ready reports whether pgguard can serve: it is not draining and some
