@@ -142,6 +142,16 @@ func (s *Session) AcquireConn(ctx context.Context) error {
 	return nil
 }
 
+// CapsConnections reports whether a matched rule sets max_connections, so
+// callers can skip preparing a wait for AcquireConn when none does.
+func (s *Session) CapsConnections() bool {
+	if s == nil {
+		return false
+	}
+	s.refresh()
+	return len(s.capped) > 0
+}
+
 // ReleaseConn gives back the slots taken by AcquireConn, when the session
 // returns its server connection. No-op when it holds none.
 func (s *Session) ReleaseConn() {

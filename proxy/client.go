@@ -79,6 +79,8 @@ type client struct {
 	discardQuiet bool
 	swallowZ     bool            // the next send carries a Sync whose ReadyForQuery the client must not see
 	roBuf        []byte          // scratch for the read-only guard
+	internBuf    []byte          // scratch for query log interning
+	lastObserved time.Time       // last query reported to the budget model (pump goroutines, one at a time)
 	queued       []pendingQuery  // sync points in the chunk being sent, for the query log
 	batchText    string          // statement of the extended-protocol batch under way
 	batchExec    bool            // the batch under way executes something
@@ -627,7 +629,7 @@ func (c *client) serverState() serverState {
 // acquireSlot takes a max_connections slot of the client's [[limits]] rules,
 // waiting up to pool.wait_timeout.
 func (c *client) acquireSlot() error {
-	if c.lim == nil {
+	if !c.lim.CapsConnections() {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(c.p.ctx, c.p.cfg.Load().Pool.WaitTimeout.Duration)

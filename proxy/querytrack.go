@@ -41,11 +41,19 @@ func (c *client) noteQuery(text []byte, extended bool) {
 }
 
 // intern returns text as a string for the query log, or "" without one.
+// Unless parameters are logged, numbers are zeroed first: the log shows the
+// normalized shape either way, and queries differing only in numbers then
+// share one interned string instead of allocating one each.
 func (c *client) intern(text []byte) string {
-	if c.p.QueryLog == nil {
+	ql := c.p.QueryLog
+	if ql == nil {
 		return ""
 	}
-	return c.p.QueryLog.Intern(text)
+	if !ql.LogParameters() {
+		c.internBuf = querylog.ZeroNumbers(c.internBuf[:0], text)
+		text = c.internBuf
+	}
+	return ql.Intern(text)
 }
 
 // startQueries moves c's noted queries to b's in-flight list (b.mu held).
@@ -125,7 +133,11 @@ func (b *backend) report(q inflightQuery, now time.Time) {
 		db.p.metrics.QueryErrors.WithLabelValues(db.name, q.sqlstate).Inc()
 	}
 	c := q.client
-	if b.upstream == "primary" {
+	if b.upstream == "primary" && now.Sub(c.lastObserved) >= observeEvery {
+		// The Active Time model works in seconds against a 5-minute
+		// suspend timer: one observation per client per observeEvery is
+		// exact enough and spares a lock per query.
+		c.lastObserved = now
 		db.p.Limiter.ObserveUpstreamQuery(db.name, c.app, now)
 	}
 	if db.p.QueryLog == nil || q.text == "" {
@@ -137,6 +149,9 @@ func (b *backend) report(q inflightQuery, now time.Time) {
 		Tag: q.tag, SQLState: q.sqlstate, Error: q.errMsg, Extended: q.extended,
 	})
 }
+
+// observeEvery spaces a client's observations for the budget model.
+const observeEvery = 250 * time.Millisecond
 
 // commandWord returns the command word of a tag without allocating for the
 // common ones.

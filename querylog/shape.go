@@ -33,7 +33,7 @@ func Shape(query string) (fingerprint uint64, normalized string) {
 	// Key the cache by the text with numbers zeroed: queries that differ
 	// only in numeric literals (pgbench -M simple, ORMs inlining ids) then
 	// parse once, not once per call.
-	s := shapes.get(string(ZeroNumbers(make([]byte, 0, len(query)), []byte(query))))
+	s := shapes.get(string(ZeroNumbers(nil, []byte(query))))
 	return s.fp, s.norm
 }
 

@@ -35,6 +35,7 @@ type Logger struct {
 	dropped   atomic.Uint64
 	logParams atomic.Bool
 	slow      atomic.Int64 // time.Duration; 0 disables slow warnings
+	keyBuf    []byte       // shape cache key scratch, owned by the writer goroutine
 
 	stats *Stats
 	main  *slog.Logger
@@ -347,7 +348,8 @@ func (l *Logger) writeError(err error) {
 // write handles one record on the writer goroutine: shape, statistics, log
 // line and slow-query warning.
 func (l *Logger) write(r *Record) {
-	info := shapes.get(r.Query)
+	l.keyBuf = ZeroNumbers(l.keyBuf[:0], []byte(r.Query))
+	info := shapes.get(string(l.keyBuf))
 	l.stats.add(&info, r)
 	slow := time.Duration(l.slow.Load())
 	isSlow := slow > 0 && r.Duration > slow
