@@ -133,11 +133,11 @@ func (b *backend) report(q inflightQuery, now time.Time) {
 		db.p.metrics.QueryErrors.WithLabelValues(db.name, q.sqlstate).Inc()
 	}
 	c := q.client
-	if b.upstream == "primary" && now.Sub(c.lastObserved) >= observeEvery {
+	if last := c.lastObserved.Load(); b.upstream == "primary" && now.UnixNano()-last >= int64(observeEvery) &&
+		c.lastObserved.CompareAndSwap(last, now.UnixNano()) {
 		// The Active Time model works in seconds against a 5-minute
 		// suspend timer: one observation per client per observeEvery is
 		// exact enough and spares a lock per query.
-		c.lastObserved = now
 		db.p.Limiter.ObserveUpstreamQuery(db.name, c.app, now)
 	}
 	if db.p.QueryLog == nil || q.text == "" {
