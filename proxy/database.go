@@ -120,7 +120,7 @@ func (db *database) setActiveMetric(u failover.Upstream) {
 // retire is the pool's Retire hook: a connection to the upstream not in use
 // is closed when released or found idle, instead of being reused.
 func (db *database) retire(b *backend) bool {
-	return b.upstream != db.fo.Active().String()
+	return b.upstream != db.active().String()
 }
 
 // upstreamConfig returns the pgconn config for u.
@@ -191,7 +191,7 @@ func (db *database) dial(ctx context.Context) (*backend, error) {
 	threshold := max(db.p.cfg.Load().Failover.FailureThreshold, 1)
 	var err error
 	for attempt := 1; attempt <= threshold+2; attempt++ {
-		u := db.fo.Active()
+		u := db.active()
 		var b *backend
 		if b, err = db.dialUpstream(ctx, u); err == nil {
 			db.fo.Success(u)
@@ -274,7 +274,7 @@ func (db *database) upstreamHost() string {
 	if db == nil || db.primary == nil {
 		return "?"
 	}
-	return db.hostOf(db.fo.Active().String())
+	return db.hostOf(db.active().String())
 }
 
 // hostOf returns host:port of the upstream named "primary" or "fallback"
@@ -288,7 +288,17 @@ func (db *database) hostOf(upstream string) string {
 }
 
 // upstreamName returns "primary" or "fallback": the upstream in use.
-func (db *database) upstreamName() string { return db.fo.Active().String() }
+func (db *database) upstreamName() string { return db.active().String() }
+
+// active is the upstream new server connections go to: the failover
+// monitor's choice, or the fallback while the Neon budget is used up and
+// budget.on_exhausted = "fallback".
+func (db *database) active() failover.Upstream {
+	if db.fallback != nil && db.p.Limiter.Budget().Action() == "fallback" {
+		return failover.Fallback
+	}
+	return db.fo.Active()
+}
 
 // fallbackReadOnly reports whether writes are refused because the database
 // is served by its fallback with failover.fallback_read_only on, and the
@@ -297,7 +307,7 @@ func (db *database) upstreamName() string { return db.fo.Active().String() }
 // 25006 "cannot execute INSERT in a read-only transaction"); a protocol-level
 // guard can use this to refuse first, with a message saying why.
 func (db *database) fallbackReadOnly() (string, bool) {
-	if db.fallback == nil || db.fo.Active() != failover.Fallback || !db.p.cfg.Load().Failover.FallbackReadOnly {
+	if db.fallback == nil || db.active() != failover.Fallback || !db.p.cfg.Load().Failover.FallbackReadOnly {
 		return "", false
 	}
 	return fmt.Sprintf("the primary upstream of database %q is down and its fallback %s serves it read-only "+

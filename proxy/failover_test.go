@@ -3,6 +3,8 @@ package proxy_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -14,6 +16,8 @@ import (
 
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/internal/localpg"
+	"github.com/pgguard/pgguard/limiter"
+	"github.com/pgguard/pgguard/proxy"
 )
 
 // Failover tests run pgguard in front of two clusters of their own (the
@@ -516,5 +520,36 @@ func TestIdlePrimaryUntouched(t *testing.T) {
 	}
 	if logSize() == int64(len(logText)) {
 		t.Error("the server log did not record a query through pgguard: the check proves nothing")
+	}
+}
+
+// TestBudgetExhaustedFallback: with budget.on_exhausted = "fallback", new
+// transactions go to the fallback once the month's compute budget is used up.
+func TestBudgetExhaustedFallback(t *testing.T) {
+	primary, fallback := startCluster(t, nil), startCluster(t, nil)
+	cfg := failoverConfig("transaction", primary.URL("app"), fallback.URL("app"))
+	cfg.Budget.MonthlyCUHours = 1
+	cfg.Budget.OnExhausted = "fallback"
+	lim, err := limiter.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lim.Close()
+	g := startGuard(t, cfg, func(p *proxy.Proxy) { p.Limiter = lim })
+	ctx := context.Background()
+	conn := connect(t, g.url("app"), pgx.QueryExecModeExec)
+	if port, err := portOf(ctx, conn); err != nil || port != primary.Port() {
+		t.Fatalf("before: port %d %v, want the primary %d", port, err, primary.Port())
+	}
+	// A poller every 4 minutes for 7 hours keeps a 0.25 CU compute awake:
+	// 1.75 CU-hours, over the budget of 1.
+	for i, at := 0, time.Now(); i < 105; i++ {
+		lim.ObserveUpstreamQuery("app", "poller", at.Add(time.Duration(i)*4*time.Minute))
+	}
+	if a := lim.Budget().Action(); a != "fallback" {
+		t.Fatalf("budget action %q, want fallback", a)
+	}
+	if port, err := portOf(ctx, conn); err != nil || port != fallback.Port() {
+		t.Fatalf("after: port %d %v, want the fallback %d", port, err, fallback.Port())
 	}
 }
