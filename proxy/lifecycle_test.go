@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -145,4 +146,26 @@ func testutilCount(g *guard, name string) error {
 		}
 	}
 	return errors.New(name + " not counted")
+}
+
+// TestLoginTimeout: a client that connects and says nothing is closed after
+// pool.login_timeout, holding nothing.
+func TestLoginTimeout(t *testing.T) {
+	checkGoroutines(t)
+	cfg := testConfig("transaction")
+	cfg.Pool.LoginTimeout = config.D(300 * time.Millisecond)
+	g := startGuard(t, cfg)
+	c, err := net.Dial("tcp", g.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("pgguard sent something to a silent client")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("silent client closed after %s; pool.login_timeout is 300ms", d)
+	}
 }
