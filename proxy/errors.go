@@ -28,7 +28,6 @@ const (
 	codeProtocolViolation  = "08P01"
 	codeUnknownDatabase    = "3D000"
 	codeFeatureUnsupported = "0A000"
-	codeInternal           = "XX000"
 )
 
 // Error is an error pgguard reports to a client as an ErrorResponse. Message

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -121,5 +120,3 @@ func (s *sock) rawWrite(fd uintptr) bool {
 
 // Close closes the connection; blocked reads and writes return.
 func (s *sock) Close() error { return s.conn.Close() }
-
-func isClosed(err error) bool { return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) }
