@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"io"
 	"maps"
@@ -522,10 +521,7 @@ func (b *backend) cancelFor(c *client) {
 
 // appendQuery appends a simple-protocol Query message.
 func appendQuery(dst []byte, sql string) []byte {
-	dst = append(dst, 'Q', 0, 0, 0, 0)
-	n := len(dst) - 4
+	dst, at := beginMsg(dst, 'Q')
 	dst = append(dst, sql...)
-	dst = append(dst, 0)
-	binary.BigEndian.PutUint32(dst[n:], uint32(len(dst)-n))
-	return dst
+	return endMsg(append(dst, 0), at)
 }

@@ -274,17 +274,17 @@ func (c *client) process() error {
 			c.noteQuery(queryText(body), false)
 		case 'P':
 			c.expect = append(c.expect, expectedReply{'1', syncs})
-			if name, rest, ok := cstring(body); ok {
+			if name, rest, ok := cbytes(body); ok {
 				c.noteEffect(queryText(rest))
 				c.batchText = c.intern(queryText(rest))
-				if name == "" {
+				if len(name) == 0 {
 					c.unnamed = append(c.unnamed[:0], rest...)
 					c.unnamedGen++
 					c.unnamedSeen = 1
 				}
-				slow = slow || (transaction && name != "")
-				if !transaction && name != "" {
-					c.setStmt(name, &stmt{parse: append([]byte(nil), rest...)}) // for the read-only guard
+				slow = slow || (transaction && len(name) > 0)
+				if !transaction && len(name) > 0 {
+					c.setStmt(string(name), &stmt{parse: append([]byte(nil), rest...)}) // for the read-only guard
 				}
 			}
 		case 'C':
@@ -535,9 +535,10 @@ func (c *client) setStmt(name string, st *stmt) {
 	c.stmts[name] = st
 }
 
-func (c *client) stmt(name string) *stmt { return c.stmts[name] }
+// stmt looks a statement up by a name still in the read buffer (no copy).
+func (c *client) stmt(name []byte) *stmt { return c.stmts[string(name)] }
 
-func (c *client) dropStmt(name string) { delete(c.stmts, name) }
+func (c *client) dropStmt(name []byte) { delete(c.stmts, string(name)) }
 
 // applyEffects applies the session effects of the statements being sent to
 // client c and its server b (b.mu held).

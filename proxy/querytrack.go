@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"strconv"
 	"time"
 
 	"github.com/pgguard/pgguard/querylog"
@@ -87,9 +86,7 @@ func (b *backend) commandComplete(body []byte) {
 	q := &b.inflight[0]
 	q.tag = commandWord(word)
 	if i := bytes.LastIndexByte(tag, ' '); i >= 0 {
-		if n, err := strconv.ParseInt(string(tag[i+1:]), 10, 64); err == nil {
-			q.rows += n
-		}
+		q.rows += digits(tag[i+1:])
 	}
 }
 
@@ -148,6 +145,18 @@ func (b *backend) report(q inflightQuery, now time.Time) {
 		Upstream: b.upstream, Query: q.text, Duration: d, Wait: q.wait, Rows: q.rows,
 		Tag: q.tag, SQLState: q.sqlstate, Error: q.errMsg, Extended: q.extended,
 	})
+}
+
+// digits parses a row count without allocating; 0 if b is not one.
+func digits(b []byte) int64 {
+	var n int64
+	for _, d := range b {
+		if d < '0' || d > '9' {
+			return 0
+		}
+		n = n*10 + int64(d-'0')
+	}
+	return n
 }
 
 // observeEvery spaces a client's observations for the budget model.

@@ -23,16 +23,16 @@ func (p *Proxy) guard(typ byte, body []byte, c *client) readonly.Verdict {
 	case 'Q':
 		sql = queryText(body)
 	case 'P':
-		_, rest, ok := cstring(body)
+		_, rest, ok := cbytes(body)
 		if !ok {
 			return readonly.Verdict{}
 		}
 		sql = queryText(rest)
 	case 'B':
-		_, rest, _ := cstring(body)
-		name, _, ok := cstring(rest)
+		_, rest, _ := cbytes(body)
+		name, _, ok := cbytes(rest)
 		st := c.stmt(name)
-		if !ok || name == "" || st == nil {
+		if !ok || len(name) == 0 || st == nil {
 			return readonly.Verdict{}
 		}
 		sql = queryText(st.parse)

@@ -90,13 +90,31 @@ func bodyLen(b []byte) int {
 	return n
 }
 
-// cstring splits a NUL-terminated string off the front of b.
-func cstring(b []byte) (s string, rest []byte, ok bool) {
+// cbytes splits a NUL-terminated string off the front of b, without copying.
+func cbytes(b []byte) (s, rest []byte, ok bool) {
 	i := bytes.IndexByte(b, 0)
 	if i < 0 {
-		return "", nil, false
+		return nil, nil, false
 	}
-	return string(b[:i]), b[i+1:], true
+	return b[:i], b[i+1:], true
+}
+
+// cstring is cbytes returning a string (a copy), for what is kept.
+func cstring(b []byte) (s string, rest []byte, ok bool) {
+	sb, rest, ok := cbytes(b)
+	return string(sb), rest, ok
+}
+
+// beginMsg starts a protocol message of type typ; endMsg fills in its
+// length once the body is appended (PostgreSQL docs 55.7).
+func beginMsg(dst []byte, typ byte) ([]byte, int) {
+	dst = append(dst, typ, 0, 0, 0, 0)
+	return dst, len(dst) - 4
+}
+
+func endMsg(dst []byte, at int) []byte {
+	binary.BigEndian.PutUint32(dst[at:], uint32(len(dst)-at))
+	return dst
 }
 
 // errorFields returns the severity and SQLSTATE of an ErrorResponse body

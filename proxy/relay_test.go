@@ -126,3 +126,30 @@ func FuzzNumbersToZero(f *testing.F) {
 		}
 	})
 }
+
+// TestNamedBindRewriteAllocs: translating a named Bind (pgbench -M prepared,
+// pgx's default mode: every transaction) to the server's statement name
+// allocates nothing once buffers are warm.
+func TestNamedBindRewriteAllocs(t *testing.T) {
+	c := &client{}
+	st := newStmt(42, []byte("SELECT $1\x00\x00\x00"))
+	c.setStmt("s1", st)
+	b := &backend{}
+	b.stmts.add(st.key)
+	bind, _ := (&pgproto3.Bind{PreparedStatement: "s1", Parameters: [][]byte{[]byte("4711")}}).Encode(nil)
+	w := rewriter{c: c, b: b}
+	allocs := testing.AllocsPerRun(200, func() {
+		w.out = w.out[:0]
+		w.message(bind)
+	})
+	if allocs != 0 {
+		t.Fatalf("%.1f allocations per named Bind, want 0", allocs)
+	}
+	var got pgproto3.Bind
+	if err := got.Decode(w.out[5:]); err != nil || got.PreparedStatement != st.name || string(got.Parameters[0]) != "4711" {
+		t.Fatalf("rewritten Bind %+v %v, want statement %s", got, err, st.name)
+	}
+	if n := digits([]byte("4711")); n != 4711 || digits([]byte("x1")) != 0 {
+		t.Fatalf("digits: %d", n)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -177,7 +178,7 @@ func (p *Proxy) authenticate(conn net.Conn, params map[string]string) *client {
 	}
 	p.register(c)
 	buf, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
-	for _, k := range sortedKeys(status) {
+	for _, k := range slices.Sorted(maps.Keys(status)) {
 		v := status[k]
 		if cv, ok := c.want.reported.get(k); ok {
 			v = cv // applied on each server before the client's first statement there
@@ -280,13 +281,4 @@ func randomSecret() string {
 	b := make([]byte, 16)
 	rand.Read(b)
 	return fmt.Sprintf("%x", b)
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"slices"
 	"time"
 
@@ -108,7 +109,7 @@ func (p *Proxy) Pools() []PoolStatus {
 		}
 		out = append(out, ps)
 	}
-	slices.SortFunc(out, func(a, b PoolStatus) int { return compare(a.Database, b.Database) })
+	slices.SortFunc(out, func(a, b PoolStatus) int { return cmp.Compare(a.Database, b.Database) })
 	return out
 }
 
@@ -137,7 +138,7 @@ func (p *Proxy) Clients() []ClientStatus {
 		}
 		out = append(out, cs)
 	}
-	slices.SortFunc(out, func(a, b ClientStatus) int { return compare(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b ClientStatus) int { return cmp.Compare(a.ID, b.ID) })
 	return out
 }
 
@@ -171,7 +172,7 @@ func (p *Proxy) Servers() []ServerStatus {
 			add(b, "idle")
 		}
 	}
-	slices.SortFunc(out, func(a, b ServerStatus) int { return compare(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b ServerStatus) int { return cmp.Compare(a.ID, b.ID) })
 	return out
 }
 
@@ -225,16 +226,6 @@ func (p *Proxy) Kill(id uint32) bool {
 	p.metrics.ClientsReaped.WithLabelValues("kill").Inc()
 	c.closeWith(fatalf(codeAdminShutdown, "terminating connection due to administrator command (KILL %d)", id))
 	return true
-}
-
-func compare[T int | uint32 | uint64 | string](a, b T) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // SetReadOnly flips the read-only kill switch at run time; who is logged.

@@ -31,11 +31,14 @@ var stmtSeed = maphash.MakeSeed()
 
 // stmt is one client-named prepared statement.
 type stmt struct {
-	key   uint64 // hash of query text and parameter types
+	key   uint64 // hash of query text, parameter types and search_path
+	name  string // its name on servers, "pgg_<key>"
 	parse []byte // the Parse body after the name: query\0, int16 count, OIDs
 }
 
-func (s *stmt) serverName() string { return serverStmtName(s.key) }
+func newStmt(key uint64, parse []byte) *stmt {
+	return &stmt{key: key, name: serverStmtName(key), parse: append([]byte(nil), parse...)}
+}
 
 // stmtKey identifies a statement for sharing across clients on a server: its
 // text and parameter types, and the client's search_path, which decides
@@ -172,15 +175,15 @@ func (w *rewriter) message(msg []byte) {
 	typ, body := msg[0], msg[5:]
 	switch typ {
 	case 'P':
-		name, rest, ok := cstring(body)
-		if !ok || name == "" {
+		name, rest, ok := cbytes(body)
+		if !ok || len(name) == 0 {
 			w.out = append(w.out, msg...)
 			w.expect('1', false, 0)
 			w.b.unnamedOwner, w.b.unnamedGen = w.c, w.c.unnamedGen
 			return
 		}
-		st := &stmt{key: w.c.stmtKey(rest), parse: append([]byte(nil), rest...)}
-		w.c.setStmt(name, st)
+		st := newStmt(w.c.stmtKey(rest), rest)
+		w.c.setStmt(string(name), st)
 		if w.b.stmts.has(st.key) {
 			// Already prepared here: answer the client's Parse with a
 			// ParseComplete from a no-op Parse, closed at once.
@@ -192,9 +195,9 @@ func (w *rewriter) message(msg []byte) {
 		}
 		w.prepare(st, false)
 	case 'B':
-		portal, rest, _ := cstring(body)
-		name, params, ok := cstring(rest)
-		if ok && name == "" {
+		portal, rest, _ := cbytes(body)
+		name, params, ok := cbytes(rest)
+		if ok && len(name) == 0 {
 			w.ensureUnnamed()
 			w.out = append(w.out, msg...)
 			return
@@ -205,25 +208,28 @@ func (w *rewriter) message(msg []byte) {
 			return
 		}
 		w.ensure(st)
-		w.out = appendMsgParts(w.out, 'B', portal, "\x00", st.serverName(), "\x00", string(params))
+		out, at := beginMsg(w.out, 'B')
+		out = append(append(out, portal...), 0)
+		out = append(append(out, st.name...), 0)
+		w.out = endMsg(append(out, params...), at)
 	case 'D':
 		if unnamedStmtMessage(typ, body) {
 			w.ensureUnnamed()
 			w.out = append(w.out, msg...)
 			return
 		}
-		st := w.c.stmt(string(bytes.TrimSuffix(body[1:], []byte{0})))
+		st := w.c.stmt(bytes.TrimSuffix(body[1:], []byte{0}))
 		if st == nil {
 			w.out = append(w.out, msg...)
 			return
 		}
 		w.ensure(st)
-		w.out = appendMsgParts(w.out, 'D', "S", st.serverName(), "\x00")
+		w.out = appendMsgParts(w.out, 'D', "S", st.name, "\x00")
 	case 'C':
 		if body[0] == 'S' && len(body) > 1 && body[1] != 0 {
 			// The statement may serve other clients on this server: keep it,
 			// and let the server answer a Close of a name it does not have.
-			w.c.dropStmt(string(bytes.TrimSuffix(body[1:], []byte{0})))
+			w.c.dropStmt(bytes.TrimSuffix(body[1:], []byte{0}))
 			w.out = appendMsg(w.out, 'C', "Spgg_closed\x00")
 		} else {
 			w.out = append(w.out, msg...)
@@ -244,7 +250,8 @@ func (w *rewriter) ensureUnnamed() {
 	if w.c.unnamed == nil || w.b.unnamedOwner == w.c && w.b.unnamedGen == w.c.unnamedGen {
 		return
 	}
-	w.out = appendMsgParts(w.out, 'P', "\x00", string(w.c.unnamed))
+	out, at := beginMsg(w.out, 'P')
+	w.out = endMsg(append(append(out, 0), w.c.unnamed...), at)
 	w.expect('1', true, 0)
 	w.b.unnamedOwner, w.b.unnamedGen = w.c, w.c.unnamedGen
 }
@@ -267,9 +274,11 @@ func (w *rewriter) prepare(st *stmt, swallow bool) {
 	}
 	// Close the name first: whatever the server had under it (after a
 	// DISCARD ALL pgguard could not follow, say) cannot make the Parse fail.
-	w.out = appendMsgParts(w.out, 'C', "S", st.serverName(), "\x00")
+	w.out = appendMsgParts(w.out, 'C', "S", st.name, "\x00")
 	w.expect('3', true, 0)
-	w.out = appendMsgParts(w.out, 'P', st.serverName(), "\x00", string(st.parse))
+	out, at := beginMsg(w.out, 'P')
+	out = append(append(out, st.name...), 0)
+	w.out = endMsg(append(out, st.parse...), at)
 	w.expect('1', swallow, st.key)
 }
 
@@ -279,22 +288,17 @@ func (w *rewriter) expect(typ byte, swallow bool, key uint64) {
 
 // appendMsg appends a message with a string body.
 func appendMsg(dst []byte, typ byte, body string) []byte {
-	dst = append(dst, typ, 0, 0, 0, 0)
-	binary.BigEndian.PutUint32(dst[len(dst)-4:], uint32(len(body)+4))
-	return append(dst, body...)
+	dst, at := beginMsg(dst, typ)
+	return endMsg(append(dst, body...), at)
 }
 
+// appendMsgParts appends a message whose body is parts, concatenated.
 func appendMsgParts(dst []byte, typ byte, parts ...string) []byte {
-	n := 4
-	for _, p := range parts {
-		n += len(p)
-	}
-	dst = append(dst, typ, 0, 0, 0, 0)
-	binary.BigEndian.PutUint32(dst[len(dst)-4:], uint32(n))
+	dst, at := beginMsg(dst, typ)
 	for _, p := range parts {
 		dst = append(dst, p...)
 	}
-	return dst
+	return endMsg(dst, at)
 }
 
 // reply handles a ParseComplete or CloseComplete from the server (pump
@@ -332,8 +336,8 @@ func (b *backend) batchDone() {
 }
 
 // boundStmt returns the statement name of a Bind body.
-func boundStmt(body []byte) string {
-	_, rest, _ := cstring(body)
-	name, _, _ := cstring(rest)
+func boundStmt(body []byte) []byte {
+	_, rest, _ := cbytes(body)
+	name, _, _ := cbytes(rest)
 	return name
 }
