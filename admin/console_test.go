@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/pgguard/pgguard/limiter"
+
+	"github.com/pgguard/pgguard/internal/guardtest"
 )
 
 func TestConsoleShowViews(t *testing.T) {
@@ -60,7 +62,7 @@ func TestConsoleShowQueries(t *testing.T) {
 		e.logQuery("SELECT name\n  FROM users WHERE id = 42", 2*time.Millisecond)
 	}
 	e.logQuery("SELECT pg_sleep(0.05)", 50*time.Millisecond)
-	waitFor(t, "two shapes", func() bool { return e.ql.Stats().Len() == 2 })
+	guardtest.WaitFor(t, "two shapes", func() bool { return e.ql.Stats().Len() == 2 })
 
 	q := mustExec(t, con, "SHOW QUERIES")
 	want := []string{"fingerprint", "query", "calls", "errors", "rows", "total_ms", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms"}
@@ -214,7 +216,7 @@ func TestConsoleKill(t *testing.T) {
 		t.Fatalf("killed client got %v, want 57P01", err)
 	}
 	mustExec(t, bystander, "SELECT 1")
-	waitFor(t, "the victim to leave SHOW CLIENTS", func() bool {
+	guardtest.WaitFor(t, "the victim to leave SHOW CLIENTS", func() bool {
 		return !slices.Contains(mustExec(t, con, "SHOW CLIENTS").col(t, "application_name"), "victim")
 	})
 

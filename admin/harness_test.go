@@ -5,12 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -25,6 +22,8 @@ import (
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
 	"github.com/pgguard/pgguard/querylog"
+
+	"github.com/pgguard/pgguard/internal/guardtest"
 )
 
 // pg is the real PostgreSQL behind every pgguard these tests start.
@@ -79,11 +78,8 @@ func testConfig() *config.Config {
 // leaves no goroutine behind.
 func start(t *testing.T, cfg *config.Config) *env {
 	t.Helper()
-	checkGoroutines(t)
-	log := slog.New(slog.DiscardHandler)
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
+	guardtest.CheckGoroutines(t)
+	log := guardtest.Logger()
 	m := metrics.New()
 	ql, err := querylog.New(cfg.QueryLog, log)
 	if err != nil {
@@ -120,21 +116,13 @@ func start(t *testing.T, cfg *config.Config) *env {
 	e.http = httptest.NewServer(h.Handler())
 	e.client = &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.addr = ln.Addr().String()
-	done := make(chan struct{})
-	go func() { p.Serve(ln); close(done) }()
-	t.Cleanup(func() {
+	t.Cleanup(func() { // runs after Serve's cleanup has closed the proxy
 		e.client.CloseIdleConnections()
 		e.http.Close()
-		p.Close()
-		<-done
 		ql.Close()
 		lim.Close()
 	})
+	e.addr = guardtest.Serve(t, p)
 	return e
 }
 
@@ -261,18 +249,6 @@ func sqlState(err error) string {
 	return ""
 }
 
-// waitFor polls cond until it holds or 10 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // get fetches path from the HTTP endpoints and returns status and body.
 func (e *env) get(t *testing.T, path string) (int, string) {
 	t.Helper()
@@ -299,27 +275,4 @@ func (e *env) do(t *testing.T, method, path, body, user, pass string) (int, stri
 		t.Fatal(err)
 	}
 	return resp.StatusCode, string(b)
-}
-
-// checkGoroutines fails the test when goroutines it started outlive it.
-func checkGoroutines(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if n := runtime.NumGoroutine(); n > before {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			var keep []string
-			for _, g := range strings.Split(string(buf), "\n\n") {
-				if strings.Contains(g, "pgguard") {
-					keep = append(keep, g)
-				}
-			}
-			t.Errorf("goroutine leak: %d before, %d after\n%s", before, n, strings.Join(keep, "\n\n"))
-		}
-	})
 }

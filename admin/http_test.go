@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/pgguard/pgguard/querylog"
+
+	"github.com/pgguard/pgguard/internal/guardtest"
 )
 
 // contractMetrics are the metric names ../shared/CONTRACT.md fixes, plus the
@@ -176,7 +178,7 @@ func TestQueriesEndpoint(t *testing.T) {
 		e.logQuery("SELECT * FROM t WHERE id = 1", time.Duration(i+1)*time.Millisecond)
 	}
 	e.logQuery("SELECT pg_sleep(0.05)", 50*time.Millisecond)
-	waitFor(t, "two query shapes", func() bool { return e.ql.Stats().Len() == 2 })
+	guardtest.WaitFor(t, "two query shapes", func() bool { return e.ql.Stats().Len() == 2 })
 
 	code, body := e.get(t, "/queries?sort=calls")
 	if code != http.StatusOK {
@@ -215,7 +217,7 @@ func TestQueriesEndpoint(t *testing.T) {
 		t.Errorf("after reset: %s", body)
 	}
 	e.logQuery("SELECT 2", time.Millisecond)
-	waitFor(t, "one shape", func() bool { return e.ql.Stats().Len() == 1 })
+	guardtest.WaitFor(t, "one shape", func() bool { return e.ql.Stats().Len() == 1 })
 	if code, body := e.do(t, http.MethodDelete, "/queries", "", adminUser, adminPass); code != http.StatusNoContent || e.ql.Stats().Len() != 0 {
 		t.Errorf("DELETE /queries as admin: %d %s, %d shapes left", code, body, e.ql.Stats().Len())
 	}

@@ -18,6 +18,8 @@ import (
 	"github.com/pgguard/pgguard/internal/localpg"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/proxy"
+
+	"github.com/pgguard/pgguard/internal/guardtest"
 )
 
 // Failover tests run pgguard in front of two clusters of their own (the
@@ -163,7 +165,7 @@ func (l *load) firstServedBy(t *testing.T, port int, from time.Time) time.Time {
 func TestFailoverUnderLoad(t *testing.T) {
 	primary := startCluster(t, nil)
 	fallback := startCluster(t, nil)
-	checkGoroutines(t)
+	guardtest.CheckGoroutines(t)
 	ctx := context.Background()
 	for _, c := range []*localpg.Cluster{primary, fallback} {
 		if err := c.Exec(ctx, "CREATE TABLE fo (x int); GRANT ALL ON fo TO tester"); err != nil {
@@ -199,7 +201,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 	}
 	dead := time.Now()
 	firstOnFallback := l.firstServedBy(t, fallback.Port(), killed)
-	waitFor(t, "the switch to the fallback", func() bool { return g.Pools()[0].Upstream == "fallback" })
+	guardtest.WaitFor(t, "the switch to the fallback", func() bool { return g.Pools()[0].Upstream == "fallback" })
 	st := g.Pools()[0].Failover
 	if st.LastSwitch == nil {
 		t.Fatal("no switch recorded in the status")
@@ -238,7 +240,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 	}
 	up := time.Now()
 	firstBack := l.firstServedBy(t, primary.Port(), up)
-	waitFor(t, "the switch back", func() bool { return g.Pools()[0].Upstream == "primary" })
+	guardtest.WaitFor(t, "the switch back", func() bool { return g.Pools()[0].Upstream == "primary" })
 	backAt := g.Pools()[0].Failover.LastSwitch.At
 	t.Logf("primary restarted; switch back %s later, first query on the primary %s later",
 		backAt.Sub(up).Round(time.Millisecond), firstBack.Sub(up).Round(time.Millisecond))
@@ -257,7 +259,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 		t.Errorf("after failback: gauges %v/%v, switches %v", active("primary"), active("fallback"), switches())
 	}
 	// Fallback connections drained: none left idle or in use.
-	waitFor(t, "fallback connections to drain", func() bool {
+	guardtest.WaitFor(t, "fallback connections to drain", func() bool {
 		for _, s := range g.Servers() {
 			if s.Upstream == "fallback" {
 				return false
@@ -319,7 +321,7 @@ func TestPrimaryDiesUnderSessions(t *testing.T) {
 		_, err := running.Exec(ctx, "SELECT pg_sleep(60)")
 		sleepErr <- err
 	}()
-	waitFor(t, "pg_sleep to run", func() bool {
+	guardtest.WaitFor(t, "pg_sleep to run", func() bool {
 		n, err := primary.QueryInt(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'")
 		return err == nil && n == 1
 	})

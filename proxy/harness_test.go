@@ -3,12 +3,7 @@ package proxy_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"os"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -18,6 +13,8 @@ import (
 	"github.com/pgguard/pgguard/internal/localpg"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
+
+	"github.com/pgguard/pgguard/internal/guardtest"
 )
 
 // pg is the real PostgreSQL every test in this package talks to through pgguard.
@@ -80,29 +77,8 @@ func testConfig(mode string) *config.Config {
 // setup, when given, runs before Serve (to set hooks such as QueryLog).
 func startGuard(t testing.TB, cfg *config.Config, setup ...func(*proxy.Proxy)) *guard {
 	t.Helper()
-	m := metrics.New()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	p, err := proxy.New(cfg, log, m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range setup {
-		f(p)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { p.Serve(ln); close(done) }()
-	t.Cleanup(func() {
-		p.Close()
-		<-done
-	})
-	return &guard{Proxy: p, addr: ln.Addr().String(), metrics: m}
+	p, m, addr := guardtest.Start(t, cfg, setup...)
+	return &guard{Proxy: p, addr: addr, metrics: m}
 }
 
 // connect opens a pgx connection through g with the given exec mode.
@@ -133,43 +109,4 @@ func backendsOf(t testing.TB) int {
 		t.Fatal(err)
 	}
 	return int(n)
-}
-
-// waitFor polls cond until it holds or 10 s pass.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// checkGoroutines fails when goroutines started by the test outlive it.
-func checkGoroutines(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if n := runtime.NumGoroutine(); n > before {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			t.Errorf("goroutine leak: %d before, %d after\n%s", before, n, trimStacks(string(buf)))
-		}
-	})
-}
-
-func trimStacks(s string) string {
-	var keep []string
-	for _, g := range strings.Split(s, "\n\n") {
-		if strings.Contains(g, "pgguard") {
-			keep = append(keep, g)
-		}
-	}
-	return strings.Join(keep, "\n\n")
 }

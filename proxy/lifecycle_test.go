@@ -10,8 +10,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pgguard/pgguard/config"
+
+	"github.com/pgguard/pgguard/internal/guardtest"
 )
 
 // TestIdleInTransactionReaped: a client idle inside a transaction is closed
@@ -29,7 +32,7 @@ func TestIdleInTransactionReaped(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	waitFor(t, "server returned", func() bool { return g.Pools()[0].ServersIdle == 1 })
+	guardtest.WaitFor(t, "server returned", func() bool { return g.Pools()[0].ServersIdle == 1 })
 	t.Logf("idle-in-transaction client closed and its server returned %s after its last message (timeout 300ms)", time.Since(start).Round(time.Millisecond))
 	_, err := idle.Exec(ctx, "COMMIT")
 	var pe *pgconn.PgError
@@ -128,30 +131,19 @@ func TestLeakReported(t *testing.T) {
 	if _, err := leaky.Exec(ctx, "BEGIN"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "leak reported", func() bool {
+	guardtest.WaitFor(t, "leak reported", func() bool {
 		l := g.Status().Leaks
 		return len(l) == 1 && l[0].Application == "leaky-script"
 	})
-	waitFor(t, "leak counted", func() bool { return testutilCount(g, "pgguard_leak_warnings_total") == nil })
-}
-
-func testutilCount(g *guard, name string) error {
-	mfs, err := g.metrics.Registry.Gather()
-	if err != nil {
-		return err
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) > 0 && mf.GetMetric()[0].GetCounter().GetValue() >= 1 {
-			return nil
-		}
-	}
-	return errors.New(name + " not counted")
+	guardtest.WaitFor(t, "leak counted", func() bool {
+		return testutil.ToFloat64(g.metrics.LeakWarnings.WithLabelValues("leaky-script")) == 1
+	})
 }
 
 // TestLoginTimeout: a client that connects and says nothing is closed after
 // pool.login_timeout, holding nothing.
 func TestLoginTimeout(t *testing.T) {
-	checkGoroutines(t)
+	guardtest.CheckGoroutines(t)
 	cfg := testConfig("transaction")
 	cfg.Pool.LoginTimeout = config.D(300 * time.Millisecond)
 	g := startGuard(t, cfg)

@@ -27,6 +27,8 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgguard/pgguard/config"
+
+	"github.com/pgguard/pgguard/internal/guardtest"
 )
 
 func pgCode(err error) string {
@@ -51,7 +53,7 @@ func pgMessage(err error) string {
 func TestManyClientsFewServers(t *testing.T) {
 	for _, mode := range []string{"transaction", "session"} {
 		t.Run(mode, func(t *testing.T) {
-			checkGoroutines(t)
+			guardtest.CheckGoroutines(t)
 			ctx := context.Background()
 			table := "many_" + mode
 			if err := pg.Exec(ctx, fmt.Sprintf("DROP TABLE IF EXISTS %s; CREATE TABLE %s (client int, n int); GRANT ALL ON %s TO tester", table, table, table)); err != nil {
@@ -210,7 +212,7 @@ func TestLargeMessages(t *testing.T) {
 }
 
 func TestBadInput(t *testing.T) {
-	checkGoroutines(t)
+	guardtest.CheckGoroutines(t)
 	cfg := testConfig("transaction")
 	cfg.MaxMessageSize = 1 << 20
 	cfg.Pool.MaxClientConn = 3
@@ -347,7 +349,7 @@ func TestDisconnectMidTransaction(t *testing.T) {
 				}
 			}
 			a.PgConn().Conn().Close() // vanish without Terminate
-			waitFor(t, "server back in the pool", func() bool { return g.Pools()[0].ServersIdle == 1 })
+			guardtest.WaitFor(t, "server back in the pool", func() bool { return g.Pools()[0].ServersIdle == 1 })
 			b := connect(t, g.url("app"), pgx.QueryExecModeExec)
 			var n int64
 			var path string
@@ -402,11 +404,11 @@ func TestServerKilledWhileIdle(t *testing.T) {
 		go func(c *pgx.Conn) { defer wg.Done(); c.Exec(ctx, "SELECT pg_sleep(0.2)") }(c)
 	}
 	wg.Wait()
-	waitFor(t, "3 idle servers", func() bool { return g.Pools()[0].ServersIdle == 3 })
+	guardtest.WaitFor(t, "3 idle servers", func() bool { return g.Pools()[0].ServersIdle == 3 })
 	if err := pg.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'tester'"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "dead servers removed without a query", func() bool { return g.Pools()[0].ServersIdle == 0 })
+	guardtest.WaitFor(t, "dead servers removed without a query", func() bool { return g.Pools()[0].ServersIdle == 0 })
 	for i, c := range conns {
 		var n int
 		if err := c.QueryRow(ctx, "SELECT 1").Scan(&n); err != nil {
@@ -571,7 +573,7 @@ func TestShutdownLetsTransactionsFinish(t *testing.T) {
 		defer cancel()
 		shut <- g.Shutdown(sctx)
 	}()
-	waitFor(t, "idle client closed", func() bool {
+	guardtest.WaitFor(t, "idle client closed", func() bool {
 		_, err := idle.Exec(ctx, "SELECT 1")
 		return err != nil
 	})

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -87,7 +88,7 @@ func TestQueryLog(t *testing.T) {
 		if rec["database"] != "app" || rec["user"] != testUser || rec["upstream"] != "primary" {
 			t.Errorf("record fields: %v", rec)
 		}
-		if q, _ := rec["query"].(string); q == "" || containsAny(q, "secret-literal") {
+		if q, _ := rec["query"].(string); q == "" || strings.Contains(q, "secret-literal") {
 			t.Errorf("query text %q: want normalized, no literals", q)
 		}
 		if rec["sqlstate"] == "22012" {
@@ -97,19 +98,6 @@ func TestQueryLog(t *testing.T) {
 	if lines != 45 || errorsSeen != 5 {
 		t.Errorf("%d log lines (%d with 22012), want 45 (5)", lines, errorsSeen)
 	}
-}
-
-func containsAny(s, sub string) bool {
-	return len(sub) > 0 && len(s) >= len(sub) && indexOf(s, sub) >= 0
-}
-
-func indexOf(s, sub string) int {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return i
-		}
-	}
-	return -1
 }
 
 // TestPollingWorkerLimited: a worker polling every 50 ms under a 10/minute
@@ -147,7 +135,7 @@ func TestPollingWorkerLimited(t *testing.T) {
 		switch {
 		case err == nil:
 			admitted++
-		case pgCode(err) == "53400" && containsAny(pgMessage(err), `"workers"`):
+		case pgCode(err) == "53400" && strings.Contains(pgMessage(err), `"workers"`):
 			refused++
 		default:
 			t.Fatalf("worker: %v", err)

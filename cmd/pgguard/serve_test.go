@@ -20,6 +20,8 @@ import (
 
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/internal/localpg"
+
+	"github.com/pgguard/pgguard/internal/guardtest"
 )
 
 // lockedBuffer is an io.Writer safe for the logger's goroutines.
@@ -182,7 +184,7 @@ queries_per_minute = 600
 	}
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)
 	waitFile(t, qlog)
-	waitFor(t, "config reloaded in the log", func() bool { return strings.Contains(logs.String(), "config reloaded") })
+	guardtest.WaitFor(t, "config reloaded in the log", func() bool { return strings.Contains(logs.String(), "config reloaded") })
 	execOK(app, "SELECT 2 AS after_rotate")
 
 	// RELOAD from the console applies a new [[limits]] rule and [querylog].
@@ -254,16 +256,5 @@ func flatten(rs []*pgconn.Result) [][]byte {
 
 func waitFile(t *testing.T, path string) {
 	t.Helper()
-	waitFor(t, path+" to exist", func() bool { _, err := os.Stat(path); return err == nil })
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	guardtest.WaitFor(t, path+" to exist", func() bool { _, err := os.Stat(path); return err == nil })
 }

@@ -12,9 +12,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -27,6 +24,8 @@ import (
 	"github.com/pgguard/pgguard/internal/localpg"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
+
+	"github.com/pgguard/pgguard/internal/guardtest"
 )
 
 // pg is the PostgreSQL every test in this package reaches through pgguard.
@@ -78,26 +77,8 @@ func txConfig() *config.Config {
 // startGuard runs pgguard in-process on a free port until the test ends.
 func startGuard(t testing.TB, cfg *config.Config) *guard {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if os.Getenv("PGGUARD_TEST_LOG") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	m := metrics.New()
-	p, err := proxy.New(cfg, log, m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { p.Serve(ln); close(done) }()
-	t.Cleanup(func() {
-		p.Close()
-		<-done
-	})
-	return &guard{Proxy: p, addr: ln.Addr().String(), metrics: m}
+	p, m, addr := guardtest.Start(t, cfg)
+	return &guard{Proxy: p, addr: addr, metrics: m}
 }
 
 // startTxGuard runs pgguard with txConfig.
