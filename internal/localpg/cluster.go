@@ -11,7 +11,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -66,12 +65,8 @@ type Cluster struct {
 	opts   Options // with defaults
 	binDir string
 	acct   account
-	dir    string
 	port   int // fixed after Start, so Restart comes back on the same port
-
-	mu      sync.Mutex // guards proc and removed; held through starts and stops
-	proc    *proc      // the postmaster; nil while stopped
-	removed bool       // Stop has run: the directory is gone
+	served     // the postmaster and its directory
 }
 
 // Start initialises a cluster from the cached template, starts it, and
@@ -90,7 +85,7 @@ func Start(opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{opts: opts, binDir: binDir, acct: acct, dir: dir}
+	c := &Cluster{opts: opts, binDir: binDir, acct: acct, served: served{dir: dir}}
 	register(c)
 	if err := c.init(); err != nil {
 		c.Stop()
@@ -394,17 +389,6 @@ func (c *Cluster) Restart() error {
 // Stop stops the server and removes its directory. It is idempotent and
 // safe after a failed Start.
 func (c *Cluster) Stop() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.removed {
-		return nil
-	}
-	c.removed = true
-	unregister(c)
-	if c.proc != nil {
-		// Immediate: the data is about to go, so a checkpoint is wasted.
-		c.proc.stop(syscall.SIGQUIT, 10*time.Second)
-		c.proc = nil
-	}
-	return os.RemoveAll(c.dir)
+	// Immediate shutdown: the data is about to go, so a checkpoint is wasted.
+	return c.stopAndRemove(c, syscall.SIGQUIT, 10*time.Second)
 }

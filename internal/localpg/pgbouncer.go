@@ -10,7 +10,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -45,13 +44,9 @@ type PgBouncerOptions struct {
 // PgBouncer is a PgBouncer process on 127.0.0.1, for comparison benchmarks
 // and for tests of pgguard behind or beside another pooler.
 type PgBouncer struct {
-	opts PgBouncerOptions // with defaults
-	dir  string
-	port int
-
-	mu      sync.Mutex // guards proc and removed
-	proc    *proc      // nil until started
-	removed bool       // Stop has run: the directory is gone
+	opts   PgBouncerOptions // with defaults
+	port   int
+	served // the pgbouncer process and its directory
 }
 
 // StartPgBouncer writes a configuration into a temporary directory and
@@ -94,7 +89,7 @@ func StartPgBouncer(opts PgBouncerOptions) (*PgBouncer, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &PgBouncer{opts: opts, dir: dir}
+	b := &PgBouncer{opts: opts, served: served{dir: dir}}
 	register(b)
 	if err := b.start(acct, bin); err != nil {
 		b.Stop()
@@ -227,17 +222,4 @@ func (b *PgBouncer) LogFile() string { return filepath.Join(b.dir, "pgbouncer.lo
 
 // Stop shuts PgBouncer down (SIGTERM: immediate) and removes its directory.
 // It is idempotent and safe after a failed start.
-func (b *PgBouncer) Stop() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.removed {
-		return nil
-	}
-	b.removed = true
-	unregister(b)
-	if b.proc != nil {
-		b.proc.stop(syscall.SIGTERM, 5*time.Second)
-		b.proc = nil
-	}
-	return os.RemoveAll(b.dir)
-}
+func (b *PgBouncer) Stop() error { return b.stopAndRemove(b, syscall.SIGTERM, 5*time.Second) }

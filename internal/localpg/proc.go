@@ -335,3 +335,29 @@ func childEnv() []string {
 	}
 	return append(env, "LC_ALL=C")
 }
+
+// served is what every throwaway server has: its process and its directory.
+type served struct {
+	dir     string
+	mu      sync.Mutex // guards proc and removed; held through starts and stops
+	proc    *proc      // nil while stopped
+	removed bool       // Stop has run: the directory is gone
+}
+
+// stopAndRemove stops the process with sig (then SIGKILL after grace) and
+// removes the directory; owner leaves the set Cleanup stops. Idempotent and
+// safe after a failed start.
+func (s *served) stopAndRemove(owner stopper, sig syscall.Signal, grace time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.removed {
+		return nil
+	}
+	s.removed = true
+	unregister(owner)
+	if s.proc != nil {
+		s.proc.stop(sig, grace)
+		s.proc = nil
+	}
+	return os.RemoveAll(s.dir)
+}

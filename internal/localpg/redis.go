@@ -4,10 +4,8 @@ import (
 	"bufio"
 	"errors"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -15,13 +13,9 @@ import (
 // Redis is a redis-server on 127.0.0.1 without persistence, for the
 // fleet-wide limiter.
 type Redis struct {
-	bin  string
-	dir  string
-	port int
-
-	mu      sync.Mutex // guards proc and removed; held through starts and stops
-	proc    *proc      // nil while killed
-	removed bool       // Stop has run: the directory is gone
+	bin    string
+	port   int
+	served // redis-server and its directory; proc is nil while killed
 }
 
 // redisStartTimeout bounds a start of redis-server.
@@ -39,7 +33,7 @@ func StartRedis() (*Redis, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Redis{bin: bin, dir: dir}
+	r := &Redis{bin: bin, served: served{dir: dir}}
 	register(r)
 	if err := r.start(); err != nil {
 		r.Stop()
@@ -150,17 +144,4 @@ func (r *Redis) Restart() error {
 }
 
 // Stop kills redis-server and removes its directory. It is idempotent.
-func (r *Redis) Stop() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.removed {
-		return nil
-	}
-	r.removed = true
-	unregister(r)
-	if r.proc != nil {
-		r.proc.stop(syscall.SIGKILL, 0)
-		r.proc = nil
-	}
-	return os.RemoveAll(r.dir)
-}
+func (r *Redis) Stop() error { return r.stopAndRemove(r, syscall.SIGKILL, 0) }
