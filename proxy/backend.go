@@ -59,6 +59,7 @@ type backend struct {
 	replies   []pendingReply
 	syncsSent uint64
 	syncsDone uint64
+	answered  chan struct{} // closed when pending reaches 0, for awaitAnswered
 	// cancels counts CancelRequests in flight for this connection; a release
 	// meanwhile is held (held=true) so the cancel cannot hit the next client.
 	cancels  int
@@ -221,8 +222,9 @@ func (b *backend) relay(data []byte) {
 			b.commandComplete(body)
 		case 'E':
 			b.serverError(body)
-			if e := b.timeoutError(body); e != nil && end-len(body)-5 >= start {
-				// Say why: the client asked for nothing, pgguard cancelled it.
+			if e := b.replacementError(body); e != nil && end-len(body)-5 >= start {
+				// Say why in the client's terms: a query_timeout cancel, or
+				// the client's name for a duplicate statement.
 				b.forward(data[start : end-len(body)-5])
 				b.forward(e.encode(nil))
 				start = end
@@ -250,6 +252,10 @@ func (b *backend) readyForQuery(status byte, data []byte, start, end int) int {
 	}
 	b.syncsDone++
 	b.batchDone()
+	if b.pending == 0 && b.answered != nil {
+		close(b.answered)
+		b.answered = nil
+	}
 	if b.prelude > 0 {
 		b.prelude--
 		b.unitAborted = false // the sync's own errors are not the client's
@@ -377,6 +383,14 @@ func (b *backend) died(err error) {
 	}
 	b.conn.Close()
 	b.mu.Lock()
+	for _, r := range b.replies {
+		b.skipped(r)
+	}
+	b.replies = nil
+	if b.answered != nil {
+		close(b.answered)
+		b.answered = nil
+	}
 	c := b.client
 	b.client = nil
 	resetting := b.resets > 0
@@ -456,6 +470,22 @@ func (b *backend) unitDone() {
 	b.unitAborted = false
 }
 
+// awaitAnswered waits until b has answered every sync point sent, while it
+// stays linked to c.
+func (b *backend) awaitAnswered(c *client) {
+	b.mu.Lock()
+	for b.client == c && b.pending > 0 {
+		if b.answered == nil {
+			b.answered = make(chan struct{})
+		}
+		ch := b.answered
+		b.mu.Unlock()
+		<-ch
+		b.mu.Lock()
+	}
+	b.mu.Unlock()
+}
+
 // markTimedOut flags the running query of c as cancelled for
 // pool.query_timeout; false if it already is, or c no longer holds b.
 func (b *backend) markTimedOut(c *client) bool {
@@ -468,17 +498,23 @@ func (b *backend) markTimedOut(c *client) bool {
 	return true
 }
 
-// timeoutError returns the error to give the client in place of the
-// server's 57014 after a query_timeout cancel, or nil.
-func (b *backend) timeoutError(body []byte) *Error {
+// replacementError returns the error to give the client in place of a
+// server error pgguard caused: 57014 after a query_timeout cancel, 42P05 of
+// rewriter.duplicate. Otherwise nil.
+func (b *backend) replacementError(body []byte) *Error {
+	_, code := errorFields(body)
 	b.mu.Lock()
+	if e := b.duplicateError(code); e != nil {
+		b.mu.Unlock()
+		return e
+	}
 	if !b.timedOut {
 		b.mu.Unlock()
 		return nil
 	}
 	b.timedOut = false
 	b.mu.Unlock()
-	if _, code := errorFields(body); code != codeQueryCanceled {
+	if code != codeQueryCanceled {
 		return nil
 	}
 	return errorf(codeQueryCanceled, "canceling statement: it ran longer than pool.query_timeout = %s; raise pool.query_timeout or speed the query up",

@@ -55,6 +55,10 @@ type client struct {
 	// Named prepared statements, by client name (transaction mode).
 	// Owned by the client goroutine.
 	stmts map[string]*stmt
+	// Parse/Close messages sent whose outcome may be unknown (see stmtOp),
+	// and where they stand: in the batch under way, or in one already sent.
+	stmtOps     []*stmtOp
+	stmtOpState uint8
 	// The client's last unnamed Parse (body after the name) and its number:
 	// re-sent when a later Bind or Describe of "" lands on another server.
 	unnamed    []byte
@@ -242,6 +246,15 @@ func (c *client) process() error {
 			break
 		}
 		body := data[pos+5 : end]
+		if transaction && c.stmtOpState == stmtOpsBehind && namedStmtMessage(typ, body) {
+			// A statement name after a batch whose Parse or Close of one
+			// may yet be skipped: send what came before and learn how it went.
+			if err := c.send(data[from:pos], syncs, lead, slow); err != nil {
+				return err
+			}
+			from, syncs, lead, slow = pos, 0, 0, false
+			c.awaitStmtOps()
+		}
 		if readOnly {
 			if v := c.p.guard(typ, body, c); v.Write {
 				if err := c.send(data[from:pos], syncs, lead, slow); err != nil {
@@ -269,6 +282,7 @@ func (c *client) process() error {
 		case 'Q':
 			syncs++
 			queries++
+			c.stmtOpsSynced()
 			c.unnamedSeen = 2
 			c.noteEffect(queryText(body))
 			c.noteQuery(queryText(body), false)
@@ -282,20 +296,29 @@ func (c *client) process() error {
 					c.unnamedGen++
 					c.unnamedSeen = 1
 				}
-				slow = slow || (transaction && len(name) > 0)
+				if transaction && len(name) > 0 {
+					slow = true
+					c.stmtOpState = stmtOpsOpen
+				}
 				if !transaction && len(name) > 0 {
 					c.setStmt(string(name), &stmt{parse: append([]byte(nil), rest...)}) // for the read-only guard
 				}
 			}
 		case 'C':
 			c.expect = append(c.expect, expectedReply{'3', syncs})
-			slow = slow || (transaction && namedStmtMessage(typ, body))
+			if transaction && namedStmtMessage(typ, body) {
+				slow = true
+				c.stmtOpState = stmtOpsOpen
+			}
 		case 'B', 'D':
 			slow = slow || (transaction && (namedStmtMessage(typ, body) ||
 				c.unnamedSeen != 1 && c.unnamed != nil && unnamedStmtMessage(typ, body)))
 			if typ == 'B' {
 				if st := c.stmt(boundStmt(body)); st != nil {
 					c.batchText = c.intern(queryText(st.parse))
+					if st.effect != nil { // a cached SET run again, say
+						c.effects = append(c.effects, st.effect)
+					}
 				}
 			}
 		case 'E':
@@ -303,6 +326,7 @@ func (c *client) process() error {
 			c.batchExec = true
 		case 'S', 'F':
 			syncs++
+			c.stmtOpsSynced()
 			c.queued = append(c.queued, pendingQuery{text: c.batchText, query: c.batchExec, extended: true})
 			c.batchText, c.batchExec = "", false
 		}
@@ -527,6 +551,20 @@ type expectedReply struct {
 	syncs int
 }
 
+// Where a client's Parse/Close messages of named statements stand.
+const (
+	stmtOpsNone   = iota
+	stmtOpsOpen   // in the batch under way: later messages of it see their effect
+	stmtOpsBehind // in a batch sent before: the server may yet skip them
+)
+
+// stmtOpsSynced notes a sync point: a batch with Parse/Close messages ends.
+func (c *client) stmtOpsSynced() {
+	if c.stmtOpState == stmtOpsOpen {
+		c.stmtOpState = stmtOpsBehind
+	}
+}
+
 // setStmt and friends keep the client's named prepared statements.
 func (c *client) setStmt(name string, st *stmt) {
 	if c.stmts == nil {
@@ -537,8 +575,6 @@ func (c *client) setStmt(name string, st *stmt) {
 
 // stmt looks a statement up by a name still in the read buffer (no copy).
 func (c *client) stmt(name []byte) *stmt { return c.stmts[string(name)] }
-
-func (c *client) dropStmt(name []byte) { delete(c.stmts, string(name)) }
 
 // applyEffects applies the session effects of the statements being sent to
 // client c and its server b (b.mu held).
@@ -561,6 +597,8 @@ func (c *client) applyEffects(b *backend) {
 		}
 		if e.dropAll {
 			c.stmts = nil
+			clear(c.stmtOps)
+			c.stmtOps = c.stmtOps[:0]
 			b.stmts.clear()
 		}
 	}

@@ -28,6 +28,7 @@ const (
 	codeProtocolViolation  = "08P01"
 	codeUnknownDatabase    = "3D000"
 	codeFeatureUnsupported = "0A000"
+	codeDuplicatePstmt     = "42P05"
 )
 
 // Error is an error pgguard reports to a client as an ErrorResponse. Message

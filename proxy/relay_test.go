@@ -134,10 +134,10 @@ func TestNamedBindRewriteAllocs(t *testing.T) {
 	c := &client{}
 	st := newStmt(42, []byte("SELECT $1\x00\x00\x00"))
 	c.setStmt("s1", st)
-	b := &backend{}
-	b.stmts.add(st.key)
+	b := &backend{syncsDone: 1} // prepared by batch 0, answered
+	b.stmts.add(st.key, 0)
 	bind, _ := (&pgproto3.Bind{PreparedStatement: "s1", Parameters: [][]byte{[]byte("4711")}}).Encode(nil)
-	w := rewriter{c: c, b: b}
+	w := rewriter{c: c, b: b, batch: 1}
 	allocs := testing.AllocsPerRun(200, func() {
 		w.out = w.out[:0]
 		w.message(bind)

@@ -26,18 +26,36 @@ import (
 // FIFO of what to do with each ('forward' or 'swallow') per batch is enough.
 // After an error the server skips to Sync and never answers the rest of the
 // batch; its entries are dropped at the batch's ReadyForQuery.
+//
+// A client's Parse or Close of a name changes its statements at once, as a
+// stmtOp the server may yet skip; a skipped one is undone. A later batch
+// that names a statement while such an outcome is unknown waits for it
+// (client.awaitStmtOps), as the server itself would have decided it first.
 
 var stmtSeed = maphash.MakeSeed()
 
 // stmt is one client-named prepared statement.
 type stmt struct {
-	key   uint64 // hash of query text, parameter types and search_path
-	name  string // its name on servers, "pgg_<key>"
-	parse []byte // the Parse body after the name: query\0, int16 count, OIDs
+	key    uint64  // hash of query text, parameter types and search_path
+	name   string  // its name on servers, "pgg_<key>"
+	parse  []byte  // the Parse body after the name: query\0, int16 count, OIDs
+	effect *effect // what executing it does to session state, or nil
 }
 
 func newStmt(key uint64, parse []byte) *stmt {
-	return &stmt{key: key, name: serverStmtName(key), parse: append([]byte(nil), parse...)}
+	parse = append([]byte(nil), parse...)
+	return &stmt{key: key, name: serverStmtName(key), parse: parse, effect: statementEffect(queryText(parse))}
+}
+
+// stmtOp is a client's Parse or Close of a named statement, applied to
+// client.stmts when sent; if the server skips it (an error earlier in its
+// batch) or fails it, the pump marks it skipped and the client goroutine
+// puts prev back.
+type stmtOp struct {
+	name    string
+	prev    *stmt  // what name meant before; nil: nothing
+	skipped bool   // set by the pump under the backend's mu
+	dup     string // for the Parse pgguard makes fail: the client's name
 }
 
 // stmtKey identifies a statement for sharing across clients on a server: its
@@ -64,32 +82,44 @@ type pendingReply struct {
 	swallow bool   // pgguard's own request: the client must not see the reply
 	batch   uint64 // sync points sent before the request: the batch it belongs to
 	key     uint64 // for a Parse: the statement it prepares, 0 for unnamed
+	op      *stmtOp
 }
 
 // serverStmts is a server connection's prepared statements, most recently
-// used at the front. Guarded by the backend's mu.
+// used at the front, each with the batch that prepared it. Guarded by the
+// backend's mu.
 type serverStmts struct {
-	lru  list.List
+	lru  list.List // of serverStmt
 	byID map[uint64]*list.Element
 }
 
-func (s *serverStmts) has(key uint64) bool {
+type serverStmt struct{ key, batch uint64 }
+
+// batch returns the batch that prepared key, marking it used.
+func (s *serverStmts) batch(key uint64) (uint64, bool) {
 	if e, ok := s.byID[key]; ok {
 		s.lru.MoveToFront(e)
-		return true
+		return e.Value.(serverStmt).batch, true
 	}
-	return false
+	return 0, false
 }
 
-func (s *serverStmts) add(key uint64) {
+// add records key as prepared by batch.
+func (s *serverStmts) add(key, batch uint64) {
+	if e, ok := s.byID[key]; ok {
+		e.Value = serverStmt{key, batch}
+		s.lru.MoveToFront(e)
+		return
+	}
 	if s.byID == nil {
 		s.byID = make(map[uint64]*list.Element)
 	}
-	s.byID[key] = s.lru.PushFront(key)
+	s.byID[key] = s.lru.PushFront(serverStmt{key, batch})
 }
 
-func (s *serverStmts) remove(key uint64) {
-	if e, ok := s.byID[key]; ok {
+// removeIf forgets key if batch prepared it last: a Parse the server skipped.
+func (s *serverStmts) removeIf(key, batch uint64) {
+	if e, ok := s.byID[key]; ok && e.Value.(serverStmt).batch == batch {
 		s.lru.Remove(e)
 		delete(s.byID, key)
 	}
@@ -101,7 +131,7 @@ func (s *serverStmts) evict(max int) (uint64, bool) {
 		return 0, false
 	}
 	e := s.lru.Back()
-	key := e.Value.(uint64)
+	key := e.Value.(serverStmt).key
 	s.lru.Remove(e)
 	delete(s.byID, key)
 	return key, true
@@ -178,22 +208,27 @@ func (w *rewriter) message(msg []byte) {
 		name, rest, ok := cbytes(body)
 		if !ok || len(name) == 0 {
 			w.out = append(w.out, msg...)
-			w.expect('1', false, 0)
+			w.expect('1', false, 0, nil)
 			w.b.unnamedOwner, w.b.unnamedGen = w.c, w.c.unnamedGen
 			return
 		}
-		st := newStmt(w.c.stmtKey(rest), rest)
-		w.c.setStmt(string(name), st)
-		if w.b.stmts.has(st.key) {
-			// Already prepared here: answer the client's Parse with a
-			// ParseComplete from a no-op Parse, closed at once.
-			w.out = appendMsg(w.out, 'P', "pgg_noop\x00\x00\x00\x00")
-			w.expect('1', false, 0)
-			w.out = appendMsg(w.out, 'C', "Spgg_noop\x00")
-			w.expect('3', true, 0)
+		if w.c.stmt(name) != nil {
+			w.duplicate(string(name))
 			return
 		}
-		w.prepare(st, false)
+		st := newStmt(w.c.stmtKey(rest), rest)
+		op := w.c.changeStmt(string(name), st)
+		if w.held(st.key) {
+			// Already prepared here: answer the client's Parse with a
+			// ParseComplete from a no-op Parse, closed at once. Not an empty
+			// query: that one would pass in an aborted transaction.
+			w.out = appendMsg(w.out, 'P', "pgg_noop\x00SELECT\x00\x00\x00")
+			w.expect('1', false, 0, op)
+			w.out = appendMsg(w.out, 'C', "Spgg_noop\x00")
+			w.expect('3', true, 0, nil)
+			return
+		}
+		w.prepare(st, false, op)
 	case 'B':
 		portal, rest, _ := cbytes(body)
 		name, params, ok := cbytes(rest)
@@ -226,21 +261,38 @@ func (w *rewriter) message(msg []byte) {
 		w.ensure(st)
 		w.out = appendMsgParts(w.out, 'D', "S", st.name, "\x00")
 	case 'C':
+		var op *stmtOp
 		if body[0] == 'S' && len(body) > 1 && body[1] != 0 {
 			// The statement may serve other clients on this server: keep it,
 			// and let the server answer a Close of a name it does not have.
-			w.c.dropStmt(bytes.TrimSuffix(body[1:], []byte{0}))
+			if name := bytes.TrimSuffix(body[1:], []byte{0}); w.c.stmt(name) != nil {
+				op = w.c.changeStmt(string(name), nil)
+			}
 			w.out = appendMsg(w.out, 'C', "Spgg_closed\x00")
 		} else {
 			w.out = append(w.out, msg...)
 		}
-		w.expect('3', false, 0)
+		w.expect('3', false, 0, op)
 	default:
 		w.out = append(w.out, msg...)
 		if typ == 'S' || typ == 'Q' || typ == 'F' {
 			w.batch++
 		}
 	}
+}
+
+// duplicate answers a Parse of a name the client already has as PostgreSQL
+// does, with 42P05 from the server, so the rest of the batch is skipped in
+// stream order: pgguard parses "pgg_dup" twice, and the pump puts the
+// client's name in the second Parse's error.
+func (w *rewriter) duplicate(name string) {
+	w.out = appendMsg(w.out, 'C', "Spgg_dup\x00")
+	w.expect('3', true, 0, nil)
+	for i := 0; i < 2; i++ {
+		w.out = appendMsg(w.out, 'P', "pgg_dup\x00SELECT\x00\x00\x00")
+	}
+	w.expect('1', true, 0, nil)
+	w.expect('1', false, 0, &stmtOp{dup: name})
 }
 
 // ensureUnnamed re-parses the client's unnamed statement, invisibly, when
@@ -252,38 +304,48 @@ func (w *rewriter) ensureUnnamed() {
 	}
 	out, at := beginMsg(w.out, 'P')
 	w.out = endMsg(append(append(out, 0), w.c.unnamed...), at)
-	w.expect('1', true, 0)
+	w.expect('1', true, 0, nil)
 	w.b.unnamedOwner, w.b.unnamedGen = w.c, w.c.unnamedGen
 }
 
-// ensure prepares st on the server first when it lacks it; the client never
-// sees that ParseComplete.
+// held reports whether the server surely holds key for the batch under way:
+// prepared by a batch it has answered, or by this very batch (if that Parse
+// is skipped, so is what follows it). A Parse in an earlier batch still in
+// flight may yet be skipped.
+func (w *rewriter) held(key uint64) bool {
+	batch, ok := w.b.stmts.batch(key)
+	return ok && (batch < w.b.syncsDone || batch == w.batch)
+}
+
+// ensure prepares st on the server first when it may lack it; the client
+// never sees that ParseComplete.
 func (w *rewriter) ensure(st *stmt) {
-	if !w.b.stmts.has(st.key) {
-		w.prepare(st, true)
+	if !w.held(st.key) {
+		w.prepare(st, true, nil)
 	}
 }
 
 // prepare sends a Parse of st under its server name, evicting the least used
 // statement when the server holds pool.max_prepared_statements already.
-func (w *rewriter) prepare(st *stmt, swallow bool) {
-	w.b.stmts.add(st.key)
+func (w *rewriter) prepare(st *stmt, swallow bool, op *stmtOp) {
+	w.b.stmts.add(st.key, w.batch)
 	if old, ok := w.b.stmts.evict(w.max); ok {
 		w.out = appendMsgParts(w.out, 'C', "S", serverStmtName(old), "\x00")
-		w.expect('3', true, 0)
+		w.expect('3', true, 0, nil)
 	}
 	// Close the name first: whatever the server had under it (after a
-	// DISCARD ALL pgguard could not follow, say) cannot make the Parse fail.
+	// DISCARD ALL pgguard could not follow, or a Parse in a batch still in
+	// flight) cannot make the Parse fail.
 	w.out = appendMsgParts(w.out, 'C', "S", st.name, "\x00")
-	w.expect('3', true, 0)
+	w.expect('3', true, 0, nil)
 	out, at := beginMsg(w.out, 'P')
 	out = append(append(out, st.name...), 0)
 	w.out = endMsg(append(out, st.parse...), at)
-	w.expect('1', swallow, st.key)
+	w.expect('1', swallow, st.key, op)
 }
 
-func (w *rewriter) expect(typ byte, swallow bool, key uint64) {
-	w.b.replies = append(w.b.replies, pendingReply{typ: typ, swallow: swallow, batch: w.batch, key: key})
+func (w *rewriter) expect(typ byte, swallow bool, key uint64, op *stmtOp) {
+	w.b.replies = append(w.b.replies, pendingReply{typ: typ, swallow: swallow, batch: w.batch, key: key, op: op})
 }
 
 // appendMsg appends a message with a string body.
@@ -318,21 +380,72 @@ func (b *backend) reply(typ byte) (swallow bool) {
 }
 
 // batchDone drops the expectations of a batch the server finished: requests
-// it skipped after an error never get a reply, and a statement whose Parse
-// was skipped is not prepared on the server.
+// it skipped after an error never get a reply, a statement whose Parse was
+// skipped is not prepared on the server, and the client's skipped Parse or
+// Close is to be undone.
 func (b *backend) batchDone() {
-	done := b.syncsDone
 	i := 0
-	for i < len(b.replies) && b.replies[i].batch < done {
-		if r := b.replies[i]; r.typ == '1' && r.key != 0 {
-			b.stmts.remove(r.key)
-		}
+	for i < len(b.replies) && b.replies[i].batch < b.syncsDone {
+		b.skipped(b.replies[i])
 		i++
 	}
 	b.replies = b.replies[i:]
 	if len(b.replies) == 0 {
 		b.replies = b.replies[:0:0]
 	}
+}
+
+// skipped records that the server never answered r (mu held).
+func (b *backend) skipped(r pendingReply) {
+	if r.typ == '1' && r.key != 0 {
+		b.stmts.removeIf(r.key, r.batch)
+	}
+	if r.op != nil {
+		r.op.skipped = true
+	}
+}
+
+// duplicateError returns the error for the client in place of the server's
+// 42P05 for "pgg_dup" (see rewriter.duplicate), or nil (mu held).
+func (b *backend) duplicateError(code string) *Error {
+	if code != codeDuplicatePstmt || len(b.replies) == 0 || b.replies[0].op == nil || b.replies[0].op.dup == "" {
+		return nil
+	}
+	return errorf(codeDuplicatePstmt, "prepared statement %q already exists", b.replies[0].op.dup)
+}
+
+// changeStmt gives name the meaning st (nil: closed) when a Parse or Close
+// is sent, and returns the operation, to be undone if the server skips it.
+func (c *client) changeStmt(name string, st *stmt) *stmtOp {
+	op := &stmtOp{name: name, prev: c.stmts[name]}
+	if st == nil {
+		delete(c.stmts, name)
+	} else {
+		c.setStmt(name, st)
+	}
+	c.stmtOps = append(c.stmtOps, op)
+	return op
+}
+
+// awaitStmtOps waits until the linked server has answered every batch sent,
+// so the outcome of the client's Parse and Close messages is known, and
+// undoes those it skipped (latest first).
+func (c *client) awaitStmtOps() {
+	if b := c.server.Load(); b != nil {
+		b.awaitAnswered(c)
+	}
+	for i := len(c.stmtOps) - 1; i >= 0; i-- {
+		if op := c.stmtOps[i]; op.skipped {
+			if op.prev == nil {
+				delete(c.stmts, op.name)
+			} else {
+				c.stmts[op.name] = op.prev
+			}
+		}
+	}
+	clear(c.stmtOps)
+	c.stmtOps = c.stmtOps[:0]
+	c.stmtOpState = stmtOpsNone
 }
 
 // boundStmt returns the statement name of a Bind body.

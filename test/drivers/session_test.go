@@ -70,6 +70,15 @@ func TestSessionStateLikeDirect(t *testing.T) {
 			p.do(p.b, "SHOW statement_timeout")
 		},
 	}, {
+		name: "a cached SET run again stays with its client",
+		run: func(p *sessionProbe) {
+			p.do(p.a, "SET statement_timeout = '1111s'")
+			p.do(p.a, "SET statement_timeout = '2222s'")
+			p.do(p.a, "SET statement_timeout = '1111s'") // no Parse: pgx has it cached
+			p.do(p.b, "SHOW statement_timeout")
+			p.do(p.a, "SHOW statement_timeout")
+		},
+	}, {
 		name: "set_config of search_path stays with its client",
 		run: func(p *sessionProbe) {
 			p.do(p.a, "SELECT set_config('search_path', 'edge_int', false)")
