@@ -40,6 +40,7 @@ type backend struct {
 	swallowZ int     // lone ReadyForQuerys to swallow (a Sync pgguard added)
 	roGen    uint64  // read-only switch generation the server was synced for
 	synced   *client // the linked client whose parameters b was brought in line with
+	announce bool    // the sync under way restores startup values: forward its ParameterStatus
 	// What the server holds: parameter values as reported (params) and at
 	// connect (initial), custom parameters set, prepared statements.
 	params  map[string]string
@@ -127,9 +128,11 @@ func (b *backend) prepareSend(c *client, p []byte, syncs, lead int, open, slow b
 	out := p
 	var sync string
 	gen := c.p.roGen.Load()
-	if b.synced != c || b.roGen != gen && b.txStatus == 'I' {
+	if (b.synced != c || b.roGen != gen && b.txStatus == 'I') && b.pending == 0 {
 		b.synced, b.roGen = c, gen
 		sync = syncSQL(c, b, c.p.cfg.Load().ReadOnly)
+		b.announce = sync != "" && c.want.announce
+		c.want.announce = false
 	}
 	if c.swallowZ {
 		b.swallowZ++
@@ -230,7 +233,9 @@ func (b *backend) relay(data []byte) {
 				start = end
 			}
 		case 'S':
-			b.parameterStatus(body)
+			if b.parameterStatus(body) {
+				b.forward(data[end-len(body)-5 : end])
+			}
 		}
 	})
 	stop := len(data) - b.in.nhdr
@@ -258,6 +263,7 @@ func (b *backend) readyForQuery(status byte, data []byte, start, end int) int {
 	}
 	if b.prelude > 0 {
 		b.prelude--
+		b.announce = false
 		b.unitAborted = false // the sync's own errors are not the client's
 		b.mu.Unlock()
 		return end // session parameter sync replies are swallowed
@@ -356,22 +362,25 @@ func (b *backend) serverError(body []byte) {
 	b.mu.Unlock()
 }
 
-// parameterStatus keeps the server's reported parameter values current.
-func (b *backend) parameterStatus(body []byte) {
+// parameterStatus keeps the server's reported parameter values current. It
+// reports whether the client must see one that comes in a session sync,
+// which pgguard otherwise swallows.
+func (b *backend) parameterStatus(body []byte) (announce bool) {
 	name, rest, ok := cstring(body)
 	if !ok {
-		return
+		return false
 	}
 	value, _, ok := cstring(rest)
 	if !ok {
-		return
+		return false
 	}
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.params[name] = value
 	if c := b.client; c != nil && b.prelude == 0 && reportedParams[name] {
 		c.want.reported.set(name, value) // the client SET it
 	}
-	b.mu.Unlock()
+	return b.prelude > 0 && b.announce
 }
 
 // died handles the end of the server connection: out of the pool if idle; the
@@ -451,17 +460,16 @@ func (b *backend) reset(c *client, discardAll bool) {
 	}
 }
 
-// unitDone settles the SETs of a finished unit of work (mu held): they stick,
-// for the client and the server, unless it was rolled back.
+// unitDone settles the SETs and RESETs of a finished unit of work (mu
+// held): they stick, for the client and the server, unless it was rolled
+// back. A RESET to a value the client gave at startup is redone by the
+// next sync, before the client's next message runs.
 func (b *backend) unitDone() {
 	if c := b.client; c != nil && !b.unitAborted {
 		for _, e := range b.staged {
-			if e.v == "" {
-				c.want.custom.del(e.k)
-				b.custom.del(e.k)
-			} else {
-				c.want.custom.set(e.k, e.v)
-				b.custom.set(e.k, e.v)
+			if c.want.apply(e, &b.custom) {
+				b.synced = nil
+				c.want.announce = true
 			}
 		}
 	}

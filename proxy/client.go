@@ -59,6 +59,9 @@ type client struct {
 	// and where they stand: in the batch under way, or in one already sent.
 	stmtOps     []*stmtOp
 	stmtOpState uint8
+	// stmtsDropped: the server ran the client's DISCARD ALL or DEALLOCATE
+	// ALL; set by the pump, acted on before the next message.
+	stmtsDropped atomic.Bool
 	// The client's last unnamed Parse (body after the name) and its number:
 	// re-sent when a later Bind or Describe of "" lands on another server.
 	unnamed    []byte
@@ -208,6 +211,7 @@ func inspectClient(typ byte) bool {
 // process forwards every complete message in buf (and the available part of
 // large messages pgguard need not read) to the server, acquiring one first.
 func (c *client) process() error {
+	c.dropStmtsIfDropped()
 	data := c.buf[:c.w]
 	from, pos := 0, 0 // data[from:pos] is forwarded
 	if c.skip > 0 {
@@ -282,9 +286,9 @@ func (c *client) process() error {
 		case 'Q':
 			syncs++
 			queries++
+			c.noteEffect(queryText(body))
 			c.stmtOpsSynced()
 			c.unnamedSeen = 2
-			c.noteEffect(queryText(body))
 			c.noteQuery(queryText(body), false)
 		case 'P':
 			c.expect = append(c.expect, expectedReply{'1', syncs})
@@ -316,9 +320,7 @@ func (c *client) process() error {
 			if typ == 'B' {
 				if st := c.stmt(boundStmt(body)); st != nil {
 					c.batchText = c.intern(queryText(st.parse))
-					if st.effect != nil { // a cached SET run again, say
-						c.effects = append(c.effects, st.effect)
-					}
+					c.addEffect(st.effect) // each run: a cached SET run again, say
 				}
 			}
 		case 'E':
@@ -363,8 +365,18 @@ func queryText(b []byte) []byte {
 // noteEffect records what a statement does to session state, to apply when
 // it is sent.
 func (c *client) noteEffect(sql []byte) {
-	if e := statementEffect(sql); e != nil {
-		c.effects = append(c.effects, e)
+	c.addEffect(statementEffect(sql))
+}
+
+// addEffect records e, if any. One that drops prepared statements makes a
+// later batch naming one wait for it, like a Parse or Close.
+func (c *client) addEffect(e *effect) {
+	if e == nil {
+		return
+	}
+	c.effects = append(c.effects, e)
+	if e.dropsStmts && c.pooling == poolTransaction {
+		c.stmtOpState = stmtOpsOpen
 	}
 }
 
@@ -587,20 +599,8 @@ func (c *client) applyEffects(b *backend) {
 			c.p.log.Info("client pinned to its server connection for the rest of its session",
 				"client", c.id, "application_name", c.app, "reason", e.pin)
 		}
-		for k, sql := range e.custom {
-			// Takes effect if its transaction commits (see backend.unitDone).
-			b.staged = append(b.staged, kv{k, sql})
-		}
-		if e.resetAll {
-			c.want.resetAll()
-			b.custom = nil
-		}
-		if e.dropAll {
-			c.stmts = nil
-			clear(c.stmtOps)
-			c.stmtOps = c.stmtOps[:0]
-			b.stmts.clear()
-		}
+		// Takes effect if its transaction commits (see backend.unitDone).
+		b.staged = append(b.staged, e.params...)
 	}
 }
 

@@ -77,8 +77,11 @@ func (b *backend) commandComplete(body []byte) {
 	if b.prelude > 0 {
 		return // pgguard's own session sync, not the client's query
 	}
-	if string(word) == "ROLLBACK" { // also what COMMIT of an aborted transaction says
+	switch string(tag) {
+	case "ROLLBACK": // also what COMMIT of an aborted transaction says
 		b.unitAborted = true
+	case "DISCARD ALL", "DEALLOCATE ALL":
+		b.stmtsDropped()
 	}
 	if len(b.inflight) == 0 {
 		return

@@ -39,8 +39,14 @@ var startupSkip = map[string]bool{"user": true, "database": true, "options": tru
 type sessionWant struct {
 	reported kvs // value per reported parameter the client chose
 	custom   kvs // SQL establishing each other parameter it chose
-	// startupCustom is custom as at startup, restored by RESET ALL and DISCARD ALL.
-	startupCustom kvs
+	// As at startup: what RESET, RESET ALL and DISCARD ALL go back to. A
+	// server's own reset values are pgguard's, so pgguard puts these back.
+	startupReported kvs
+	startupCustom   kvs
+	// announce: a RESET went back to startup values the server did not
+	// have; the sync that sets them must let the client see their
+	// ParameterStatus.
+	announce bool
 }
 
 type kv struct{ k, v string }
@@ -95,13 +101,40 @@ func newSessionWant(params map[string]string) sessionWant {
 		set(k, v)
 	}
 	w.startupCustom = append(kvs(nil), w.custom...)
+	w.startupReported = append(kvs(nil), w.reported...)
 	return w
 }
 
-// resetAll follows RESET ALL / DISCARD ALL: custom parameters go back to
-// their startup values (reported ones follow the server's ParameterStatus).
-func (w *sessionWant) resetAll() {
-	w.custom = append(kvs(nil), w.startupCustom...)
+// apply follows one committed parameter change (see effect.params) and
+// reports whether the server no longer has the client's values: a RESET
+// gave it the server's startup value where the client has one of its own.
+// server is the server's custom parameters, kept in step.
+func (w *sessionWant) apply(e kv, server *kvs) (resync bool) {
+	switch _, reported := reportedParams[e.k]; {
+	case e.k == "": // RESET ALL, DISCARD ALL
+		w.custom = append(w.custom[:0], w.startupCustom...)
+		*server = nil
+		for _, s := range w.startupReported {
+			w.reported.set(s.k, s.v)
+		}
+		return len(w.startupCustom) > 0 || len(w.startupReported) > 0
+	case e.v != "":
+		w.custom.set(e.k, e.v)
+		server.set(e.k, e.v)
+	case reported: // reported parameters otherwise follow ParameterStatus
+		if v, ok := w.startupReported.get(e.k); ok {
+			w.reported.set(e.k, v)
+			return true
+		}
+	default:
+		server.del(e.k)
+		if v, ok := w.startupCustom.get(e.k); ok {
+			w.custom.set(e.k, v)
+			return true
+		}
+		w.custom.del(e.k)
+	}
+	return false
 }
 
 func canonicalReported(k string) (string, bool) {
@@ -221,11 +254,12 @@ func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`)
 
 // effect is what a statement text does to session state.
 type effect struct {
-	pin      string            // why the client must keep its server, or ""
-	custom   map[string]string // non-reported parameters set (SQL) or reset ("")
-	resetAll bool              // RESET ALL or DISCARD ALL: back to the startup values
-	dropAll  bool              // DEALLOCATE ALL or DISCARD ALL: prepared statements gone
-	dealloc  []string          // DEALLOCATE name
+	pin string // why the client must keep its server, or ""
+	// params are its parameter changes in order: {name, SQL} sets a
+	// non-reported parameter, {name, ""} resets one (reported or not),
+	// {"", ""} is RESET ALL.
+	params     kvs
+	dropsStmts bool // DISCARD ALL or DEALLOCATE ALL (followed by its CommandComplete)
 }
 
 // effects caches statement effects by text; only texts that mention a
@@ -315,7 +349,7 @@ func parseEffect(sql string) *effect {
 			}
 			switch v.Kind {
 			case pg_query.VariableSetKind_VAR_RESET_ALL:
-				e.resetAll = true
+				e.params = append(e.params, kv{})
 			case pg_query.VariableSetKind_VAR_SET_VALUE, pg_query.VariableSetKind_VAR_SET_CURRENT:
 				if _, reported := canonicalReported(v.Name); reported || v.Name == "" {
 					continue
@@ -325,21 +359,22 @@ func parseEffect(sql string) *effect {
 					e.setCustom(strings.ToLower(v.Name), text)
 				}
 			case pg_query.VariableSetKind_VAR_SET_DEFAULT, pg_query.VariableSetKind_VAR_RESET:
-				if _, reported := canonicalReported(v.Name); !reported {
+				if name, reported := canonicalReported(v.Name); reported {
+					e.params = append(e.params, kv{name, ""})
+				} else {
 					e.setCustom(strings.ToLower(v.Name), "")
 				}
 			}
 		case n.GetDiscardStmt() != nil:
 			switch n.GetDiscardStmt().Target {
 			case pg_query.DiscardMode_DISCARD_ALL:
-				e.resetAll, e.dropAll = true, true
+				e.params = append(e.params, kv{})
+				e.dropsStmts = true
 			}
 		case n.GetDeallocateStmt() != nil:
-			d := n.GetDeallocateStmt()
-			if d.Isall || d.Name == "" {
-				e.dropAll = true
-			} else {
-				e.dealloc = append(e.dealloc, d.Name)
+			// DEALLOCATE name is of SQL PREPAREd statements, which pin.
+			if d := n.GetDeallocateStmt(); d.Isall || d.Name == "" {
+				e.dropsStmts = true
 			}
 		case n.GetPrepareStmt() != nil:
 			e.pin = "SQL PREPARE"
@@ -353,7 +388,7 @@ func parseEffect(sql string) *effect {
 			e.pin = "temporary table"
 		}
 	}
-	if e.pin == "" && e.custom == nil && !e.resetAll && !e.dropAll && e.dealloc == nil {
+	if e.pin == "" && e.params == nil && !e.dropsStmts {
 		return nil
 	}
 	return e
@@ -388,9 +423,4 @@ func (e *effect) setConfigCalls(sel *pg_query.SelectStmt) {
 	}
 }
 
-func (e *effect) setCustom(k, sql string) {
-	if e.custom == nil {
-		e.custom = map[string]string{}
-	}
-	e.custom[k] = sql
-}
+func (e *effect) setCustom(k, sql string) { e.params = append(e.params, kv{k, sql}) }

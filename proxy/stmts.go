@@ -414,6 +414,16 @@ func (b *backend) duplicateError(code string) *Error {
 	return errorf(codeDuplicatePstmt, "prepared statement %q already exists", b.replies[0].op.dup)
 }
 
+// stmtsDropped follows a DISCARD ALL or DEALLOCATE ALL the server ran
+// (pump, mu held): it holds no prepared statements now, and neither does
+// the client, which learns of it before its next message.
+func (b *backend) stmtsDropped() {
+	b.stmts.clear()
+	if c := b.client; c != nil {
+		c.stmtsDropped.Store(true)
+	}
+}
+
 // changeStmt gives name the meaning st (nil: closed) when a Parse or Close
 // is sent, and returns the operation, to be undone if the server skips it.
 func (c *client) changeStmt(name string, st *stmt) *stmtOp {
@@ -446,6 +456,16 @@ func (c *client) awaitStmtOps() {
 	clear(c.stmtOps)
 	c.stmtOps = c.stmtOps[:0]
 	c.stmtOpState = stmtOpsNone
+	c.dropStmtsIfDropped()
+}
+
+// dropStmtsIfDropped forgets the client's statements once the server ran
+// its DISCARD ALL or DEALLOCATE ALL.
+func (c *client) dropStmtsIfDropped() {
+	if c.stmtsDropped.Load() {
+		c.stmtsDropped.Store(false)
+		c.stmts, c.stmtOps = nil, nil
+	}
 }
 
 // boundStmt returns the statement name of a Bind body.
