@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -196,10 +197,13 @@ func TestPgbenchSideBySide(t *testing.T) {
 		{"pgguard", e.guard.url("bench")},
 	}
 	type series map[string][]result
-	runSeries := func(args ...string) series {
+	runSeries := func(only []string, args ...string) series {
 		s := series{}
 		for r := 0; r < rounds; r++ {
 			for _, tg := range targets {
+				if only != nil && !slices.Contains(only, tg.name) {
+					continue
+				}
 				var maxB atomic.Int64
 				stop := sampleBackends(e.pg, &maxB)
 				res := run(t, tg.url, args...)
@@ -219,20 +223,43 @@ func TestPgbenchSideBySide(t *testing.T) {
 		t.Logf("%s", title)
 		direct := median(s["direct"], metric)
 		for _, tg := range targets {
-			m := median(s[tg.name], metric)
-			t.Logf("  %-10s %10.1f %s  (x%.3f of direct)", tg.name, m, unit, m/direct)
+			if len(s[tg.name]) > 0 {
+				m := median(s[tg.name], metric)
+				t.Logf("  %-10s %10.1f %s  (x%.3f of direct)", tg.name, m, unit, m/direct)
+			}
 		}
-		t.Logf("  pgguard / pgbouncer = %.3f", median(s["pgguard"], metric)/median(s["pgbouncer"], metric))
+		if len(s["pgbouncer"]) > 0 {
+			t.Logf("  pgguard / pgbouncer = %.3f", median(s["pgguard"], metric)/median(s["pgbouncer"], metric))
+		}
 	}
 	tps := func(r result) float64 { return r.tps }
 	lat := func(r result) float64 { return r.latencyMS * 1000 }
 
-	s := runSeries("-S", "-n", "-c", "50", "-j", "2", "-T", secs, "-M", "simple")
-	report("pgbench -S -c 50 -j 2 -M simple (transaction pool of 10):", s, tps, "tps")
-	s = runSeries("-S", "-n", "-c", "50", "-j", "2", "-T", secs, "-M", "extended")
-	report("pgbench -S -c 50 -j 2 -M extended:", s, tps, "tps")
-	s = runSeries("-S", "-n", "-c", "1", "-j", "1", "-T", secs, "-M", "simple")
-	report("pgbench -S -c 1 (single client latency):", s, lat, "µs avg latency")
+	// PGGUARD_BENCH_SERIES picks some of: simple, extended, prepared, single.
+	want := func(name string) bool {
+		v := os.Getenv("PGGUARD_BENCH_SERIES")
+		return v == "" || slices.Contains(strings.Split(v, ","), name)
+	}
+	var simple series
+	if want("simple") || want("prepared") {
+		simple = runSeries(nil, "-S", "-n", "-c", "50", "-j", "2", "-T", secs, "-M", "simple")
+		report("pgbench -S -c 50 -j 2 -M simple (transaction pool of 10):", simple, tps, "tps")
+	}
+	if want("extended") {
+		s := runSeries(nil, "-S", "-n", "-c", "50", "-j", "2", "-T", secs, "-M", "extended")
+		report("pgbench -S -c 50 -j 2 -M extended:", s, tps, "tps")
+	}
+	if want("prepared") {
+		// PgBouncer before 1.21 cannot run named statements in transaction mode.
+		s := runSeries([]string{"direct", "pgguard"}, "-S", "-n", "-c", "50", "-j", "2", "-T", secs, "-M", "prepared")
+		report("pgbench -S -c 50 -j 2 -M prepared:", s, tps, "tps")
+		t.Logf("  through pgguard, -M prepared / -M simple = %.3f (direct: %.3f)",
+			median(s["pgguard"], tps)/median(simple["pgguard"], tps), median(s["direct"], tps)/median(simple["direct"], tps))
+	}
+	if want("single") {
+		s := runSeries(nil, "-S", "-n", "-c", "1", "-j", "1", "-T", secs, "-M", "simple")
+		report("pgbench -S -c 1 (single client latency):", s, lat, "µs avg latency")
+	}
 }
 
 func sampleBackends(pg *localpg.Cluster, max *atomic.Int64) (stop func()) {

@@ -25,6 +25,16 @@ type Conn interface {
 	Close()
 }
 
+// Taker is a queued caller that can put a released connection to use on the
+// releasing goroutine, before its own goroutine runs: a proxy writes the
+// caller's pending request at once, so the upstream does not sit idle while
+// the caller is scheduled.
+type Taker[C Conn] interface {
+	// Take is called with the connection handed to the caller; it reports
+	// whether it used it. Either way the caller's Acquire then returns it.
+	Take(c C) bool
+}
+
 // ErrWaitTimeout is returned by Acquire when no connection freed up within the wait timeout.
 var ErrWaitTimeout = errors.New("pool: wait timeout")
 
@@ -94,15 +104,22 @@ func New[C Conn](opts Options[C]) *Pool[C] {
 // within a priority. It returns ErrWaitTimeout after Options.WaitTimeout, or a
 // dial error when a connection it opened for this caller failed.
 func (p *Pool[C]) Acquire(ctx context.Context, priority int) (C, error) {
-	var zero C
+	c, _, err := p.AcquireFor(ctx, priority, nil)
+	return c, err
+}
+
+// AcquireFor is Acquire for a caller that, if it has to queue, lets t take
+// the connection it is handed on the releasing goroutine (see Taker);
+// taken reports whether t did.
+func (p *Pool[C]) AcquireFor(ctx context.Context, priority int, t Taker[C]) (c C, taken bool, err error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return zero, ErrClosed
+		return c, false, ErrClosed
 	}
 	if c, ok := p.popIdleLocked(); ok {
 		p.mu.Unlock()
-		return c, nil
+		return c, false, nil
 	}
 	// Open a new connection when under Size, or under Size+MaxOverflow now that
 	// this client would otherwise queue.
@@ -110,15 +127,17 @@ func (p *Pool[C]) Acquire(ctx context.Context, priority int) (C, error) {
 		p.total++
 		p.opening++
 		p.mu.Unlock()
-		return p.dial(ctx)
+		c, err := p.dial(ctx)
+		return c, false, err
 	}
 	w := p.waiters.push(priority)
+	w.taker = t
 	p.stats.Waits++
 	p.mu.Unlock()
 	return p.wait(ctx, w)
 }
 
-func (p *Pool[C]) wait(ctx context.Context, w *waiter[C]) (C, error) {
+func (p *Pool[C]) wait(ctx context.Context, w *waiter[C]) (C, bool, error) {
 	var zero C
 	start := time.Now()
 	var timeout <-chan time.Time
@@ -136,7 +155,7 @@ func (p *Pool[C]) wait(ctx context.Context, w *waiter[C]) (C, error) {
 	case r := <-w.ready:
 		p.noteWait(start)
 		p.waiters.free.Put(w)
-		return r.conn, r.err
+		return r.conn, r.taken, r.err
 	case <-timeout:
 		err = ErrWaitTimeout
 	case <-ctx.Done():
@@ -150,14 +169,14 @@ func (p *Pool[C]) wait(ctx context.Context, w *waiter[C]) (C, error) {
 		p.mu.Unlock()
 		p.noteWait(start)
 		p.waiters.free.Put(w)
-		return zero, err
+		return zero, false, err
 	}
 	p.mu.Unlock()
 	// A connection was handed over just as the wait ended: use it.
 	r := <-w.ready
 	p.noteWait(start)
 	p.waiters.free.Put(w)
-	return r.conn, r.err
+	return r.conn, r.taken, r.err
 }
 
 func (p *Pool[C]) noteWait(start time.Time) {
@@ -207,7 +226,8 @@ func (p *Pool[C]) Release(c C) {
 	}
 	if w := p.waiters.pop(); w != nil {
 		p.mu.Unlock()
-		w.ready <- result[C]{conn: c}
+		taken := w.taker != nil && w.taker.Take(c)
+		w.ready <- result[C]{conn: c, taken: taken}
 		return
 	}
 	if p.total > p.opts.Size {

@@ -244,3 +244,49 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		}
 	})
 }
+
+// taker records what it was handed and on which goroutine's behalf.
+type taker struct {
+	take  bool
+	got   *fakeConn
+	inRel atomic.Bool // Take ran while Release was still under way
+	rel   *atomic.Bool
+}
+
+func (k *taker) Take(c *fakeConn) bool {
+	k.got = c
+	k.inRel.Store(k.rel.Load())
+	return k.take
+}
+
+// TestTakerRunsOnRelease: a queued caller's Taker gets the released
+// connection on the releasing goroutine, before Acquire returns, and
+// Acquire reports whether it used it.
+func TestTakerRunsOnRelease(t *testing.T) {
+	for _, take := range []bool{true, false} {
+		p, _ := newPool(t, 1, 0, time.Second)
+		held, _ := p.Acquire(context.Background(), 0)
+		var releasing atomic.Bool
+		k := &taker{take: take, rel: &releasing}
+		type got struct {
+			c     *fakeConn
+			taken bool
+			err   error
+		}
+		done := make(chan got)
+		go func() {
+			c, taken, err := p.AcquireFor(context.Background(), 0, k)
+			done <- got{c, taken, err}
+		}()
+		for p.Stats().Waiting == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		releasing.Store(true)
+		p.Release(held)
+		releasing.Store(false)
+		r := <-done
+		if r.err != nil || r.c != held || r.taken != take || k.got != held || !k.inRel.Load() {
+			t.Fatalf("take=%v: Acquire %+v, Take got %v during Release %v", take, r, k.got, k.inRel.Load())
+		}
+	}
+}

@@ -9,13 +9,15 @@ import (
 type waiter[C Conn] struct {
 	ready      chan result[C]
 	timer      *time.Timer // wait timeout, reused with the waiter
+	taker      Taker[C]    // may take the connection on the releasing goroutine
 	priority   int
 	prev, next *waiter[C]
 }
 
 type result[C Conn] struct {
-	conn C
-	err  error
+	conn  C
+	taken bool // the waiter's Taker used it
+	err   error
 }
 
 // waitQueue orders waiters by priority (highest first), FIFO within a

@@ -97,6 +97,7 @@ type client struct {
 	effects      []*effect       // session effects of the statements in the chunk
 	pinned       atomic.Bool     // keeps its server for the rest of the session
 	pinReason    string          // why, for SHOW CLIENTS; set before pinned
+	handoff      *handoff        // a send queued for a server, once the client has queued
 	readFn       func(fd uintptr) bool
 	rn           int
 	rerr         error
@@ -518,17 +519,28 @@ func (c *client) send(p []byte, syncs, lead int, slow bool) error {
 				return c.p.clientError(err, c.db, false)
 			}
 		}
+		var out []byte
+		var werr error
 		if fresh {
 			var err error
-			if b, err = c.acquire(); err != nil {
+			if b, err = c.acquire(p, syncs, lead, open, slow); err != nil {
 				return err
 			}
+			if h := c.handoff; h != nil {
+				if h.sent {
+					out, werr = h.p, h.err
+				}
+				*h = handoff{} // drop the references to the read buffer
+			}
 		}
-		out, ok := b.prepareSend(c, p, syncs, lead, open, slow)
-		if !ok {
-			continue // the transaction ended and the server went back: take another
+		if out == nil {
+			var ok bool
+			if out, ok = b.prepareSend(c, p, syncs, lead, open, slow); !ok {
+				continue // the transaction ended and the server went back: take another
+			}
+			_, werr = b.out.Write(out)
 		}
-		if _, err := b.out.Write(out); err != nil {
+		if werr != nil {
 			b.mu.Lock()
 			if b.client == c {
 				b.client = nil
@@ -604,8 +616,51 @@ func (c *client) applyEffects(b *backend) {
 	}
 }
 
-// acquire takes a server from the pool and links it to c.
-func (c *client) acquire() (*backend, error) {
+// handoff is a send waiting for a server. The pump that releases one to the
+// client links it and writes the send at once (pool.Taker), instead of the
+// server sitting idle until the client's goroutine is scheduled, which is
+// most of a transaction pool's hand-over cost when clients queue.
+type handoff struct {
+	p           []byte
+	syncs, lead int
+	open, slow  bool
+	start       time.Time // when the client began to wait
+	sent        bool      // Take wrote it (p is then what was written)
+	err         error     // ... and the write failed
+}
+
+// handoffMax bounds what a releasing pump writes for a queued client: more
+// could fill the server's socket while the pump is not reading replies.
+const handoffMax = 8 << 10
+
+// Take implements pool.Taker on the releasing pump's goroutine, while c's
+// goroutine is parked in acquire.
+func (c *client) Take(b *backend) bool {
+	h := c.handoff
+	if c.cancelQueued.Load() || !b.link(c) {
+		return false // c's goroutine deals with it
+	}
+	c.linked(h.start)
+	out, ok := b.prepareSend(c, h.p, h.syncs, h.lead, h.open, h.slow)
+	if !ok {
+		return false // b died: c's goroutine finds it unlinked
+	}
+	_, h.err = b.out.Write(out)
+	h.p, h.sent = out, true
+	return true
+}
+
+// linked records a link made after waiting since start.
+func (c *client) linked(start time.Time) {
+	c.wait = time.Since(start)
+	c.db.poolWait.Observe(c.wait.Seconds())
+	c.state.Store(stateActive)
+}
+
+// acquire takes a server from the pool and links it to c. In transaction
+// mode a small send (p and the rest) may be written by the pump that hands
+// the server over (see handoff).
+func (c *client) acquire(p []byte, syncs, lead int, open, slow bool) (*backend, error) {
 	c.state.Store(stateWaiting)
 	if err := c.p.waitResumed(); err != nil {
 		return nil, c.p.clientError(pool.ErrClosed, c.db, true)
@@ -615,8 +670,22 @@ func (c *client) acquire() (*backend, error) {
 		c.state.Store(stateIdle)
 		return nil, c.p.clientError(err, c.db, false)
 	}
+	var taker pool.Taker[*backend]
+	if c.pooling == poolTransaction && len(p) <= handoffMax {
+		if c.handoff == nil {
+			c.handoff = new(handoff)
+		}
+		*c.handoff = handoff{p: p, syncs: syncs, lead: lead, open: open, slow: slow, start: start}
+		taker = c
+	}
 	for {
-		b, err := c.db.pool.Acquire(c.p.ctx, c.priority)
+		b, taken, err := c.db.pool.AcquireFor(c.p.ctx, c.priority, taker)
+		if taken {
+			if c.cancelQueued.Swap(false) {
+				go b.cancelFor(c) // it came as Take sent the query: cancel it there
+			}
+			return b, nil
+		}
 		if err != nil {
 			c.lim.ReleaseConn()
 			c.state.Store(stateIdle)
@@ -629,9 +698,7 @@ func (c *client) acquire() (*backend, error) {
 			return nil, errorf(codeQueryCanceled, "canceling statement due to user request (while it waited for a server connection)")
 		}
 		if b.link(c) {
-			c.wait = time.Since(start)
-			c.db.poolWait.Observe(c.wait.Seconds())
-			c.state.Store(stateActive)
+			c.linked(start)
 			return b, nil
 		}
 		c.db.pool.Discard(b) // died between the pool and us
