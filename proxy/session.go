@@ -20,12 +20,18 @@ import (
 // establishes them. Before a client runs on a server whose values differ,
 // pgguard sends one Query that makes them match and swallows its replies.
 
-// reportedParams are the settable parameters PostgreSQL reports (docs 55.2.7).
-var reportedParams = map[string]bool{
-	"application_name": true, "client_encoding": true, "DateStyle": true,
-	"IntervalStyle": true, "TimeZone": true, "standard_conforming_strings": true,
-	"default_transaction_read_only": true,
-}
+// reportedNames are the settable parameters PostgreSQL reports (docs
+// 55.2.7); a slice to walk on every link, a set to look up.
+var reportedNames = []string{"application_name", "client_encoding", "DateStyle",
+	"IntervalStyle", "TimeZone", "standard_conforming_strings", "default_transaction_read_only"}
+
+var reportedParams = func() map[string]bool {
+	m := map[string]bool{}
+	for _, k := range reportedNames {
+		m[k] = true
+	}
+	return m
+}()
 
 // readOnlyParam is forced on on every server while the read-only switch is
 // on, so a write hidden in a function fails at the server too.
@@ -138,7 +144,7 @@ func (w *sessionWant) apply(e kv, server *kvs) (resync bool) {
 }
 
 func canonicalReported(k string) (string, bool) {
-	for name := range reportedParams {
+	for _, name := range reportedNames {
 		if strings.EqualFold(name, k) {
 			return name, true
 		}
@@ -226,7 +232,7 @@ func syncSQL(c *client, b *backend, readOnly bool) string {
 		}
 	}
 	// Reported parameters the client never chose get the server's defaults.
-	for k := range reportedParams {
+	for _, k := range reportedNames {
 		if _, chosen := c.want.reported.get(k); chosen || readOnly && k == readOnlyParam {
 			continue
 		}
