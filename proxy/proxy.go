@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,6 +64,7 @@ type Proxy struct {
 	paused   atomic.Bool
 	roGen    atomic.Uint64 // bumped when the read-only switch flips: servers re-sync
 	resumed  chan struct{} // closed by Resume; nil when not paused
+	accepted atomic.Uint64 // connections accepted, for memRelease
 
 	bytesIn, bytesOut prometheus.Counter
 	started           time.Time
@@ -126,6 +128,7 @@ func (p *Proxy) Serve(ln net.Listener) error {
 // handle runs login on its own goroutine, then serves the session on a fresh
 // one, so an idle session keeps only a minimal stack.
 func (p *Proxy) handle(conn net.Conn) {
+	p.accepted.Add(1)
 	if tc, ok := conn.(*net.TCPConn); ok {
 		tc.SetKeepAlive(true)
 		tc.SetKeepAlivePeriod(time.Minute)
@@ -205,13 +208,18 @@ func (p *Proxy) databases() []*database {
 }
 
 func (p *Proxy) snapshotClients() []*client {
+	return p.appendClients(nil)
+}
+
+// appendClients appends the clients to buf, for callers that reuse one.
+func (p *Proxy) appendClients(buf []*client) []*client {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]*client, 0, len(p.clients))
+	buf = slices.Grow(buf, len(p.clients))
 	for _, c := range p.clients {
-		out = append(out, c)
+		buf = append(buf, c)
 	}
-	return out
+	return buf
 }
 
 // Config returns the configuration in force.
@@ -253,16 +261,22 @@ func (p *Proxy) setReadOnlyMetric(on bool) {
 	p.metrics.ReadOnly.Set(v)
 }
 
-// janitor closes idle clients past client_idle_timeout and sweeps the pools.
+// janitor closes idle clients past client_idle_timeout, sweeps the pools
+// and returns memory to the OS after a burst of logins.
 func (p *Proxy) janitor() {
 	t := time.NewTicker(time.Second / 4)
 	defer t.Stop()
+	var mem memRelease
+	var clients []*client // reused: a fleet of idle sessions makes no garbage
 	for {
 		select {
 		case <-p.ctx.Done():
 			return
 		case now := <-t.C:
-			p.reapIdleClients(now)
+			clients = p.appendClients(clients[:0])
+			p.reapIdleClients(now, clients)
+			clear(clients)
+			mem.tick(now, p.accepted.Load())
 			for _, db := range p.databases() {
 				db.pool.Sweep(now)
 			}
@@ -270,9 +284,9 @@ func (p *Proxy) janitor() {
 	}
 }
 
-func (p *Proxy) reapIdleClients(now time.Time) {
+func (p *Proxy) reapIdleClients(now time.Time, clients []*client) {
 	pc := p.cfg.Load().Pool
-	for _, c := range p.snapshotClients() {
+	for _, c := range clients {
 		if c.db == nil {
 			continue
 		}
