@@ -10,13 +10,14 @@ import (
 // leaves garbage (SCRAM state, buffers, the login goroutine's stack) that the
 // GC frees into pages the runtime keeps while its heap goal allows, so the
 // memory of a burst would stay resident for a fleet that then sits idle.
-// When logins have stopped for releaseQuiet and the burst allocated at least
-// releaseMin, the janitor runs debug.FreeOSMemory: one GC, then the free
-// pages go back. Owned by the janitor.
+// Likewise the stacks of clients that park. When logins and parks have
+// stopped for releaseQuiet and the burst allocated at least releaseMin, the
+// janitor runs debug.FreeOSMemory: one GC, then the free pages go back.
+// Owned by the janitor.
 type memRelease struct {
-	conns     uint64    // connections accepted, at the last tick
-	last      time.Time // when a connection was last accepted
-	burst     bool      // connections came since the last decision
+	conns     uint64    // connections accepted plus clients parked, at the last tick
+	last      time.Time // when that count last changed
+	burst     bool      // it changed since the last decision
 	allocated uint64    // heap bytes allocated when the burst began
 	sample    []metrics.Sample
 }
@@ -27,7 +28,7 @@ const (
 )
 
 // tick releases memory if a burst just ended; conns counts connections
-// accepted so far.
+// accepted and clients parked so far.
 func (r *memRelease) tick(now time.Time, conns uint64) {
 	if r.due(now, conns, r.heapAllocated) {
 		debug.FreeOSMemory()

@@ -3,7 +3,8 @@
 // connections, in transaction or session pooling mode.
 //
 // Goroutines: one accept loop; one per client connection (reads the client,
-// forwards to its server); one pump per server connection (reads the server,
+// forwards to its server), except idle clients parked in the parker's epoll
+// set (park.go), which wakes them; one pump per server connection (reads the server,
 // forwards to the linked client, returns the server to the pool on
 // ReadyForQuery 'I' in transaction mode); one janitor.
 package proxy
@@ -65,6 +66,8 @@ type Proxy struct {
 	roGen    atomic.Uint64 // bumped when the read-only switch flips: servers re-sync
 	resumed  chan struct{} // closed by Resume; nil when not paused
 	accepted atomic.Uint64 // connections accepted, for memRelease
+	parks    atomic.Uint64 // clients parked, for memRelease
+	parker   parker
 
 	bytesIn, bytesOut prometheus.Counter
 	started           time.Time
@@ -82,6 +85,7 @@ func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*Proxy, erro
 		started:  time.Now(),
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.parker.p = p
 	p.cfg.Store(cfg)
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -191,6 +195,12 @@ func (p *Proxy) clientCount() int {
 	return len(p.clients)
 }
 
+func (p *Proxy) client(id uint32) *client {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.clients[id]
+}
+
 func (p *Proxy) database(name string) *database {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -276,7 +286,7 @@ func (p *Proxy) janitor() {
 			clients = p.appendClients(clients[:0])
 			p.reapIdleClients(now, clients)
 			clear(clients)
-			mem.tick(now, p.accepted.Load())
+			mem.tick(now, p.accepted.Load()+p.parks.Load())
 			for _, db := range p.databases() {
 				db.pool.Sweep(now)
 			}
@@ -316,6 +326,8 @@ func (p *Proxy) reapIdleClients(now time.Time, clients []*client) {
 				p.metrics.ClientsReaped.WithLabelValues("client_idle_timeout").Inc()
 				c.closeWith(fatalf(codeIdleSession,
 					"terminating connection due to idle-session timeout: idle for %s, over pool.client_idle_timeout = %s", idle.Round(time.Millisecond), limit))
+			} else if st.b == nil && idle > parkAfter && c.state.Load() == stateIdle {
+				c.askPark()
 			}
 		}
 	}
@@ -412,8 +424,10 @@ func (p *Proxy) Close() {
 	}
 	p.mu.Unlock()
 	for _, c := range p.snapshotClients() {
+		c.resume()
 		c.conn.Close()
 	}
+	p.parker.stop()
 	for _, db := range p.databases() {
 		db.pool.Close()
 	}
