@@ -17,6 +17,7 @@
 package auth
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -64,10 +65,11 @@ var (
 	ErrConfig = errors.New("auth: configuration cannot authenticate this user")
 )
 
-// Authenticate runs the authentication exchange for method on be, a
+// Authenticate runs the authentication exchange for method on conn, a
 // connection whose StartupMessage the caller has already read, for user
 // (the StartupMessage's "user") against secret, the configured plain
-// password, SCRAM-SHA-256 verifier or md5 hash.
+// password, SCRAM-SHA-256 verifier or md5 hash. It reads no further than
+// the client's last authentication message and keeps no buffer.
 //
 // It returns nil once the client has proved it knows the password, without
 // sending AuthenticationOk: that and what follows it are the caller's. Errors
@@ -75,24 +77,20 @@ var (
 // error from the connection; errors.Is tells them apart.
 //
 // Authenticate sets no deadline: the caller bounds the exchange with one on
-// the connection (PostgreSQL's authentication_timeout), and should cap the
-// message size with be.SetMaxBodyLen.
-func Authenticate(be *pgproto3.Backend, method Method, user, secret string) error {
+// the connection (PostgreSQL's authentication_timeout). Client messages are
+// capped at maxMessage bytes.
+func Authenticate(conn io.ReadWriter, method Method, user, secret string) error {
 	kind, err := classify(secret)
 	if err != nil {
 		return fmt.Errorf("%w: the secret for user %q: %w", ErrConfig, user, err)
 	}
-	// Leave the backend decoding 'p' as a plain PasswordMessage, whatever
-	// exchange ran.
-	defer func() { _ = be.SetAuthType(pgproto3.AuthTypeOk) }()
-
 	switch method {
 	case SCRAM:
-		return authSCRAM(be, user, secret, kind)
+		return authSCRAM(conn, user, secret, kind)
 	case MD5:
-		return authMD5(be, user, secret, kind)
+		return authMD5(conn, user, secret, kind)
 	case Plain:
-		return authPlain(be, user, secret, kind)
+		return authPlain(conn, user, secret, kind)
 	default:
 		return fmt.Errorf("%w: unknown auth method %q for user %q (want %q, %q or %q)",
 			ErrConfig, method, user, SCRAM, MD5, Plain)
@@ -137,45 +135,63 @@ func classify(secret string) (secretKind, error) {
 	}
 }
 
-// send writes msg to the client and flushes it.
-func send(be *pgproto3.Backend, msg pgproto3.BackendMessage) error {
-	be.Send(msg)
-	if err := be.Flush(); err != nil {
+// maxMessage caps a client's authentication message, as PostgreSQL's
+// PG_MAX_AUTH_TOKEN_LENGTH does.
+const maxMessage = 65535
+
+// send writes msg to the client.
+func send(conn io.Writer, msg pgproto3.BackendMessage) error {
+	buf, err := msg.Encode(nil)
+	if err == nil {
+		_, err = conn.Write(buf)
+	}
+	if err != nil {
 		return fmt.Errorf("auth: sending %T: %w", msg, err)
 	}
 	return nil
 }
 
-// receive reads the client's answer to the authentication request authType,
-// which tells pgproto3 how to decode a 'p' message (docs §55.7: "the exact
-// message type can be deduced from the context"). what names the expected
-// message for errors.
-func receive(be *pgproto3.Backend, authType uint32, what string) (pgproto3.FrontendMessage, error) {
-	if err := be.SetAuthType(authType); err != nil {
-		return nil, fmt.Errorf("auth: %w", err)
-	}
-	msg, err := be.Receive()
-	if err != nil {
-		if isIOError(err) {
-			return nil, fmt.Errorf("auth: reading %s: %w", what, err)
+// receive reads the client's answer to an authentication request: the body
+// of a 'p' message, whose exact type the caller knows from the context
+// (docs §55.7). what names the expected message for errors. It reads the
+// header and then the body, never past the message.
+func receive(conn io.Reader, what string) ([]byte, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(conn, hdr[:]); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF // the client hung up while we wait
 		}
-		return nil, fmt.Errorf("%w: reading %s: %w", ErrProtocolViolation, what, err)
+		return nil, fmt.Errorf("auth: reading %s: %w", what, err)
 	}
-	if _, ok := msg.(*pgproto3.Terminate); ok {
+	n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
+	switch {
+	case n < 0 || n > maxMessage:
+		return nil, fmt.Errorf("%w: reading %s: message length %d outside 4..%d", ErrProtocolViolation, what, n+4, maxMessage+4)
+	case hdr[0] == 'X':
 		return nil, fmt.Errorf("auth: client sent Terminate instead of %s: %w", what, io.EOF)
+	case hdr[0] != 'p':
+		return nil, fmt.Errorf("%w: expected %s, got message type %q", ErrProtocolViolation, what, hdr[0])
 	}
-	return msg, nil
+	body := make([]byte, n)
+	if _, err := io.ReadFull(conn, body); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("auth: reading %s: %w", what, err)
+	}
+	return body, nil
 }
 
-// unexpected is the error for a message that is not the one the exchange
-// needs.
-func unexpected(msg pgproto3.FrontendMessage, what string) error {
-	return fmt.Errorf("%w: expected %s, got %T", ErrProtocolViolation, what, msg)
+// decode decodes the body of a 'p' message into msg.
+func decode(msg pgproto3.FrontendMessage, body []byte, what string) error {
+	if err := msg.Decode(body); err != nil {
+		return fmt.Errorf("%w: reading %s: %w", ErrProtocolViolation, what, err)
+	}
+	return nil
 }
 
-// isIOError tells a failed or closed connection from a message pgproto3
-// could not decode. A bare io.EOF is a decode error: Receive reports a
-// connection closed mid-message as io.ErrUnexpectedEOF.
+// isIOError tells a failed or closed connection from a message the client
+// got wrong.
 func isIOError(err error) bool {
 	var ne net.Error
 	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.ErrClosedPipe) ||

@@ -78,7 +78,7 @@ func serveConn(conn net.Conn, method Method, secret string) error {
 	}
 	user := startup.Parameters["user"]
 
-	err = Authenticate(be, method, user, secret)
+	err = Authenticate(conn, method, user, secret)
 	switch {
 	case err == nil:
 		be.Send(&pgproto3.AuthenticationOk{})
@@ -193,7 +193,7 @@ func pipeAuth(t *testing.T, method Method, user, secret string) (*pgproto3.Front
 	errc := make(chan error, 1)
 	go func() {
 		defer srv.Close()
-		errc <- Authenticate(pgproto3.NewBackend(srv, srv), method, user, secret)
+		errc <- Authenticate(srv, method, user, secret)
 	}()
 	t.Cleanup(func() { cli.Close() })
 	return pgproto3.NewFrontend(cli, cli), cli, errc

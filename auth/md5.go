@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
+	"io"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -44,7 +45,7 @@ func isHex(s string) bool {
 // authMD5 runs AuthenticationMD5Password (docs §55.2.1): the client answers
 // the random salt with "md5" + hex(md5(hex(md5(password + user)) + salt)), so
 // the server needs the password or its md5 hash, not a SCRAM verifier.
-func authMD5(be *pgproto3.Backend, user, secret string, kind secretKind) error {
+func authMD5(conn io.ReadWriter, user, secret string, kind secretKind) error {
 	var hash string // "md5" + hex(md5(password + user))
 	switch kind {
 	case md5Secret:
@@ -58,16 +59,16 @@ func authMD5(be *pgproto3.Backend, user, secret string, kind secretKind) error {
 
 	req := &pgproto3.AuthenticationMD5Password{}
 	_, _ = rand.Read(req.Salt[:]) // never fails (crypto/rand docs)
-	if err := send(be, req); err != nil {
+	if err := send(conn, req); err != nil {
 		return err
 	}
-	msg, err := receive(be, pgproto3.AuthTypeMD5Password, "PasswordMessage")
+	body, err := receive(conn, "PasswordMessage")
 	if err != nil {
 		return err
 	}
-	pw, ok := msg.(*pgproto3.PasswordMessage)
-	if !ok {
-		return unexpected(msg, "PasswordMessage")
+	var pw pgproto3.PasswordMessage
+	if err := decode(&pw, body, "PasswordMessage"); err != nil {
+		return err
 	}
 	want := md5Hex(hash[3:], string(req.Salt[:]))
 	if subtle.ConstantTimeCompare([]byte(pw.Password), []byte(want)) != 1 {

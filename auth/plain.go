@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
+	"io"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -11,17 +12,17 @@ import (
 // authPlain runs AuthenticationCleartextPassword (docs §55.2.1): the client
 // sends its password in a PasswordMessage, which is checked against any kind
 // of secret.
-func authPlain(be *pgproto3.Backend, user, secret string, kind secretKind) error {
-	if err := send(be, &pgproto3.AuthenticationCleartextPassword{}); err != nil {
+func authPlain(conn io.ReadWriter, user, secret string, kind secretKind) error {
+	if err := send(conn, &pgproto3.AuthenticationCleartextPassword{}); err != nil {
 		return err
 	}
-	msg, err := receive(be, pgproto3.AuthTypeCleartextPassword, "PasswordMessage")
+	body, err := receive(conn, "PasswordMessage")
 	if err != nil {
 		return err
 	}
-	pw, ok := msg.(*pgproto3.PasswordMessage)
-	if !ok {
-		return unexpected(msg, "PasswordMessage")
+	var pw pgproto3.PasswordMessage
+	if err := decode(&pw, body, "PasswordMessage"); err != nil {
+		return err
 	}
 	match, err := checkPlain(kind, secret, user, pw.Password)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"sync"
@@ -164,7 +165,7 @@ func (c *verifierCache) get(password string) (*scramKeys, error) {
 //	S: AuthenticationSASLContinue  server-first-message
 //	C: SASLResponse  client-final-message
 //	S: AuthenticationSASLFinal  server-final-message
-func authSCRAM(be *pgproto3.Backend, user, secret string, kind secretKind) error {
+func authSCRAM(conn io.ReadWriter, user, secret string, kind secretKind) error {
 	var keys *scramKeys
 	switch kind {
 	case scramSecret:
@@ -180,16 +181,16 @@ func authSCRAM(be *pgproto3.Backend, user, secret string, kind secretKind) error
 	}
 
 	// Only SCRAM-SHA-256: pgguard offers no channel binding (-PLUS) yet.
-	if err := send(be, &pgproto3.AuthenticationSASL{AuthMechanisms: []string{scramMechanism}}); err != nil {
+	if err := send(conn, &pgproto3.AuthenticationSASL{AuthMechanisms: []string{scramMechanism}}); err != nil {
 		return err
 	}
-	msg, err := receive(be, pgproto3.AuthTypeSASL, "SASLInitialResponse")
+	body, err := receive(conn, "SASLInitialResponse")
 	if err != nil {
 		return err
 	}
-	initial, ok := msg.(*pgproto3.SASLInitialResponse)
-	if !ok {
-		return unexpected(msg, "SASLInitialResponse")
+	var initial pgproto3.SASLInitialResponse
+	if err := decode(&initial, body, "SASLInitialResponse"); err != nil {
+		return err
 	}
 	if initial.AuthMechanism != scramMechanism {
 		return fmt.Errorf("%w: client selected SASL mechanism %q, but only %s was offered",
@@ -207,17 +208,16 @@ func authSCRAM(be *pgproto3.Backend, user, secret string, kind secretKind) error
 	nonce := first.nonce + base64.StdEncoding.EncodeToString(raw)
 	serverFirst := "r=" + nonce + ",s=" + base64.StdEncoding.EncodeToString(keys.salt) +
 		",i=" + strconv.Itoa(keys.iterations)
-	if err := send(be, &pgproto3.AuthenticationSASLContinue{Data: []byte(serverFirst)}); err != nil {
+	if err := send(conn, &pgproto3.AuthenticationSASLContinue{Data: []byte(serverFirst)}); err != nil {
 		return err
 	}
 
-	msg, err = receive(be, pgproto3.AuthTypeSASLContinue, "SASLResponse")
-	if err != nil {
+	if body, err = receive(conn, "SASLResponse"); err != nil {
 		return err
 	}
-	resp, ok := msg.(*pgproto3.SASLResponse)
-	if !ok {
-		return unexpected(msg, "SASLResponse")
+	var resp pgproto3.SASLResponse
+	if err := decode(&resp, body, "SASLResponse"); err != nil {
+		return err
 	}
 	final, err := parseClientFinal(string(resp.Data))
 	if err != nil {
@@ -244,7 +244,7 @@ func authSCRAM(be *pgproto3.Backend, user, secret string, kind secretKind) error
 
 	serverSignature := hmacSHA256(keys.serverKey[:], authMessage)
 	serverFinal := "v=" + base64.StdEncoding.EncodeToString(serverSignature)
-	return send(be, &pgproto3.AuthenticationSASLFinal{Data: []byte(serverFinal)})
+	return send(conn, &pgproto3.AuthenticationSASLFinal{Data: []byte(serverFinal)})
 }
 
 // clientFirst is a parsed client-first-message (RFC 5802 §7).

@@ -302,7 +302,7 @@ func BenchmarkSCRAMLogin(b *testing.B) {
 		errc := make(chan error, 1)
 		go func() {
 			defer srv.Close()
-			errc <- Authenticate(pgproto3.NewBackend(srv, srv), SCRAM, "alice", pw)
+			errc <- Authenticate(srv, SCRAM, "alice", pw)
 		}()
 		c := scramClient{password: pw, salted: salted}
 		c.login(b, pgproto3.NewFrontend(cli, cli))

@@ -108,6 +108,13 @@ type client struct {
 	closing      atomic.Pointer[Error] // why pgguard is closing this client, if it is
 	leakWarned   atomic.Bool
 	cancelQueued atomic.Bool // a CancelRequest came while queued for a server
+
+	// Parking (park.go): parked is set while no goroutine serves c;
+	// parkReq while the janitor asks it to park; inEpoll (client
+	// goroutine) once its socket is in the parker's epoll set.
+	parked  atomic.Bool
+	parkReq atomic.Bool
+	inEpoll bool
 }
 
 const readBufSize = 16 << 10
@@ -127,6 +134,12 @@ func putReadBuf(b []byte) {
 func (c *client) serve() {
 	for {
 		if err := c.fill(); err != nil {
+			if c.parkRequested(err) {
+				if c.canPark() && c.p.parker.park(c) {
+					return
+				}
+				continue
+			}
 			c.disconnect(err)
 			return
 		}
@@ -802,6 +815,7 @@ func (c *client) closeWith(e *Error) {
 		return
 	}
 	c.sendError(e)
+	c.resume() // a parked client needs its goroutine to leave
 	c.conn.Close()
 }
 

@@ -3,7 +3,8 @@
 // connections, in transaction or session pooling mode.
 //
 // Goroutines: one accept loop; one per client connection (reads the client,
-// forwards to its server); one pump per server connection (reads the server,
+// forwards to its server), except idle clients parked in the parker's epoll
+// set (park.go), which wakes them; one pump per server connection (reads the server,
 // forwards to the linked client, returns the server to the pool on
 // ReadyForQuery 'I' in transaction mode); one janitor.
 package proxy
@@ -17,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,6 +65,9 @@ type Proxy struct {
 	paused   atomic.Bool
 	roGen    atomic.Uint64 // bumped when the read-only switch flips: servers re-sync
 	resumed  chan struct{} // closed by Resume; nil when not paused
+	accepted atomic.Uint64 // connections accepted, for memRelease
+	parks    atomic.Uint64 // clients parked, for memRelease
+	parker   parker
 
 	bytesIn, bytesOut prometheus.Counter
 	started           time.Time
@@ -80,6 +85,7 @@ func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*Proxy, erro
 		started:  time.Now(),
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.parker.p = p
 	p.cfg.Store(cfg)
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -126,6 +132,7 @@ func (p *Proxy) Serve(ln net.Listener) error {
 // handle runs login on its own goroutine, then serves the session on a fresh
 // one, so an idle session keeps only a minimal stack.
 func (p *Proxy) handle(conn net.Conn) {
+	p.accepted.Add(1)
 	if tc, ok := conn.(*net.TCPConn); ok {
 		tc.SetKeepAlive(true)
 		tc.SetKeepAlivePeriod(time.Minute)
@@ -188,6 +195,12 @@ func (p *Proxy) clientCount() int {
 	return len(p.clients)
 }
 
+func (p *Proxy) client(id uint32) *client {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.clients[id]
+}
+
 func (p *Proxy) database(name string) *database {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -205,13 +218,18 @@ func (p *Proxy) databases() []*database {
 }
 
 func (p *Proxy) snapshotClients() []*client {
+	return p.appendClients(nil)
+}
+
+// appendClients appends the clients to buf, for callers that reuse one.
+func (p *Proxy) appendClients(buf []*client) []*client {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]*client, 0, len(p.clients))
+	buf = slices.Grow(buf, len(p.clients))
 	for _, c := range p.clients {
-		out = append(out, c)
+		buf = append(buf, c)
 	}
-	return out
+	return buf
 }
 
 // Config returns the configuration in force.
@@ -253,16 +271,22 @@ func (p *Proxy) setReadOnlyMetric(on bool) {
 	p.metrics.ReadOnly.Set(v)
 }
 
-// janitor closes idle clients past client_idle_timeout and sweeps the pools.
+// janitor closes idle clients past client_idle_timeout, sweeps the pools
+// and returns memory to the OS after a burst of logins.
 func (p *Proxy) janitor() {
 	t := time.NewTicker(time.Second / 4)
 	defer t.Stop()
+	var mem memRelease
+	var clients []*client // reused: a fleet of idle sessions makes no garbage
 	for {
 		select {
 		case <-p.ctx.Done():
 			return
 		case now := <-t.C:
-			p.reapIdleClients(now)
+			clients = p.appendClients(clients[:0])
+			p.reapIdleClients(now, clients)
+			clear(clients)
+			mem.tick(now, p.accepted.Load()+p.parks.Load())
 			for _, db := range p.databases() {
 				db.pool.Sweep(now)
 			}
@@ -270,9 +294,9 @@ func (p *Proxy) janitor() {
 	}
 }
 
-func (p *Proxy) reapIdleClients(now time.Time) {
+func (p *Proxy) reapIdleClients(now time.Time, clients []*client) {
 	pc := p.cfg.Load().Pool
-	for _, c := range p.snapshotClients() {
+	for _, c := range clients {
 		if c.db == nil {
 			continue
 		}
@@ -302,6 +326,8 @@ func (p *Proxy) reapIdleClients(now time.Time) {
 				p.metrics.ClientsReaped.WithLabelValues("client_idle_timeout").Inc()
 				c.closeWith(fatalf(codeIdleSession,
 					"terminating connection due to idle-session timeout: idle for %s, over pool.client_idle_timeout = %s", idle.Round(time.Millisecond), limit))
+			} else if st.b == nil && idle > parkAfter && c.state.Load() == stateIdle {
+				c.askPark()
 			}
 		}
 	}
@@ -398,8 +424,10 @@ func (p *Proxy) Close() {
 	}
 	p.mu.Unlock()
 	for _, c := range p.snapshotClients() {
+		c.resume()
 		c.conn.Close()
 	}
+	p.parker.stop()
 	for _, db := range p.databases() {
 		db.pool.Close()
 	}

@@ -115,13 +115,12 @@ func (p *Proxy) authenticate(conn net.Conn, params map[string]string) *client {
 		return nil
 	}
 
-	be := pgproto3.NewBackend(conn, conn)
 	u, known := cfg.User(user)
 	secret := u.Password
 	if !known {
 		secret = randomSecret() // run the exchange anyway: don't reveal which users exist
 	}
-	if err := auth.Authenticate(be, auth.Method(cfg.AuthMethod), user, secret); err != nil || (admin && !cfg.IsAdmin(user)) {
+	if err := auth.Authenticate(conn, auth.Method(cfg.AuthMethod), user, secret); err != nil || (admin && !cfg.IsAdmin(user)) {
 		if err == nil || errors.Is(err, auth.ErrPasswordMismatch) {
 			if admin && err == nil {
 				writeFatal(conn, fatalf(codeInvalidAuthSpec, "user %q may not use the admin console; add it to admin.users", user))
