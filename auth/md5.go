@@ -59,19 +59,12 @@ func authMD5(conn io.ReadWriter, user, secret string, kind secretKind) error {
 
 	req := &pgproto3.AuthenticationMD5Password{}
 	_, _ = rand.Read(req.Salt[:]) // never fails (crypto/rand docs)
-	if err := send(conn, req); err != nil {
-		return err
-	}
-	body, err := receive(conn, "PasswordMessage")
+	pw, err := askPassword(conn, req)
 	if err != nil {
 		return err
 	}
-	var pw pgproto3.PasswordMessage
-	if err := decode(&pw, body, "PasswordMessage"); err != nil {
-		return err
-	}
 	want := md5Hex(hash[3:], string(req.Salt[:]))
-	if subtle.ConstantTimeCompare([]byte(pw.Password), []byte(want)) != 1 {
+	if subtle.ConstantTimeCompare([]byte(pw), []byte(want)) != 1 {
 		return fmt.Errorf("%w: md5 response does not match", ErrPasswordMismatch)
 	}
 	return nil

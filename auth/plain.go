@@ -13,18 +13,11 @@ import (
 // sends its password in a PasswordMessage, which is checked against any kind
 // of secret.
 func authPlain(conn io.ReadWriter, user, secret string, kind secretKind) error {
-	if err := send(conn, &pgproto3.AuthenticationCleartextPassword{}); err != nil {
-		return err
-	}
-	body, err := receive(conn, "PasswordMessage")
+	pw, err := askPassword(conn, &pgproto3.AuthenticationCleartextPassword{})
 	if err != nil {
 		return err
 	}
-	var pw pgproto3.PasswordMessage
-	if err := decode(&pw, body, "PasswordMessage"); err != nil {
-		return err
-	}
-	match, err := checkPlain(kind, secret, user, pw.Password)
+	match, err := checkPlain(kind, secret, user, pw)
 	if err != nil {
 		return err
 	}
@@ -62,4 +55,21 @@ func CheckPassword(user, password, secret string) bool {
 	}
 	ok, err := checkPlain(kind, secret, user, password)
 	return err == nil && ok
+}
+
+// askPassword sends req and returns the password of the client's
+// PasswordMessage answer.
+func askPassword(conn io.ReadWriter, req pgproto3.BackendMessage) (string, error) {
+	if err := send(conn, req); err != nil {
+		return "", err
+	}
+	body, err := receive(conn, "PasswordMessage")
+	if err != nil {
+		return "", err
+	}
+	var pw pgproto3.PasswordMessage
+	if err := decode(&pw, body, "PasswordMessage"); err != nil {
+		return "", err
+	}
+	return pw.Password, nil
 }
