@@ -314,7 +314,7 @@ func (w *rewriter) ensureUnnamed() {
 // flight may yet be skipped.
 func (w *rewriter) held(key uint64) bool {
 	batch, ok := w.b.stmts.batch(key)
-	return ok && (batch < w.b.syncsDone || batch == w.batch)
+	return ok && (batch < w.b.queue.popped || batch == w.batch)
 }
 
 // ensure prepares st on the server first when it may lack it; the client
@@ -370,7 +370,9 @@ func (b *backend) reply(typ byte) (swallow bool) {
 		return false
 	}
 	r := b.replies[0]
-	b.replies = b.replies[1:]
+	n := copy(b.replies, b.replies[1:])
+	b.replies[n] = pendingReply{}
+	b.replies = b.replies[:n]
 	if r.typ != typ {
 		b.db.p.log.Error("prepared statement bookkeeping out of step; closing server connection", "server", b.id, "want", string(r.typ), "got", string(typ))
 		b.dead.Store(true)
@@ -385,13 +387,14 @@ func (b *backend) reply(typ byte) (swallow bool) {
 // Close is to be undone.
 func (b *backend) batchDone() {
 	i := 0
-	for i < len(b.replies) && b.replies[i].batch < b.syncsDone {
+	for i < len(b.replies) && b.replies[i].batch < b.queue.popped {
 		b.skipped(b.replies[i])
 		i++
 	}
-	b.replies = b.replies[i:]
-	if len(b.replies) == 0 {
-		b.replies = b.replies[:0:0]
+	if i > 0 {
+		n := copy(b.replies, b.replies[i:])
+		clear(b.replies[n:])
+		b.replies = b.replies[:n]
 	}
 }
 
@@ -457,6 +460,21 @@ func (c *client) awaitStmtOps() {
 	c.stmtOps = c.stmtOps[:0]
 	c.stmtOpState = stmtOpsNone
 	c.dropStmtsIfDropped()
+}
+
+// undoStmtOps undoes the Parse and Close operations from index from on, latest
+// first: they were never sent.
+func (c *client) undoStmtOps(from int) {
+	for i := len(c.stmtOps) - 1; i >= from; i-- {
+		op := c.stmtOps[i]
+		if op.prev == nil {
+			delete(c.stmts, op.name)
+		} else {
+			c.stmts[op.name] = op.prev
+		}
+	}
+	clear(c.stmtOps[from:])
+	c.stmtOps = c.stmtOps[:from]
 }
 
 // dropStmtsIfDropped forgets the client's statements once the server ran
