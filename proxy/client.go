@@ -232,9 +232,7 @@ func inspectClient(typ byte) bool {
 // process forwards every complete message in buf (and the available part of
 // large messages pgguard need not read) to the server, acquiring one first.
 func (c *client) process() error {
-	if panicHook != nil {
-		panicHook("process")
-	}
+	testPanic("process")
 	c.dropStmtsIfDropped()
 	data := c.buf[:c.w]
 	from, pos := 0, 0 // data[from:pos] is forwarded

@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"runtime/debug"
+	"sync/atomic"
 )
 
 // Panic isolation, as net/http does per connection: a panic in one
@@ -12,7 +13,14 @@ import (
 
 // panicHook, when set (tests only), is called at the points named by where
 // ("relay", "process") and may panic.
-var panicHook func(where string)
+var panicHook atomic.Pointer[func(where string)]
+
+// testPanic calls panicHook, if set.
+func testPanic(where string) {
+	if h := panicHook.Load(); h != nil {
+		(*h)(where)
+	}
+}
 
 // recoverPanic is deferred at the top of every per-connection goroutine;
 // side is "client" or "server", cleanup closes what the goroutine served.

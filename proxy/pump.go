@@ -113,9 +113,7 @@ func (b *backend) pump() {
 
 // relay handles one read's worth of server output.
 func (b *backend) relay(data []byte) {
-	if panicHook != nil {
-		panicHook("relay")
-	}
+	testPanic("relay")
 	rd := &b.rd
 	b.mu.Lock()
 	b.refreshBulk()

@@ -93,28 +93,33 @@ type serverStmts struct {
 	byID map[uint64]*list.Element
 }
 
-type serverStmt struct{ key, batch uint64 }
+// serverStmt is a statement a server holds: prepared by batch, last named
+// by batch used.
+type serverStmt struct{ key, batch, used uint64 }
 
-// batch returns the batch that prepared key, marking it used.
-func (s *serverStmts) batch(key uint64) (uint64, bool) {
+// batch returns the batch that prepared key and marks it used by batch now.
+func (s *serverStmts) batch(key, now uint64) (uint64, bool) {
 	if e, ok := s.byID[key]; ok {
 		s.lru.MoveToFront(e)
-		return e.Value.(serverStmt).batch, true
+		st := e.Value.(serverStmt)
+		st.used = now
+		e.Value = st
+		return st.batch, true
 	}
 	return 0, false
 }
 
-// add records key as prepared by batch.
+// add records key as prepared (and used) by batch.
 func (s *serverStmts) add(key, batch uint64) {
 	if e, ok := s.byID[key]; ok {
-		e.Value = serverStmt{key, batch}
+		e.Value = serverStmt{key, batch, batch}
 		s.lru.MoveToFront(e)
 		return
 	}
 	if s.byID == nil {
 		s.byID = make(map[uint64]*list.Element)
 	}
-	s.byID[key] = s.lru.PushFront(serverStmt{key, batch})
+	s.byID[key] = s.lru.PushFront(serverStmt{key, batch, batch})
 }
 
 // removeIf forgets key if batch prepared it last: a Parse the server skipped.
@@ -125,16 +130,23 @@ func (s *serverStmts) removeIf(key, batch uint64) {
 	}
 }
 
-// evict removes and returns the least recently used statement beyond max.
-func (s *serverStmts) evict(max int) (uint64, bool) {
+// evict removes and returns the least recently used statement beyond max
+// that no batch still unanswered names (answered: batches before it are):
+// closing a statement closes the portals bound from it, which a batch in
+// flight may yet execute. With every statement in use, none is evicted and
+// the server holds more than max for a while.
+func (s *serverStmts) evict(max int, answered uint64) (uint64, bool) {
 	if max <= 0 || s.lru.Len() <= max {
 		return 0, false
 	}
-	e := s.lru.Back()
-	key := e.Value.(serverStmt).key
-	s.lru.Remove(e)
-	delete(s.byID, key)
-	return key, true
+	for e := s.lru.Back(); e != nil; e = e.Prev() {
+		if st := e.Value.(serverStmt); st.used < answered {
+			s.lru.Remove(e)
+			delete(s.byID, st.key)
+			return st.key, true
+		}
+	}
+	return 0, false
 }
 
 func (s *serverStmts) clear() {
@@ -313,7 +325,7 @@ func (w *rewriter) ensureUnnamed() {
 // is skipped, so is what follows it). A Parse in an earlier batch still in
 // flight may yet be skipped.
 func (w *rewriter) held(key uint64) bool {
-	batch, ok := w.b.stmts.batch(key)
+	batch, ok := w.b.stmts.batch(key, w.batch)
 	return ok && (batch < w.b.queue.popped || batch == w.batch)
 }
 
@@ -329,7 +341,7 @@ func (w *rewriter) ensure(st *stmt) {
 // statement when the server holds pool.max_prepared_statements already.
 func (w *rewriter) prepare(st *stmt, swallow bool, op *stmtOp) {
 	w.b.stmts.add(st.key, w.batch)
-	if old, ok := w.b.stmts.evict(w.max); ok {
+	if old, ok := w.b.stmts.evict(w.max, w.b.queue.popped); ok {
 		w.out = appendMsgParts(w.out, 'C', "S", serverStmtName(old), "\x00")
 		w.expect('3', true, 0, nil)
 	}
