@@ -4,8 +4,11 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -81,4 +84,52 @@ func TestFailedParameterSync(t *testing.T) {
 	if err != nil || n != 0 {
 		t.Fatalf("the server that could not take the parameters is still open (%d, %v)", n, err)
 	}
+}
+
+// TestServerStates: SHOW SERVERS and /metrics show each server's state
+// (active while a session holds it, idle once its session left and the
+// reset ran), and state changes are counted.
+func TestServerStates(t *testing.T) {
+	g := startGuard(t, testConfig("session"))
+	ctx := context.Background()
+	holder := connect(t, g.url("app"), pgx.QueryExecModeExec)
+	if _, err := holder.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	leaver := connect(t, g.url("app"), pgx.QueryExecModeExec)
+	if _, err := leaver.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	leaver.Close(ctx)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		states := map[string]int{}
+		for _, s := range g.Servers() {
+			states[s.State]++
+		}
+		if states["active"] == 1 && states["idle"] == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server states %v, want one active and one idle", states)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	body := scrape(t, g)
+	for _, want := range []string{`pgguard_server_connections{database="app",state="active",upstream="primary"} 1`,
+		`pgguard_server_connections{database="app",state="idle",upstream="primary"} 1`,
+		`pgguard_server_state_transitions_total{database="app",from="active",to="resetting"} 1`,
+		`pgguard_server_state_transitions_total{database="app",from="resetting",to="idle"} 1`} {
+		if !strings.Contains(body, want) {
+			t.Fatalf("metrics lack %s", want)
+		}
+	}
+}
+
+// scrape returns g's /metrics text.
+func scrape(t testing.TB, g *guard) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	g.metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	return rec.Body.String()
 }

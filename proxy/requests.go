@@ -131,8 +131,9 @@ func (b *backend) prepareSend(c *client, p []byte, lead int, open, slow bool) ([
 	}
 	c.applyEffects(b)
 	out := p
-	if slow {
-		w := rewriter{c: c, b: b, out: c.obuf[:0], batch: b.queue.pushed, max: c.p.cfg.Load().Pool.MaxPreparedStatements}
+	max := c.p.cfg.Load().Pool.MaxPreparedStatements
+	if slow || b.stmts.over(max) && lead == 0 {
+		w := rewriter{c: c, b: b, out: c.obuf[:0], batch: b.queue.pushed, max: max}
 		w.chunk(p, lead)
 		c.obuf = w.out
 		out = w.out

@@ -101,9 +101,8 @@ type serverStmt struct{ key, batch, used uint64 }
 func (s *serverStmts) batch(key, now uint64) (uint64, bool) {
 	if e, ok := s.byID[key]; ok {
 		s.lru.MoveToFront(e)
-		st := e.Value.(serverStmt)
+		st := e.Value.(*serverStmt)
 		st.used = now
-		e.Value = st
 		return st.batch, true
 	}
 	return 0, false
@@ -112,19 +111,19 @@ func (s *serverStmts) batch(key, now uint64) (uint64, bool) {
 // add records key as prepared (and used) by batch.
 func (s *serverStmts) add(key, batch uint64) {
 	if e, ok := s.byID[key]; ok {
-		e.Value = serverStmt{key, batch, batch}
+		*e.Value.(*serverStmt) = serverStmt{key, batch, batch}
 		s.lru.MoveToFront(e)
 		return
 	}
 	if s.byID == nil {
 		s.byID = make(map[uint64]*list.Element)
 	}
-	s.byID[key] = s.lru.PushFront(serverStmt{key, batch, batch})
+	s.byID[key] = s.lru.PushFront(&serverStmt{key, batch, batch})
 }
 
 // removeIf forgets key if batch prepared it last: a Parse the server skipped.
 func (s *serverStmts) removeIf(key, batch uint64) {
-	if e, ok := s.byID[key]; ok && e.Value.(serverStmt).batch == batch {
+	if e, ok := s.byID[key]; ok && e.Value.(*serverStmt).batch == batch {
 		s.lru.Remove(e)
 		delete(s.byID, key)
 	}
@@ -133,14 +132,14 @@ func (s *serverStmts) removeIf(key, batch uint64) {
 // evict removes and returns the least recently used statement beyond max
 // that no batch still unanswered names (answered: batches before it are):
 // closing a statement closes the portals bound from it, which a batch in
-// flight may yet execute. With every statement in use, none is evicted and
-// the server holds more than max for a while.
+// flight may yet execute. With every statement in use, none is evicted:
+// the server holds more than max until a later batch trims it.
 func (s *serverStmts) evict(max int, answered uint64) (uint64, bool) {
 	if max <= 0 || s.lru.Len() <= max {
 		return 0, false
 	}
 	for e := s.lru.Back(); e != nil; e = e.Prev() {
-		if st := e.Value.(serverStmt); st.used < answered {
+		if st := e.Value.(*serverStmt); st.used < answered {
 			s.lru.Remove(e)
 			delete(s.byID, st.key)
 			return st.key, true
@@ -148,6 +147,9 @@ func (s *serverStmts) evict(max int, answered uint64) (uint64, bool) {
 	}
 	return 0, false
 }
+
+// over reports whether the server holds more than max statements.
+func (s *serverStmts) over(max int) bool { return max > 0 && s.lru.Len() > max }
 
 func (s *serverStmts) clear() {
 	s.lru.Init()
@@ -197,6 +199,9 @@ type rewriter struct {
 // message already under way.
 func (w *rewriter) chunk(p []byte, lead int) {
 	w.out = append(w.out, p[:lead]...)
+	if lead == 0 { // at a message boundary: the server may hold too many from an earlier batch
+		w.trim()
+	}
 	for pos := lead; pos < len(p); {
 		if len(p)-pos < 5 {
 			w.out = append(w.out, p[pos:]...)
@@ -341,10 +346,7 @@ func (w *rewriter) ensure(st *stmt) {
 // statement when the server holds pool.max_prepared_statements already.
 func (w *rewriter) prepare(st *stmt, swallow bool, op *stmtOp) {
 	w.b.stmts.add(st.key, w.batch)
-	if old, ok := w.b.stmts.evict(w.max, w.b.queue.popped); ok {
-		w.out = appendMsgParts(w.out, 'C', "S", serverStmtName(old), "\x00")
-		w.expect('3', true, 0, nil)
-	}
+	w.trim()
 	// Close the name first: whatever the server had under it (after a
 	// DISCARD ALL pgguard could not follow, or a Parse in a batch still in
 	// flight) cannot make the Parse fail.
@@ -354,6 +356,19 @@ func (w *rewriter) prepare(st *stmt, swallow bool, op *stmtOp) {
 	out = append(append(out, st.name...), 0)
 	w.out = endMsg(append(out, st.parse...), at)
 	w.expect('1', swallow, st.key, op)
+}
+
+// trim closes the least used statements the server holds beyond
+// pool.max_prepared_statements, of those no unanswered batch names.
+func (w *rewriter) trim() {
+	for {
+		old, ok := w.b.stmts.evict(w.max, w.b.queue.popped)
+		if !ok {
+			return
+		}
+		w.out = appendMsgParts(w.out, 'C', "S", serverStmtName(old), "\x00")
+		w.expect('3', true, 0, nil)
+	}
 }
 
 func (w *rewriter) expect(typ byte, swallow bool, key uint64, op *stmtOp) {
