@@ -8,12 +8,12 @@ import (
 
 // restartKeys cannot change while pgguard runs: they are bound at startup.
 var restartKeys = map[string]bool{
-	"listen":            true,
-	"http_listen":       true,
-	"tls_cert":          true,
-	"tls_key":           true,
-	"pool.mode":         true,
-	"limiter.redis_url": true,
+	"listen":                true,
+	"http_listen":           true,
+	"tls_cert":              true,
+	"tls_key":               true,
+	"pool.mode":             true,
+	"limiter.redis_url":     true,
 	"cache_store.redis_url": true,
 }
 
