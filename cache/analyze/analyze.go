@@ -29,8 +29,8 @@ import (
 // Info is what the result cache needs to know about one SQL text.
 type Info struct {
 	// Fingerprint is pg_query's fingerprint of a single SELECT, the shape a
-	// [[cache]] rule matches (the fingerprint column of SHOW QUERIES); 0
-	// for any other text.
+	// [[cache]] rule matches (the fingerprint column of SHOW QUERIES),
+	// whether or not it may be cached; 0 for any other text.
 	Fingerprint uint64
 	// Refusal says why the text may not be cached whatever a rule says, as
 	// a phrase following "the query": "calls random(), a volatile function".
@@ -142,13 +142,13 @@ func Analyze(sql string) (info Info) {
 			info.Refusal = "is not read-only (" + v.Reason + ")"
 		}
 	}
-	if info.Refusal == "" {
-		fp, err := pg_query.FingerprintToUInt64(sql)
-		if err != nil {
-			info.Refusal = "cannot be fingerprinted: " + err.Error()
-		}
-		info.Fingerprint = fp
+	// Refused SELECTs get their fingerprint too, so that a rule matching
+	// the shape can say why this text is not cached.
+	fp, err := pg_query.FingerprintToUInt64(sql)
+	if err != nil && info.Refusal == "" {
+		info.Refusal = "cannot be fingerprinted: " + err.Error()
 	}
+	info.Fingerprint = fp
 	return info
 }
 
