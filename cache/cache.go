@@ -293,6 +293,12 @@ func (c *Cache) Get(ctx context.Context, k *Key) ([]byte, bool) {
 	if c.fleet() {
 		k.fleet = true
 		gens, value, err := c.redis.fetch(ctx, k.fields, k.digest, e == nil)
+		if errors.Is(err, errNoEpoch) {
+			// New or lost generations: create them, read again.
+			if err = c.redis.initEpoch(ctx); err == nil {
+				gens, value, err = c.redis.fetch(ctx, k.fields, k.digest, e == nil)
+			}
+		}
 		switch {
 		case err == nil:
 			k.observed, k.gens = true, gens
@@ -301,10 +307,7 @@ func (c *Cache) Get(ctx context.Context, k *Key) ([]byte, bool) {
 					c.m.corrupt.Inc()
 				}
 			}
-		case errors.Is(err, errNoEpoch):
-			st.miss(false) // Put creates the epoch
-			return nil, false
-		case ctx.Err() != nil:
+		case errors.Is(err, errNoEpoch), ctx.Err() != nil:
 			st.miss(false)
 			return nil, false
 		default:
@@ -318,6 +321,19 @@ func (c *Cache) Get(ctx context.Context, k *Key) ([]byte, bool) {
 	if e == nil {
 		st.miss(false)
 		return nil, false
+	}
+	if !e.fresh(now, k.fields, k.gens) && !fromRedis && k.fleet {
+		// The in-process copy is stale; another instance may have stored
+		// a fresh one since.
+		c.lru.drop(k.digest)
+		if gens, value, err := c.redis.fetch(ctx, k.fields, k.digest, true); err == nil && value != nil {
+			k.gens = gens
+			if e2, ok := decodeEntry(value, k.digest); ok {
+				e, fromRedis = e2, true
+			} else {
+				c.m.corrupt.Inc()
+			}
+		}
 	}
 	if !e.fresh(now, k.fields, k.gens) {
 		c.lru.drop(k.digest)
@@ -350,13 +366,8 @@ func (c *Cache) Put(ctx context.Context, k *Key, reply []byte) bool {
 	}
 	observed := k.observed
 	k.observed = false // one Put per Get
-	switch {
-	case !observed && k.fleet && c.fleet():
-		// Redis has no generations yet: create them, store next time.
-		c.redis.initEpoch(ctx)
-		return false
-	case !observed, k.fleet != c.fleet():
-		return false // the generations read are not those in force now
+	if !observed || k.fleet != c.fleet() {
+		return false // no generations read, or not those in force now
 	}
 	ttl := r.ttl
 	if c.capped() {
