@@ -775,8 +775,16 @@ func (c *client) write(p []byte) {
 	c.out.Write(p)
 }
 
-// sendError writes an ErrorResponse, plus ReadyForQuery for a non-fatal one.
+// finalWriteTimeout bounds what pgguard writes to a client it is closing
+// (the error saying why): a client that stopped reading must not hold up
+// KILL, the janitor, shutdown or a pump for longer.
+const finalWriteTimeout = time.Second
+
+// sendError writes an ErrorResponse, plus ReadyForQuery for a non-fatal one,
+// to a client about to be closed. Its write, and one under way (a pump's,
+// holding the socket), give up after finalWriteTimeout.
 func (c *client) sendError(e *Error) {
+	c.conn.SetWriteDeadline(time.Now().Add(finalWriteTimeout))
 	buf := e.encode(nil)
 	if !e.Fatal() {
 		buf = append(buf, 'Z', 0, 0, 0, 5, 'I')
