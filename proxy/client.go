@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -640,6 +641,7 @@ type handoff struct {
 	start       time.Time // when the client began to wait
 	sent        bool      // Take wrote it (p is then what was written)
 	err         error     // ... and the write failed
+	waited      bool      // Take was called: the client queued for its server
 }
 
 // handoffMax bounds what a releasing pump writes for a queued client: more
@@ -647,10 +649,12 @@ type handoff struct {
 const handoffMax = 8 << 10
 
 // Take implements pool.Taker on the releasing pump's goroutine, while c's
-// goroutine is parked in acquire.
+// goroutine is parked in acquire. It sends only a small transaction-mode
+// send (h.p set) of a client still there.
 func (c *client) Take(b *backend) bool {
 	h := c.handoff
-	if c.cancelQueued.Load() || !b.link(c) {
+	h.waited = true
+	if h.p == nil || c.cancelQueued.Load() || c.hungUp() || !b.link(c) {
 		return false // c's goroutine deals with it
 	}
 	c.linked(h.start)
@@ -683,16 +687,15 @@ func (c *client) acquire(p []byte, syncs, lead int, open, slow bool) (*backend, 
 		c.state.Store(stateIdle)
 		return nil, c.p.clientError(err, c.db, false)
 	}
-	var taker pool.Taker[*backend]
+	if c.handoff == nil {
+		c.handoff = new(handoff)
+	}
+	*c.handoff = handoff{start: start}
 	if c.pooling == poolTransaction && len(p) <= handoffMax {
-		if c.handoff == nil {
-			c.handoff = new(handoff)
-		}
 		*c.handoff = handoff{p: p, syncs: syncs, lead: lead, open: open, slow: slow, start: start}
-		taker = c
 	}
 	for {
-		b, taken, err := c.db.pool.AcquireFor(c.p.ctx, c.priority, taker)
+		b, taken, err := c.db.pool.AcquireFor(c.p.ctx, c.priority, c)
 		if taken {
 			if c.cancelQueued.Swap(false) {
 				go b.cancelFor(c) // it came as Take sent the query: cancel it there
@@ -710,12 +713,51 @@ func (c *client) acquire(p []byte, syncs, lead int, open, slow bool) (*backend, 
 			c.state.Store(stateIdle)
 			return nil, errorf(codeQueryCanceled, "canceling statement due to user request (while it waited for a server connection)")
 		}
+		if (c.handoff.waited || b.created.After(start)) && c.hungUp() {
+			// It queued, or waited for a dial, and left meanwhile: what it
+			// sent is not run (a client that gave up may retry it elsewhere).
+			c.db.pool.Release(b)
+			c.lim.ReleaseConn()
+			c.state.Store(stateIdle)
+			c.p.log.Debug("client hung up while waiting for a server; its statement was not run", "client", c.id, "application_name", c.app)
+			return nil, errClientEOF
+		}
 		if b.link(c) {
 			c.linked(start)
 			return b, nil
 		}
 		c.db.pool.Discard(b) // died between the pool and us
 	}
+}
+
+// hungUp reports whether the client closed its end: a peek at its socket,
+// which consumes nothing, finds end-of-file or a reset. Input waiting to be
+// read (say its next message) does not count. Only a client that waited for
+// a server asks, so the hot path makes no extra system call.
+func (c *client) hungUp() bool {
+	raw := c.raw
+	if raw == nil { // TLS: peek below it
+		conn := c.conn
+		if tc, ok := conn.(*tls.Conn); ok {
+			conn = tc.NetConn()
+		}
+		sc, ok := conn.(syscall.Conn)
+		if !ok {
+			return false
+		}
+		var err error
+		if raw, err = sc.SyscallConn(); err != nil {
+			return true
+		}
+	}
+	gone := false
+	err := raw.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		gone = e == 0 && n == 0 || e == syscall.ECONNRESET
+	})
+	return gone || err != nil
 }
 
 // serverState is what the janitor needs to know about c's server.

@@ -123,3 +123,47 @@ func TestClientThatStopsReading(t *testing.T) {
 		g.Shutdown(sctx)
 	})
 }
+
+// TestQueuedClientHangsUp: a client that sends a statement while queued for
+// a server and then closes its socket does not have it run when a server
+// frees up; the server goes on to serve others.
+func TestQueuedClientHangsUp(t *testing.T) {
+	for _, mode := range []string{"transaction", "session"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := context.Background()
+			table := "hangup_" + mode
+			if err := pg.Exec(ctx, "DROP TABLE IF EXISTS "+table+"; CREATE TABLE "+table+" (v int); GRANT ALL ON "+table+" TO tester"); err != nil {
+				t.Fatal(err)
+			}
+			cfg := testConfig(mode)
+			cfg.Pool.Size = 1
+			g := startGuard(t, cfg)
+			holder := connect(t, g.url("app"), pgx.QueryExecModeExec)
+			if _, err := holder.Exec(ctx, "BEGIN; SELECT 1"); err != nil {
+				t.Fatal(err)
+			}
+			quitter := rawSession(t, g.url("app"))
+			sendQuery(t, quitter, "INSERT INTO "+table+" VALUES (1)")
+			waitUntil(t, "the client to queue", func() bool { return g.Pools()[0].ClientsWaiting == 1 })
+			quitter.Close()
+			time.Sleep(100 * time.Millisecond) // let its FIN land
+			if mode == "session" {
+				holder.Close(ctx) // the server goes back only with the session
+			} else if _, err := holder.Exec(ctx, "COMMIT"); err != nil {
+				t.Fatal(err)
+			}
+			waitUntil(t, "the client that hung up to be gone", func() bool {
+				p := g.Pools()[0]
+				return p.ClientsWaiting == 0 && len(g.Clients()) <= 1
+			})
+			next := connect(t, g.url("app"), pgx.QueryExecModeExec)
+			var n int
+			if err := next.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n != 0 {
+				t.Fatalf("%d rows: the INSERT of a client that hung up while queued ran", n)
+			}
+		})
+	}
+}
