@@ -490,8 +490,10 @@ func (c *client) discard(data []byte, pos int) int {
 	return pos
 }
 
-// keep moves an incomplete message to the front of buf, growing buf when the
-// message is larger than it; with nothing left, the buffer goes back.
+// keep moves an incomplete message to the front of buf; with nothing left,
+// the buffer goes back. A message larger than buf grows it only once its
+// bytes fill it, doubling up to the declared size: memory follows what
+// arrived, not what a header claims.
 func (c *client) keep(rest []byte) {
 	c.w = len(rest)
 	if len(rest) == 0 {
@@ -503,14 +505,16 @@ func (c *client) keep(rest []byte) {
 	if len(rest) >= 5 {
 		need = 1 + int(binary.BigEndian.Uint32(rest[1:]))
 	}
-	if need > cap(c.buf) {
-		nb := make([]byte, need)
+	if need > cap(c.buf) && len(rest) == cap(c.buf) {
+		nb := make([]byte, min(need, 2*cap(c.buf)))
 		copy(nb, rest)
 		putReadBuf(c.buf)
 		c.buf = nb
 		return
 	}
-	copy(c.buf, rest)
+	if &rest[0] != &c.buf[0] { // already in front: no copy per read of a large message
+		copy(c.buf, rest)
+	}
 	c.buf = c.buf[:cap(c.buf)]
 }
 
