@@ -320,7 +320,7 @@ func (c *client) process() error {
 					c.stmtOpState = stmtOpsOpen
 				}
 				if !transaction && len(name) > 0 {
-					c.setStmt(string(name), &stmt{parse: append([]byte(nil), rest...)}) // for the read-only guard
+					c.rememberStmt(name, rest)
 				}
 			}
 		case 'C':
@@ -328,6 +328,10 @@ func (c *client) process() error {
 			if transaction && namedStmtMessage(typ, body) {
 				slow = true
 				c.stmtOpState = stmtOpsOpen
+			}
+			if !transaction && namedStmtMessage(typ, body) {
+				name, _, _ := cbytes(body[1:])
+				delete(c.stmts, string(name))
 			}
 		case 'B', 'D':
 			slow = slow || (transaction && (namedStmtMessage(typ, body) ||
@@ -613,6 +617,24 @@ func (c *client) setStmt(name string, st *stmt) {
 		c.stmts = make(map[string]*stmt)
 	}
 	c.stmts[name] = st
+}
+
+// sessionStmtsMax bounds the statements a session-mode client is remembered
+// to have prepared. Past it one is forgotten: the guard then lets a Bind of
+// it through, and the server's default_transaction_read_only refuses a write.
+const sessionStmtsMax = 1000
+
+// rememberStmt keeps a session-mode client's named statement (the body of
+// its Parse after the name) for the read-only guard, which judges a Bind by
+// its statement's text.
+func (c *client) rememberStmt(name, parse []byte) {
+	if _, ok := c.stmts[string(name)]; !ok && len(c.stmts) >= sessionStmtsMax {
+		for k := range c.stmts {
+			delete(c.stmts, k)
+			break
+		}
+	}
+	c.setStmt(string(name), &stmt{parse: append([]byte(nil), parse...)})
 }
 
 // stmt looks a statement up by a name still in the read buffer (no copy).
