@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -271,5 +272,38 @@ func TestSessionStmtsForgottenAndBounded(t *testing.T) {
 	}
 	if st := c.stmt([]byte("S_2999")); st == nil || string(queryText(st.parse)) != "INSERT INTO t VALUES (2999)" {
 		t.Fatalf("the latest statement is not remembered: %+v", st)
+	}
+}
+
+// BenchmarkClientHungUp is the cost of the peek a queued client's hand-over
+// makes (hungUp), on a loopback TCP client.
+func BenchmarkClientHungUp(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer peer.Close()
+	conn, err := ln.Accept()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	s := newSock(conn)
+	c := &client{conn: conn, out: s, raw: s.raw}
+	b.ReportAllocs()
+	for b.Loop() {
+		if c.hungUp() {
+			b.Fatal("a live client seen as gone")
+		}
+	}
+	peer.Close()
+	time.Sleep(10 * time.Millisecond)
+	if !c.hungUp() {
+		b.Fatal("a client that closed not seen as gone")
 	}
 }
