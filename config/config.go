@@ -27,6 +27,9 @@ type Config struct {
 	MaxMessageSize int `toml:"max_message_size"`
 	// LogLevel is the main log's level: "debug", "info", "warn", "error" (log_level).
 	LogLevel string `toml:"log_level"`
+	// MemoryLimit is the Go runtime's soft memory limit in bytes
+	// (memory_limit); 0 leaves the runtime's default (or GOMEMLIMIT).
+	MemoryLimit int `toml:"memory_limit"`
 
 	// Databases maps the database name clients connect to onto its upstreams ([databases.NAME]).
 	Databases map[string]*Database `toml:"databases"`
@@ -275,6 +278,7 @@ func Default() *Config {
 		AuthMethod:      "scram-sha-256",
 		MaxMessageSize:  64 << 20,
 		LogLevel:        "info",
+		MemoryLimit:     32 << 20,
 		Databases:       map[string]*Database{},
 		Pool: Pool{
 			Mode:                   "transaction",

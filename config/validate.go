@@ -113,6 +113,9 @@ func (v *validator) top() {
 	}
 	v.oneOf("auth_method", c.AuthMethod, "scram-sha-256", "md5", "plain")
 	v.atLeast("max_message_size", c.MaxMessageSize, 1024)
+	if c.MemoryLimit != 0 {
+		v.atLeast("memory_limit", c.MemoryLimit, 8<<20)
+	}
 	v.oneOf("log_level", c.LogLevel, "debug", "info", "warn", "error")
 }
 

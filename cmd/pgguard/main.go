@@ -14,10 +14,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -100,6 +102,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger, ready func(addr ne
 		return err
 	}
 	redis.SetLogger(redisLogger{log.With("component", "redis")})
+	applyMemoryLimit(cfg)
 	m := metrics.New()
 
 	ql, err := querylog.New(cfg.QueryLog, log)
@@ -222,6 +225,7 @@ func reloader(p *proxy.Proxy, ql *querylog.Logger, lim *limiter.Limiter, rc *cac
 		}
 		lim.Reconfigure(cfg)
 		rc.Reconfigure(cfg)
+		applyMemoryLimit(cfg)
 		for _, k := range restart {
 			log.Warn("config key changed but needs a restart to take effect", "key", k)
 		}
@@ -253,4 +257,17 @@ type redisLogger struct{ log *slog.Logger }
 // Printf implements go-redis's logging interface.
 func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	r.log.DebugContext(ctx, strings.TrimSpace(fmt.Sprintf(format, v...)))
+}
+
+// applyMemoryLimit sets the Go runtime's soft memory limit from
+// memory_limit, unless GOMEMLIMIT set it for the process.
+func applyMemoryLimit(cfg *config.Config) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	limit := int64(math.MaxInt64) // the runtime's "no limit"
+	if cfg.MemoryLimit > 0 {
+		limit = int64(cfg.MemoryLimit)
+	}
+	debug.SetMemoryLimit(limit)
 }
