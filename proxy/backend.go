@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgguard/pgguard/limiter"
 )
 
 // backend is one server connection to an upstream. Its pump goroutine reads
@@ -25,6 +27,7 @@ type backend struct {
 	hc       *pgconn.HijackedConn // pid, secret and config for CancelRequest
 	upstream string               // "primary" or "fallback"
 	created  time.Time
+	act      *limiter.Activity // the budget model's view of it; nil on the fallback or without a limiter
 
 	dead atomic.Bool
 
@@ -250,11 +253,13 @@ func (b *backend) relay(data []byte) {
 // readyForQuery handles a ReadyForQuery ending at data[end]; it returns the
 // new start of unforwarded data.
 func (b *backend) readyForQuery(status byte, data []byte, start, end int) int {
+	now := time.Now()
 	b.mu.Lock()
 	b.txStatus = status
 	if b.pending > 0 {
 		b.pending--
 	}
+	b.act.Ready(now, b.pending > 0, status != 'I')
 	b.syncsDone++
 	b.batchDone()
 	if b.pending == 0 && b.answered != nil {
@@ -277,7 +282,6 @@ func (b *backend) readyForQuery(status byte, data []byte, start, end int) int {
 	if status == 'I' {
 		b.unitDone()
 	}
-	now := time.Now()
 	q, done := b.finishQuery(now)
 	if done && q.query {
 		defer b.report(q, now)
@@ -392,6 +396,7 @@ func (b *backend) died(err error) {
 	}
 	b.conn.Close()
 	b.mu.Lock()
+	b.act.Close(time.Now())
 	for _, r := range b.replies {
 		b.skipped(r)
 	}
