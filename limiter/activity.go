@@ -139,7 +139,7 @@ func (a *Activity) Query(app string, t time.Time) {
 		return
 	}
 	a.mu.Lock()
-	if !a.since.IsZero() && a.kind == KindQuery && a.app == app {
+	if a.closed || !a.since.IsZero() && a.kind == KindQuery && a.app == app {
 		a.mu.Unlock()
 		return
 	}
@@ -164,6 +164,10 @@ func (a *Activity) Ready(t time.Time, more, inTx bool) {
 		return
 	}
 	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
 	if a.since.IsZero() {
 		a.since, a.kind = t, KindQuery
 	}
@@ -251,7 +255,10 @@ func (a *Activity) emit(app string, s, e time.Time, k Kind, queries, txs, conns 
 		end := later(sg.b, e)
 		sg.dur[sg.last] += max(s.Sub(sg.b), 0) // the gap: the tail of what came before
 		sg.dur[k] += max(end.Sub(later(s, sg.b)), 0)
-		sg.b, sg.last = end, k
+		if !e.Before(sg.b) {
+			sg.last = k
+		}
+		sg.b = end
 		sg.queries += queries
 		sg.transactions += txs
 		sg.connections += conns

@@ -156,6 +156,47 @@ func TestActiveTimeSpans(t *testing.T) {
 	})
 }
 
+// Short transactions back to back on one connection are coalesced into few
+// segments; the awake time still splits exactly by kind. Each 100 ms: BEGIN
+// answered in 1 ms, idle in transaction to 20 ms, SELECT to 25 ms, idle to
+// 50 ms, COMMIT to 51 ms, then idle (the COMMIT's tail) to 100 ms.
+func TestBusyConnectionSplitsByKind(t *testing.T) {
+	const S = 5 * time.Minute
+	l, clk := spanLimiter(t, S)
+	t0 := at(t, "10:00:00")
+	c := l.Connected("app", "web", t0)
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	for i := range 100 {
+		b := t0.Add(ms(100 * i))
+		c.Query("web", b)
+		c.Ready(b.Add(ms(1)), false, true)
+		c.Query("web", b.Add(ms(20)))
+		c.Ready(b.Add(ms(25)), false, true)
+		if i%10 == 0 {
+			clk.Set(b.Add(ms(30)))
+			l.tick() // a sweep in the middle of a transaction
+		}
+		c.Query("web", b.Add(ms(50)))
+		c.Ready(b.Add(ms(51)), false, false)
+	}
+	clk.Set(at(t, "11:00:00"))
+	p := pollerOf(t, l.Budget().Pollers(), "web")
+	// By hand: active 10:00:00 to 10:00:09.951, awake 5 min more. Open
+	// transactions: 100 x (19 + 25) ms; queries: the rest.
+	wantTx := 100 * ms(44)
+	wantAll := ms(9951) + S
+	near := func(got, want time.Duration) bool {
+		return got >= want-time.Microsecond && got <= want+time.Microsecond
+	}
+	if got := awakeOf(l.Budget().Snapshot()); got != wantAll {
+		t.Errorf("awake %v, want %v", got, wantAll)
+	}
+	if p.Queries != 300 || p.Transactions != 100 || !near(p.AwakeTime, wantAll) || !near(p.AwakeTransactions, wantTx) ||
+		!near(p.AwakeQueries, wantAll-wantTx) || p.AwakeConnections != 0 || p.MaxGap != 0 {
+		t.Errorf("web report %+v; want awake %v of which transactions %v", p, wantAll, wantTx)
+	}
+}
+
 // A connection opened for no known application is booked to the first one
 // that queries on it; one nobody uses goes to NoApplication after connGrace.
 func TestConnectionAttribution(t *testing.T) {

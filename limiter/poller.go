@@ -74,7 +74,7 @@ func (p *poller) add(sg *segment, S time.Duration) {
 	if !p.last.IsZero() {
 		if a.After(p.last) {
 			gap := a.Sub(p.last)
-			if s := p.slot(unixHour(a)); s != nil {
+			if s := p.slot(unixHour(a)); s != nil && gap >= coalesceGap { // shorter ones are not counted, however delivered
 				i := gapBucket(gap)
 				s.gapN[i]++
 				ms := uint64(s.gapMS[i]) + uint64(max(gap.Milliseconds(), 0))
@@ -154,8 +154,8 @@ type PollerReport struct {
 	Connections int64
 	// MedianGap and MaxGap are the idle time between the end of one of its
 	// activities and the start of the next (median within about 20% unless
-	// the gaps are regular, when it is exact; gaps under 250 ms on one
-	// connection are not counted).
+	// the gaps are regular, when it is exact; gaps under 250 ms are not
+	// counted).
 	MedianGap, MaxGap time.Duration
 	// AwakeTime is how long its activity alone would have kept the compute
 	// awake in the window (each span of activity: until the next, at most
