@@ -252,14 +252,14 @@ func clientsTable(clients []proxy.ClientStatus) Table {
 }
 
 func serversTable(servers []proxy.ServerStatus) Table {
-	t := Table{Columns: []string{"id", "database", "upstream", "host", "backend_pid", "state", "client", "tx_status", "connect_time", "request_time"}}
+	t := Table{Columns: []string{"id", "database", "upstream", "host", "backend_pid", "state", "client", "tx_status", "outstanding", "connect_time", "request_time"}}
 	for _, s := range servers {
 		cl := ""
 		if s.Client != 0 {
 			cl = strconv.FormatUint(uint64(s.Client), 10)
 		}
 		t.Rows = append(t.Rows, []string{strconv.FormatUint(s.ID, 10), s.Database, s.Upstream, s.Host, strconv.FormatUint(uint64(s.PID), 10),
-			s.State, cl, s.TxStatus, ts(s.Created), ts(s.LastUsed)})
+			s.State, cl, s.TxStatus, strconv.Itoa(s.Outstanding), ts(s.Created), ts(s.LastUsed)})
 	}
 	return t
 }
