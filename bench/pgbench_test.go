@@ -111,6 +111,7 @@ path = %q
 	cmd.Stderr = os.Stderr
 	if o.queryLogPath == "stderr" {
 		// As on a Fly machine: stderr is a pipe a log shipper drains.
+		cmd.Stderr = nil
 		r, err := cmd.StderrPipe()
 		if err != nil {
 			t.Fatal(err)

@@ -111,6 +111,14 @@ type Pool struct {
 	LeakWarnAfter Duration `toml:"leak_warn_after"`
 	// MaxPreparedStatements bounds prepared statements kept per server connection (max_prepared_statements).
 	MaxPreparedStatements int `toml:"max_prepared_statements"`
+	// ServerTCPKeepaliveIdle is how long a server connection is silent before TCP keepalive probes start; 0 turns keepalive off (server_tcp_keepalive_idle).
+	ServerTCPKeepaliveIdle Duration `toml:"server_tcp_keepalive_idle"`
+	// ServerTCPKeepaliveInterval is the time between keepalive probes (server_tcp_keepalive_interval).
+	ServerTCPKeepaliveInterval Duration `toml:"server_tcp_keepalive_interval"`
+	// ServerTCPKeepaliveCount is how many unanswered probes drop the connection when ServerTCPUserTimeout is 0; 0 keeps the OS default (server_tcp_keepalive_count).
+	ServerTCPKeepaliveCount int `toml:"server_tcp_keepalive_count"`
+	// ServerTCPUserTimeout drops a server connection whose data or keepalive probes go unacknowledged this long (TCP_USER_TIMEOUT); 0 keeps the OS default (server_tcp_user_timeout).
+	ServerTCPUserTimeout Duration `toml:"server_tcp_user_timeout"`
 }
 
 // QueryLog is the [querylog] table.
@@ -283,6 +291,11 @@ func Default() *Config {
 			LoginTimeout:           D(15 * time.Second),
 			LeakWarnAfter:          D(5 * time.Minute),
 			MaxPreparedStatements:  200,
+			// A partitioned upstream is noticed within about 30s.
+			ServerTCPKeepaliveIdle:     D(15 * time.Second),
+			ServerTCPKeepaliveInterval: D(5 * time.Second),
+			ServerTCPKeepaliveCount:    3,
+			ServerTCPUserTimeout:       D(30 * time.Second),
 		},
 		QueryLog: QueryLog{
 			Path:      "stderr",

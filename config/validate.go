@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -205,6 +206,25 @@ func (v *validator) pool() {
 		{"pool.leak_warn_after", p.LeakWarnAfter},
 	} {
 		v.nonNegative(d.key, d.d)
+	}
+	// Kernel limits (tcp(7)): keepalive times in whole seconds up to 32767,
+	// up to 127 probes, TCP_USER_TIMEOUT in milliseconds as an int.
+	for _, d := range []struct {
+		key, zero string
+		d         Duration
+	}{
+		{"pool.server_tcp_keepalive_idle", "keepalive off", p.ServerTCPKeepaliveIdle},
+		{"pool.server_tcp_keepalive_interval", "the OS default", p.ServerTCPKeepaliveInterval},
+	} {
+		if d.d.Duration != 0 && (d.d.Duration < time.Second || d.d.Duration > 32767*time.Second) {
+			v.bad(d.key, "%s is not accepted; want 0 (%s) or 1s to 32767s", d.d.Duration, d.zero)
+		}
+	}
+	if n := p.ServerTCPKeepaliveCount; n < 0 || n > 127 {
+		v.bad("pool.server_tcp_keepalive_count", "%d is not accepted; want 0 (the OS default) to 127", n)
+	}
+	if d := p.ServerTCPUserTimeout.Duration; d < 0 || d > math.MaxInt32*time.Millisecond {
+		v.bad("pool.server_tcp_user_timeout", "%s is not accepted; want 0 (the OS default) or a duration up to 596h", d)
 	}
 }
 

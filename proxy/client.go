@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -326,7 +327,7 @@ func (c *client) process() error {
 					c.stmtOpState = stmtOpsOpen
 				}
 				if !transaction && len(name) > 0 {
-					c.setStmt(string(name), &stmt{parse: append([]byte(nil), rest...)}) // for the read-only guard
+					c.rememberStmt(name, rest)
 				}
 			}
 		case 'C':
@@ -334,6 +335,10 @@ func (c *client) process() error {
 			if transaction && namedStmtMessage(typ, body) {
 				slow = true
 				c.stmtOpState = stmtOpsOpen
+			}
+			if !transaction && namedStmtMessage(typ, body) {
+				name, _, _ := cbytes(body[1:])
+				delete(c.stmts, string(name))
 			}
 		case 'B', 'D':
 			slow = slow || (transaction && (namedStmtMessage(typ, body) ||
@@ -500,8 +505,10 @@ func (c *client) discard(data []byte, pos int) int {
 	return pos
 }
 
-// keep moves an incomplete message to the front of buf, growing buf when the
-// message is larger than it; with nothing left, the buffer goes back.
+// keep moves an incomplete message to the front of buf; with nothing left,
+// the buffer goes back. A message larger than buf grows it only once its
+// bytes fill it, doubling up to the declared size: memory follows what
+// arrived, not what a header claims.
 func (c *client) keep(rest []byte) {
 	c.w = len(rest)
 	if len(rest) == 0 {
@@ -513,14 +520,16 @@ func (c *client) keep(rest []byte) {
 	if len(rest) >= 5 {
 		need = 1 + int(binary.BigEndian.Uint32(rest[1:]))
 	}
-	if need > cap(c.buf) {
-		nb := make([]byte, need)
+	if need > cap(c.buf) && len(rest) == cap(c.buf) {
+		nb := make([]byte, min(need, 2*cap(c.buf)))
 		copy(nb, rest)
 		putReadBuf(c.buf)
 		c.buf = nb
 		return
 	}
-	copy(c.buf, rest)
+	if &rest[0] != &c.buf[0] { // already in front: no copy per read of a large message
+		copy(c.buf, rest)
+	}
 	c.buf = c.buf[:cap(c.buf)]
 }
 
@@ -628,6 +637,24 @@ func (c *client) setStmt(name string, st *stmt) {
 	c.stmts[name] = st
 }
 
+// sessionStmtsMax bounds the statements a session-mode client is remembered
+// to have prepared. Past it one is forgotten: the guard then lets a Bind of
+// it through, and the server's default_transaction_read_only refuses a write.
+const sessionStmtsMax = 1000
+
+// rememberStmt keeps a session-mode client's named statement (the body of
+// its Parse after the name) for the read-only guard, which judges a Bind by
+// its statement's text.
+func (c *client) rememberStmt(name, parse []byte) {
+	if _, ok := c.stmts[string(name)]; !ok && len(c.stmts) >= sessionStmtsMax {
+		for k := range c.stmts {
+			delete(c.stmts, k)
+			break
+		}
+	}
+	c.setStmt(string(name), &stmt{parse: append([]byte(nil), parse...)})
+}
+
 // stmt looks a statement up by a name still in the read buffer (no copy).
 func (c *client) stmt(name []byte) *stmt { return c.stmts[string(name)] }
 
@@ -658,6 +685,7 @@ type handoff struct {
 	start      time.Time // when the client began to wait
 	sent       bool      // Take wrote it (p is then what was written)
 	err        error     // ... and the write failed
+	waited     bool      // Take was called: the client queued for its server
 }
 
 // handoffMax bounds what a releasing pump writes for a queued client: more
@@ -665,11 +693,13 @@ type handoff struct {
 const handoffMax = 8 << 10
 
 // Take implements pool.Taker on the releasing pump's goroutine, while c's
-// goroutine is parked in acquire. A server that needs its parameters
-// synced first is left to c's goroutine, which can wait for the sync.
+// goroutine is parked in acquire. It sends only a small transaction-mode
+// send (h.p set) of a client still there. A server that needs its
+// parameters synced first is left to c's goroutine, which can wait for the sync.
 func (c *client) Take(b *backend) bool {
 	h := c.handoff
-	if c.cancelQueued.Load() || !b.link(c) {
+	h.waited = true
+	if h.p == nil || c.cancelQueued.Load() || c.hungUp() || !b.link(c) {
 		return false // c's goroutine deals with it
 	}
 	b.mu.Lock()
@@ -706,16 +736,15 @@ func (c *client) acquire(p []byte, lead int, open, slow bool) (*backend, error) 
 	if err := c.acquireSlot(); err != nil {
 		return nil, c.p.clientError(err, c.db, false)
 	}
-	var taker pool.Taker[*backend]
+	if c.handoff == nil {
+		c.handoff = new(handoff)
+	}
+	*c.handoff = handoff{start: start}
 	if c.pooling == poolTransaction && len(p) <= handoffMax {
-		if c.handoff == nil {
-			c.handoff = new(handoff)
-		}
 		*c.handoff = handoff{p: p, lead: lead, open: open, slow: slow, start: start}
-		taker = c
 	}
 	for {
-		b, taken, err := c.db.pool.AcquireFor(c.p.ctx, c.priority, taker)
+		b, taken, err := c.db.pool.AcquireFor(c.p.ctx, c.priority, c)
 		if taken {
 			if c.cancelQueued.Swap(false) {
 				go b.cancelFor(c) // it came as Take sent the query: cancel it there
@@ -727,9 +756,15 @@ func (c *client) acquire(p []byte, lead int, open, slow bool) (*backend, error) 
 			return nil, c.p.clientError(err, c.db, c.pooling == poolSession)
 		}
 		if c.cancelQueued.Swap(false) {
-			b.enter(srvIdle)
-			c.lim.ReleaseConn()
+			c.giveBack(b)
 			return nil, errorf(codeQueryCanceled, "canceling statement due to user request (while it waited for a server connection)")
+		}
+		if (c.handoff.waited || b.created.After(start)) && c.hungUp() {
+			// It queued, or waited for a dial, and left meanwhile: what it
+			// sent is not run (a client that gave up may retry it elsewhere).
+			c.giveBack(b)
+			c.p.log.Debug("client hung up while waiting for a server; its statement was not run", "client", c.id, "application_name", c.app)
+			return nil, errClientEOF
 		}
 		if b.link(c) {
 			c.linked(start)
@@ -737,6 +772,50 @@ func (c *client) acquire(p []byte, lead int, open, slow bool) (*backend, error) 
 		}
 		b.enter(srvClosed) // died between the pool and us
 	}
+}
+
+// giveBack returns a server c was handed but will not use, with its
+// limiter slot; Take may have linked it already (leaving a parameter sync
+// to c's goroutine).
+func (c *client) giveBack(b *backend) {
+	b.mu.Lock()
+	if b.client == c {
+		b.unlinkLocked() // gives the limiter slot back
+	} else {
+		c.lim.ReleaseConn()
+	}
+	b.mu.Unlock()
+	b.enter(srvIdle)
+}
+
+// hungUp reports whether the client closed its end: a peek at its socket,
+// which consumes nothing, finds end-of-file or a reset. Input waiting to be
+// read (say its next message) does not count. Only a client that waited for
+// a server asks, so the hot path makes no extra system call.
+func (c *client) hungUp() bool {
+	raw := c.raw
+	if raw == nil { // TLS: peek below it
+		conn := c.conn
+		if tc, ok := conn.(*tls.Conn); ok {
+			conn = tc.NetConn()
+		}
+		sc, ok := conn.(syscall.Conn)
+		if !ok {
+			return false
+		}
+		var err error
+		if raw, err = sc.SyscallConn(); err != nil {
+			return true
+		}
+	}
+	gone := false
+	err := raw.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		gone = e == 0 && n == 0 || e == syscall.ECONNRESET
+	})
+	return gone || err != nil
 }
 
 // linkState is what the janitor needs to know about c's server.
@@ -805,8 +884,16 @@ func (c *client) write(p []byte) {
 	c.out.Write(p)
 }
 
-// sendError writes an ErrorResponse, plus ReadyForQuery for a non-fatal one.
+// finalWriteTimeout bounds what pgguard writes to a client it is closing
+// (the error saying why): a client that stopped reading must not hold up
+// KILL, the janitor, shutdown or a pump for longer.
+const finalWriteTimeout = time.Second
+
+// sendError writes an ErrorResponse, plus ReadyForQuery for a non-fatal one,
+// to a client about to be closed. Its write, and one under way (a pump's,
+// holding the socket), give up after finalWriteTimeout.
 func (c *client) sendError(e *Error) {
+	c.conn.SetWriteDeadline(time.Now().Add(finalWriteTimeout))
 	buf := e.encode(nil)
 	if !e.Fatal() {
 		buf = append(buf, 'Z', 0, 0, 0, 5, 'I')

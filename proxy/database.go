@@ -68,12 +68,14 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 	if err != nil {
 		return nil, fmt.Errorf("databases.%s.primary: %w", name, err)
 	}
+	pc.DialFunc = p.dialServer
 	db := &database{name: name, p: p, primary: pc}
 	if dc.Fallback != "" {
 		fc, err := pgconn.ParseConfig(dc.Fallback)
 		if err != nil {
 			return nil, fmt.Errorf("databases.%s.fallback: %w", name, err)
 		}
+		fc.DialFunc = p.dialServer
 		db.fallback = fc
 		db.fallbackRO = fc.Copy()
 		db.fallbackRO.RuntimeParams[fallbackReadOnlyParam] = "on"
@@ -249,7 +251,7 @@ func (db *database) dial(ctx context.Context) (*backend, error) {
 			db.fo.Success(u)
 			return b, nil
 		}
-		if ctx.Err() != nil { // pgguard is closing: says nothing of the upstream
+		if ctx.Err() != nil { // pgguard is closing, or the client gave up waiting: says nothing of the upstream
 			return nil, err
 		}
 		db.fo.Failure(u, err)

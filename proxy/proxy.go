@@ -378,9 +378,14 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		case <-t.C:
 			p.closeIdleForShutdown()
 		case <-ctx.Done():
+			// At once: each may wait up to finalWriteTimeout on a client that does not read.
+			var wg sync.WaitGroup
 			for _, c := range p.snapshotClients() {
-				c.closeWith(fatalf(codeAdminShutdown, "terminating connection: pgguard is shutting down and shutdown_timeout passed"))
+				wg.Go(func() {
+					c.closeWith(fatalf(codeAdminShutdown, "terminating connection: pgguard is shutting down and shutdown_timeout passed"))
+				})
 			}
+			wg.Wait()
 			p.Close()
 			return ctx.Err()
 		}
