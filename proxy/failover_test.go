@@ -530,7 +530,7 @@ func TestIdlePrimaryUntouched(t *testing.T) {
 func TestBudgetExhaustedFallback(t *testing.T) {
 	primary, fallback := startCluster(t, nil), startCluster(t, nil)
 	cfg := failoverConfig("transaction", primary.URL("app"), fallback.URL("app"))
-	cfg.Budget.MonthlyCUHours = 1
+	cfg.Budget.MonthlyCUHours = 0.01 // 2.4 minutes awake at 0.25 CU
 	cfg.Budget.OnExhausted = "fallback"
 	lim, err := limiter.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
@@ -543,10 +543,12 @@ func TestBudgetExhaustedFallback(t *testing.T) {
 	if port, err := portOf(ctx, conn); err != nil || port != primary.Port() {
 		t.Fatalf("before: port %d %v, want the primary %d", port, err, primary.Port())
 	}
-	// A poller every 4 minutes for 7 hours keeps a 0.25 CU compute awake:
-	// 1.75 CU-hours, over the budget of 1.
-	for i, at := 0, time.Now(); i < 105; i++ {
-		lim.ObserveUpstreamQuery("app", "poller", at.Add(time.Duration(i)*4*time.Minute))
+	// A poller every minute for the last 4 minutes kept a 0.25 CU compute
+	// awake: 0.017 CU-hours so far, over the budget of 0.01. (In the past:
+	// the model counts awake time up to now, and re-evaluates whenever a
+	// server connection's activity reaches it.)
+	for i := 4; i >= 0; i-- {
+		lim.ObserveUpstreamQuery("app", "poller", time.Now().Add(-time.Duration(i)*time.Minute))
 	}
 	if a := lim.Budget().Action(); a != "fallback" {
 		t.Fatalf("budget action %q, want fallback", a)
