@@ -37,7 +37,7 @@ const (
 )
 
 // env is an in-process pgguard wired as cmd/pgguard wires it, with the
-// dashboard sampling every 200 ms.
+// dashboard sampling every 200 ms and keeping a minute.
 type env struct {
 	*proxy.Proxy
 	addr string // client listener
@@ -86,7 +86,7 @@ func start(t testing.TB, cfg *config.Config) *env {
 	}
 	p.QueryLog, p.Limiter = ql, lim
 	e := &env{Proxy: p, ql: ql}
-	e.dash = dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Interval: 200 * time.Millisecond})
+	e.dash = dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Interval: 200 * time.Millisecond, Window: time.Minute})
 	e.http = httptest.NewUnstartedServer(nil)
 	h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Dashboard: e.dash, ListenAddr: e.http.Listener.Addr().String()}
 	e.http.Config.Handler = h.Handler()

@@ -153,7 +153,7 @@ func TestHistory(t *testing.T) {
 		}
 		return false
 	})
-	if h.IntervalSeconds != 0.2 || h.WindowSeconds != 3600 {
+	if h.IntervalSeconds != 0.2 || h.WindowSeconds != 60 {
 		t.Errorf("interval %g window %g", h.IntervalSeconds, h.WindowSeconds)
 	}
 	for i := 1; i < len(h.Points); i++ {

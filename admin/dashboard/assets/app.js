@@ -6,6 +6,9 @@
   const POLL_MS = 2000;
   const SVGNS = 'http://www.w3.org/2000/svg';
   const $ = (sel) => document.querySelector(sel);
+  // api makes an absolute URL without the page's user:password@ (fetch
+  // refuses URLs with credentials, and relative ones inherit them).
+  const api = (path) => location.origin + path;
 
   let history = [];   // ring buffer points, oldest first
   let lastT = 0;      // time of the newest point (Unix ms)
@@ -18,7 +21,7 @@
   function h(tag, attrs, ...kids) {
     const el = document.createElement(tag);
     setAttrs(el, attrs);
-    for (const k of kids.flat()) {
+    for (const k of kids.flat(Infinity)) {
       if (k !== null && k !== undefined && k !== false) el.append(k instanceof Node ? k : String(k));
     }
     return el;
@@ -26,7 +29,7 @@
   function s(tag, attrs, ...kids) {
     const el = document.createElementNS(SVGNS, tag);
     setAttrs(el, attrs);
-    for (const k of kids.flat()) if (k) el.append(k instanceof Node ? k : String(k));
+    for (const k of kids.flat(Infinity)) if (k) el.append(k instanceof Node ? k : String(k));
     return el;
   }
   function setAttrs(el, attrs) {
@@ -71,7 +74,7 @@
     try {
       const headers = {'X-Requested-With': 'pgguard-dashboard'};
       if (auth) headers.Authorization = auth;
-      const res = await fetch('/dashboard/state' + (lastT ? '?since=' + lastT : ''), {headers, cache: 'no-store'});
+      const res = await fetch(api('/dashboard/state' + (lastT ? '?since=' + lastT : '')), {headers, cache: 'no-store'});
       if (!res.ok) {
         const why = (await res.text()).trim();
         throw new Error(res.status === 401 ? why + ' (reload the page to sign in)' : res.status + ': ' + why);
@@ -97,6 +100,7 @@
     redraw('pools', st.pools, (pools) => h('div', {class: 'pools'}, pools.map(pool)));
     redraw('switches', {sw: st.switches, redis: st.redis}, switches);
     redraw('budget', {b: st.budget, day: Math.floor(now / 3600e3)}, (d) => budget(d.b, now));
+    $('#charts-title').textContent = windowS === 3600 ? 'Last hour' : 'Last ' + dur(windowS);
     redraw('charts', lastT, () => charts(now));
     redraw('queries', st.queries, queries);
     redraw('apps', st.applications, apps);
@@ -177,7 +181,7 @@
     if (auth) headers.Authorization = auth;
     let res;
     try {
-      res = await fetch('/switches/' + encodeURIComponent(name), {method: 'POST', headers, body: on ? 'on' : 'off'});
+      res = await fetch(api('/switches/' + encodeURIComponent(name)), {method: 'POST', headers, body: on ? 'on' : 'off'});
     } catch (e) {
       msg.textContent = name + ': ' + e.message;
       return;
@@ -314,8 +318,8 @@
       h('td', null, p.application || '(none)', p.keeps_compute_awake ? [' ', badge('bad', 'keeps awake')] : null),
       h('td', null, num(p.queries)), h('td', null, dur(p.median_gap_seconds)), h('td', null, dur(p.max_gap_seconds)),
       h('td', null, dec(100 * p.awake_fraction, 0) + '%'),
-      h('td', {class: 'small'}, p.keeps_compute_awake ? 'needs gaps over ' + dur(gap) + ' (longest ' + dur(p.max_gap_seconds) + ')' : 'lets it sleep after ' + dur(gap))));
-    return [h('table', null, h('thead', null, h('tr', null, ['Application', 'Queries', 'Median gap', 'Max gap', 'Awake', 'To let the compute sleep'].map((t) => h('th', null, t)))),
+      h('td', {class: 'small wrap', title: 'the compute suspends only after a gap over budget.suspend_after'}, p.keeps_compute_awake ? 'a gap over ' + dur(gap) : 'yes')));
+    return [h('table', null, h('thead', null, h('tr', null, ['Application', 'Queries', 'Median gap', 'Max gap', 'Awake', 'Lets it sleep?'].map((t) => h('th', null, t)))),
       h('tbody', null, rows.length ? rows : h('tr', null, h('td', {colspan: 6, class: 'muted'}, 'No queries reached the primary yet.')))),
     h('p', {class: 'small muted'}, 'Over the last day per application: Neon suspends the compute only after a gap of budget.suspend_after (' + dur(gap) + ') without queries.')];
   }
@@ -328,7 +332,7 @@
     const limit = b.monthly_cu_hours;
     const out = [h('dl', {class: 'kv'},
       kv('Month', b.month + (b.fleet ? ' (fleet)' : ' (this instance)')), kv('Awake', dur(b.awake_seconds), 'awake'),
-      kv('CU-hours', dec(b.cu_hours, 3) + (limit ? ' of ' + dec(limit) + ' (' + dec(100 * b.used_ratio, 1) + '%)' : ''), 'cu_hours'),
+      kv('CU-hours', (b.cu_hours > 0 && b.cu_hours < 0.01 ? b.cu_hours.toFixed(5) : dec(b.cu_hours, 3)) + (limit ? ' of ' + dec(limit) + ' (' + dec(100 * b.used_ratio, 1) + '%)' : ''), 'cu_hours'),
       kv('Projected', b.projected_cu_hours ? dec(b.projected_cu_hours, 1) + ' CU-hours' : 'after the first hour', 'projected'),
       kv('Alert at', dec(100 * b.alert_at, 0) + '% · on_exhausted = ' + b.on_exhausted),
       kv('Compute', b.compute_units + ' CU, suspends after ' + b.suspend_after))];
@@ -346,7 +350,7 @@
       s('text', {x: 2, y: 9}, dec(top, 1) + ' CU-h'), s('text', {x: 2, y: H + 11}, b.month + '-01'), s('text', {x: W - 2, y: H + 11, 'text-anchor': 'end'}, 'month end'));
     out.push(h('h3', null, 'This month, at its pace so far'), svg,
       h('div', {class: 'legend small muted'}, h('i', {class: 's0'}), 'used', h('i', {class: 's0'}), 'projected (dashed)',
-        limit ? [h('i', {class: 's1'}), 'alert_at', h('i', {class: 'bad-legend'}), 'budget (red)'] : ' · no monthly_cu_hours: guard off'));
+        limit ? [h('i', {class: 's1'}), 'alert_at', h('i', {class: 'sr'}), 'monthly_cu_hours'] : ' · no monthly_cu_hours: guard off'));
     if (b.endpoints.length) out.push(h('ul', {class: 'plain small'}, b.endpoints.map((e) =>
       h('li', null, e.endpoint + ': awake ' + dur(e.awake_seconds) + ' this month' + (e.awake_now ? ' · awake now' : ' · asleep')))));
     return out;
