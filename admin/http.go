@@ -1,7 +1,8 @@
 // Package admin is pgguard's operator surface: the HTTP endpoints (/metrics,
 // /healthz, /readyz, /status, /queries, POST /read-only, POST
-// /switches/NAME, and the live dashboard of package dashboard at /) and the
-// admin console spoken over the PostgreSQL protocol on database "pgguard".
+// /switches/NAME, POST /cache/reset, and the live dashboard of package
+// dashboard at /) and the admin console spoken over the PostgreSQL protocol
+// on database "pgguard".
 //
 // Access: /metrics, /healthz, /readyz and /dashboard/history are open. The
 // pages that show query texts, client addresses or application names (/,
@@ -21,6 +22,7 @@ import (
 
 	"github.com/pgguard/pgguard/admin/dashboard"
 	"github.com/pgguard/pgguard/auth"
+	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
@@ -38,6 +40,8 @@ type HTTP struct {
 	QueryLog *querylog.Logger
 	// Limiter, when set, adds "limiter" to /status.
 	Limiter *limiter.Limiter
+	// Cache, when set, adds "cache" to /status and serves POST /cache/reset.
+	Cache *cache.Cache
 	// StatusExtra, when set, adds more sections to /status.
 	StatusExtra func() map[string]any
 	// Dashboard, when set, serves the live page at / and its JSON.
@@ -80,6 +84,12 @@ func (h *HTTP) Handler() http.Handler {
 		h.mux.Handle("GET /dashboard/state", h.private(d.State(h.switches)))
 		h.mux.Handle("GET /dashboard/history", d.History())
 	}
+	if h.Cache != nil {
+		h.mux.Handle("POST /cache/reset", csrf.Handler(h.adminOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h.Cache.Reset(r.Context())
+			w.WriteHeader(http.StatusNoContent)
+		}))))
+	}
 	return h.mux
 }
 
@@ -112,7 +122,7 @@ func (h *HTTP) statusExtra() map[string]any {
 	if h.StatusExtra != nil {
 		extra = h.StatusExtra()
 	}
-	if h.QueryLog == nil && h.Limiter == nil {
+	if h.QueryLog == nil && h.Limiter == nil && h.Cache == nil {
 		return extra
 	}
 	if extra == nil {
@@ -120,6 +130,9 @@ func (h *HTTP) statusExtra() map[string]any {
 	}
 	if h.Limiter != nil {
 		extra["limiter"] = h.Limiter.Status()
+	}
+	if h.Cache != nil {
+		extra["cache"] = h.Cache.Status()
 	}
 	if h.QueryLog != nil {
 		st := h.QueryLog.Stats()
