@@ -88,6 +88,13 @@ func TestPrivatePagesNeedAuthUnlessLoopback(t *testing.T) {
 	mustExec(t, conn, "SELECT 1")
 	check(e.http, "loopback, http_auth = auto", true)
 	check(public, "0.0.0.0, http_auth = auto", false)
+	for addr, open := range map[string]bool{"localhost:9187": true, "[::1]:9187": true, "127.0.0.2:9187": true, "10.0.0.5:9187": false, "[::]:9187": false, "": false} {
+		srv := e.serveHTTP(&addr)
+		if r := e.send(t, srv, http.MethodGet, "/status", "", "", ""); (r.code == http.StatusOK) != open {
+			t.Errorf("listening on %q: GET /status without credentials: %d, want open %t", addr, r.code, open)
+		}
+		srv.Close()
+	}
 
 	always := *cfg
 	always.Admin.HTTPAuth = "always"
