@@ -82,6 +82,12 @@ type User struct {
 type Admin struct {
 	// Users may use the admin console (database "pgguard") and admin HTTP API (users).
 	Users []string `toml:"users"`
+	// HTTPAuth decides who may read the HTTP pages that show query texts,
+	// client addresses or application names (GET /, /dashboard/state,
+	// /status, /queries): "auto" lets anyone read them while http_listen is
+	// a loopback address and asks for admin basic auth otherwise; "always"
+	// always asks (http_auth).
+	HTTPAuth string `toml:"http_auth"`
 }
 
 // Pool is the [pool] table.
@@ -280,6 +286,7 @@ func Default() *Config {
 		LogLevel:        "info",
 		MemoryLimit:     32 << 20,
 		Databases:       map[string]*Database{},
+		Admin:           Admin{HTTPAuth: "auto"},
 		Pool: Pool{
 			Mode:                   "transaction",
 			Size:                   8,

@@ -56,6 +56,16 @@ func (l *Limiter) redisMode() string {
 	return "per_instance"
 }
 
+// RedisMode returns where the limits live now: "off" (no limiter.redis_url),
+// "suspended" (SUSPEND_REDIS), "fleet" or "per_instance" (Redis
+// unreachable). Nil-safe: "off".
+func (l *Limiter) RedisMode() string {
+	if l == nil {
+		return "off"
+	}
+	return l.redisMode()
+}
+
 // Status returns a JSON-able snapshot for /status. Nil-safe.
 func (l *Limiter) Status() any {
 	if l == nil {

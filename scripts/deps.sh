@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what pgguard's tests, benchmarks and `pgguard demo` need, from
 # Debian/Ubuntu packages: PostgreSQL server binaries, PgBouncer, Redis, the
-# Python and Node.js client libraries, iproute2, make and a C compiler
-# (pg_query_go uses cgo). Idempotent: apt-get runs only when something is missing.
-# Works as root, or through sudo when it exists.
+# Python and Node.js client libraries, iproute2, Chromium (the dashboard's
+# browser test), make and a C compiler (pg_query_go uses cgo). Idempotent:
+# apt-get runs only when something is missing. Works as root, or through sudo
+# when it exists.
 #
 # Services of packages installed here are not started (policy-rc.d), and no
 # "main" PostgreSQL cluster is created: tests start throwaway servers of
@@ -31,6 +32,8 @@ if command -v dpkg-query >/dev/null; then
 	installed python3-sqlalchemy || missing+=(python3-sqlalchemy)
 fi
 command -v node >/dev/null || missing+=(nodejs)
+# Headless Chromium for the dashboard's browser test (admin/dashboard).
+{ command -v chromium || command -v chromium-browser; } >/dev/null || missing+=(chromium)
 command -v npm >/dev/null || missing+=(npm)
 command -v make >/dev/null || missing+=(make)
 if [ "${CGO_ENABLED:-1}" != 0 ] && ! command -v "${CC:-gcc}" >/dev/null && ! command -v cc >/dev/null; then

@@ -27,6 +27,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pgguard/pgguard/admin"
+	"github.com/pgguard/pgguard/admin/dashboard"
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/limiter"
@@ -146,7 +147,9 @@ func serve(cfg *config.Config, path string, log *slog.Logger, ready func(addr ne
 			p.Close()
 			return fmt.Errorf("http_listen: %w", err)
 		}
-		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc}
+		dash := dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim})
+		defer dash.Close()
+		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Dashboard: dash, ListenAddr: hln.Addr().String()}
 		httpSrv = &http.Server{Handler: h.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		go httpSrv.Serve(hln)
 		log.Info("http listening", "addr", hln.Addr().String())
