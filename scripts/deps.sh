@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pgguard's tests, benchmarks and `pgguard demo` need, from
 # Debian/Ubuntu packages: PostgreSQL server binaries, PgBouncer, Redis, the
-# Python (psycopg2 with SQLAlchemy, psycopg 3, asyncpg) and Node.js client libraries, make and a C compiler (pg_query_go
-# uses cgo). Idempotent: apt-get runs only when something is missing.
+# Python (psycopg2 with SQLAlchemy, psycopg 3, asyncpg) and Node.js client
+# libraries, make and a C compiler (pg_query_go uses cgo). Idempotent: apt-get runs only when something is missing.
 # Works as root, or through sudo when it exists.
 #
 # Services of packages installed here are not started (policy-rc.d), and no
