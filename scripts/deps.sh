@@ -2,8 +2,9 @@
 # Installs what pgguard's tests, benchmarks and `pgguard demo` need, from
 # Debian/Ubuntu packages: PostgreSQL server binaries, PgBouncer, Redis, the
 # Python (psycopg2 with SQLAlchemy, psycopg 3, asyncpg) and Node.js client
-# libraries, make and a C compiler (pg_query_go uses cgo). Idempotent: apt-get runs only when something is missing.
-# Works as root, or through sudo when it exists.
+# libraries, make and a C compiler (pg_query_go uses cgo). Idempotent:
+# apt-get runs only when something is missing. Works as root, or through
+# sudo when it exists.
 #
 # Services of packages installed here are not started (policy-rc.d), and no
 # "main" PostgreSQL cluster is created: tests start throwaway servers of
