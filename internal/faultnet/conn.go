@@ -18,6 +18,8 @@ type Conn struct {
 	id     uint64       // accept order
 	client *net.TCPConn // set before serve starts
 
+	trig trigger // a reset armed by ResetAfter
+
 	mu     sync.Mutex
 	server *net.TCPConn // nil until dialed
 	done   bool         // both sides closed or reset
@@ -40,6 +42,10 @@ func (c *Conn) Upstream() net.Addr {
 	}
 	return c.server.LocalAddr()
 }
+
+// ResetAfter arms a reset of this connection once it has forwarded n more
+// bytes in dir (Up or Down), as Relay.ResetAfter does for any connection.
+func (c *Conn) ResetAfter(dir Direction, n int64) { c.trig.arm(dir, n) }
 
 // Reset cuts the connection now: both sides get a TCP RST.
 func (c *Conn) Reset() {
@@ -172,8 +178,12 @@ func (c *Conn) forward(dir Direction, dst *net.TCPConn, p []byte, rng *rand.Rand
 				cut -= k
 			}
 		}
-		if k2, fire := r.trig.take(dir, k); fire {
-			k, reset = k2, true
+		// The connection's trigger first: if the relay's then cuts k
+		// shorter, this connection is reset anyway.
+		for _, t := range []*trigger{&c.trig, &r.trig} {
+			if k2, fire := t.take(dir, k); fire {
+				k, reset = k2, true
+			}
 		}
 		if k > 0 {
 			if _, err := dst.Write(p[:k]); err != nil {

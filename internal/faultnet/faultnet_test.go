@@ -289,6 +289,48 @@ func TestResetAfter(t *testing.T) {
 	}
 }
 
+// TestConnResetAfter arms a reset on one connection: it is cut after n
+// bytes Down while another connection carries on.
+func TestConnResetAfter(t *testing.T) {
+	noLeak(t)
+	tg := startTarget(t, false)
+	r := listen(t, Options{Target: tg.ln.Addr().String(), Down: Shape{MaxPiece: 4}})
+	a, b := dial(t, r), dial(t, r)
+	for _, c := range []*net.TCPConn{a, b} { // both connected through
+		if err := roundTrip2(c, "hi"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cs := r.Conns()
+	if len(cs) != 2 || cs[0].ID() != 0 || cs[1].ID() != 1 || cs[0].Upstream() == nil || cs[0].Peer().String() != a.LocalAddr().String() {
+		t.Fatalf("conns %v", cs)
+	}
+	cs[0].ResetAfter(Down, 1000)
+	go a.Write(make([]byte, 5000))
+	if n := expectCut(t, "a", a); n != 1000 {
+		t.Errorf("a read %d bytes before the reset, want 1000", n)
+	}
+	if err := roundTrip(b, 3000, 3); err != nil {
+		t.Errorf("b: %v", err)
+	}
+	if st := r.Stats(); st.Resets != 1 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// roundTrip2 writes s to c and reads it back.
+func roundTrip2(c net.Conn, s string) error {
+	if _, err := c.Write([]byte(s)); err != nil {
+		return err
+	}
+	buf := make([]byte, len(s))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != s {
+		return fmt.Errorf("echo %q %v", buf, err)
+	}
+	return nil
+}
+
 // TestReset resets every open connection on demand, in the middle of an
 // echo: both ends see the connection end, and the relay forgets them.
 func TestReset(t *testing.T) {
