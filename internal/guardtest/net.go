@@ -131,13 +131,3 @@ func (n Net) Route(t testing.TB, cfg *config.Config) []*faultnet.Relay {
 	}
 	return rs
 }
-
-// Hosts maps each relay's address to its target's, to translate addresses
-// pgguard reports (SHOW SERVERS) back to the servers behind the relays.
-func Hosts(rs []*faultnet.Relay) map[string]string {
-	m := map[string]string{}
-	for _, r := range rs {
-		m[r.Addr()] = r.Target()
-	}
-	return m
-}
