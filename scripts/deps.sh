@@ -2,9 +2,9 @@
 # Installs what pgguard's tests, benchmarks and `pgguard demo` need, from
 # Debian/Ubuntu packages: PostgreSQL server binaries, PgBouncer, Redis, the
 # Python (psycopg2 with SQLAlchemy, psycopg 3, asyncpg) and Node.js client
-# libraries, make and a C compiler (pg_query_go uses cgo). Idempotent:
-# apt-get runs only when something is missing. Works as root, or through
-# sudo when it exists.
+# libraries, iproute2, make and a C compiler (pg_query_go uses cgo).
+# Idempotent: apt-get runs only when something is missing. Works as root, or
+# through sudo when it exists.
 #
 # Services of packages installed here are not started (policy-rc.d), and no
 # "main" PostgreSQL cluster is created: tests start throwaway servers of
@@ -25,6 +25,8 @@ else
 fi
 { command -v pgbouncer || [ -x /usr/sbin/pgbouncer ]; } >/dev/null || missing+=(pgbouncer)
 command -v redis-server >/dev/null || missing+=(redis-server)
+# ip netns and veth pairs, for the partitioned-upstream test (proxy).
+{ command -v ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ]; } >/dev/null || missing+=(iproute2)
 if command -v dpkg-query >/dev/null; then
 	installed python3-psycopg2 || missing+=(python3-psycopg2)
 	installed python3-sqlalchemy || missing+=(python3-sqlalchemy)

@@ -25,6 +25,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pgguard/pgguard/admin"
+	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
@@ -32,8 +33,8 @@ import (
 	"github.com/pgguard/pgguard/querylog"
 )
 
-// envSuspendRedis forces per-instance limits even with limiter.redis_url set
-// (true/1/on/yes). It is read at start only.
+// envSuspendRedis forces per-instance limits and result cache even with a
+// Redis URL set (true/1/on/yes). It is read at start only.
 const envSuspendRedis = "SUSPEND_REDIS"
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -116,13 +117,18 @@ func serve(cfg *config.Config, path string, log *slog.Logger, ready func(addr ne
 		return fmt.Errorf("limiter: %w", err)
 	}
 	defer lim.Close()
+	rc, err := cache.New(cfg, log, cache.WithRegisterer(m.Registry), cache.WithRedisSuspended(suspendRedis))
+	if err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	defer rc.Close()
 
 	p, err := proxy.New(cfg, log, m)
 	if err != nil {
 		return err
 	}
 	p.QueryLog, p.Limiter = ql, lim
-	reload := reloader(p, ql, lim, path, log)
+	reload := reloader(p, ql, lim, rc, path, log)
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -137,13 +143,13 @@ func serve(cfg *config.Config, path string, log *slog.Logger, ready func(addr ne
 			p.Close()
 			return fmt.Errorf("http_listen: %w", err)
 		}
-		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim}
+		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc}
 		httpSrv = &http.Server{Handler: h.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		go httpSrv.Serve(hln)
 		log.Info("http listening", "addr", hln.Addr().String())
 	}
 	console := admin.NewConsole(p, reload)
-	console.QueryLog, console.Limiter = ql, lim
+	console.QueryLog, console.Limiter, console.Cache = ql, lim, rc
 	p.Console = console.Serve
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
@@ -191,8 +197,9 @@ func serve(cfg *config.Config, path string, log *slog.Logger, ready func(addr ne
 
 // reloader returns the function SIGHUP and the console's RELOAD call: reopen
 // the query log file (logrotate), re-read the config and apply it to the
-// proxy, the query log and the limiter; on a config error keep the running one.
-func reloader(p *proxy.Proxy, ql *querylog.Logger, lim *limiter.Limiter, path string, log *slog.Logger) func() error {
+// proxy, the query log, the limiter and the result cache; on a config error
+// keep the running one.
+func reloader(p *proxy.Proxy, ql *querylog.Logger, lim *limiter.Limiter, rc *cache.Cache, path string, log *slog.Logger) func() error {
 	return func() error {
 		// Reopen first and whatever the config says: logrotate's SIGHUP must
 		// work even while the file has an error.
@@ -214,6 +221,7 @@ func reloader(p *proxy.Proxy, ql *querylog.Logger, lim *limiter.Limiter, path st
 			return fmt.Errorf("querylog.path: %w", err)
 		}
 		lim.Reconfigure(cfg)
+		rc.Reconfigure(cfg)
 		for _, k := range restart {
 			log.Warn("config key changed but needs a restart to take effect", "key", k)
 		}
@@ -236,9 +244,10 @@ func envBool(name string) (bool, error) {
 }
 
 // redisLogger routes go-redis's own log lines (dial and pool errors) to the
-// main log at DEBUG: the limiter already reports Redis going away and coming
-// back in one WARN/INFO line and the pgguard_limiter_redis_up metric, so the
-// per-attempt detail is only for debugging.
+// main log at DEBUG: the limiter and the cache already report Redis going
+// away and coming back in one WARN/INFO line and the pgguard_limiter_redis_up
+// and pgguard_cache_redis_up metrics, so the per-attempt detail is only for
+// debugging.
 type redisLogger struct{ log *slog.Logger }
 
 // Printf implements go-redis's logging interface.
