@@ -49,14 +49,13 @@ func (g *guard) alive(t *testing.T) {
 }
 
 // TestSetResetStartupParam reproduces issue 13's crash: eight pgx
-// sessions, each with a startup application_name of its own, SET it, RESET
-// it and read (SET and RESET in the simple protocol, reads in the session's
-// exec mode), through pgguard on 2 server connections — on the split
-// network, whose server bytes arrive in 1-5 byte pieces, and for reference
-// on the direct one. The RESET makes pgguard restore the startup value and
-// forward the server's ParameterStatus for it. Every value is checked,
-// including what the driver last heard in ParameterStatus, as on a direct
-// connection.
+// sessions, each with a startup application_name of its own, SET it (by SET,
+// or set_config in the session's exec mode), RESET it and read, through
+// pgguard on 2 server connections — on the split network, whose server
+// bytes arrive in 1-5 byte pieces, and for reference on the direct one. The
+// RESET makes pgguard restore the startup value and forward the server's
+// ParameterStatus for it. Every value is checked, including what the driver
+// last heard in ParameterStatus, as on a direct connection.
 func TestSetResetStartupParam(t *testing.T) {
 	guardtest.EachNet(t, setResetStartupParam)
 }
@@ -117,7 +116,12 @@ func setResetSession(ctx context.Context, t *testing.T, g *guard, i, iters int, 
 	for j := range iters {
 		set := fmt.Sprintf("set-%d-%d", i, j)
 		queries.Add(1)
-		if _, err := conn.Exec(ctx, "SET application_name = '"+set+"'"); err != nil {
+		if j%2 == 0 || mode == pgx.QueryExecModeSimpleProtocol {
+			_, err = conn.Exec(ctx, "SET application_name = '"+set+"'")
+		} else { // in the extended protocol, a prepared statement in cache-statement mode
+			_, err = conn.Exec(ctx, "SELECT set_config('application_name', $1, false)", set)
+		}
+		if err != nil {
 			return fmt.Errorf("round %d: set: %w", j, err)
 		}
 		if err := want(fmt.Sprintf("round %d after SET", j), set); err != nil {
