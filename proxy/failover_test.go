@@ -161,8 +161,11 @@ func (l *load) firstServedBy(t *testing.T, port int, from time.Time) time.Time {
 
 // TestFailoverUnderLoad: under continuous client load, the primary dies
 // (pg_ctl stop -m immediate); queries move to the fallback, only those in
-// flight fail; the primary comes back and so does the traffic.
-func TestFailoverUnderLoad(t *testing.T) {
+// flight fail; the primary comes back and so does the traffic. Over each
+// network of guardtest.Nets.
+func TestFailoverUnderLoad(t *testing.T) { guardtest.EachNet(t, failoverUnderLoad) }
+
+func failoverUnderLoad(t *testing.T, n guardtest.Net) {
 	primary := startCluster(t, nil)
 	fallback := startCluster(t, nil)
 	guardtest.CheckGoroutines(t)
@@ -173,7 +176,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 		}
 	}
 	cfg := failoverConfig("transaction", primary.URL("app"), fallback.URL("app"))
-	g := startGuard(t, cfg)
+	g := startGuardOver(t, n, cfg)
 	active := func(u string) float64 {
 		return testutil.ToFloat64(g.metrics.UpstreamActive.WithLabelValues("app", u))
 	}
@@ -219,8 +222,8 @@ func TestFailoverUnderLoad(t *testing.T) {
 	}
 	if ps := g.Servers(); len(ps) > 0 {
 		for _, s := range ps {
-			if s.Upstream == "fallback" && s.Host != fallback.Addr() {
-				t.Errorf("SHOW SERVERS host of a fallback connection = %s, want %s", s.Host, fallback.Addr())
+			if want := hostOf(t, cfg.Databases["app"].Fallback); s.Upstream == "fallback" && s.Host != want {
+				t.Errorf("SHOW SERVERS host of a fallback connection = %s, want %s", s.Host, want)
 			}
 		}
 	}
@@ -299,13 +302,16 @@ func TestFailoverUnderLoad(t *testing.T) {
 // TestPrimaryDiesUnderSessions: sessions on a dying primary get an error
 // promptly, never a hang: a session-mode client inside a transaction, an idle
 // session-mode client holding its server, and a transaction-mode client with
-// a query running. New sessions then go to the fallback.
-func TestPrimaryDiesUnderSessions(t *testing.T) {
+// a query running. New sessions then go to the fallback. Over each network
+// of guardtest.Nets.
+func TestPrimaryDiesUnderSessions(t *testing.T) { guardtest.EachNet(t, primaryDiesUnderSessions) }
+
+func primaryDiesUnderSessions(t *testing.T, n guardtest.Net) {
 	primary := startCluster(t, nil)
 	fallback := startCluster(t, nil)
 	ctx := context.Background()
-	gs := startGuard(t, failoverConfig("session", primary.URL("app"), fallback.URL("app")))
-	gt := startGuard(t, failoverConfig("transaction", primary.URL("app"), fallback.URL("app")))
+	gs := startGuardOver(t, n, failoverConfig("session", primary.URL("app"), fallback.URL("app")))
+	gt := startGuardOver(t, n, failoverConfig("transaction", primary.URL("app"), fallback.URL("app")))
 
 	inTx := connect(t, gs.url("app"), pgx.QueryExecModeSimpleProtocol)
 	if _, err := inTx.Exec(ctx, "BEGIN; SELECT 1"); err != nil {
