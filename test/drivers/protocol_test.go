@@ -151,6 +151,34 @@ func preparedOn(t *testing.T, conn *pgx.Conn, name, sql string) int {
 	return pid
 }
 
+// unnamedPipeline is a pipeline longer than pgguard reads at once: Parse
+// of the unnamed statement, Bind and Execute, 600 times over, with
+// statements of different parameter counts; then the same after a Sync,
+// Binding the last one again first.
+func unnamedPipeline() []pgproto3.FrontendMessage {
+	var msgs []pgproto3.FrontendMessage
+	for round := 0; round < 2; round++ {
+		if round == 1 {
+			msgs = append(msgs, &pgproto3.Bind{Parameters: [][]byte{[]byte("1"), []byte("2")}}, &pgproto3.Execute{})
+		}
+		for i := 0; i < 600; i++ {
+			switch i % 3 {
+			case 0:
+				msgs = append(msgs, &pgproto3.Parse{Query: fmt.Sprintf("SELECT %d", i)}, &pgproto3.Bind{})
+			case 1:
+				msgs = append(msgs, &pgproto3.Parse{Query: fmt.Sprintf("SELECT $1::int + %d", i)},
+					&pgproto3.Bind{Parameters: [][]byte{[]byte("7")}})
+			default:
+				msgs = append(msgs, &pgproto3.Parse{Query: fmt.Sprintf("SELECT $1::int * $2::int + %d", i)},
+					&pgproto3.Bind{Parameters: [][]byte{[]byte("3"), []byte("4")}})
+			}
+			msgs = append(msgs, &pgproto3.Execute{})
+		}
+		msgs = append(msgs, &pgproto3.Sync{})
+	}
+	return msgs
+}
+
 // TestExtendedProtocolEdgeCases sends extended-protocol sequences drivers
 // use — pipelines with several Syncs and errors, Describe and Close of
 // named statements, Flush without Sync — once on a direct connection and
@@ -262,6 +290,23 @@ func TestExtendedProtocolEdgeCases(t *testing.T) {
 			&pgproto3.Describe{ObjectType: 'P', Name: "p"}, &pgproto3.Execute{Portal: "p", MaxRows: 2}, &pgproto3.Flush{},
 			&pgproto3.Execute{Portal: "p", MaxRows: 2}, &pgproto3.Execute{Portal: "p"}, &pgproto3.Sync{},
 		},
+	}, {
+		name: "DEALLOCATE of a protocol-level statement, then Close and Parse of its name",
+		sql:  "SELECT 1", syncs: 4,
+		msgs: []pgproto3.FrontendMessage{
+			&pgproto3.Query{String: "DEALLOCATE s1"},
+			&pgproto3.Close{ObjectType: 'S', Name: "s1"}, &pgproto3.Sync{},
+			&pgproto3.Query{String: "DEALLOCATE s1"},
+			&pgproto3.Parse{Name: "s1", Query: "SELECT 5"}, &pgproto3.Bind{PreparedStatement: "s1"}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		},
+	}, {
+		name: "Close of a name never prepared",
+		sql:  "SELECT 1", syncs: 1,
+		msgs: []pgproto3.FrontendMessage{&pgproto3.Close{ObjectType: 'S', Name: "nosuch"}, &pgproto3.Sync{}},
+	}, {
+		name: "pipeline: unnamed statements over many reads",
+		sql:  "SELECT 1", syncs: 2,
+		msgs: unnamedPipeline(),
 	}}
 
 	g := startTxGuard(t)
