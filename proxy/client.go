@@ -66,10 +66,16 @@ type client struct {
 	// stmtsDropped: the server ran the client's DISCARD ALL or DEALLOCATE
 	// ALL; set by the pump, acted on before the next message.
 	stmtsDropped atomic.Bool
-	// The client's last unnamed Parse (body after the name) and its number:
-	// re-sent when a later Bind or Describe of "" lands on another server.
-	unnamed    []byte
-	unnamedGen uint64
+	// The client's unnamed statement as of what it has sent (the body of
+	// its Parse after the name, nil if none), its number and its session
+	// effect: re-sent when a later Bind or Describe of "" lands on another
+	// server. In stream order: the chunk being sent may parse the next
+	// one (unnamedNext), which becomes the client's once sent.
+	unnamed           []byte
+	unnamedGen        uint64
+	unnamedEff        *effect
+	unnamedNext       []byte
+	unnamedNextEffect *effect
 	// unnamedSeen: 1 when the chunk being sent parses an unnamed statement
 	// last, 2 when a Query (which destroys it) comes last.
 	unnamedSeen uint8
@@ -272,7 +278,7 @@ func (c *client) process() error {
 			break
 		}
 		body := data[pos+5 : end]
-		if transaction && c.stmtOpState == stmtOpsBehind && namedStmtMessage(typ, body) {
+		if transaction && c.stmtOpState == stmtOpsBehind && (namedStmtMessage(typ, body) || typ == 'Q' && deallocName(body) != "") {
 			// A statement name after a batch whose Parse or Close of one
 			// may yet be skipped: send what came before and learn how it went.
 			if err := c.send(data[from:pos], lead, slow); err != nil {
@@ -308,18 +314,23 @@ func (c *client) process() error {
 		case 'Q':
 			syncs++
 			queries++
-			c.noteEffect(queryText(body))
+			e := statementEffect(queryText(body))
+			c.addEffect(e)
+			if transaction && e != nil && e.dealloc != "" && c.stmts[e.dealloc] != nil {
+				slow = true // a statement the client prepared with Parse (rewriter.deallocate)
+				c.stmtOpState = stmtOpsOpen
+			}
 			c.stmtOpsSynced()
 			c.unnamedSeen = 2
 			c.noteQuery(queryText(body), false)
 		case 'P':
 			c.expect = append(c.expect, expectedReply{'1', syncs})
 			if name, rest, ok := cbytes(body); ok {
-				c.noteEffect(queryText(rest))
+				// What it does to the session counts when it runs (Bind).
 				c.batchText = c.intern(queryText(rest))
 				if len(name) == 0 {
-					c.unnamed = append(c.unnamed[:0], rest...)
-					c.unnamedGen++
+					c.unnamedNext = append(c.unnamedNext[:0], rest...)
+					c.unnamedNextEffect = statementEffect(queryText(rest))
 					c.unnamedSeen = 1
 				}
 				if transaction && len(name) > 0 {
@@ -342,11 +353,15 @@ func (c *client) process() error {
 			}
 		case 'B', 'D':
 			slow = slow || (transaction && (namedStmtMessage(typ, body) ||
-				c.unnamedSeen != 1 && c.unnamed != nil && unnamedStmtMessage(typ, body)))
+				c.unnamedSeen == 0 && c.unnamed != nil && unnamedStmtMessage(typ, body)))
 			if typ == 'B' {
-				if st := c.stmt(boundStmt(body)); st != nil {
-					c.batchText = c.intern(queryText(st.parse))
-					c.addEffect(st.effect) // each run: a cached SET run again, say
+				if name := boundStmt(body); len(name) > 0 {
+					if st := c.stmt(name); st != nil {
+						c.batchText = c.intern(queryText(st.parse))
+						c.addEffect(st.effect) // each run: a cached SET run again, say
+					}
+				} else {
+					c.addEffect(c.unnamedEffect())
 				}
 			}
 		case 'E':
@@ -386,12 +401,6 @@ func queryText(b []byte) []byte {
 		return b[:i]
 	}
 	return b
-}
-
-// noteEffect records what a statement does to session state, to apply when
-// it is sent.
-func (c *client) noteEffect(sql []byte) {
-	c.addEffect(statementEffect(sql))
 }
 
 // addEffect records e, if any. One that drops prepared statements makes a
@@ -594,7 +603,33 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 			return c.p.clientError(errServerWrite, c.db, true)
 		}
 		c.p.bytesIn.Add(float64(len(out)))
+		c.sentUnnamed()
 		return nil
+	}
+}
+
+// unnamedEffect is the session effect of the unnamed statement a Bind of ""
+// at this point of the chunk runs.
+func (c *client) unnamedEffect() *effect {
+	switch c.unnamedSeen {
+	case 0:
+		return c.unnamedEff
+	case 1:
+		return c.unnamedNextEffect
+	}
+	return nil // a Query destroyed it
+}
+
+// sentUnnamed makes the unnamed statement a chunk just sent leaves on its
+// server the client's.
+func (c *client) sentUnnamed() {
+	switch c.unnamedSeen {
+	case 1:
+		c.unnamed, c.unnamedNext = c.unnamedNext, c.unnamed[:0]
+		c.unnamedEff = c.unnamedNextEffect
+		c.unnamedGen++
+	case 2:
+		c.unnamed, c.unnamedEff = nil, nil
 	}
 }
 
@@ -652,7 +687,7 @@ func (c *client) rememberStmt(name, parse []byte) {
 			break
 		}
 	}
-	c.setStmt(string(name), &stmt{parse: append([]byte(nil), parse...)})
+	c.setStmt(string(name), &stmt{parse: append([]byte(nil), parse...), effect: statementEffect(queryText(parse))})
 }
 
 // stmt looks a statement up by a name still in the read buffer (no copy).
@@ -671,6 +706,7 @@ func (c *client) applyEffects(b *backend) {
 		}
 		// Takes effect if its transaction commits (see backend.unitDone).
 		b.staged = append(b.staged, e.params...)
+		b.schemaStaged = b.schemaStaged || e.schema
 	}
 }
 

@@ -43,6 +43,8 @@ type database struct {
 	params map[string]string
 	// backends are the open server connections, for SHOW SERVERS (mu).
 	backends map[*backend]struct{}
+	// stmtKeys give statement texts their keys on servers (stale.go).
+	stmtKeys stmtKeys
 
 	// Pre-resolved metric children, so the hot path does no label lookups.
 	queryDur prometheus.Observer

@@ -42,6 +42,7 @@ type Error struct {
 	Detail   string
 	Hint     string
 	Cause    error
+	raw      []byte // a server's ErrorResponse body, forwarded as it was
 }
 
 func (e *Error) Error() string {
@@ -58,6 +59,10 @@ func (e *Error) Fatal() bool { return e.Severity == "FATAL" }
 
 // encode appends the ErrorResponse to dst.
 func (e *Error) encode(dst []byte) []byte {
+	if e.raw != nil {
+		dst, at := beginMsg(dst, 'E')
+		return endMsg(append(dst, e.raw...), at)
+	}
 	msg := pgproto3.ErrorResponse{
 		Severity:            e.Severity,
 		SeverityUnlocalized: e.Severity,

@@ -278,6 +278,8 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 		case reqReset:
 			b.resetBad = true
 			return nil, nil
+		case reqHidden:
+			return nil, nil // in an aborted transaction, the client's own query fails alike
 		case reqClient:
 			if h.sqlstate == "" {
 				h.sqlstate, h.errMsg = code, errorMessage(body)
@@ -290,6 +292,15 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 	b.unitAborted = true
 	if e := b.duplicateError(code); e != nil {
 		return b.client, e // the client's name for the statement that exists
+	}
+	if e := b.staleReplay(code, body); e != nil {
+		if h != nil && h.kind == reqClient && h.sqlstate == code {
+			h.sqlstate, h.errMsg = e.Code, e.Message
+		}
+		return b.client, e // a stale statement the server does not hold
+	}
+	if staleStatementError(code, body) {
+		b.staleStatements(body)
 	}
 	if h != nil && h.timedOut && code == codeQueryCanceled {
 		return b.client, errorf(codeQueryCanceled, "canceling statement: it ran longer than pool.query_timeout = %s; raise pool.query_timeout or speed the query up",
@@ -331,6 +342,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		if b.state == srvSyncing {
 			b.setStateLocked(srvLinked)
 		}
+	case reqHidden:
 	case reqReset:
 		if b.queue.len() == 0 {
 			next = srvIdle
@@ -339,6 +351,9 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 			}
 		}
 	case reqClient:
+		if r.op != nil && r.failed {
+			r.op.skipped = true
+		}
 		if status == 'I' {
 			b.unitDone()
 		}

@@ -121,7 +121,7 @@ func relayScenario(t testing.TB, pr *pair) []byte {
 		pendingReply{typ: '3', swallow: true, batch: batch},
 		pendingReply{typ: '1', swallow: true, batch: batch, key: 7},
 		pendingReply{typ: '1', batch: batch})
-	b.stmts.add(7, batch)
+	b.stmts.add(&stmt{key: 7, base: 7}, batch, 0)
 	b.queue.push(request{kind: reqClient, inflightQuery: inflightQuery{client: c, pendingQuery: pendingQuery{query: true, extended: true}}})
 	s = append(s, enc(t,
 		&pgproto3.CloseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{},

@@ -126,16 +126,5 @@ var commonTags = []string{"SELECT", "INSERT", "UPDATE", "DELETE", "BEGIN", "COMM
 
 // errorMessage returns an ErrorResponse's primary message ('M' field).
 func errorMessage(body []byte) string {
-	for len(body) > 0 && body[0] != 0 {
-		t := body[0]
-		i := bytes.IndexByte(body[1:], 0)
-		if i < 0 {
-			return ""
-		}
-		if t == 'M' {
-			return string(body[1 : 1+i])
-		}
-		body = body[2+i:]
-	}
-	return ""
+	return string(errorField(body, 'M'))
 }

@@ -18,6 +18,7 @@ const (
 	reqQuietSync                    // a Sync pgguard added to end a client's open batch: forwarded but for its ReadyForQuery
 	reqParamSync                    // pgguard's session parameter sync: swallowed (ParameterStatus forwarded when announce)
 	reqReset                        // pgguard's ROLLBACK or DISCARD ALL after the client left: swallowed
+	reqHidden                       // pgguard's query ahead of a client's, in its link: swallowed, errors included
 )
 
 // request is one outstanding ReadyForQuery and what to do with its replies.
@@ -27,6 +28,9 @@ type request struct {
 	announce      bool // reqParamSync: it restores startup values the client must hear of
 	timedOut      bool // reqClient: pgguard cancelled it for pool.query_timeout
 	failed        bool // an ErrorResponse answered it
+	// op is the client's statement change the request settles (its SQL
+	// DEALLOCATE of a statement it prepared with Parse): skipped if it fails.
+	op *stmtOp
 }
 
 // forwarded reports whether the request's replies go to the client.
@@ -133,30 +137,36 @@ func (b *backend) prepareSend(c *client, p []byte, lead int, open, slow bool) ([
 	c.applyEffects(b)
 	out := p
 	max := c.p.cfg.Load().Pool.MaxPreparedStatements
-	if slow || b.stmts.over(max) && lead == 0 {
-		w := rewriter{c: c, b: b, out: c.obuf[:0], batch: b.queue.pushed, max: max}
+	var hidden []hiddenQuery
+	if slow || b.stmts.needsTrim(max) && lead == 0 {
+		w := rewriter{c: c, b: b, out: c.obuf[:0], batch: b.queue.pushed, max: max, open: b.open}
 		w.chunk(p, lead)
 		c.obuf = w.out
-		out = w.out
+		out, hidden = w.out, w.hidden
 	} else {
 		for _, e := range c.expect {
 			b.replies = append(b.replies, pendingReply{typ: e.typ, batch: b.queue.pushed + uint64(e.syncs)})
 		}
 	}
 	switch c.unnamedSeen {
-	case 1:
-		b.unnamedOwner, b.unnamedGen = c, c.unnamedGen
+	case 1: // the client's next unnamed statement, once sent (client.sentUnnamed)
+		b.unnamedOwner, b.unnamedGen = c, c.unnamedGen+1
 	case 2:
 		b.unnamedOwner = nil
 	}
 	now := time.Now()
 	b.act.Query(c.app, now)
-	for _, q := range c.queued {
+	for i, q := range c.queued {
+		var op *stmtOp
+		if len(hidden) > 0 && hidden[0].at == i {
+			b.queue.push(request{kind: reqHidden})
+			op, hidden = hidden[0].op, hidden[1:]
+		}
 		kind := reqClient
 		if q.quiet {
 			kind = reqQuietSync
 		}
-		b.queue.push(request{kind: kind, inflightQuery: inflightQuery{pendingQuery: q, client: c, start: now, wait: c.wait}})
+		b.queue.push(request{kind: kind, op: op, inflightQuery: inflightQuery{pendingQuery: q, client: c, start: now, wait: c.wait}})
 		c.wait = 0
 	}
 	b.open = open

@@ -85,6 +85,9 @@ type backend struct {
 	// ended it.
 	staged      kvs
 	unitAborted bool
+	// schemaStaged: the unit of work under way changes the schema; its
+	// commit gives statement texts new keys (stale.go).
+	schemaStaged bool
 	stmts       serverStmts
 	// Whose unnamed statement the server holds (a client and its number).
 	unnamedOwner *client
@@ -235,6 +238,9 @@ func (b *backend) reset(c *client, discardAll bool) {
 		b.enter(srvClosed)
 		return
 	}
+	// What the client's transaction did is rolled back.
+	clear(b.staged)
+	b.staged, b.schemaStaged, b.unitAborted = b.staged[:0], false, false
 	var q []byte
 	if b.txStatus != 'I' {
 		q = appendQuery(q, "ROLLBACK")
@@ -282,6 +288,10 @@ func (b *backend) unitDone() {
 	}
 	clear(b.staged)
 	b.staged = b.staged[:0]
+	if b.schemaStaged && !b.unitAborted {
+		b.db.stmtKeys.schemaChanged()
+	}
+	b.schemaStaged = false
 	b.unitAborted = false
 }
 

@@ -266,6 +266,11 @@ type effect struct {
 	// {"", ""} is RESET ALL.
 	params     kvs
 	dropsStmts bool // DISCARD ALL or DEALLOCATE ALL (followed by its CommandComplete)
+	// dealloc is the name a text that is one "DEALLOCATE name" removes.
+	dealloc string
+	// schema: it changes the schema in a way that can make prepared
+	// statements stale (ALTER, DROP, CREATE OR REPLACE, ...; see stale.go).
+	schema bool
 }
 
 // effects caches statement effects by text; only texts that mention a
@@ -280,7 +285,7 @@ const maxEffects = 4096
 // sessionKeywords start statements with session-level effects (or name the
 // functions that have them); a text with none of them is skipped unparsed.
 var sessionKeywords = []string{"set", "reset", "discard", "deallocate", "prepare", "listen",
-	"declare", "create", "advisory", "select"}
+	"declare", "create", "advisory", "select", "alter", "drop"}
 
 // statementEffect returns what sql does to session state, or nil.
 func statementEffect(sql []byte) *effect {
@@ -378,10 +383,15 @@ func parseEffect(sql string) *effect {
 				e.dropsStmts = true
 			}
 		case n.GetDeallocateStmt() != nil:
-			// DEALLOCATE name is of SQL PREPAREd statements, which pin.
+			// DEALLOCATE name is of SQL PREPAREd statements, which pin, or
+			// of one the client prepared with Parse (rewriter.deallocate).
 			if d := n.GetDeallocateStmt(); d.Isall || d.Name == "" {
 				e.dropsStmts = true
+			} else if len(tree.Stmts) == 1 {
+				e.dealloc = d.Name
 			}
+		case schemaChange(n):
+			e.schema = true
 		case n.GetPrepareStmt() != nil:
 			e.pin = "SQL PREPARE"
 		case n.GetListenStmt() != nil:
@@ -394,10 +404,36 @@ func parseEffect(sql string) *effect {
 			e.pin = "temporary table"
 		}
 	}
-	if e.pin == "" && e.params == nil && !e.dropsStmts {
+	if e.pin == "" && e.params == nil && !e.dropsStmts && e.dealloc == "" && !e.schema {
 		return nil
 	}
 	return e
+}
+
+// schemaChange reports whether a statement changes objects prepared
+// statements may depend on: their result or parameter types, or the
+// functions and views they call.
+func schemaChange(n *pg_query.Node) bool {
+	switch {
+	case n.GetAlterTableStmt() != nil, n.GetDropStmt() != nil, n.GetRenameStmt() != nil,
+		n.GetAlterEnumStmt() != nil, n.GetAlterTypeStmt() != nil, n.GetAlterDomainStmt() != nil,
+		n.GetAlterObjectSchemaStmt() != nil:
+		return true
+	case n.GetCreateFunctionStmt() != nil:
+		return n.GetCreateFunctionStmt().Replace
+	case n.GetViewStmt() != nil:
+		return n.GetViewStmt().Replace
+	}
+	return false
+}
+
+// deallocName returns the name a Query body that is one "DEALLOCATE name"
+// removes, or "".
+func deallocName(body []byte) string {
+	if e := statementEffect(queryText(body)); e != nil {
+		return e.dealloc
+	}
+	return ""
 }
 
 // setConfigCalls tracks SELECT set_config(name, value, false) of a parameter

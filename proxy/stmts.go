@@ -36,15 +36,17 @@ var stmtSeed = maphash.MakeSeed()
 
 // stmt is one client-named prepared statement.
 type stmt struct {
-	key    uint64  // hash of query text, parameter types and search_path
+	base   uint64  // hash of query text, parameter types and search_path
+	key    uint64  // its server key, from base when it was prepared (stale.go)
+	sp     string  // the client's search_path then (as the SQL that sets it)
 	name   string  // its name on servers, "pgg_<key>"
 	parse  []byte  // the Parse body after the name: query\0, int16 count, OIDs
 	effect *effect // what executing it does to session state, or nil
 }
 
-func newStmt(key uint64, parse []byte) *stmt {
+func newStmt(base, key uint64, sp string, parse []byte) *stmt {
 	parse = append([]byte(nil), parse...)
-	return &stmt{key: key, name: serverStmtName(key), parse: parse, effect: statementEffect(queryText(parse))}
+	return &stmt{base: base, key: key, sp: sp, name: serverStmtName(key), parse: parse, effect: statementEffect(queryText(parse))}
 }
 
 // stmtOp is a client's Parse or Close of a named statement, applied to
@@ -61,14 +63,14 @@ type stmtOp struct {
 // stmtKey identifies a statement for sharing across clients on a server: its
 // text and parameter types, and the client's search_path, which decides
 // what the text's names mean.
-func (c *client) stmtKey(parse []byte) uint64 {
+func (c *client) stmtKey(parse []byte) (base uint64, sp string) {
 	var h maphash.Hash
 	h.SetSeed(stmtSeed)
-	sp, _ := c.want.custom.get("search_path")
+	sp, _ = c.want.custom.get("search_path")
 	h.WriteString(sp)
 	h.WriteByte(0)
 	h.Write(parse)
-	return h.Sum64()
+	return h.Sum64(), sp
 }
 
 func serverStmtName(key uint64) string {
@@ -91,34 +93,51 @@ type pendingReply struct {
 type serverStmts struct {
 	lru  list.List // of serverStmt
 	byID map[uint64]*list.Element
+	// doomed are statements found stale, to close in a later batch.
+	doomed []serverStmt
 }
 
-// serverStmt is a statement a server holds: prepared by batch, last named
-// by batch used.
-type serverStmt struct{ key, batch, used uint64 }
+// serverStmt is a statement a server holds (key, from the text's base,
+// under search_path sp): prepared by batch as of its database's change seq
+// (stale.go), last named by batch used.
+type serverStmt struct {
+	key, base, batch, used, seq uint64
+	sp                          string
+}
 
-// batch returns the batch that prepared key and marks it used by batch now.
-func (s *serverStmts) batch(key, now uint64) (uint64, bool) {
+// batch returns the batch that prepared key and the change it was prepared
+// as of, and marks it used by batch now.
+func (s *serverStmts) batch(key, now uint64) (batch, seq uint64, ok bool) {
 	if e, ok := s.byID[key]; ok {
 		s.lru.MoveToFront(e)
 		st := e.Value.(*serverStmt)
 		st.used = now
-		return st.batch, true
+		return st.batch, st.seq, true
 	}
-	return 0, false
+	return 0, 0, false
 }
 
-// add records key as prepared (and used) by batch.
-func (s *serverStmts) add(key, batch uint64) {
-	if e, ok := s.byID[key]; ok {
-		*e.Value.(*serverStmt) = serverStmt{key, batch, batch}
+// add records st as prepared (and used) by batch, as of change seq.
+func (s *serverStmts) add(st *stmt, batch, seq uint64) {
+	v := serverStmt{key: st.key, base: st.base, batch: batch, used: batch, seq: seq, sp: st.sp}
+	if e, ok := s.byID[st.key]; ok {
+		*e.Value.(*serverStmt) = v
 		s.lru.MoveToFront(e)
 		return
 	}
 	if s.byID == nil {
 		s.byID = make(map[uint64]*list.Element)
 	}
-	s.byID[key] = s.lru.PushFront(&serverStmt{key, batch, batch})
+	s.byID[st.key] = s.lru.PushFront(&v)
+}
+
+// doom forgets key, found stale, and queues it to be closed.
+func (s *serverStmts) doom(key uint64) {
+	if e, ok := s.byID[key]; ok {
+		s.doomed = append(s.doomed, *e.Value.(*serverStmt))
+		s.lru.Remove(e)
+		delete(s.byID, key)
+	}
 }
 
 // removeIf forgets key if batch prepared it last: a Parse the server skipped.
@@ -148,12 +167,16 @@ func (s *serverStmts) evict(max int, answered uint64) (uint64, bool) {
 	return 0, false
 }
 
-// over reports whether the server holds more than max statements.
-func (s *serverStmts) over(max int) bool { return max > 0 && s.lru.Len() > max }
+// needsTrim reports whether the server holds statements to close: more
+// than max, or some found stale.
+func (s *serverStmts) needsTrim(max int) bool {
+	return max > 0 && s.lru.Len() > max || len(s.doomed) > 0
+}
 
 func (s *serverStmts) clear() {
 	s.lru.Init()
 	s.byID = nil
+	s.doomed = nil
 }
 
 // namedStmtMessage reports whether a client message refers to a named
@@ -193,6 +216,24 @@ type rewriter struct {
 	out   []byte
 	batch uint64 // batch id of the next message
 	max   int    // pool.max_prepared_statements
+	syncs int    // the client's sync points so far in the chunk
+	// open: the last message was not a sync point (a batch is under way).
+	open bool
+	// unnamedHere: an unnamed Parse (or a Query, which destroys the
+	// unnamed statement) came earlier in the chunk, so the server's
+	// unnamed statement is the stream's, not to be re-parsed.
+	unnamedHere bool
+	// hidden are pgguard's own queries sent before client sync points
+	// (see deallocate), for prepareSend to push requests for.
+	hidden []hiddenQuery
+}
+
+// hiddenQuery is a query pgguard sends, swallowed, before the client's sync
+// point number at of the chunk; op is the client's statement change that
+// sync point's request settles.
+type hiddenQuery struct {
+	at int
+	op *stmtOp
 }
 
 // chunk translates a run of client messages; the first lead bytes continue a
@@ -201,6 +242,8 @@ func (w *rewriter) chunk(p []byte, lead int) {
 	w.out = append(w.out, p[:lead]...)
 	if lead == 0 { // at a message boundary: the server may hold too many from an earlier batch
 		w.trim()
+	} else {
+		w.open = true
 	}
 	for pos := lead; pos < len(p); {
 		if len(p)-pos < 5 {
@@ -220,20 +263,23 @@ func (w *rewriter) chunk(p []byte, lead int) {
 // message appends the translation of one whole client message.
 func (w *rewriter) message(msg []byte) {
 	typ, body := msg[0], msg[5:]
+	open := w.open
+	w.open = !isSyncPoint(typ)
 	switch typ {
 	case 'P':
 		name, rest, ok := cbytes(body)
 		if !ok || len(name) == 0 {
 			w.out = append(w.out, msg...)
 			w.expect('1', false, 0, nil)
-			w.b.unnamedOwner, w.b.unnamedGen = w.c, w.c.unnamedGen
+			w.unnamedHere = true
 			return
 		}
 		if w.c.stmt(name) != nil {
 			w.duplicate(string(name))
 			return
 		}
-		st := newStmt(w.c.stmtKey(rest), rest)
+		base, sp := w.c.stmtKey(rest)
+		st := newStmt(base, w.b.db.stmtKeys.key(base), sp, rest)
 		op := w.c.changeStmt(string(name), st)
 		if w.held(st.key) {
 			// Already prepared here: answer the client's Parse with a
@@ -259,10 +305,10 @@ func (w *rewriter) message(msg []byte) {
 			w.out = append(w.out, msg...) // the server reports the unknown name
 			return
 		}
-		w.ensure(st)
+		srvName := w.ensure(st) // first: it may send a Parse
 		out, at := beginMsg(w.out, 'B')
 		out = append(append(out, portal...), 0)
-		out = append(append(out, st.name...), 0)
+		out = append(append(out, srvName...), 0)
 		w.out = endMsg(append(out, params...), at)
 	case 'D':
 		if unnamedStmtMessage(typ, body) {
@@ -275,8 +321,8 @@ func (w *rewriter) message(msg []byte) {
 			w.out = append(w.out, msg...)
 			return
 		}
-		w.ensure(st)
-		w.out = appendMsgParts(w.out, 'D', "S", st.name, "\x00")
+		srvName := w.ensure(st)
+		w.out = appendMsgParts(w.out, 'D', "S", srvName, "\x00")
 	case 'C':
 		var op *stmtOp
 		if body[0] == 'S' && len(body) > 1 && body[1] != 0 {
@@ -290,12 +336,41 @@ func (w *rewriter) message(msg []byte) {
 			w.out = append(w.out, msg...)
 		}
 		w.expect('3', false, 0, op)
+	case 'Q':
+		w.unnamedHere = true
+		if name := deallocName(body); !open && name != "" && w.c.stmt([]byte(name)) != nil {
+			w.deallocate(name)
+		} else {
+			w.out = append(w.out, msg...)
+		}
+		w.synced()
 	default:
 		w.out = append(w.out, msg...)
-		if typ == 'S' || typ == 'Q' || typ == 'F' {
-			w.batch++
+		if typ == 'S' || typ == 'F' {
+			w.synced()
 		}
 	}
+}
+
+// synced counts a client sync point.
+func (w *rewriter) synced() {
+	w.batch++
+	w.syncs++
+}
+
+// deallocate runs a client's SQL "DEALLOCATE name" of a statement it
+// prepared with Parse, which has another name on the server (and may serve
+// other clients there): a hidden query prepares a throwaway statement and
+// the client's deallocates that instead, so that the client gets the
+// server's own answer (DEALLOCATE, or the error of an aborted
+// transaction) in stream order. The name is gone for the client unless
+// the server fails its query. process sends it only outside an open
+// extended-protocol batch, where a Query is never skipped.
+func (w *rewriter) deallocate(name string) {
+	w.hidden = append(w.hidden, hiddenQuery{at: w.syncs, op: w.c.changeStmt(name, nil)})
+	w.out = appendQuery(w.out, "PREPARE pgg_dealloc AS SELECT")
+	w.batch++
+	w.out = appendQuery(w.out, "DEALLOCATE pgg_dealloc")
 }
 
 // duplicate answers a Parse of a name the client already has as PostgreSQL
@@ -314,9 +389,10 @@ func (w *rewriter) duplicate(name string) {
 
 // ensureUnnamed re-parses the client's unnamed statement, invisibly, when
 // the server's unnamed statement is not the client's latest (it was parsed
-// on another server, before a Sync released that one).
+// on another server, before a Sync released that one). One parsed earlier
+// in the chunk is the server's already, in stream order.
 func (w *rewriter) ensureUnnamed() {
-	if w.c.unnamed == nil || w.b.unnamedOwner == w.c && w.b.unnamedGen == w.c.unnamedGen {
+	if w.unnamedHere || w.c.unnamed == nil || w.b.unnamedOwner == w.c && w.b.unnamedGen == w.c.unnamedGen {
 		return
 	}
 	out, at := beginMsg(w.out, 'P')
@@ -328,24 +404,41 @@ func (w *rewriter) ensureUnnamed() {
 // held reports whether the server surely holds key for the batch under way:
 // prepared by a batch it has answered, or by this very batch (if that Parse
 // is skipped, so is what follows it). A Parse in an earlier batch still in
-// flight may yet be skipped.
+// flight may yet be skipped. A copy known stale is not held; one whose
+// error is replayed is closed in a later batch.
 func (w *rewriter) held(key uint64) bool {
-	batch, ok := w.b.stmts.batch(key, w.batch)
-	return ok && (batch < w.b.queue.popped || batch == w.batch)
+	batch, seq, ok := w.b.stmts.batch(key, w.batch)
+	if !ok || batch >= w.b.queue.popped && batch != w.batch {
+		return false
+	}
+	if replay, stale := w.b.db.stmtKeys.stale(key, seq); stale {
+		if replay != nil {
+			w.b.stmts.doom(key)
+		}
+		return false
+	}
+	return true
 }
 
 // ensure prepares st on the server first when it may lack it; the client
-// never sees that ParseComplete.
-func (w *rewriter) ensure(st *stmt) {
-	if !w.held(st.key) {
-		w.prepare(st, true, nil)
+// never sees that ParseComplete. It returns the name to use on the server:
+// for a statement whose result type changed, one that makes the server
+// fail the message, for the pump to replay the stale error (stale.go).
+func (w *rewriter) ensure(st *stmt) string {
+	if w.held(st.key) {
+		return st.name
 	}
+	if replay, _ := w.b.db.stmtKeys.stale(st.key, 0); replay != nil {
+		return staleName(st.key)
+	}
+	w.prepare(st, true, nil)
+	return st.name
 }
 
 // prepare sends a Parse of st under its server name, evicting the least used
 // statement when the server holds pool.max_prepared_statements already.
 func (w *rewriter) prepare(st *stmt, swallow bool, op *stmtOp) {
-	w.b.stmts.add(st.key, w.batch)
+	w.b.stmts.add(st, w.batch, w.b.db.stmtKeys.seq())
 	w.trim()
 	// Close the name first: whatever the server had under it (after a
 	// DISCARD ALL pgguard could not follow, or a Parse in a batch still in
@@ -358,9 +451,23 @@ func (w *rewriter) prepare(st *stmt, swallow bool, op *stmtOp) {
 	w.expect('1', swallow, st.key, op)
 }
 
-// trim closes the least used statements the server holds beyond
-// pool.max_prepared_statements, of those no unanswered batch names.
+// trim closes the statements found stale on the server, and the least used
+// it holds beyond pool.max_prepared_statements, of those no unanswered
+// batch names.
 func (w *rewriter) trim() {
+	doomed := w.b.stmts.doomed[:0]
+	for _, st := range w.b.stmts.doomed {
+		if _, back := w.b.stmts.byID[st.key]; back {
+			continue // prepared again since (it was no longer known stale)
+		}
+		if st.used >= w.b.queue.popped {
+			doomed = append(doomed, st)
+			continue
+		}
+		w.out = appendMsgParts(w.out, 'C', "S", serverStmtName(st.key), "\x00")
+		w.expect('3', true, 0, nil)
+	}
+	w.b.stmts.doomed = doomed
 	for {
 		old, ok := w.b.stmts.evict(w.max, w.b.queue.popped)
 		if !ok {

@@ -72,3 +72,19 @@ func errorFields(body []byte) (severity, code string) {
 	}
 	return
 }
+
+// errorField returns the value of field t of an ErrorResponse body (a view
+// into body), or nil.
+func errorField(body []byte, t byte) []byte {
+	for len(body) > 0 && body[0] != 0 {
+		i := bytes.IndexByte(body[1:], 0)
+		if i < 0 {
+			return nil
+		}
+		if body[0] == t {
+			return body[1 : 1+i]
+		}
+		body = body[2+i:]
+	}
+	return nil
+}

@@ -55,11 +55,11 @@ func FuzzNumbersToZero(f *testing.F) {
 // allocates nothing once buffers are warm.
 func TestNamedBindRewriteAllocs(t *testing.T) {
 	c := &client{}
-	st := newStmt(42, []byte("SELECT $1\x00\x00\x00"))
+	st := newStmt(42, 42, "", []byte("SELECT $1\x00\x00\x00"))
 	c.setStmt("s1", st)
-	b := &backend{}
+	b := &backend{db: &database{}}
 	b.queue.popped = 1 // prepared by batch 0, answered
-	b.stmts.add(st.key, 0)
+	b.stmts.add(st, 0, 0)
 	bind, _ := (&pgproto3.Bind{PreparedStatement: "s1", Parameters: [][]byte{[]byte("4711")}}).Encode(nil)
 	w := rewriter{c: c, b: b, batch: 1}
 	allocs := testing.AllocsPerRun(200, func() {
