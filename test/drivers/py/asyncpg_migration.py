@@ -11,8 +11,9 @@ until the client prepares it again. Two modes:
 
   transcript URL DDL_URL
       One connection runs a fixed sequence around migrations made over
-      DDL_URL (a direct connection) and over URL itself, and prints what it
-      observes, one JSON line per step. The Go test runs it directly and
+      DDL_URL (a direct connection) and over URL itself — including one
+      that holds a table's lock past a prepare's timeout — and prints what
+      it observes, one JSON line per step. The Go test runs it directly and
       through pgguard and requires the same lines.
 
   replay URL DDL_URL KIND SESSIONS ROUNDS
@@ -51,6 +52,8 @@ async def transcript(url, ddl_url):
     async def step(name, coro):
         try:
             v = await coro
+            if isinstance(v, asyncpg.prepared_stmt.PreparedStatement):
+                v = "prepared"
             if isinstance(v, list):
                 v = [list(r.values()) for r in v]
             out.append(json.dumps([name, "ok", v], default=str))
@@ -106,6 +109,17 @@ async def transcript(url, ddl_url):
             await step("after DROP TYPE", conn.fetchval("SELECT $1::mig_ap_mood::text", "happy"))
         await step("other session", other.fetchval("SELECT $1::mig_ap_mood::text", "sad"))
         await step("other session, new text", other.fetchval("SELECT $1::mig_ap_mood::text AS m", "sad"))
+
+        # A migration that holds the table's lock past a prepare's timeout
+        # (asyncpg cancels it), then the same prepared again.
+        lock = ddl.transaction()
+        await lock.start()
+        await ddl.execute("ALTER TABLE mig_ap ADD COLUMN d int")
+        await step("prepare past its timeout", conn.prepare("SELECT a, d FROM mig_ap", timeout=0.3))
+        await lock.commit()
+        again = await prepare("prepare after the lock", conn, "SELECT a, d FROM mig_ap")
+        await fetch("use", again)
+        await step("fetch", conn.fetch("SELECT a, d FROM mig_ap WHERE a = $1", 1))
 
         # A migration the client runs itself.
         await step("warm", other.fetch("SELECT a FROM mig_ap"))
