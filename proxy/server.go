@@ -88,7 +88,7 @@ type backend struct {
 	// schemaStaged: the unit of work under way changes the schema; its
 	// commit gives statement texts new keys (stale.go).
 	schemaStaged bool
-	stmts       serverStmts
+	stmts        serverStmts
 	// Whose unnamed statement the server holds (a client and its number).
 	unnamedOwner *client
 	unnamedGen   uint64
