@@ -259,6 +259,7 @@ func (b *backend) reset(c *client, discardAll bool) {
 		b.enter(srvIdle)
 		return
 	}
+	b.unnamedOwner = nil // a Query destroys the unnamed statement
 	b.setStateLocked(srvResetting)
 	b.mu.Unlock()
 	if _, err := b.out.Write(q); err != nil {

@@ -335,3 +335,36 @@ func TestExtendedProtocolEdgeCases(t *testing.T) {
 		})
 	}
 }
+
+// TestUnnamedStatementAcrossParameterSync: the unnamed statement a client
+// parsed survives another client using its server in between, with other
+// session parameters (pgguard's parameter sync is a Query, which destroys
+// the server's unnamed statement: pgguard parses it again), as on a direct
+// connection, where nobody else runs in between.
+func TestUnnamedStatementAcrossParameterSync(t *testing.T) {
+	cfg := txConfig()
+	cfg.Pool.Size = 1
+	g := startGuard(t, cfg)
+	ctx := context.Background()
+	first := []pgproto3.FrontendMessage{&pgproto3.Parse{Query: "SELECT $1::int * 2"}, &pgproto3.Describe{ObjectType: 'S'}, &pgproto3.Sync{}}
+	second := []pgproto3.FrontendMessage{&pgproto3.Bind{Parameters: [][]byte{[]byte("21")}}, &pgproto3.Execute{}, &pgproto3.Sync{}}
+
+	d := direct(t, pgx.QueryExecModeExec, nil)
+	want := trace(t, d, 1, first...) + " " + trace(t, d, 1, second...)
+
+	a := connect(t, pgxConfig(t, g.url(), pgx.QueryExecModeExec))
+	// The other client's statements are named: they leave the server's
+	// unnamed statement alone.
+	other := pgxConfig(t, g.url(), pgx.QueryExecModeCacheStatement)
+	other.RuntimeParams["TimeZone"] = "Asia/Tokyo"
+	b := connect(t, other)
+	got := trace(t, a, 1, first...)
+	var tz string
+	if err := b.QueryRow(ctx, "SELECT current_setting($1)", "TimeZone").Scan(&tz); err != nil || tz != "Asia/Tokyo" {
+		t.Fatalf("the other client: %q %v", tz, err)
+	}
+	got += " " + trace(t, a, 1, second...)
+	if got != want {
+		t.Errorf("replies differ from a direct connection's\nthrough pgguard: %s\ndirect:          %s", got, want)
+	}
+}
