@@ -106,7 +106,7 @@ func (b *backend) syncParams(c *client) bool {
 		return true
 	}
 	b.queue.push(request{kind: reqParamSync, announce: c.want.announce})
-	b.unnamedOwner = nil // a Query destroys the unnamed statement
+	b.unnamedOwner = nil           // a Query destroys the unnamed statement
 	b.act.Query(c.app, time.Now()) // the sync runs for c
 	c.want.announce = false
 	b.syncBad = false
