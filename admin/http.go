@@ -1,5 +1,6 @@
 // Package admin is pgguard's operator surface: the HTTP endpoints (/metrics,
-// /healthz, /readyz, /status, /queries, POST /read-only) and the admin
+// /healthz, /readyz, /status, /queries, POST /read-only, POST
+// /disable-workers) and the admin
 // console spoken over the PostgreSQL protocol on database "pgguard".
 package admin
 
@@ -46,6 +47,9 @@ func (h *HTTP) Handler() http.Handler {
 	h.mux.HandleFunc("GET /readyz", h.readyz)
 	h.mux.HandleFunc("GET /status", h.status)
 	h.mux.HandleFunc("POST /read-only", h.readOnly)
+	if h.Limiter != nil {
+		h.mux.HandleFunc("POST /disable-workers", h.disableWorkers)
+	}
 	if h.QueryLog != nil {
 		// Reading the statistics is open like /status; forgetting them is
 		// an admin action like POST /read-only.

@@ -18,6 +18,9 @@ type Config struct {
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 	// ReadOnly is the read-only kill switch (read_only).
 	ReadOnly bool `toml:"read_only"`
+	// DisableWorkers refuses new transactions of the clients a [[limits]]
+	// rule marks worker = true (disable_workers; env DISABLE_WORKERS).
+	DisableWorkers bool `toml:"disable_workers"`
 	// TLSCert and TLSKey enable client-side TLS when both are set (tls_cert, tls_key).
 	TLSCert string `toml:"tls_cert"`
 	TLSKey  string `toml:"tls_key"`
@@ -46,6 +49,8 @@ type Config struct {
 	Limiter Limiter `toml:"limiter"`
 	// Budget models the primary's Neon compute time ([budget]).
 	Budget Budget `toml:"budget"`
+	// Run configures `pgguard run -- COMMAND` ([run]).
+	Run Run `toml:"run"`
 
 	// src records where each value came from (file line or environment
 	// variable) so Validate can point at it; set by Load, nil otherwise.
@@ -158,6 +163,9 @@ type Limit struct {
 	MaxDelay Duration `toml:"max_delay"`
 	// Priority orders the pool queue; higher is served first (priority).
 	Priority int `toml:"priority"`
+	// Worker marks the rule's clients as background workers: while
+	// disable_workers is on, their new transactions are refused (worker).
+	Worker bool `toml:"worker"`
 }
 
 // Limiter is the [limiter] table.
@@ -180,6 +188,14 @@ type Budget struct {
 	AlertAt float64 `toml:"alert_at"`
 	// OnExhausted is "alert", "read_only", "reject_low_priority" or "fallback" (on_exhausted).
 	OnExhausted string `toml:"on_exhausted"`
+}
+
+// Run is the [run] table, read by `pgguard run -- COMMAND`.
+type Run struct {
+	// RewriteEnv names the environment variables holding connection URLs
+	// that COMMAND gets pointed at pgguard (rewrite_env; env
+	// PGGUARD_RUN_REWRITE_ENV, comma-separated).
+	RewriteEnv []string `toml:"rewrite_env"`
 }
 
 // Duration is a time.Duration written in TOML as a Go duration string; "0" disables.
@@ -247,6 +263,7 @@ func Default() *Config {
 			AlertAt:        0.8,
 			OnExhausted:    "alert",
 		},
+		Run: Run{RewriteEnv: []string{"DATABASE_URL"}},
 	}
 }
 
@@ -276,4 +293,15 @@ func (c *Config) PoolSize(db string) int {
 		return d.PoolSize
 	}
 	return c.Pool.Size
+}
+
+// Origin says where key's value came from: the environment variable that
+// set it, "FILE:LINE" for a line of the config file, the file alone for a
+// key it does not write, or "defaults".
+func (c *Config) Origin(key string) string {
+	file, line := c.src.where(key)
+	if line > 0 {
+		return fmt.Sprintf("%s:%d", file, line)
+	}
+	return file
 }

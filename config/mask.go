@@ -48,5 +48,6 @@ func (c *Config) clone() *Config {
 	m.Users = append([]User(nil), c.Users...)
 	m.Admin.Users = append([]string(nil), c.Admin.Users...)
 	m.Limits = append([]Limit(nil), c.Limits...)
+	m.Run.RewriteEnv = append([]string(nil), c.Run.RewriteEnv...)
 	return &m
 }

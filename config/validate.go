@@ -35,6 +35,7 @@ func (c *Config) Validate() error {
 	v.limits()
 	v.limiter()
 	v.budget()
+	v.run()
 	return v.ps.err()
 }
 
@@ -249,8 +250,8 @@ func (v *validator) limits() {
 		v.nonNegativeFloat(key+".queries_per_hour", l.QueriesPerHour)
 		v.atLeast(key+".burst", l.Burst, 0)
 		v.nonNegative(key+".max_delay", l.MaxDelay)
-		if l.MaxConnections == 0 && l.QueriesPerSecond == 0 && l.QueriesPerMinute == 0 && l.QueriesPerHour == 0 {
-			v.bad(key, "the rule limits nothing; set max_connections or one of queries_per_second, queries_per_minute, queries_per_hour")
+		if l.MaxConnections == 0 && l.QueriesPerSecond == 0 && l.QueriesPerMinute == 0 && l.QueriesPerHour == 0 && !l.Worker {
+			v.bad(key, "the rule limits nothing; set max_connections, one of queries_per_second, queries_per_minute, queries_per_hour, or worker = true")
 		}
 	}
 }
@@ -281,6 +282,19 @@ func (v *validator) budget() {
 	v.oneOf("budget.on_exhausted", b.OnExhausted, "alert", "read_only", "reject_low_priority", "fallback")
 	if b.OnExhausted == "fallback" && b.MonthlyCUHours > 0 && !v.anyFallback() {
 		v.bad("budget.on_exhausted", "\"fallback\" needs a database with a fallback URL; add one or choose alert, read_only or reject_low_priority")
+	}
+}
+
+func (v *validator) run() {
+	seen := map[string]bool{}
+	for _, name := range v.c.Run.RewriteEnv {
+		switch {
+		case name == "" || strings.ContainsAny(name, "= \t\x00"):
+			v.bad("run.rewrite_env", "%q is not an environment variable name; want names such as \"DATABASE_URL\"", name)
+		case seen[name]:
+			v.bad("run.rewrite_env", "%q is listed twice", name)
+		}
+		seen[name] = true
 	}
 }
 
