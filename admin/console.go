@@ -26,10 +26,9 @@ type Table struct {
 // Console serves the admin console: SHOW POOLS/CLIENTS/SERVERS/STATS/CONFIG,
 // SHOW QUERIES (with a query log), SHOW LIMITS/APPLICATIONS/BUDGET/POLLERS
 // (with a limiter) and the views added to Views, SET read_only, SET
-// disable_workers (with a limiter), PAUSE,
-// RESUME, RELOAD and KILL, answered as result sets over the simple query
-// protocol, with column names a PgBouncer user would recognise. Set its
-// fields before the first session.
+// disable_workers (with a limiter), PAUSE, RESUME, RELOAD and KILL, answered
+// as result sets over the simple query protocol, with column names a
+// PgBouncer user would recognise. Set its fields before the first session.
 type Console struct {
 	proxy  *proxy.Proxy
 	reload func() error

@@ -1,7 +1,7 @@
 // Package admin is pgguard's operator surface: the HTTP endpoints (/metrics,
 // /healthz, /readyz, /status, /queries, POST /read-only, POST
-// /disable-workers) and the admin
-// console spoken over the PostgreSQL protocol on database "pgguard".
+// /disable-workers) and the admin console spoken over the PostgreSQL
+// protocol on database "pgguard".
 package admin
 
 import (
