@@ -2,7 +2,9 @@
 # Installs what pgguard's tests, benchmarks and `pgguard demo` need, from
 # Debian/Ubuntu packages: PostgreSQL server binaries, PgBouncer, Redis, the
 # Python and Node.js client libraries, make and a C compiler (pg_query_go
-# uses cgo). Idempotent: apt-get runs only when something is missing.
+# uses cgo; glibc's static libraries for `make build`), podman (the image
+# test builds and mounts the image) and file. Idempotent: apt-get runs only
+# when something is missing.
 # Works as root, or through sudo when it exists.
 #
 # Services of packages installed here are not started (policy-rc.d), and no
@@ -27,10 +29,13 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 if command -v dpkg-query >/dev/null; then
 	installed python3-psycopg2 || missing+=(python3-psycopg2)
 	installed python3-sqlalchemy || missing+=(python3-sqlalchemy)
+	installed libc6-dev || missing+=(libc6-dev) # libc.a for the static `make build`
 fi
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v make >/dev/null || missing+=(make)
+command -v file >/dev/null || missing+=(file)
+command -v podman >/dev/null || missing+=(podman)
 if [ "${CGO_ENABLED:-1}" != 0 ] && ! command -v "${CC:-gcc}" >/dev/null && ! command -v cc >/dev/null; then
 	missing+=(gcc libc6-dev)
 fi
