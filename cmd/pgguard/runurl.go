@@ -35,7 +35,15 @@ func parseAppURL(name, raw string) (*url.URL, error) {
 		return nil, fmt.Errorf("%s cannot be parsed (%s): %s; want postgres://user:password@host:port/dbname",
 			name, config.RedactURL(raw), config.Scrub(err.Error(), raw))
 	}
-	if r := config.CheckURL(raw); r != "" {
+	// What pgconn would reject; the TLS files are the app's business (a
+	// path may exist only where the app runs), not the loopback hop's.
+	bare := *u
+	q := bare.Query()
+	for _, k := range sslParams {
+		q.Del(k)
+	}
+	bare.RawQuery = q.Encode()
+	if r := config.CheckURL(bare.String()); r != "" {
 		return nil, fmt.Errorf("%s: %s", name, r)
 	}
 	return u, nil
