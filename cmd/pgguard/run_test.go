@@ -291,8 +291,9 @@ func TestRunWrapper(t *testing.T) {
 			pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 			return err == nil && pid > 0
 		})
-		t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) }) // whatever happens, the test's app goes
-		w.cmd.Process.Kill()                                     // SIGKILL: no goodbye from pgguard
+		// Whatever happens, the test's app goes when the test ends.
+		t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+		w.cmd.Process.Kill() // SIGKILL: no goodbye from pgguard
 		w.wait(t)
 		guardtest.WaitFor(t, "the app to get SIGTERM", func() bool { _, err := os.Stat(termFile); return err == nil })
 		guardtest.WaitFor(t, fmt.Sprintf("app pid %d to exit", pid), func() bool { return !running(pid) })
