@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"slices"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/proxy"
 	"github.com/pgguard/pgguard/querylog"
@@ -25,10 +27,11 @@ type Table struct {
 
 // Console serves the admin console: SHOW POOLS/CLIENTS/SERVERS/STATS/CONFIG,
 // SHOW QUERIES (with a query log), SHOW LIMITS/APPLICATIONS/BUDGET/POLLERS
-// (with a limiter) and the views added to Views, SET read_only, SET
-// disable_workers (with a limiter), PAUSE, RESUME, RELOAD and KILL, answered
-// as result sets over the simple query protocol, with column names a
-// PgBouncer user would recognise. Set its fields before the first session.
+// (with a limiter), SHOW CACHE and DISCARD CACHE (with a result cache) and
+// the views added to Views, SET read_only, SET disable_workers (with a
+// limiter), PAUSE, RESUME, RELOAD and KILL, answered as result sets over the
+// simple query protocol, with column names a PgBouncer user would recognise.
+// Set its fields before the first session.
 type Console struct {
 	proxy  *proxy.Proxy
 	reload func() error
@@ -36,6 +39,8 @@ type Console struct {
 	QueryLog *querylog.Logger
 	// Limiter, when set, serves SHOW LIMITS, APPLICATIONS, BUDGET and POLLERS.
 	Limiter *limiter.Limiter
+	// Cache, when set, serves SHOW CACHE and DISCARD CACHE.
+	Cache *cache.Cache
 	// Views adds SHOW <name> views.
 	Views map[string]func() Table
 }
@@ -154,6 +159,12 @@ func (c *Console) command(be *pgproto3.Backend, user, stmt string) error {
 			return fmt.Errorf("reload failed, the running config is kept: %v", err)
 		}
 		be.Send(&pgproto3.CommandComplete{CommandTag: []byte("RELOAD")})
+	case "discard":
+		if len(words) != 2 || words[1] != "cache" || c.Cache == nil {
+			return fmt.Errorf("the console accepts DISCARD CACHE only (and only with a result cache)")
+		}
+		c.Cache.Reset(context.Background())
+		be.Send(&pgproto3.CommandComplete{CommandTag: []byte("DISCARD CACHE")})
 	case "kill":
 		if len(words) != 2 {
 			return fmt.Errorf("usage: KILL <client id> (see SHOW CLIENTS)")
@@ -164,7 +175,7 @@ func (c *Console) command(be *pgproto3.Backend, user, stmt string) error {
 		}
 		be.Send(&pgproto3.CommandComplete{CommandTag: []byte("KILL")})
 	default:
-		return fmt.Errorf("unknown command %q; the console accepts SHOW, SET read_only, PAUSE, RESUME, RELOAD, KILL", words[0])
+		return fmt.Errorf("unknown command %q; the console accepts SHOW, SET read_only, PAUSE, RESUME, RELOAD, KILL, DISCARD CACHE", words[0])
 	}
 	return nil
 }
@@ -187,6 +198,9 @@ func (c *Console) viewNames() []string {
 	}
 	if c.Limiter != nil {
 		names = append(names, "limits", "applications", "budget", "pollers")
+	}
+	if c.Cache != nil {
+		names = append(names, "cache")
 	}
 	for n := range c.Views {
 		if !slices.Contains(names, n) {
@@ -225,6 +239,9 @@ func (c *Console) view(name string) (Table, bool) {
 			return pollersTable(c.Limiter), true
 		}
 	}
+	if c.Cache != nil && name == "cache" {
+		return cacheTable(c.Cache), true
+	}
 	if f, ok := c.Views[name]; ok {
 		return f(), true
 	}
@@ -255,14 +272,14 @@ func clientsTable(clients []proxy.ClientStatus) Table {
 }
 
 func serversTable(servers []proxy.ServerStatus) Table {
-	t := Table{Columns: []string{"id", "database", "upstream", "host", "backend_pid", "state", "client", "tx_status", "connect_time", "request_time"}}
+	t := Table{Columns: []string{"id", "database", "upstream", "host", "backend_pid", "state", "client", "tx_status", "outstanding", "connect_time", "request_time"}}
 	for _, s := range servers {
 		cl := ""
 		if s.Client != 0 {
 			cl = strconv.FormatUint(uint64(s.Client), 10)
 		}
 		t.Rows = append(t.Rows, []string{strconv.FormatUint(s.ID, 10), s.Database, s.Upstream, s.Host, strconv.FormatUint(uint64(s.PID), 10),
-			s.State, cl, s.TxStatus, ts(s.Created), ts(s.LastUsed)})
+			s.State, cl, s.TxStatus, strconv.Itoa(s.Outstanding), ts(s.Created), ts(s.LastUsed)})
 	}
 	return t
 }

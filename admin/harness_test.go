@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgguard/pgguard/admin"
+	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/internal/localpg"
 	"github.com/pgguard/pgguard/limiter"
@@ -49,13 +50,15 @@ type env struct {
 	client  *http.Client
 	ql      *querylog.Logger
 	lim     *limiter.Limiter
+	cache   *cache.Cache
 	reloads atomic.Int32
 	// reloadErr, when set, is what RELOAD returns.
 	reloadErr atomic.Pointer[error]
 }
 
 // testConfig returns a config with database "app" on pg, transaction mode,
-// and one [[limits]] rule "workers" for application_name "worker".
+// one [[limits]] rule "workers" for application_name "worker" and one
+// [[cache]] rule "branding".
 func testConfig() *config.Config {
 	cfg := config.Default()
 	cfg.Listen = "127.0.0.1:0"
@@ -68,6 +71,7 @@ func testConfig() *config.Config {
 	cfg.Pool.WaitTimeout = config.D(10 * time.Second)
 	cfg.QueryLog.Path = ""
 	cfg.Limits = []config.Limit{{Name: "workers", ApplicationName: "worker", QueriesPerMinute: 600, Burst: 10, Action: "delay", MaxDelay: config.D(time.Second), MaxConnections: 1}}
+	cfg.Cache = []config.CacheRule{{Name: "branding", Query: "SELECT * FROM tenant_branding WHERE tenant_id = $1", TTL: config.D(time.Minute), MaxEntryBytes: config.DefaultCacheMaxEntryBytes}}
 	if err := cfg.Validate(); err != nil {
 		panic(err)
 	}
@@ -92,12 +96,16 @@ func start(t *testing.T, cfg *config.Config) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rc, err := cache.New(cfg, log, cache.WithRegisterer(m.Registry))
+	if err != nil {
+		t.Fatal(err)
+	}
 	p, err := proxy.New(cfg, log, m)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.QueryLog, p.Limiter = ql, lim
-	e := &env{Proxy: p, ql: ql, lim: lim}
+	e := &env{Proxy: p, ql: ql, lim: lim, cache: rc}
 
 	console := admin.NewConsole(p, func() error {
 		e.reloads.Add(1)
@@ -108,11 +116,12 @@ func start(t *testing.T, cfg *config.Config) *env {
 			return err
 		}
 		lim.Reconfigure(cfg)
+		rc.Reconfigure(cfg)
 		return ql.Reconfigure(cfg.QueryLog)
 	})
-	console.QueryLog, console.Limiter = ql, lim
+	console.QueryLog, console.Limiter, console.Cache = ql, lim, rc
 	p.Console = console.Serve
-	h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim}
+	h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc}
 	e.http = httptest.NewServer(h.Handler())
 	e.client = &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
 
@@ -121,6 +130,7 @@ func start(t *testing.T, cfg *config.Config) *env {
 		e.http.Close()
 		ql.Close()
 		lim.Close()
+		rc.Close()
 	})
 	e.addr = guardtest.Serve(t, p)
 	return e

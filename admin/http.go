@@ -1,7 +1,7 @@
 // Package admin is pgguard's operator surface: the HTTP endpoints (/metrics,
 // /healthz, /readyz, /status, /queries, POST /read-only, POST
-// /disable-workers) and the admin console spoken over the PostgreSQL
-// protocol on database "pgguard".
+// /disable-workers, POST /cache/reset) and the admin console spoken over the
+// PostgreSQL protocol on database "pgguard".
 package admin
 
 import (
@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/pgguard/pgguard/auth"
+	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
@@ -28,6 +29,8 @@ type HTTP struct {
 	QueryLog *querylog.Logger
 	// Limiter, when set, adds "limiter" to /status.
 	Limiter *limiter.Limiter
+	// Cache, when set, adds "cache" to /status and serves POST /cache/reset.
+	Cache *cache.Cache
 	// StatusExtra, when set, adds more sections to /status.
 	StatusExtra func() map[string]any
 
@@ -57,6 +60,12 @@ func (h *HTTP) Handler() http.Handler {
 		h.mux.Handle("GET /queries", q)
 		h.mux.Handle("POST /queries/reset", h.adminOnly(q))
 		h.mux.Handle("DELETE /queries", h.adminOnly(q))
+	}
+	if h.Cache != nil {
+		h.mux.Handle("POST /cache/reset", h.adminOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h.Cache.Reset(r.Context())
+			w.WriteHeader(http.StatusNoContent)
+		})))
 	}
 	return h.mux
 }
@@ -90,7 +99,7 @@ func (h *HTTP) statusExtra() map[string]any {
 	if h.StatusExtra != nil {
 		extra = h.StatusExtra()
 	}
-	if h.QueryLog == nil && h.Limiter == nil {
+	if h.QueryLog == nil && h.Limiter == nil && h.Cache == nil {
 		return extra
 	}
 	if extra == nil {
@@ -98,6 +107,9 @@ func (h *HTTP) statusExtra() map[string]any {
 	}
 	if h.Limiter != nil {
 		extra["limiter"] = h.Limiter.Status()
+	}
+	if h.Cache != nil {
+		extra["cache"] = h.Cache.Status()
 	}
 	if h.QueryLog != nil {
 		st := h.QueryLog.Stats()

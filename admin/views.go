@@ -6,11 +6,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/querylog"
 )
 
-// Console views of the query log and the limiter. Each builds a Table from a
+// Console views of the query log, the limiter and the result cache. Each builds a Table from a
 // snapshot; none holds a lock while the table is sent.
 
 // showQueriesLimit is how many shapes SHOW QUERIES lists; GET /queries?limit=0
@@ -40,6 +41,13 @@ var querySorts = []string{"total", "calls", "p95", "mean"}
 // buckets and connection slots, applications, budget, pollers).
 func limitsTable(l *limiter.Limiter) Table {
 	cols, rows := l.StatsRows()
+	return Table{Columns: cols, Rows: rows}
+}
+
+// cacheTable is SHOW CACHE: each [[cache]] rule's hits, misses,
+// invalidations and bytes, then a total whose note says where entries live.
+func cacheTable(c *cache.Cache) Table {
+	cols, rows := c.StatsRows()
 	return Table{Columns: cols, Rows: rows}
 }
 

@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -67,6 +68,9 @@ type guardProc struct {
 	addr string
 }
 
+// pid is the process to measure.
+func (g *guardProc) pid() int { return g.cmd.Process.Pid }
+
 func (g *guardProc) url(db string) string {
 	return fmt.Sprintf("postgres://bench:bench@%s/%s?sslmode=disable", g.addr, db)
 }
@@ -105,6 +109,15 @@ path = %q
 	os.WriteFile(path, []byte(cfg), 0o600)
 	cmd := exec.Command(bin, "-config", path)
 	cmd.Stderr = os.Stderr
+	if o.queryLogPath == "stderr" {
+		// As on a Fly machine: stderr is a pipe a log shipper drains.
+		cmd.Stderr = nil
+		r, err := cmd.StderrPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		go io.Copy(io.Discard, r)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -137,6 +150,7 @@ func freePort(t *testing.T) int {
 
 var (
 	tpsRe     = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+	txRe      = regexp.MustCompile(`number of transactions actually processed: (\d+)`)
 	latRe     = regexp.MustCompile(`latency average = ([0-9.]+) ms`)
 	failedRe  = regexp.MustCompile(`number of failed transactions: (\d+)`)
 	pgbenchMu sync.Mutex
@@ -145,6 +159,8 @@ var (
 type result struct {
 	tps, latencyMS float64
 	failed         int
+	transactions   int
+	cpu            time.Duration // the pooler's user+system time during the run
 }
 
 func pgbench(t *testing.T, args ...string) string {
@@ -177,6 +193,9 @@ func run(t *testing.T, url string, args ...string) result {
 	}
 	if m := failedRe.FindStringSubmatch(out); m != nil {
 		r.failed, _ = strconv.Atoi(m[1])
+	}
+	if m := txRe.FindStringSubmatch(out); m != nil {
+		r.transactions, _ = strconv.Atoi(m[1])
 	}
 	if r.tps == 0 {
 		t.Fatalf("no tps in pgbench output:\n%s", out)

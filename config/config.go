@@ -49,6 +49,11 @@ type Config struct {
 	Limiter Limiter `toml:"limiter"`
 	// Budget models the primary's Neon compute time ([budget]).
 	Budget Budget `toml:"budget"`
+	// Cache are the result cache's rules ([[cache]]).
+	Cache []CacheRule `toml:"cache"`
+	// CacheStore says where cached results live ([cache_store]). It is not
+	// [cache]: TOML cannot have a table and an array of tables of one name.
+	CacheStore CacheStore `toml:"cache_store"`
 	// Run configures `pgguard run -- COMMAND` ([run]).
 	Run Run `toml:"run"`
 
@@ -111,6 +116,14 @@ type Pool struct {
 	LeakWarnAfter Duration `toml:"leak_warn_after"`
 	// MaxPreparedStatements bounds prepared statements kept per server connection (max_prepared_statements).
 	MaxPreparedStatements int `toml:"max_prepared_statements"`
+	// ServerTCPKeepaliveIdle is how long a server connection is silent before TCP keepalive probes start; 0 turns keepalive off (server_tcp_keepalive_idle).
+	ServerTCPKeepaliveIdle Duration `toml:"server_tcp_keepalive_idle"`
+	// ServerTCPKeepaliveInterval is the time between keepalive probes (server_tcp_keepalive_interval).
+	ServerTCPKeepaliveInterval Duration `toml:"server_tcp_keepalive_interval"`
+	// ServerTCPKeepaliveCount is how many unanswered probes drop the connection when ServerTCPUserTimeout is 0; 0 keeps the OS default (server_tcp_keepalive_count).
+	ServerTCPKeepaliveCount int `toml:"server_tcp_keepalive_count"`
+	// ServerTCPUserTimeout drops a server connection whose data or keepalive probes go unacknowledged this long (TCP_USER_TIMEOUT); 0 keeps the OS default (server_tcp_user_timeout).
+	ServerTCPUserTimeout Duration `toml:"server_tcp_user_timeout"`
 }
 
 // QueryLog is the [querylog] table.
@@ -190,6 +203,58 @@ type Budget struct {
 	OnExhausted string `toml:"on_exhausted"`
 }
 
+// CacheRule is one [[cache]] rule: results of one query shape, answered
+// from the cache until ttl passes or a table it reads is written.
+type CacheRule struct {
+	// Name identifies the rule in metrics, SHOW CACHE and /status (name).
+	Name string `toml:"name"`
+	// Query is a single read-only SELECT matched by shape: its pg_query
+	// fingerprint, so literals and $n parameters match any value (query).
+	Query string `toml:"query"`
+	// Fingerprint matches the shape by fingerprint instead of Query: 16 hex
+	// digits, as in SHOW QUERIES (fingerprint).
+	Fingerprint string `toml:"fingerprint"`
+	// TTL is how long an entry may be answered from the cache (ttl).
+	TTL Duration `toml:"ttl"`
+	// Match keys; empty matches anything (database, user, application_name).
+	Database        string `toml:"database"`
+	User            string `toml:"user"`
+	ApplicationName string `toml:"application_name"`
+	// MaxEntryBytes caps one cached reply; larger ones are served uncached
+	// and counted; default 1 MiB (max_entry_bytes).
+	MaxEntryBytes int `toml:"max_entry_bytes"`
+	// Tables are more tables whose writes invalidate this rule's entries,
+	// for what the query reads through a view or a function (tables).
+	Tables []string `toml:"tables"`
+	// TrustedFunctions are functions not built into PostgreSQL that the
+	// query may call, declared deterministic by the operator (trusted_functions).
+	TrustedFunctions []string `toml:"trusted_functions"`
+}
+
+// CacheStore is the [cache_store] table.
+type CacheStore struct {
+	// RedisURL shares entries and invalidations fleet-wide; empty means
+	// limiter.redis_url, and with neither the cache is per instance (redis_url).
+	RedisURL string `toml:"redis_url"`
+	// LocalMaxBytes bounds the in-process cache in front of Redis (local_max_bytes).
+	LocalMaxBytes int `toml:"local_max_bytes"`
+	// DegradedTTL caps entries' lifetime while Redis is unreachable and the
+	// cache is per instance (degraded_ttl).
+	DegradedTTL Duration `toml:"degraded_ttl"`
+}
+
+// CacheRedisURL returns the Redis the result cache uses:
+// cache_store.redis_url, else limiter.redis_url, else "" (per instance).
+func (c *Config) CacheRedisURL() string {
+	if c.CacheStore.RedisURL != "" {
+		return c.CacheStore.RedisURL
+	}
+	return c.Limiter.RedisURL
+}
+
+// DefaultCacheMaxEntryBytes is a [[cache]] rule's max_entry_bytes when none is given.
+const DefaultCacheMaxEntryBytes = 1 << 20
+
 // Run is the [run] table, read by `pgguard run -- COMMAND`.
 type Run struct {
 	// RewriteEnv names the environment variables holding connection URLs
@@ -242,6 +307,11 @@ func Default() *Config {
 			LoginTimeout:           D(15 * time.Second),
 			LeakWarnAfter:          D(5 * time.Minute),
 			MaxPreparedStatements:  200,
+			// A partitioned upstream is noticed within about 30s.
+			ServerTCPKeepaliveIdle:     D(15 * time.Second),
+			ServerTCPKeepaliveInterval: D(5 * time.Second),
+			ServerTCPKeepaliveCount:    3,
+			ServerTCPUserTimeout:       D(30 * time.Second),
 		},
 		QueryLog: QueryLog{
 			Path:      "stderr",
@@ -256,6 +326,10 @@ func Default() *Config {
 			FallbackReadOnly: true,
 		},
 		Limiter: Limiter{QueriesPerHourWarn: 1000},
+		CacheStore: CacheStore{
+			LocalMaxBytes: 16 << 20,
+			DegradedTTL:   D(5 * time.Second),
+		},
 		Budget: Budget{
 			SuspendAfter:   D(5 * time.Minute),
 			ComputeUnits:   0.25,

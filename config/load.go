@@ -50,6 +50,7 @@ func Load(path string, getenv func(string) string) (*Config, error) {
 	}
 	applyEnv(c, getenv, o, &ps)
 	applyLimitDefaults(c)
+	applyCacheDefaults(c)
 	deriveUsers(c, o)
 	c.src = o
 	var verr *Error
@@ -85,7 +86,11 @@ func chooseFile(path string, getenv func(string) string) (string, error) {
 func decode(file, text string, c *Config, o *origin, ps *problems) bool {
 	md, err := toml.Decode(text, c)
 	if err != nil {
-		ps.add(decodeProblem(file, err))
+		p := decodeProblem(file, err)
+		if p.Key == "cache" {
+			p.Reason += "; write each rule as [[cache]], and the store's settings (redis_url, local_max_bytes, degraded_ttl) under [cache_store]"
+		}
+		ps.add(p)
 		return false
 	}
 	keys := scanKeys(text)
@@ -164,6 +169,16 @@ func applyLimitDefaults(c *Config) {
 		}
 		if l.Action == "delay" && l.MaxDelay.Duration == 0 {
 			l.MaxDelay = D(DefaultMaxDelay)
+		}
+	}
+}
+
+// applyCacheDefaults fills the per-rule defaults of [[cache]]:
+// max_entry_bytes 1 MiB.
+func applyCacheDefaults(c *Config) {
+	for i := range c.Cache {
+		if c.Cache[i].MaxEntryBytes == 0 {
+			c.Cache[i].MaxEntryBytes = DefaultCacheMaxEntryBytes
 		}
 	}
 }

@@ -9,7 +9,7 @@ import (
 
 // Masked returns the effective configuration as TOML with every password
 // replaced by "****": users' passwords and the passwords inside the primary,
-// fallback and redis_url URLs. An empty password stays empty, so a missing
+// fallback and redis_url URLs (limiter and cache_store). An empty password stays empty, so a missing
 // one is still visible. c is not modified.
 func (c *Config) Masked() string {
 	m := c.clone()
@@ -25,6 +25,7 @@ func (c *Config) Masked() string {
 		}
 	}
 	m.Limiter.RedisURL = RedactURL(m.Limiter.RedisURL)
+	m.CacheStore.RedisURL = RedactURL(m.CacheStore.RedisURL)
 	var b bytes.Buffer
 	enc := toml.NewEncoder(&b)
 	enc.Indent = ""
@@ -49,5 +50,10 @@ func (c *Config) clone() *Config {
 	m.Admin.Users = append([]string(nil), c.Admin.Users...)
 	m.Limits = append([]Limit(nil), c.Limits...)
 	m.Run.RewriteEnv = append([]string(nil), c.Run.RewriteEnv...)
+	m.Cache = append([]CacheRule(nil), c.Cache...)
+	for i := range m.Cache {
+		m.Cache[i].Tables = append([]string(nil), m.Cache[i].Tables...)
+		m.Cache[i].TrustedFunctions = append([]string(nil), m.Cache[i].TrustedFunctions...)
+	}
 	return &m
 }

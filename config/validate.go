@@ -13,8 +13,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgguard/pgguard/cache/analyze"
 )
 
 // AdminDatabase is the database name of the admin console; no configured
@@ -35,6 +38,8 @@ func (c *Config) Validate() error {
 	v.limits()
 	v.limiter()
 	v.budget()
+	v.cache()
+	v.cacheStore()
 	v.run()
 	return v.ps.err()
 }
@@ -203,6 +208,25 @@ func (v *validator) pool() {
 	} {
 		v.nonNegative(d.key, d.d)
 	}
+	// Kernel limits (tcp(7)): keepalive times in whole seconds up to 32767,
+	// up to 127 probes, TCP_USER_TIMEOUT in milliseconds as an int.
+	for _, d := range []struct {
+		key, zero string
+		d         Duration
+	}{
+		{"pool.server_tcp_keepalive_idle", "keepalive off", p.ServerTCPKeepaliveIdle},
+		{"pool.server_tcp_keepalive_interval", "the OS default", p.ServerTCPKeepaliveInterval},
+	} {
+		if d.d.Duration != 0 && (d.d.Duration < time.Second || d.d.Duration > 32767*time.Second) {
+			v.bad(d.key, "%s is not accepted; want 0 (%s) or 1s to 32767s", d.d.Duration, d.zero)
+		}
+	}
+	if n := p.ServerTCPKeepaliveCount; n < 0 || n > 127 {
+		v.bad("pool.server_tcp_keepalive_count", "%d is not accepted; want 0 (the OS default) to 127", n)
+	}
+	if d := p.ServerTCPUserTimeout.Duration; d < 0 || d > math.MaxInt32*time.Millisecond {
+		v.bad("pool.server_tcp_user_timeout", "%s is not accepted; want 0 (the OS default) or a duration up to 596h", d)
+	}
 }
 
 func (v *validator) queryLog() {
@@ -258,13 +282,18 @@ func (v *validator) limits() {
 
 func (v *validator) limiter() {
 	l := v.c.Limiter
-	if l.RedisURL != "" {
-		u, err := url.Parse(l.RedisURL)
-		if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
-			v.bad("limiter.redis_url", "%s is not a Redis URL; want redis://[:password@]host:port/db, rediss://... or unix:///path", RedactURL(l.RedisURL))
-		}
-	}
+	v.redisURL("limiter.redis_url", l.RedisURL)
 	v.atLeast("limiter.queries_per_hour_warn", l.QueriesPerHourWarn, 0)
+}
+
+func (v *validator) redisURL(key, s string) {
+	if s == "" {
+		return
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
+		v.bad(key, "%s is not a Redis URL; want redis://[:password@]host:port/db, rediss://... or unix:///path", RedactURL(s))
+	}
 }
 
 func (v *validator) budget() {
@@ -282,6 +311,72 @@ func (v *validator) budget() {
 	v.oneOf("budget.on_exhausted", b.OnExhausted, "alert", "read_only", "reject_low_priority", "fallback")
 	if b.OnExhausted == "fallback" && b.MonthlyCUHours > 0 && !v.anyFallback() {
 		v.bad("budget.on_exhausted", "\"fallback\" needs a database with a fallback URL; add one or choose alert, read_only or reject_low_priority")
+	}
+}
+
+// cache checks the [[cache]] rules. A rule's query must be one the cache
+// may answer: a single read-only SELECT, no volatile function, no locking
+// clause (cache/analyze says why not).
+func (v *validator) cache() {
+	names := map[string]int{}
+	for i, r := range v.c.Cache {
+		key := indexKey("cache", i)
+		switch j, dup := names[r.Name]; {
+		case r.Name == "":
+			v.bad(key+".name", "is missing; every rule needs a name, used in metrics and SHOW CACHE")
+		case dup:
+			v.bad(key+".name", "%q is already cache[%d]; rule names must be unique", r.Name, j)
+		default:
+			names[r.Name] = i
+		}
+		switch {
+		case r.Query == "" && r.Fingerprint == "":
+			v.bad(key, "the rule matches nothing; set query (the SQL, matched by shape) or fingerprint (16 hex digits from SHOW QUERIES)")
+		case r.Query != "" && r.Fingerprint != "":
+			v.bad(key+".fingerprint", "is set together with query; set one of them")
+		case r.Query != "":
+			info := analyze.Analyze(r.Query)
+			if why := info.Check(r.TrustedFunctions); why != "" {
+				v.bad(key+".query", "cannot be cached: the query %s", why)
+			}
+		default:
+			if _, err := ParseFingerprint(r.Fingerprint); err != nil {
+				v.bad(key+".fingerprint", "%q is not a fingerprint; want the 16 hex digits of SHOW QUERIES' fingerprint column", r.Fingerprint)
+			}
+		}
+		if r.TTL.Duration <= 0 {
+			v.bad(key+".ttl", "%s is not accepted; want how long a result may be served from the cache, such as \"5m\"", r.TTL.Duration)
+		}
+		v.atLeast(key+".max_entry_bytes", r.MaxEntryBytes, 1)
+		for _, t := range r.Tables {
+			if strings.TrimSpace(t) == "" {
+				v.bad(key+".tables", "holds an empty name; want table names such as \"tenants\"")
+			}
+		}
+		for _, f := range r.TrustedFunctions {
+			if strings.TrimSpace(f) == "" {
+				v.bad(key+".trusted_functions", "holds an empty name; want function names such as \"tenant_slug\"")
+			}
+		}
+	}
+}
+
+// ParseFingerprint reads a query shape's fingerprint as SHOW QUERIES prints
+// it: 16 hex digits (any case, an optional 0x).
+func ParseFingerprint(s string) (uint64, error) {
+	s = strings.TrimPrefix(strings.ToLower(strings.TrimSpace(s)), "0x")
+	if len(s) != 16 {
+		return 0, fmt.Errorf("fingerprint %q: want 16 hex digits", s)
+	}
+	return strconv.ParseUint(s, 16, 64)
+}
+
+func (v *validator) cacheStore() {
+	s := v.c.CacheStore
+	v.redisURL("cache_store.redis_url", s.RedisURL)
+	v.atLeast("cache_store.local_max_bytes", s.LocalMaxBytes, 0)
+	if s.DegradedTTL.Duration <= 0 {
+		v.bad("cache_store.degraded_ttl", "%s is not accepted; want a positive duration such as \"5s\"", s.DegradedTTL.Duration)
 	}
 }
 

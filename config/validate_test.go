@@ -188,3 +188,29 @@ func TestValidateHTTPListenMayBeEmpty(t *testing.T) {
 	_, err := Load(p, noEnv)
 	hasProblem(t, err, p+":2: http_listen: is the same address as listen")
 }
+
+func TestValidateServerTCPSettings(t *testing.T) {
+	check := func(f func(p *Pool)) error {
+		c := Default()
+		c.Databases["app"] = &Database{Primary: "postgres://app@127.0.0.1/app"}
+		c.Users = []User{{Name: "app", Password: "pw"}}
+		f(&c.Pool)
+		return c.Validate()
+	}
+	if err := check(func(p *Pool) {}); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	if err := check(func(p *Pool) {
+		p.ServerTCPKeepaliveIdle, p.ServerTCPKeepaliveInterval, p.ServerTCPKeepaliveCount, p.ServerTCPUserTimeout = D(0), D(0), 0, D(0)
+	}); err != nil {
+		t.Fatalf("all off: %v", err)
+	}
+	hasProblem(t, check(func(p *Pool) { p.ServerTCPKeepaliveIdle = D(500 * time.Millisecond) }),
+		"defaults:0: pool.server_tcp_keepalive_idle: 500ms is not accepted; want 0 (keepalive off) or 1s to 32767s")
+	hasProblem(t, check(func(p *Pool) { p.ServerTCPKeepaliveInterval = D(10 * time.Hour) }),
+		"defaults:0: pool.server_tcp_keepalive_interval: 10h0m0s is not accepted; want 0 (the OS default) or 1s to 32767s")
+	hasProblem(t, check(func(p *Pool) { p.ServerTCPKeepaliveCount = 128 }),
+		"defaults:0: pool.server_tcp_keepalive_count: 128 is not accepted; want 0 (the OS default) to 127")
+	hasProblem(t, check(func(p *Pool) { p.ServerTCPUserTimeout = D(-time.Second) }),
+		"defaults:0: pool.server_tcp_user_timeout: -1s is not accepted")
+}

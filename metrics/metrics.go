@@ -29,6 +29,7 @@ type Metrics struct {
 	ClientsReaped  *prometheus.CounterVec // reason
 	ClientsPinned  *prometheus.CounterVec // reason
 	LeakWarnings   *prometheus.CounterVec // application
+	Panics         *prometheus.CounterVec // side: client or server
 }
 
 // New creates the metrics on a fresh registry, with Go runtime and process collectors.
@@ -95,8 +96,12 @@ func New() *Metrics {
 			Name: "pgguard_clients_closed_total",
 			Help: "Client sessions closed by pgguard, by reason (client_idle_timeout, idle_transaction_timeout, login_timeout, shutdown, kill).",
 		}, []string{"reason"}),
+		Panics: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgguard_panics_total",
+			Help: "Internal errors (panics) in a connection's goroutine; that connection was closed and the process served on. By side: client or server.",
+		}, []string{"side"}),
 	}
-	r.MustRegister(m.QueryDuration, m.Queries, m.QueryErrors, m.PoolWait, m.PoolMax,
+	r.MustRegister(m.Panics, m.QueryDuration, m.Queries, m.QueryErrors, m.PoolWait, m.PoolMax,
 		m.UpstreamActive, m.Switches, m.ReadOnly, m.Bytes, m.ClientRefusals, m.ClientsReaped, m.ClientsPinned, m.LeakWarnings)
 	return m
 }

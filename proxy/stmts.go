@@ -93,49 +93,63 @@ type serverStmts struct {
 	byID map[uint64]*list.Element
 }
 
-type serverStmt struct{ key, batch uint64 }
+// serverStmt is a statement a server holds: prepared by batch, last named
+// by batch used.
+type serverStmt struct{ key, batch, used uint64 }
 
-// batch returns the batch that prepared key, marking it used.
-func (s *serverStmts) batch(key uint64) (uint64, bool) {
+// batch returns the batch that prepared key and marks it used by batch now.
+func (s *serverStmts) batch(key, now uint64) (uint64, bool) {
 	if e, ok := s.byID[key]; ok {
 		s.lru.MoveToFront(e)
-		return e.Value.(serverStmt).batch, true
+		st := e.Value.(*serverStmt)
+		st.used = now
+		return st.batch, true
 	}
 	return 0, false
 }
 
-// add records key as prepared by batch.
+// add records key as prepared (and used) by batch.
 func (s *serverStmts) add(key, batch uint64) {
 	if e, ok := s.byID[key]; ok {
-		e.Value = serverStmt{key, batch}
+		*e.Value.(*serverStmt) = serverStmt{key, batch, batch}
 		s.lru.MoveToFront(e)
 		return
 	}
 	if s.byID == nil {
 		s.byID = make(map[uint64]*list.Element)
 	}
-	s.byID[key] = s.lru.PushFront(serverStmt{key, batch})
+	s.byID[key] = s.lru.PushFront(&serverStmt{key, batch, batch})
 }
 
 // removeIf forgets key if batch prepared it last: a Parse the server skipped.
 func (s *serverStmts) removeIf(key, batch uint64) {
-	if e, ok := s.byID[key]; ok && e.Value.(serverStmt).batch == batch {
+	if e, ok := s.byID[key]; ok && e.Value.(*serverStmt).batch == batch {
 		s.lru.Remove(e)
 		delete(s.byID, key)
 	}
 }
 
-// evict removes and returns the least recently used statement beyond max.
-func (s *serverStmts) evict(max int) (uint64, bool) {
+// evict removes and returns the least recently used statement beyond max
+// that no batch still unanswered names (answered: batches before it are):
+// closing a statement closes the portals bound from it, which a batch in
+// flight may yet execute. With every statement in use, none is evicted:
+// the server holds more than max until a later batch trims it.
+func (s *serverStmts) evict(max int, answered uint64) (uint64, bool) {
 	if max <= 0 || s.lru.Len() <= max {
 		return 0, false
 	}
-	e := s.lru.Back()
-	key := e.Value.(serverStmt).key
-	s.lru.Remove(e)
-	delete(s.byID, key)
-	return key, true
+	for e := s.lru.Back(); e != nil; e = e.Prev() {
+		if st := e.Value.(*serverStmt); st.used < answered {
+			s.lru.Remove(e)
+			delete(s.byID, st.key)
+			return st.key, true
+		}
+	}
+	return 0, false
 }
+
+// over reports whether the server holds more than max statements.
+func (s *serverStmts) over(max int) bool { return max > 0 && s.lru.Len() > max }
 
 func (s *serverStmts) clear() {
 	s.lru.Init()
@@ -185,6 +199,9 @@ type rewriter struct {
 // message already under way.
 func (w *rewriter) chunk(p []byte, lead int) {
 	w.out = append(w.out, p[:lead]...)
+	if lead == 0 { // at a message boundary: the server may hold too many from an earlier batch
+		w.trim()
+	}
 	for pos := lead; pos < len(p); {
 		if len(p)-pos < 5 {
 			w.out = append(w.out, p[pos:]...)
@@ -313,8 +330,8 @@ func (w *rewriter) ensureUnnamed() {
 // is skipped, so is what follows it). A Parse in an earlier batch still in
 // flight may yet be skipped.
 func (w *rewriter) held(key uint64) bool {
-	batch, ok := w.b.stmts.batch(key)
-	return ok && (batch < w.b.syncsDone || batch == w.batch)
+	batch, ok := w.b.stmts.batch(key, w.batch)
+	return ok && (batch < w.b.queue.popped || batch == w.batch)
 }
 
 // ensure prepares st on the server first when it may lack it; the client
@@ -329,10 +346,7 @@ func (w *rewriter) ensure(st *stmt) {
 // statement when the server holds pool.max_prepared_statements already.
 func (w *rewriter) prepare(st *stmt, swallow bool, op *stmtOp) {
 	w.b.stmts.add(st.key, w.batch)
-	if old, ok := w.b.stmts.evict(w.max); ok {
-		w.out = appendMsgParts(w.out, 'C', "S", serverStmtName(old), "\x00")
-		w.expect('3', true, 0, nil)
-	}
+	w.trim()
 	// Close the name first: whatever the server had under it (after a
 	// DISCARD ALL pgguard could not follow, or a Parse in a batch still in
 	// flight) cannot make the Parse fail.
@@ -342,6 +356,19 @@ func (w *rewriter) prepare(st *stmt, swallow bool, op *stmtOp) {
 	out = append(append(out, st.name...), 0)
 	w.out = endMsg(append(out, st.parse...), at)
 	w.expect('1', swallow, st.key, op)
+}
+
+// trim closes the least used statements the server holds beyond
+// pool.max_prepared_statements, of those no unanswered batch names.
+func (w *rewriter) trim() {
+	for {
+		old, ok := w.b.stmts.evict(w.max, w.b.queue.popped)
+		if !ok {
+			return
+		}
+		w.out = appendMsgParts(w.out, 'C', "S", serverStmtName(old), "\x00")
+		w.expect('3', true, 0, nil)
+	}
 }
 
 func (w *rewriter) expect(typ byte, swallow bool, key uint64, op *stmtOp) {
@@ -370,7 +397,9 @@ func (b *backend) reply(typ byte) (swallow bool) {
 		return false
 	}
 	r := b.replies[0]
-	b.replies = b.replies[1:]
+	n := copy(b.replies, b.replies[1:])
+	b.replies[n] = pendingReply{}
+	b.replies = b.replies[:n]
 	if r.typ != typ {
 		b.db.p.log.Error("prepared statement bookkeeping out of step; closing server connection", "server", b.id, "want", string(r.typ), "got", string(typ))
 		b.dead.Store(true)
@@ -385,13 +414,14 @@ func (b *backend) reply(typ byte) (swallow bool) {
 // Close is to be undone.
 func (b *backend) batchDone() {
 	i := 0
-	for i < len(b.replies) && b.replies[i].batch < b.syncsDone {
+	for i < len(b.replies) && b.replies[i].batch < b.queue.popped {
 		b.skipped(b.replies[i])
 		i++
 	}
-	b.replies = b.replies[i:]
-	if len(b.replies) == 0 {
-		b.replies = b.replies[:0:0]
+	if i > 0 {
+		n := copy(b.replies, b.replies[i:])
+		clear(b.replies[n:])
+		b.replies = b.replies[:n]
 	}
 }
 
@@ -457,6 +487,21 @@ func (c *client) awaitStmtOps() {
 	c.stmtOps = c.stmtOps[:0]
 	c.stmtOpState = stmtOpsNone
 	c.dropStmtsIfDropped()
+}
+
+// undoStmtOps undoes the Parse and Close operations from index from on, latest
+// first: they were never sent.
+func (c *client) undoStmtOps(from int) {
+	for i := len(c.stmtOps) - 1; i >= from; i-- {
+		op := c.stmtOps[i]
+		if op.prev == nil {
+			delete(c.stmts, op.name)
+		} else {
+			c.stmts[op.name] = op.prev
+		}
+	}
+	clear(c.stmtOps[from:])
+	c.stmtOps = c.stmtOps[:from]
 }
 
 // dropStmtsIfDropped forgets the client's statements once the server ran

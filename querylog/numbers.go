@@ -7,25 +7,26 @@ package querylog
 // or a fraction point are kept. A number's value changes neither a
 // statement's shape nor (in a SELECT) whether it parses or writes.
 func ZeroNumbers(dst, sql []byte) []byte {
+	done := 0 // sql[:done] is in dst
 	for i := 0; i < len(sql); {
+		if sql[i] < '0' || sql[i] > '9' {
+			i++
+			continue
+		}
 		j := i
 		for j < len(sql) && sql[j] >= '0' && sql[j] <= '9' {
 			j++
 		}
 		// A run of digits standing alone: not inside a word (t2, $1), not
 		// followed by one (00B0, 1e5, 0x1F) or by a fraction point.
-		if j > i && (i == 0 || !isWordByte(sql[i-1])) && (j == len(sql) || !isWordByte(sql[j]) && sql[j] != '.') {
+		if (i == 0 || !isWordByte(sql[i-1])) && (j == len(sql) || !isWordByte(sql[j]) && sql[j] != '.') {
+			dst = append(dst, sql[done:i]...)
 			dst = append(dst, '0')
-			i = j
-			continue
+			done = j
 		}
-		if j == i {
-			j++
-		}
-		dst = append(dst, sql[i:j]...)
 		i = j
 	}
-	return dst
+	return append(dst, sql[done:]...)
 }
 
 func isWordByte(c byte) bool {

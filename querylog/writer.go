@@ -18,8 +18,10 @@ import (
 )
 
 const (
-	// queueSize bounds records waiting for the writer (about 14 MiB when full).
-	queueSize  = 1 << 16
+	// queueSize bounds records waiting for the writer (about 2 MiB when
+	// full): the writer drains it every drainEvery, so this holds 400,000
+	// queries a second.
+	queueSize  = 1 << 13
 	flushEvery = 100 * time.Millisecond
 	bufSize    = 64 << 10
 	// errorLogEvery rate-limits write-error warnings on the main log.
@@ -36,6 +38,7 @@ type Logger struct {
 	logParams atomic.Bool
 	slow      atomic.Int64 // time.Duration; 0 disables slow warnings
 	keyBuf    []byte       // shape cache key scratch, owned by the writer goroutine
+	line      []byte       // a JSON line being written, owned by the writer goroutine
 
 	stats *Stats
 	main  *slog.Logger
@@ -357,6 +360,17 @@ func (l *Logger) write(r *Record) {
 	if l.out == nil && !isSlow {
 		return
 	}
+	errMsg := r.Error
+	if errMsg != "" && !params {
+		errMsg = safeError(r.SQLState, errMsg)
+	}
+	if l.out != nil && !params {
+		l.line = appendLine(l.line[:0], r, &info, isSlow, errMsg)
+		lineWriter{l.out.bw}.Write(l.line) // errors surface at flush
+		if !isSlow {
+			return
+		}
+	}
 	level := slog.LevelInfo
 	if isSlow {
 		level = slog.LevelWarn
@@ -376,13 +390,7 @@ func (l *Logger) write(r *Record) {
 		slog.Int64("rows", r.Rows))
 	attrs = appendNonEmpty(attrs, "tag", r.Tag)
 	attrs = appendNonEmpty(attrs, "sqlstate", r.SQLState)
-	if r.Error != "" {
-		msg := r.Error
-		if !params {
-			msg = safeError(r.SQLState, msg)
-		}
-		attrs = append(attrs, slog.String("error", msg))
-	}
+	attrs = appendNonEmpty(attrs, "error", errMsg)
 	if r.Extended {
 		attrs = append(attrs, slog.Bool("extended", true))
 	}
@@ -394,11 +402,11 @@ func (l *Logger) write(r *Record) {
 		if r.Params != nil {
 			attrs = append(attrs, slog.Any("params", paramValues(r.Params)))
 		}
-	}
-	if l.out != nil {
-		rec := slog.NewRecord(r.Time, level, "query", 0)
-		rec.AddAttrs(attrs...)
-		l.out.h.Handle(context.Background(), rec) // errors surface at flush
+		if l.out != nil {
+			rec := slog.NewRecord(r.Time, level, "query", 0)
+			rec.AddAttrs(attrs...)
+			l.out.h.Handle(context.Background(), rec) // errors surface at flush
+		}
 	}
 	if isSlow {
 		l.main.LogAttrs(context.Background(), slog.LevelWarn, "slow query", attrs...)

@@ -57,6 +57,8 @@ import (
 	"sync"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+
+	"github.com/pgguard/pgguard/internal/textcache"
 )
 
 // Verdict is the classification of one SQL text.
@@ -80,7 +82,7 @@ func write(reason string) Verdict { return Verdict{Write: true, Reason: reason} 
 // Classifier classifies SQL text and caches verdicts by exact text.
 // It is safe for concurrent use; the zero value is not usable, call New.
 type Classifier struct {
-	cache *cache // nil when caching is off
+	cache *textcache.Cache[Verdict] // nil when caching is off
 }
 
 // New returns a Classifier that caches up to cacheSize verdicts (0 or less
@@ -89,7 +91,7 @@ type Classifier struct {
 func New(cacheSize int) *Classifier {
 	c := &Classifier{}
 	if cacheSize > 0 {
-		c.cache = newCache(cacheSize)
+		c.cache = textcache.New[Verdict](cacheSize)
 	}
 	return c
 }
@@ -101,7 +103,7 @@ const MaxCachedLen = 16 << 10
 // it is a write if any of them is. A cache hit does not allocate.
 func (c *Classifier) Classify(sql string) Verdict {
 	if c.cache != nil {
-		if v, ok := c.cache.get(sql); ok {
+		if v, ok := c.cache.Get(sql); ok {
 			return v
 		}
 	}
@@ -109,7 +111,7 @@ func (c *Classifier) Classify(sql string) Verdict {
 	if c.cache != nil && len(sql) <= MaxCachedLen {
 		// Clone so the cache neither pins a larger buffer the caller sliced
 		// sql from nor shares memory the caller may reuse.
-		c.cache.put(strings.Clone(sql), v)
+		c.cache.Put(strings.Clone(sql), v)
 	}
 	return v
 }
@@ -118,14 +120,14 @@ func (c *Classifier) Classify(sql string) Verdict {
 // not retained. A cache hit does not allocate.
 func (c *Classifier) ClassifyBytes(b []byte) Verdict {
 	if c.cache != nil {
-		if v, ok := c.cache.getBytes(b); ok {
+		if v, ok := c.cache.GetBytes(b); ok {
 			return v
 		}
 	}
 	sql := string(b)
 	v := classify(sql)
 	if c.cache != nil && len(sql) <= MaxCachedLen {
-		c.cache.put(sql, v)
+		c.cache.Put(sql, v)
 	}
 	return v
 }

@@ -117,7 +117,7 @@ func TestLongTextNotCached(t *testing.T) {
 	if v := c.Classify(long); v.Write {
 		t.Fatalf("long SELECT refused: %+v", v)
 	}
-	if n := c.cache.len(); n != 0 {
+	if n := c.cache.Len(); n != 0 {
 		t.Fatalf("long text cached: %d entries", n)
 	}
 }
@@ -260,4 +260,18 @@ func TestClassifyConcurrent(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+func TestCacheHitDoesNotAllocate(t *testing.T) {
+	c := New(100)
+	q := "SELECT 1"
+	qb := []byte(pgbenchUpdate) // longer than the 32-byte stack buffer of string(b)
+	c.Classify(q)
+	c.ClassifyBytes(qb)
+	if n := testing.AllocsPerRun(100, func() { c.Classify(q) }); n != 0 {
+		t.Errorf("Classify hit: %v allocs", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { c.ClassifyBytes(qb) }); n != 0 {
+		t.Errorf("ClassifyBytes hit: %v allocs", n)
+	}
 }

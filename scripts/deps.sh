@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs what pgguard's tests, benchmarks and `pgguard demo` need, from
 # Debian/Ubuntu packages: PostgreSQL server binaries, PgBouncer, Redis, the
-# Python and Node.js client libraries, make and a C compiler (pg_query_go
-# uses cgo; glibc's static libraries for `make build`), podman (the image
-# test builds and mounts the image) and file. Idempotent: apt-get runs only
-# when something is missing.
+# Python and Node.js client libraries, iproute2, make and a C compiler
+# (pg_query_go uses cgo; glibc's static libraries for `make build`), podman
+# (the image test builds and mounts the image) and file. Idempotent: apt-get
+# runs only when something is missing.
 # Works as root, or through sudo when it exists.
 #
 # Services of packages installed here are not started (policy-rc.d), and no
@@ -26,6 +26,8 @@ else
 fi
 { command -v pgbouncer || [ -x /usr/sbin/pgbouncer ]; } >/dev/null || missing+=(pgbouncer)
 command -v redis-server >/dev/null || missing+=(redis-server)
+# ip netns and veth pairs, for the partitioned-upstream test (proxy).
+{ command -v ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ]; } >/dev/null || missing+=(iproute2)
 if command -v dpkg-query >/dev/null; then
 	installed python3-psycopg2 || missing+=(python3-psycopg2)
 	installed python3-sqlalchemy || missing+=(python3-sqlalchemy)

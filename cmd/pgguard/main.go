@@ -27,6 +27,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pgguard/pgguard/admin"
+	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
@@ -34,8 +35,8 @@ import (
 	"github.com/pgguard/pgguard/querylog"
 )
 
-// envSuspendRedis forces per-instance limits even with limiter.redis_url set
-// (true/1/on/yes). It is read at start only.
+// envSuspendRedis forces per-instance limits and result cache even with a
+// Redis URL set (true/1/on/yes). It is read at start only.
 const envSuspendRedis = "SUSPEND_REDIS"
 
 // version and commit are set at build time (make build) with -ldflags
@@ -143,13 +144,18 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 		return fmt.Errorf("limiter: %w", err)
 	}
 	defer lim.Close()
+	rc, err := cache.New(cfg, log, cache.WithRegisterer(m.Registry), cache.WithRedisSuspended(suspendRedis))
+	if err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	defer rc.Close()
 
 	p, err := proxy.New(cfg, log, m)
 	if err != nil {
 		return err
 	}
 	p.QueryLog, p.Limiter = ql, lim
-	reload := reloader(p, ql, lim, o.path, o.getenv, log)
+	reload := reloader(p, ql, lim, rc, o.path, o.getenv, log)
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -164,13 +170,13 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 			p.Close()
 			return fmt.Errorf("http_listen: %w", err)
 		}
-		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim}
+		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc}
 		httpSrv = &http.Server{Handler: h.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		go httpSrv.Serve(hln)
 		log.Info("http listening", "addr", hln.Addr().String())
 	}
 	console := admin.NewConsole(p, reload)
-	console.QueryLog, console.Limiter = ql, lim
+	console.QueryLog, console.Limiter, console.Cache = ql, lim, rc
 	p.Console = console.Serve
 	sigs := o.sigs
 	if sigs == nil {
@@ -222,8 +228,10 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 
 // reloader returns the function SIGHUP and the console's RELOAD call: reopen
 // the query log file (logrotate), re-read the config and apply it to the
-// proxy, the query log and the limiter; on a config error keep the running one.
-func reloader(p *proxy.Proxy, ql *querylog.Logger, lim *limiter.Limiter, path string, getenv func(string) string, log *slog.Logger) func() error {
+// proxy, the query log, the limiter and the result cache; on a config error
+// keep the running one. getenv is the environment config.Load reads (nil:
+// os.Getenv).
+func reloader(p *proxy.Proxy, ql *querylog.Logger, lim *limiter.Limiter, rc *cache.Cache, path string, getenv func(string) string, log *slog.Logger) func() error {
 	if getenv == nil {
 		getenv = os.Getenv
 	}
@@ -248,6 +256,7 @@ func reloader(p *proxy.Proxy, ql *querylog.Logger, lim *limiter.Limiter, path st
 			return fmt.Errorf("querylog.path: %w", err)
 		}
 		lim.Reconfigure(cfg)
+		rc.Reconfigure(cfg)
 		for _, k := range restart {
 			log.Warn("config key changed but needs a restart to take effect", "key", k)
 		}
@@ -270,9 +279,10 @@ func envBool(name string) (bool, error) {
 }
 
 // redisLogger routes go-redis's own log lines (dial and pool errors) to the
-// main log at DEBUG: the limiter already reports Redis going away and coming
-// back in one WARN/INFO line and the pgguard_limiter_redis_up metric, so the
-// per-attempt detail is only for debugging.
+// main log at DEBUG: the limiter and the cache already report Redis going
+// away and coming back in one WARN/INFO line and the pgguard_limiter_redis_up
+// and pgguard_cache_redis_up metrics, so the per-attempt detail is only for
+// debugging.
 type redisLogger struct{ log *slog.Logger }
 
 // Printf implements go-redis's logging interface.

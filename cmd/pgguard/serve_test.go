@@ -43,9 +43,10 @@ func (l *lockedBuffer) String() string {
 }
 
 // TestServe runs serve as main does, against a real PostgreSQL, and drives it
-// with real signals: the query log and the limiter are wired (metrics,
-// /status, console), SIGHUP reopens the query log for logrotate, RELOAD
-// applies a changed [[limits]], SUSPEND_REDIS is honoured and SIGTERM drains.
+// with real signals: the query log, the limiter and the result cache are
+// wired (metrics, /status, console), SIGHUP reopens the query log for
+// logrotate, RELOAD applies a changed [[limits]] and [[cache]], SUSPEND_REDIS
+// is honoured by the limiter and the cache, and SIGTERM drains.
 func TestServe(t *testing.T) {
 	localpg.Require(t, localpg.Available())
 	pg, err := localpg.Start(localpg.Options{User: "tester", Password: "tester-pw", Database: "app"})
@@ -88,6 +89,11 @@ redis_url = "redis://127.0.0.1:1/0"
 name = "workers"
 application_name = "worker"
 queries_per_minute = 600
+
+[[cache]]
+name = "branding"
+query = "SELECT * FROM tenant_branding WHERE tenant_id = $1"
+ttl = "5m"
 `, httpAddr, pg.URL("app"), qlog)
 	os.WriteFile(path, []byte(base), 0o600)
 	cfg, err := config.Load(path, os.Getenv)
@@ -158,7 +164,8 @@ queries_per_minute = 600
 
 	// The query log's and the limiter's metrics are on pgguard's registry.
 	metrics := httpGet("/metrics")
-	for _, name := range []string{"pgguard_querylog_dropped_total", "pgguard_querylog_shapes_evicted_total", "pgguard_budget_cu_hours", "pgguard_application_queries_per_hour"} {
+	for _, name := range []string{"pgguard_querylog_dropped_total", "pgguard_querylog_shapes_evicted_total", "pgguard_budget_cu_hours", "pgguard_application_queries_per_hour",
+		`pgguard_cache_hits_total{rule="branding"}`, "pgguard_cache_local_bytes"} {
 		if !strings.Contains(metrics, "\n"+name) {
 			t.Errorf("/metrics lacks %s", name)
 		}
@@ -169,6 +176,9 @@ queries_per_minute = 600
 				Redis string `json:"redis"`
 			} `json:"limiter"`
 			QueryLog map[string]any `json:"query_log"`
+			Cache    struct {
+				Redis string `json:"redis"`
+			} `json:"cache"`
 		} `json:"extra"`
 	}
 	if err := json.Unmarshal([]byte(httpGet("/status")), &st); err != nil {
@@ -176,6 +186,9 @@ queries_per_minute = 600
 	}
 	if st.Extra.Limiter.Redis != "suspended" || st.Extra.QueryLog == nil {
 		t.Errorf("/status: limiter.redis %q (want suspended: SUSPEND_REDIS=yes), query_log %v", st.Extra.Limiter.Redis, st.Extra.QueryLog)
+	}
+	if st.Extra.Cache.Redis != "suspended" {
+		t.Errorf("/status: cache.redis %q (want suspended: SUSPEND_REDIS=yes; its Redis is limiter.redis_url)", st.Extra.Cache.Redis)
 	}
 
 	// logrotate: move the file away, SIGHUP, and pgguard writes a new one.
@@ -187,18 +200,26 @@ queries_per_minute = 600
 	guardtest.WaitFor(t, "config reloaded in the log", func() bool { return strings.Contains(logs.String(), "config reloaded") })
 	execOK(app, "SELECT 2 AS after_rotate")
 
-	// RELOAD from the console applies a new [[limits]] rule and [querylog].
+	// RELOAD from the console applies a new [[limits]] and [[cache]] rule.
 	os.WriteFile(path, []byte(base+`
 [[limits]]
 name = "nightly"
 application_name = "nightly-report"
 max_connections = 1
+
+[[cache]]
+name = "plans"
+fingerprint = "50fde20626009aba"
+ttl = "1m"
 `), 0o600)
 	con := connect("admin", "admin-pw", "pgguard")
 	execOK(con, "RELOAD")
 	limits := execOK(con, "SHOW LIMITS")
 	if !bytes.Contains(bytes.Join(flatten(limits), nil), []byte("nightly")) {
 		t.Errorf("SHOW LIMITS after RELOAD lacks the new rule: %q", flatten(limits))
+	}
+	if rules := execOK(con, "SHOW CACHE"); !bytes.Contains(bytes.Join(flatten(rules), nil), []byte("plans")) {
+		t.Errorf("SHOW CACHE after RELOAD lacks the new rule: %q", flatten(rules))
 	}
 
 	// SIGTERM drains, closes the query log and returns.

@@ -1,75 +1,12 @@
 package proxy
 
 import (
-	"bytes"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgguard/pgguard/querylog"
 )
-
-// serverStream is a typical reply: RowDescription, DataRows, CommandComplete,
-// a ParameterStatus, an ErrorResponse and ReadyForQuery.
-func serverStream(t testing.TB) []byte {
-	var b []byte
-	var err error
-	enc := func(m pgproto3.BackendMessage) {
-		if b, err = m.Encode(b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	enc(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("a"), DataTypeOID: 23, DataTypeSize: 4}}})
-	enc(&pgproto3.DataRow{Values: [][]byte{bytes.Repeat([]byte("x"), 300)}})
-	enc(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")})
-	enc(&pgproto3.ParameterStatus{Name: "TimeZone", Value: "UTC"})
-	enc(&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "57P01", Message: "terminating connection due to administrator command"})
-	enc(&pgproto3.ReadyForQuery{TxStatus: 'T'})
-	return b
-}
-
-type seen struct {
-	typ  byte
-	body string
-	end  int
-}
-
-func scanAll(data []byte, chunk int) []seen {
-	var f frameReader
-	var out []seen
-	for off := 0; off < len(data); off += chunk {
-		part := data[off:min(off+chunk, len(data))]
-		base := off
-		f.scan(part, func(typ byte, body []byte, end int) {
-			out = append(out, seen{typ, string(body), base + end})
-		})
-	}
-	return out
-}
-
-// TestFrameReaderChunking feeds the same stream in every chunk size from 1
-// byte up: the inspected frames, their bodies and end offsets never change.
-func TestFrameReaderChunking(t *testing.T) {
-	data := serverStream(t)
-	want := scanAll(data, len(data))
-	if len(want) != 4 || want[0].typ != 'C' || want[1].typ != 'S' || want[2].typ != 'E' || want[3].typ != 'Z' {
-		t.Fatalf("whole-buffer scan found %v", want)
-	}
-	if want[3].end != len(data) || want[3].body != "T" {
-		t.Fatalf("ReadyForQuery at %d body %q", want[3].end, want[3].body)
-	}
-	for chunk := 1; chunk < len(data); chunk++ {
-		got := scanAll(data, chunk)
-		if len(got) != len(want) {
-			t.Fatalf("chunk %d: %d frames, want %d", chunk, len(got), len(want))
-		}
-		for i := range got {
-			if got[i] != want[i] {
-				t.Fatalf("chunk %d frame %d: %+v, want %+v", chunk, i, got[i], want[i])
-			}
-		}
-	}
-}
 
 func TestErrorFields(t *testing.T) {
 	msg := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "FATAL", Code: "57P01", Message: "x"}
@@ -80,20 +17,6 @@ func TestErrorFields(t *testing.T) {
 	}
 	if sev, code := errorFields([]byte{'C', '1'}); sev != "" || code != "" {
 		t.Fatal("unterminated field parsed")
-	}
-}
-
-func BenchmarkFrameReaderScan(b *testing.B) {
-	data := serverStream(b)
-	var f frameReader
-	b.SetBytes(int64(len(data)))
-	b.ReportAllocs()
-	n := 0
-	for i := 0; i < b.N; i++ {
-		f.scan(data, func(typ byte, body []byte, end int) { n++ })
-	}
-	if n == 0 {
-		b.Fatal("nothing scanned")
 	}
 }
 
@@ -134,7 +57,8 @@ func TestNamedBindRewriteAllocs(t *testing.T) {
 	c := &client{}
 	st := newStmt(42, []byte("SELECT $1\x00\x00\x00"))
 	c.setStmt("s1", st)
-	b := &backend{syncsDone: 1} // prepared by batch 0, answered
+	b := &backend{}
+	b.queue.popped = 1 // prepared by batch 0, answered
 	b.stmts.add(st.key, 0)
 	bind, _ := (&pgproto3.Bind{PreparedStatement: "s1", Parameters: [][]byte{[]byte("4711")}}).Encode(nil)
 	w := rewriter{c: c, b: b, batch: 1}

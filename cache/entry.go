@@ -1,0 +1,174 @@
+package cache
+
+import (
+	"encoding/binary"
+	"hash/crc32"
+	"slices"
+	"time"
+)
+
+// entry is one cached reply with what it was stored under. Immutable once
+// built: the in-process LRU and concurrent Gets share it.
+type entry struct {
+	digest  [32]byte  // the Key's digest: a value found under another key is a miss
+	expires time.Time // wall clock; Redis expires the value by itself too
+	fields  []string  // generation fields, as in Key.fields
+	gens    []uint64  // their values when the reply was read from the server
+	reply   []byte    // RowDescription, DataRow..., CommandComplete
+}
+
+// size is what the entry costs the LRU, roughly.
+func (e *entry) size() int {
+	n := len(e.reply) + 160
+	for _, f := range e.fields {
+		n += len(f) + 24
+	}
+	return n
+}
+
+// fresh reports whether e may answer a lookup of fields that found gens at now.
+func (e *entry) fresh(now time.Time, fields []string, gens []uint64) bool {
+	return now.Before(e.expires) && slices.Equal(e.fields, fields) && slices.Equal(e.gens, gens)
+}
+
+// The value stored in Redis. Anything that does not decode exactly,
+// checksum included, is a miss: Redis may hold garbage, a value of another
+// format version, or nothing (evicted).
+//
+//	magic    "PGGC"
+//	version  1 byte
+//	digest   32 bytes
+//	expires  int64, Unix ms
+//	nfields  uint16, then per field: uint16 length, bytes, uint64 generation
+//	nreply   uint32, then the reply bytes
+//	crc      uint32, CRC-32C of everything before it
+//
+// Integers are big-endian.
+const (
+	entryMagic   = "PGGC"
+	entryVersion = 1
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// encode serializes e.
+func (e *entry) encode() []byte {
+	n := 4 + 1 + 32 + 8 + 2 + 4 + len(e.reply) + 4
+	for _, f := range e.fields {
+		n += 2 + len(f) + 8
+	}
+	b := make([]byte, 0, n)
+	b = append(b, entryMagic...)
+	b = append(b, entryVersion)
+	b = append(b, e.digest[:]...)
+	b = binary.BigEndian.AppendUint64(b, uint64(e.expires.UnixMilli()))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(e.fields)))
+	for i, f := range e.fields {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(f)))
+		b = append(b, f...)
+		b = binary.BigEndian.AppendUint64(b, e.gens[i])
+	}
+	b = binary.BigEndian.AppendUint32(b, uint32(len(e.reply)))
+	b = append(b, e.reply...)
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
+}
+
+// decodeEntry parses a value read under digest; ok is false for anything
+// but a well-formed entry of this version for this digest.
+func decodeEntry(b []byte, digest [32]byte) (*entry, bool) {
+	if len(b) < 4+1+32+8+2+4+4 || string(b[:4]) != entryMagic || b[4] != entryVersion {
+		return nil, false
+	}
+	body, sum := b[:len(b)-4], binary.BigEndian.Uint32(b[len(b)-4:])
+	if crc32.Checksum(body, crcTable) != sum {
+		return nil, false
+	}
+	r := reader{b: body[5:]}
+	e := &entry{}
+	copy(e.digest[:], r.next(32))
+	if e.digest != digest {
+		return nil, false
+	}
+	e.expires = time.UnixMilli(int64(r.u64()))
+	nf := int(r.u16())
+	for range nf {
+		f := r.next(int(r.u16()))
+		e.fields = append(e.fields, string(f))
+		e.gens = append(e.gens, r.u64())
+	}
+	e.reply = r.next(int(r.u32()))
+	if r.bad || len(r.b) != 0 || !ValidReply(e.reply) {
+		return nil, false
+	}
+	e.reply = slices.Clip(e.reply)
+	return e, true
+}
+
+// reader reads big-endian fields, remembering an overrun instead of panicking.
+type reader struct {
+	b   []byte
+	bad bool
+}
+
+func (r *reader) next(n int) []byte {
+	if r.bad || n > len(r.b) {
+		r.bad = true
+		return nil
+	}
+	v := r.b[:n]
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) u16() uint16 {
+	if b := r.next(2); b != nil {
+		return binary.BigEndian.Uint16(b)
+	}
+	return 0
+}
+
+func (r *reader) u32() uint32 {
+	if b := r.next(4); b != nil {
+		return binary.BigEndian.Uint32(b)
+	}
+	return 0
+}
+
+func (r *reader) u64() uint64 {
+	if b := r.next(8); b != nil {
+		return binary.BigEndian.Uint64(b)
+	}
+	return 0
+}
+
+// ValidReply reports whether b is a reply the cache stores: a
+// RowDescription ('T'), any number of DataRows ('D') and one
+// CommandComplete ('C'), each a whole backend message (PostgreSQL docs,
+// "Message Formats"), nothing else. An ErrorResponse, a NoticeResponse, a
+// ParameterStatus, a PortalSuspended (an Execute with a row limit) or a
+// ReadyForQuery makes it uncacheable; the proxy adds what the client's
+// protocol expects around it (ParseComplete, BindComplete, ReadyForQuery).
+func ValidReply(b []byte) bool {
+	state := 'T' // what may come next: 'T' first, then 'D' or 'C'
+	for len(b) > 0 {
+		if len(b) < 5 {
+			return false
+		}
+		typ := b[0]
+		n := int(binary.BigEndian.Uint32(b[1:5]))
+		if n < 4 || n > len(b)-1 {
+			return false
+		}
+		switch {
+		case state == 'T' && typ == 'T':
+			state = 'D'
+		case state == 'D' && typ == 'D':
+		case state == 'D' && typ == 'C':
+			state = 0
+		default:
+			return false
+		}
+		b = b[1+n:]
+	}
+	return state == 0
+}

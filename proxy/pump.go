@@ -1,0 +1,393 @@
+package proxy
+
+import (
+	"time"
+)
+
+// The pump: one goroutine per server connection reads everything the
+// server sends and relays it. Bytes are framed by serverReader across
+// reads, so where the network splits a message never changes what happens
+// to it: a message pgguard inspects (inspectServer) is acted on once it is
+// whole, wherever its pieces arrived, and every other message is streamed
+// on as its pieces come. What is forwarded from one read is gathered in
+// output and written to the client once.
+
+// serverReader is the pump's position in the server's byte stream between
+// reads. Owned by the pump.
+type serverReader struct {
+	hdr    [5]byte // a header split across reads
+	nhdr   int     // its bytes so far
+	remain int     // body bytes still to come of the message under way
+	hold   bool    // that message is inspected: assembled in msg, acted on when whole
+	to     *client // else where its bytes go (nil: dropped)
+	msg    []byte  // an inspected message assembled across reads, header included
+	// bulkTo is where messages the pump does not inspect go: the linked
+	// client, or nobody while pgguard's own request is answered. Set from
+	// the request queue at each read and after each inspected message.
+	bulkTo *client
+}
+
+// output gathers what one read forwards, so that a read passed on
+// unchanged is written without a copy, and a changed one in one write.
+// Owned by the pump.
+type output struct {
+	to     *client
+	direct []byte // a run of the current read buffer
+	buf    []byte // copies, once the run is broken
+}
+
+// pass adds p, a piece of the current read buffer (not copied while the
+// pieces are adjacent), for client to (nil: dropped).
+func (o *output) pass(to *client, p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	if to != o.to {
+		o.flush()
+		o.to = to
+	}
+	if to == nil {
+		return
+	}
+	if len(o.buf) == 0 {
+		if o.direct == nil {
+			o.direct = p
+			return
+		}
+		if n := len(o.direct); cap(o.direct) > n && &o.direct[:n+1][n] == &p[0] {
+			o.direct = o.direct[:n+len(p)]
+			return
+		}
+	}
+	o.put(to, p)
+}
+
+// put adds a copy of p for client to.
+func (o *output) put(to *client, p []byte) {
+	if to != o.to {
+		o.flush()
+		o.to = to
+	}
+	if to == nil {
+		return
+	}
+	if o.direct != nil {
+		o.buf = append(o.buf, o.direct...)
+		o.direct = nil
+	}
+	o.buf = append(o.buf, p...)
+}
+
+// flush writes what was gathered.
+func (o *output) flush() {
+	switch {
+	case o.to == nil:
+	case o.direct != nil:
+		o.to.write(o.direct)
+	case len(o.buf) > 0:
+		o.to.write(o.buf)
+	}
+	o.direct = nil
+	if cap(o.buf) > 64<<10 {
+		o.buf = nil // a burst's buffer is not kept
+	}
+	o.buf = o.buf[:0]
+}
+
+// pump relays server output until the connection ends.
+func (b *backend) pump() {
+	defer b.db.p.recoverPanic("server", func() { b.lostToPanic() })
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := b.out.Read(buf)
+		if n > 0 {
+			b.db.p.bytesOut.Add(float64(n))
+			b.relay(buf[:n])
+		}
+		if err != nil {
+			b.died(err)
+			return
+		}
+	}
+}
+
+// relay handles one read's worth of server output.
+func (b *backend) relay(data []byte) {
+	testPanic("relay")
+	rd := &b.rd
+	b.mu.Lock()
+	b.refreshBulk()
+	b.mu.Unlock()
+	for pos := 0; pos < len(data); {
+		if rd.remain > 0 { // a body under way
+			k := min(rd.remain, len(data)-pos)
+			piece := data[pos : pos+k]
+			pos += k
+			rd.remain -= k
+			if !rd.hold {
+				b.fwd.pass(rd.to, piece)
+				continue
+			}
+			rd.msg = append(rd.msg, piece...)
+			if rd.remain == 0 {
+				b.message(rd.msg, false)
+			}
+			continue
+		}
+		if rd.nhdr > 0 || len(data)-pos < 5 { // a header split across reads
+			k := copy(rd.hdr[rd.nhdr:], data[pos:])
+			rd.nhdr += k
+			pos += k
+			if rd.nhdr == 5 {
+				rd.nhdr = 0
+				b.begin(rd.hdr[:], nil, false)
+			}
+			continue
+		}
+		end := pos + 5 + bodyLen(data[pos+1:])
+		if end <= len(data) {
+			b.message(data[pos:end], true)
+			pos = end
+			continue
+		}
+		b.begin(data[pos:pos+5], data[pos+5:], true)
+		pos = len(data)
+	}
+	b.fwd.flush()
+}
+
+// begin starts a message whose body did not arrive whole: hdr is its
+// header, have the part of the body that did; inRead says both are in the
+// current read buffer.
+func (b *backend) begin(hdr, have []byte, inRead bool) {
+	rd := &b.rd
+	rd.remain = bodyLen(hdr[1:]) - len(have)
+	rd.hold = inspectServer(hdr[0])
+	if rd.hold {
+		rd.msg = append(append(rd.msg[:0], hdr...), have...)
+		if rd.remain == 0 {
+			b.message(rd.msg, false)
+		}
+		return
+	}
+	rd.to = rd.bulkTo
+	if inRead {
+		b.fwd.pass(rd.to, hdr)
+	} else {
+		b.fwd.put(rd.to, hdr)
+	}
+	b.fwd.pass(rd.to, have)
+}
+
+// message handles one whole message; inRead says it lies in the current
+// read buffer (else it was assembled and must be copied if forwarded).
+func (b *backend) message(msg []byte, inRead bool) {
+	typ := msg[0]
+	var to *client
+	var repl *Error
+	switch {
+	case typ == 'Z':
+		b.readyForQuery(msg, inRead)
+		return
+	case inspectServer(typ):
+		b.mu.Lock()
+		to, repl = b.inspect(typ, msg[5:])
+		b.refreshBulk()
+		b.mu.Unlock()
+	default:
+		to = b.rd.bulkTo
+	}
+	switch {
+	case repl != nil:
+		b.fwd.put(to, repl.encode(nil))
+	case inRead:
+		b.fwd.pass(to, msg)
+	default:
+		b.fwd.put(to, msg)
+	}
+}
+
+// refreshBulk sets where uninspected messages go, from the queue's head (mu held).
+func (b *backend) refreshBulk() {
+	if h := b.queue.front(); h != nil && !h.forwarded() {
+		b.rd.bulkTo = nil
+		return
+	}
+	b.rd.bulkTo = b.client
+}
+
+// inspect acts on an ErrorResponse, ParameterStatus, CommandComplete,
+// ParseComplete or CloseComplete (mu held) and returns the client it goes
+// to (nil: swallowed) and, when pgguard caused the error, the one the
+// client must see instead.
+func (b *backend) inspect(typ byte, body []byte) (*client, *Error) {
+	h := b.queue.front()
+	// The client's replies: to a request of its, or to a batch it has not
+	// synced yet (Flush), or sent unasked (notices, notifications).
+	forwarded := h == nil || h.forwarded()
+	switch typ {
+	case 'S':
+		name, value, ok := parameterStatus(body)
+		if !ok {
+			break
+		}
+		b.params[name] = value
+		if c := b.client; c != nil && forwarded && reportedParams[name] {
+			c.want.reported.set(name, value) // the client SET it: b and c agree
+			gen := c.wantGen.Add(1)
+			if b.synced == c {
+				b.syncedGen = gen
+			}
+		}
+		if !forwarded && h.announce {
+			return b.client, nil // a sync that restores startup values: the client hears of them
+		}
+	case '1', '3':
+		if forwarded && b.reply(typ) {
+			return nil, nil // pgguard's own Parse or Close
+		}
+	case 'C':
+		if forwarded {
+			b.commandComplete(h, body)
+		}
+	case 'E':
+		return b.serverError(h, body)
+	}
+	if !forwarded {
+		return nil, nil
+	}
+	return b.client, nil
+}
+
+// serverError acts on an ErrorResponse (mu held): a FATAL one means the
+// server is closing; a failed sync or reset makes the server unusable; a
+// client's error aborts its unit of work and may be one pgguard caused.
+func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
+	sev, code := errorFields(body)
+	if sev == "FATAL" || sev == "PANIC" || code == codeAdminShutdown {
+		b.dead.Store(true)
+	}
+	if h != nil {
+		h.failed = true
+		switch h.kind {
+		case reqParamSync:
+			b.syncBad = true
+			b.db.p.log.Warn("could not apply a client's session parameters on a server connection; closing it",
+				"server", b.id, "sqlstate", code, "error", errorMessage(body))
+			return nil, nil
+		case reqReset:
+			b.resetBad = true
+			return nil, nil
+		case reqClient:
+			if h.sqlstate == "" {
+				h.sqlstate, h.errMsg = code, errorMessage(body)
+			}
+		}
+	}
+	if b.client == nil {
+		return nil, nil
+	}
+	b.unitAborted = true
+	if e := b.duplicateError(code); e != nil {
+		return b.client, e // the client's name for the statement that exists
+	}
+	if h != nil && h.timedOut && code == codeQueryCanceled {
+		return b.client, errorf(codeQueryCanceled, "canceling statement: it ran longer than pool.query_timeout = %s; raise pool.query_timeout or speed the query up",
+			b.db.p.cfg.Load().Pool.QueryTimeout.Duration)
+	}
+	return b.client, nil
+}
+
+// readyForQuery ends the request at the queue's head: it settles the
+// server's state, forwards the message if the request was the client's,
+// and returns the server to the pool when a transaction-mode client's
+// transaction is over (after the client's bytes are written).
+func (b *backend) readyForQuery(msg []byte, inRead bool) {
+	status := byte('I')
+	if len(msg) == 6 {
+		status = msg[5]
+	}
+	now := time.Now()
+	b.mu.Lock()
+	if b.queue.len() == 0 {
+		b.mu.Unlock()
+		b.db.p.log.Error("server sent a ReadyForQuery nobody asked for; closing the connection", "database", b.db.name, "server", b.id)
+		b.dead.Store(true)
+		b.conn.Close()
+		return
+	}
+	r := b.queue.pop()
+	b.txStatus = status
+	b.batchDone()
+	if next := b.queue.front(); next != nil && next.start.Before(now) {
+		next.start = now // pipelined: the next one starts when this one ends
+	}
+	var to *client
+	next := numServerStates // none
+	switch r.kind {
+	case reqParamSync:
+		b.unitAborted = false // the sync's own errors are not the client's
+		if b.state == srvSyncing {
+			b.setStateLocked(srvLinked)
+		}
+	case reqReset:
+		if b.queue.len() == 0 {
+			next = srvIdle
+			if b.resetBad || status != 'I' {
+				next = srvClosed
+			}
+		}
+	case reqClient:
+		if status == 'I' {
+			b.unitDone()
+		}
+		to = b.client
+		if c := to; c != nil && b.queue.len() == 0 && !b.open && status == 'I' && c.pooling == poolTransaction && !c.pinned.Load() {
+			b.unlinkLocked()
+			next = srvIdle
+		}
+	}
+	b.signalAnswered()
+	b.refreshBulk()
+	b.mu.Unlock()
+	if inRead {
+		b.fwd.pass(to, msg)
+	} else {
+		b.fwd.put(to, msg)
+	}
+	if next != numServerStates {
+		b.fwd.flush() // the client has its reply before the server serves another
+		if r.kind == reqClient {
+			b.db.xacts.Add(1)
+		}
+		b.enter(next)
+	}
+	if r.kind == reqClient && r.query {
+		b.report(r.inflightQuery, now)
+	}
+}
+
+// parameterStatus splits a ParameterStatus body.
+func parameterStatus(body []byte) (name, value string, ok bool) {
+	name, rest, ok := cstring(body)
+	if !ok {
+		return "", "", false
+	}
+	value, _, ok = cstring(rest)
+	return name, value, ok
+}
+
+// lostToPanic closes a server connection whose pump panicked, and its
+// client, which cannot know what it missed.
+func (b *backend) lostToPanic() {
+	b.mu.Lock()
+	c := b.unlinkLocked()
+	b.queue.clear()
+	b.signalAnswered()
+	b.mu.Unlock()
+	if c != nil {
+		c.closeWith(internalError())
+	}
+	b.enter(srvClosed)
+	b.conn.Close()
+}

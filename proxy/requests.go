@@ -1,0 +1,162 @@
+package proxy
+
+import "time"
+
+// The queue of outstanding requests (PgBouncer's outstanding_requests, in
+// Go). Every write to a server that the server answers with a
+// ReadyForQuery pushes one request first, under the backend's mu; the pump
+// pops it at that ReadyForQuery. The request at the head decides what
+// becomes of every reply before it: forwarded to the client, swallowed, or
+// replaced with the client's own error text. Adding a kind of injected
+// request means adding a kind here, not another counter.
+
+// requestKind is who asked for a request and so who sees its replies.
+type requestKind uint8
+
+const (
+	reqClient    requestKind = iota // a client's sync point (Query, Sync, FunctionCall): forwarded
+	reqQuietSync                    // a Sync pgguard added to end a client's open batch: forwarded but for its ReadyForQuery
+	reqParamSync                    // pgguard's session parameter sync: swallowed (ParameterStatus forwarded when announce)
+	reqReset                        // pgguard's ROLLBACK or DISCARD ALL after the client left: swallowed
+)
+
+// request is one outstanding ReadyForQuery and what to do with its replies.
+type request struct {
+	inflightQuery // the query log's record (client requests)
+	kind          requestKind
+	announce      bool // reqParamSync: it restores startup values the client must hear of
+	timedOut      bool // reqClient: pgguard cancelled it for pool.query_timeout
+	failed        bool // an ErrorResponse answered it
+}
+
+// forwarded reports whether the request's replies go to the client.
+func (r *request) forwarded() bool { return r.kind == reqClient || r.kind == reqQuietSync }
+
+// requestQueue is a FIFO of requests that keeps its capacity. pushed and
+// popped number the batches (a statement prepared by batch n is known to
+// exist once popped > n). Guarded by the backend's mu.
+type requestQueue struct {
+	items  []request
+	head   int
+	pushed uint64
+	popped uint64
+}
+
+func (q *requestQueue) len() int { return len(q.items) - q.head }
+
+func (q *requestQueue) push(r request) {
+	q.items = append(q.items, r)
+	q.pushed++
+}
+
+// front returns the oldest request, or nil; valid until the next push.
+func (q *requestQueue) front() *request {
+	if q.head == len(q.items) {
+		return nil
+	}
+	return &q.items[q.head]
+}
+
+func (q *requestQueue) pop() request {
+	r := q.items[q.head]
+	q.items[q.head] = request{}
+	q.head++
+	q.popped++
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	}
+	return r
+}
+
+// clear forgets every request (the connection is gone).
+func (q *requestQueue) clear() {
+	clear(q.items)
+	q.items, q.head = q.items[:0], 0
+}
+
+// needsSync reports whether b's session parameters must be brought in line
+// with c's before c's next message (mu held): b last served another client,
+// or c's parameters changed since, or the read-only switch flipped while no
+// transaction is open. Never while replies are outstanding.
+func (b *backend) needsSync(c *client) bool {
+	if b.queue.len() > 0 {
+		return false
+	}
+	return b.synced != c || b.syncedGen != c.wantGen.Load() || b.roGen != c.p.roGen.Load() && b.txStatus == 'I'
+}
+
+// syncParams brings b's session parameters in line with c's before c's
+// next message, and waits for the answer: the client's statements must not
+// run with another client's settings. It reports false when the sync failed
+// (b is then unusable: its values are unknown) or b was lost meanwhile.
+func (b *backend) syncParams(c *client) bool {
+	b.mu.Lock()
+	if b.client != c || !b.needsSync(c) {
+		b.mu.Unlock()
+		return true
+	}
+	b.synced, b.syncedGen, b.roGen = c, c.wantGen.Load(), c.p.roGen.Load()
+	sql := syncSQL(c, b, c.p.cfg.Load().ReadOnly)
+	if sql == "" {
+		b.mu.Unlock()
+		return true
+	}
+	b.queue.push(request{kind: reqParamSync, announce: c.want.announce})
+	c.want.announce = false
+	b.syncBad = false
+	b.setStateLocked(srvSyncing)
+	b.mu.Unlock()
+	if _, err := b.out.Write(appendQuery(nil, sql)); err != nil {
+		return false
+	}
+	b.awaitAnswered(c)
+	b.mu.Lock()
+	ok := !b.syncBad && b.client == c
+	if !ok {
+		b.synced = nil
+	}
+	b.mu.Unlock()
+	return ok
+}
+
+// prepareSend readies bytes client c sends to b, under mu: it checks the
+// link, applies the statements' session effects, translates prepared
+// statement names on the slow path, and pushes a request per sync point
+// sent. It fails when b is no longer linked to c.
+func (b *backend) prepareSend(c *client, p []byte, lead int, open, slow bool) ([]byte, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.client != c {
+		return nil, false
+	}
+	c.applyEffects(b)
+	out := p
+	max := c.p.cfg.Load().Pool.MaxPreparedStatements
+	if slow || b.stmts.over(max) && lead == 0 {
+		w := rewriter{c: c, b: b, out: c.obuf[:0], batch: b.queue.pushed, max: max}
+		w.chunk(p, lead)
+		c.obuf = w.out
+		out = w.out
+	} else {
+		for _, e := range c.expect {
+			b.replies = append(b.replies, pendingReply{typ: e.typ, batch: b.queue.pushed + uint64(e.syncs)})
+		}
+	}
+	switch c.unnamedSeen {
+	case 1:
+		b.unnamedOwner, b.unnamedGen = c, c.unnamedGen
+	case 2:
+		b.unnamedOwner = nil
+	}
+	now := time.Now()
+	for _, q := range c.queued {
+		kind := reqClient
+		if q.quiet {
+			kind = reqQuietSync
+		}
+		b.queue.push(request{kind: kind, inflightQuery: inflightQuery{pendingQuery: q, client: c, start: now, wait: c.wait}})
+		c.wait = 0
+	}
+	b.open = open
+	return out, true
+}

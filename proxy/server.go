@@ -1,0 +1,357 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"maps"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// serverState is where a server connection stands. It changes only in
+// setStateLocked (which counts it, per database and upstream, for /metrics
+// and SHOW SERVERS), and moves between the pool's lists only in enter.
+type serverState uint8
+
+const (
+	srvIdle       serverState = iota // in the pool, no client
+	srvLinked                        // linked to a client
+	srvSyncing                       // linked; pgguard brings its session parameters in line first
+	srvResetting                     // the client left; pgguard's ROLLBACK/DISCARD ALL are under way
+	srvCancelling                    // released, held until a CancelRequest for its last client is delivered
+	srvClosed                        // closed, or found dead
+	numServerStates
+)
+
+// serverStateNames label the states in metrics and SHOW SERVERS; "active"
+// is a linked server, as in PgBouncer.
+var serverStateNames = [numServerStates]string{"idle", "active", "syncing", "resetting", "cancelling", "closed"}
+
+func (s serverState) String() string { return serverStateNames[s] }
+
+// backend is one server connection to an upstream. Its pump goroutine reads
+// everything the server sends for the connection's whole life: that is how a
+// connection the upstream closes while idle (Neon suspending its compute,
+// pg_terminate_backend) is noticed at once, without a query round trip.
+//
+// What becomes of each reply is decided by one queue (requests.go): an
+// entry per ReadyForQuery expected, pushed by whoever writes the request,
+// popped by the pump.
+type backend struct {
+	id       uint64
+	db       *database
+	conn     net.Conn
+	out      *sock                // reads (pump) and writes (linked client, resets) on conn
+	hc       *pgconn.HijackedConn // pid, secret and config for CancelRequest
+	upstream string               // "primary" or "fallback"
+	created  time.Time
+
+	dead     atomic.Bool  // the server is closing or closed: never hand it out
+	lastUsed atomic.Int64 // unix nanos of the last link, for SHOW SERVERS
+
+	// Guarded by mu.
+	mu       sync.Mutex
+	state    serverState
+	client   *client
+	queue    requestQueue   // what the server will answer, in order
+	replies  []pendingReply // ParseComplete/CloseComplete expected for client batches
+	open     bool           // the client sent messages after its last sync point (mid extended-protocol batch)
+	txStatus byte           // from the last ReadyForQuery: 'I', 'T' or 'E'
+	answered chan struct{}  // closed when the queue empties, for awaitAnswered
+	cancels  int            // CancelRequests in flight for this connection
+	resetBad bool           // a reset query failed: close instead of reuse
+	syncBad  bool           // the last parameter sync failed: close instead of use
+	roGen    uint64         // read-only switch generation the server was synced for
+	// synced is the client whose session parameters b matches, as of
+	// that client's wantGen syncedGen; it outlives the link, so a client
+	// that comes back to the server it last used needs no sync.
+	synced    *client
+	syncedGen uint64
+	// What the server holds: parameter values as reported (params) and at
+	// connect (initial), custom parameters set, prepared statements.
+	params  map[string]string
+	initial map[string]string
+	custom  kvs
+	// staged are custom parameters SET in the unit of work under way: they
+	// stick when it ends committed; unitAborted when an error or ROLLBACK
+	// ended it.
+	staged      kvs
+	unitAborted bool
+	stmts       serverStmts
+	// Whose unnamed statement the server holds (a client and its number).
+	unnamedOwner *client
+	unnamedGen   uint64
+
+	// Owned by the pump goroutine.
+	rd  serverReader
+	fwd output
+}
+
+func newBackend(db *database, hc *pgconn.HijackedConn, upstream string) *backend {
+	b := &backend{
+		id:       db.nextSrvID.Add(1),
+		db:       db,
+		conn:     hc.Conn,
+		out:      newSock(hc.Conn),
+		hc:       hc,
+		upstream: upstream,
+		created:  time.Now(),
+		txStatus: 'I',
+		params:   maps.Clone(hc.ParameterStatuses),
+		initial:  hc.ParameterStatuses,
+		state:    srvIdle,
+	}
+	db.countState(b, srvClosed, srvIdle)
+	return b
+}
+
+// Dead implements pool.Conn.
+func (b *backend) Dead() bool { return b.dead.Load() }
+
+// Close implements pool.Conn: it closes the socket; the pump then exits.
+func (b *backend) Close() {
+	b.mu.Lock()
+	b.setStateLocked(srvClosed)
+	b.mu.Unlock()
+	b.conn.Close()
+}
+
+// setStateLocked is the one place a server's state changes (mu held).
+func (b *backend) setStateLocked(to serverState) {
+	from := b.state
+	if from == to || from == srvClosed {
+		return
+	}
+	b.state = to
+	if to == srvClosed {
+		b.dead.Store(true)
+	}
+	b.db.countState(b, from, to)
+}
+
+// enter moves b to state to and into the pool's matching list: idle goes
+// back to the pool (or, with a cancel still in flight, waits as
+// cancelling), closed leaves it. Called without mu held: the pool may hand
+// b straight to a queued client, which links it.
+func (b *backend) enter(to serverState) {
+	b.mu.Lock()
+	if to == srvIdle && b.cancels > 0 {
+		to = srvCancelling
+	}
+	b.setStateLocked(to)
+	b.mu.Unlock()
+	switch to {
+	case srvIdle:
+		b.db.pool.Release(b)
+	case srvClosed:
+		// Out of the idle list if it died there, else out of the pool's
+		// count; both are no-ops for a connection the pool forgot already.
+		if !b.db.pool.Remove(b) {
+			b.db.pool.Discard(b)
+		}
+	}
+}
+
+// link attaches b to c for a transaction (or a session). It fails when b died
+// since it was taken from the pool.
+func (b *backend) link(c *client) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.dead.Load() || b.state == srvClosed {
+		return false
+	}
+	b.client = c
+	b.open = false
+	b.setStateLocked(srvLinked)
+	c.server.Store(b)
+	b.lastUsed.Store(time.Now().UnixNano())
+	return true
+}
+
+// unlinkLocked detaches b's client (mu held).
+func (b *backend) unlinkLocked() *client {
+	c := b.client
+	if c != nil {
+		b.client = nil
+		c.unlink()
+	}
+	return c
+}
+
+// drop closes b after the linked client c could not use it (a failed
+// write or parameter sync).
+func (b *backend) drop(c *client) {
+	b.mu.Lock()
+	if b.client == c {
+		b.unlinkLocked()
+	}
+	b.mu.Unlock()
+	b.enter(srvClosed)
+}
+
+// died handles the end of the server connection: out of the pool if idle; the
+// linked client, if any, is told and loses its server.
+func (b *backend) died(err error) {
+	b.mu.Lock()
+	for _, r := range b.replies {
+		b.skipped(r)
+	}
+	b.replies = b.replies[:0]
+	b.queue.clear()
+	b.signalAnswered()
+	c := b.unlinkLocked()
+	b.mu.Unlock()
+	if c != nil {
+		b.db.linkedServerDied(b, err)
+		c.serverLost(b, err)
+	}
+	b.enter(srvClosed)
+	if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
+		b.db.p.log.Debug("server connection ended", "database", b.db.name, "server", b.id, "err", err)
+	}
+}
+
+// reset detaches b from its client and sends the queries that make it safe
+// for another client; the pump returns it to the pool when they complete.
+// With the server mid-query it is closed instead.
+func (b *backend) reset(c *client, discardAll bool) {
+	b.mu.Lock()
+	if b.client != c {
+		b.mu.Unlock()
+		return
+	}
+	b.unlinkLocked()
+	if b.queue.len() > 0 || b.open || b.dead.Load() {
+		b.mu.Unlock()
+		b.enter(srvClosed)
+		return
+	}
+	var q []byte
+	if b.txStatus != 'I' {
+		q = appendQuery(q, "ROLLBACK")
+		b.queue.push(request{kind: reqReset})
+	}
+	if discardAll {
+		q = appendQuery(q, "DISCARD ALL")
+		b.queue.push(request{kind: reqReset})
+		b.custom = nil
+		b.stmts.clear()
+		b.synced = nil
+	}
+	b.resetBad = false
+	if len(q) == 0 {
+		b.mu.Unlock()
+		b.enter(srvIdle)
+		return
+	}
+	b.setStateLocked(srvResetting)
+	b.mu.Unlock()
+	if _, err := b.out.Write(q); err != nil {
+		b.enter(srvClosed)
+	}
+}
+
+// unitDone settles the SETs and RESETs of a finished unit of work (mu
+// held): they stick, for the client and the server, unless it was rolled
+// back. A RESET to a value the client gave at startup is redone by the
+// next sync, before the client's next message runs.
+func (b *backend) unitDone() {
+	if c := b.client; c != nil && !b.unitAborted && len(b.staged) > 0 {
+		resync := false
+		for _, e := range b.staged {
+			if c.want.apply(e, &b.custom) {
+				resync = true
+				c.want.announce = true
+			}
+		}
+		// b and c moved in step (unless a RESET gave b the server's own
+		// default); every other server synced for c no longer matches it.
+		gen := c.wantGen.Add(1)
+		if b.synced == c && !resync {
+			b.syncedGen = gen
+		}
+	}
+	clear(b.staged)
+	b.staged = b.staged[:0]
+	b.unitAborted = false
+}
+
+// signalAnswered wakes awaitAnswered once nothing is outstanding (mu held).
+func (b *backend) signalAnswered() {
+	if b.queue.len() == 0 && b.answered != nil {
+		close(b.answered)
+		b.answered = nil
+	}
+}
+
+// awaitAnswered waits until b has answered every request sent, while it
+// stays linked to c.
+func (b *backend) awaitAnswered(c *client) {
+	b.mu.Lock()
+	for b.client == c && b.queue.len() > 0 {
+		if b.answered == nil {
+			b.answered = make(chan struct{})
+		}
+		ch := b.answered
+		b.mu.Unlock()
+		<-ch
+		b.mu.Lock()
+	}
+	b.mu.Unlock()
+}
+
+// markTimedOut flags the running query of c as cancelled for
+// pool.query_timeout; false if it already is, or c no longer runs one on b.
+func (b *backend) markTimedOut(c *client) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	h := b.queue.front()
+	if b.client != c || h == nil || h.kind != reqClient || h.timedOut {
+		return false
+	}
+	h.timedOut = true
+	return true
+}
+
+// cancelFor sends a CancelRequest for what b runs for client c, and for
+// nothing else: if b is no longer c's it does nothing, and b cannot go to
+// another client until the request has been delivered (state cancelling).
+// pgconn dials the same address, with TLS when the connection uses it.
+func (b *backend) cancelFor(c *client) {
+	b.mu.Lock()
+	if b.client != c {
+		b.mu.Unlock()
+		return
+	}
+	b.cancels++
+	b.mu.Unlock()
+
+	hc := *b.hc
+	if pc, err := pgconn.Construct(&hc); err == nil {
+		ctx, done := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := pc.CancelRequest(ctx); err != nil {
+			b.db.p.log.Warn("cancel request failed", "database", b.db.name, "server", b.id, "err", err)
+		}
+		done()
+	}
+
+	b.mu.Lock()
+	b.cancels--
+	settled := b.cancels == 0 && b.state == srvCancelling
+	b.mu.Unlock()
+	if settled {
+		b.enter(srvIdle)
+	}
+}
+
+// appendQuery appends a simple-protocol Query message.
+func appendQuery(dst []byte, sql string) []byte {
+	dst, at := beginMsg(dst, 'Q')
+	dst = append(dst, sql...)
+	return endMsg(append(dst, 0), at)
+}
