@@ -763,21 +763,13 @@ func (c *client) acquire(p []byte, lead int, open, slow bool) (*backend, error) 
 			return nil, c.p.clientError(err, c.db, c.pooling == poolSession)
 		}
 		if c.cancelQueued.Swap(false) {
-			b.enter(srvIdle)
-			c.lim.ReleaseConn()
+			c.giveBack(b)
 			return nil, errorf(codeQueryCanceled, "canceling statement due to user request (while it waited for a server connection)")
 		}
 		if (c.handoff.waited || b.created.After(start)) && c.hungUp() {
 			// It queued, or waited for a dial, and left meanwhile: what it
 			// sent is not run (a client that gave up may retry it elsewhere).
-			b.mu.Lock()
-			if b.client == c { // Take linked it and left a parameter sync to us
-				b.unlinkLocked() // gives the limiter slot back
-			} else {
-				c.lim.ReleaseConn()
-			}
-			b.mu.Unlock()
-			b.enter(srvIdle)
+			c.giveBack(b)
 			c.p.log.Debug("client hung up while waiting for a server; its statement was not run", "client", c.id, "application_name", c.app)
 			return nil, errClientEOF
 		}
@@ -787,6 +779,20 @@ func (c *client) acquire(p []byte, lead int, open, slow bool) (*backend, error) 
 		}
 		b.enter(srvClosed) // died between the pool and us
 	}
+}
+
+// giveBack returns a server c was handed but will not use, with its
+// limiter slot; Take may have linked it already (leaving a parameter sync
+// to c's goroutine).
+func (c *client) giveBack(b *backend) {
+	b.mu.Lock()
+	if b.client == c {
+		b.unlinkLocked() // gives the limiter slot back
+	} else {
+		c.lim.ReleaseConn()
+	}
+	b.mu.Unlock()
+	b.enter(srvIdle)
 }
 
 // hungUp reports whether the client closed its end: a peek at its socket,
