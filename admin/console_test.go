@@ -95,6 +95,14 @@ func TestConsoleLimiterViews(t *testing.T) {
 	for range 3 {
 		s.Observe()
 	}
+	// A transaction held open for 90 s that committed 30 s ago, as the
+	// proxy reports it.
+	t0 := time.Now().Add(-2 * time.Minute)
+	act := e.lim.Connected("app", "worker", t0)
+	act.Query("worker", t0)
+	act.Ready(t0, false, true)
+	act.Query("worker", t0.Add(90*time.Second))
+	act.Ready(t0.Add(90*time.Second), false, false)
 
 	limits := mustExec(t, con, "SHOW LIMITS")
 	if r := limits.row(t, "name", "workers"); r["kind"] != "rule" || !strings.Contains(r["detail"], "queries_per_minute=600") || !strings.Contains(r["detail"], "connections=0/1") {
@@ -119,9 +127,18 @@ func TestConsoleLimiterViews(t *testing.T) {
 		}
 	}
 
+	if v := budget.row(t, "key", "poller worker")["value"]; !strings.Contains(v, "by transactions 1m30s, queries 30s") {
+		t.Errorf("SHOW BUDGET poller worker = %q", v)
+	}
+
 	pollers := mustExec(t, con, "SHOW POLLERS")
-	if !slices.Equal(pollers.cols, []string{"application_name", "endpoint", "queries", "median_gap", "max_gap", "awake", "awake_pct", "keeps_awake", "window"}) {
+	if !slices.Equal(pollers.cols, []string{"application_name", "endpoint", "queries", "median_gap", "max_gap", "awake", "awake_pct", "keeps_awake", "window",
+		"transactions", "connections", "awake_queries", "awake_transactions", "awake_connections", "kept_awake_by"}) {
 		t.Errorf("SHOW POLLERS columns %v", pollers.cols)
+	}
+	if r := pollers.row(t, "application_name", "worker"); r["queries"] != "2" || r["transactions"] != "1" || r["connections"] != "1" ||
+		r["awake_transactions"] != "1m30s" || r["awake"] != "2m0s" || r["kept_awake_by"] != "transactions" {
+		t.Errorf("SHOW POLLERS worker: %v", r)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgguard/pgguard/admin"
+	"github.com/pgguard/pgguard/admin/dashboard"
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/internal/localpg"
@@ -50,6 +51,8 @@ type env struct {
 	client  *http.Client
 	ql      *querylog.Logger
 	lim     *limiter.Limiter
+	m       *metrics.Metrics
+	dash    *dashboard.Dashboard
 	cache   *cache.Cache
 	reloads atomic.Int32
 	// reloadErr, when set, is what RELOAD returns.
@@ -121,19 +124,35 @@ func start(t *testing.T, cfg *config.Config) *env {
 	})
 	console.QueryLog, console.Limiter, console.Cache = ql, lim, rc
 	p.Console = console.Serve
-	h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc}
-	e.http = httptest.NewServer(h.Handler())
+	e.dash = dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim})
+	e.m = m
+	e.http = e.serveHTTP(nil)
 	e.client = &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
 
 	t.Cleanup(func() { // runs after Serve's cleanup has closed the proxy
 		e.client.CloseIdleConnections()
 		e.http.Close()
+		e.dash.Close()
 		ql.Close()
 		lim.Close()
 		rc.Close()
 	})
 	e.addr = guardtest.Serve(t, p)
 	return e
+}
+
+// serveHTTP serves the HTTP endpoints on a new loopback listener. listenAddr,
+// when set, is the address they believe they listen on (the loopback rule of
+// admin.http_auth); nil uses the real one. The caller closes the server.
+func (e *env) serveHTTP(listenAddr *string) *httptest.Server {
+	srv := httptest.NewUnstartedServer(nil)
+	h := &admin.HTTP{Proxy: e.Proxy, Metrics: e.m, QueryLog: e.ql, Limiter: e.lim, Cache: e.cache, Dashboard: e.dash, ListenAddr: srv.Listener.Addr().String()}
+	if listenAddr != nil {
+		h.ListenAddr = *listenAddr
+	}
+	srv.Config.Handler = h.Handler()
+	srv.Start()
+	return srv
 }
 
 // url is a client URL through pgguard for user on database db.

@@ -1,15 +1,26 @@
 // Package admin is pgguard's operator surface: the HTTP endpoints (/metrics,
 // /healthz, /readyz, /status, /queries, POST /read-only, POST
-// /disable-workers, POST /cache/reset) and the admin console spoken over the
+// /switches/NAME, POST /disable-workers, POST /cache/reset, and the live
+// dashboard of package dashboard at /) and the admin console spoken over the
 // PostgreSQL protocol on database "pgguard".
+//
+// Access: /metrics, /healthz, /readyz and /dashboard/history are open. The
+// pages that show query texts, client addresses or application names (/,
+// /dashboard/state, /status, /queries) are open only while the HTTP server
+// listens on a loopback address and admin.http_auth is "auto"; otherwise
+// they need an admin user's HTTP basic credentials. Changing anything
+// always needs them, and browsers on other sites are refused.
 package admin
 
 import (
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 
+	"github.com/pgguard/pgguard/admin/dashboard"
 	"github.com/pgguard/pgguard/auth"
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/limiter"
@@ -33,6 +44,11 @@ type HTTP struct {
 	Cache *cache.Cache
 	// StatusExtra, when set, adds more sections to /status.
 	StatusExtra func() map[string]any
+	// Dashboard, when set, serves the live page at / and its JSON.
+	Dashboard *dashboard.Dashboard
+	// ListenAddr is the address the HTTP server listens on, for the
+	// loopback rule of admin.http_auth. Empty counts as not loopback.
+	ListenAddr string
 
 	mux *http.ServeMux
 }
@@ -48,24 +64,34 @@ func (h *HTTP) Handler() http.Handler {
 		io.WriteString(w, "ok\n")
 	})
 	h.mux.HandleFunc("GET /readyz", h.readyz)
-	h.mux.HandleFunc("GET /status", h.status)
-	h.mux.HandleFunc("POST /read-only", h.readOnly)
+	h.mux.Handle("GET /status", h.private(http.HandlerFunc(h.status)))
+	// Changes refuse cross-origin browser requests (Sec-Fetch-Site, Origin):
+	// another site cannot ride a browser's cached credentials.
+	csrf := http.NewCrossOriginProtection()
+	h.mux.Handle("POST /read-only", csrf.Handler(http.HandlerFunc(h.readOnly)))
+	h.mux.Handle("POST /switches/{name}", csrf.Handler(http.HandlerFunc(h.setSwitch)))
 	if h.Limiter != nil {
-		h.mux.HandleFunc("POST /disable-workers", h.disableWorkers)
+		h.mux.Handle("POST /disable-workers", csrf.Handler(http.HandlerFunc(h.disableWorkers)))
 	}
 	if h.QueryLog != nil {
-		// Reading the statistics is open like /status; forgetting them is
-		// an admin action like POST /read-only.
+		// Reading the statistics is like /status; forgetting them is an
+		// admin action like POST /read-only.
 		q := h.QueryLog.Handler()
-		h.mux.Handle("GET /queries", q)
-		h.mux.Handle("POST /queries/reset", h.adminOnly(q))
-		h.mux.Handle("DELETE /queries", h.adminOnly(q))
+		h.mux.Handle("GET /queries", h.private(q))
+		h.mux.Handle("POST /queries/reset", csrf.Handler(h.adminOnly(q)))
+		h.mux.Handle("DELETE /queries", csrf.Handler(h.adminOnly(q)))
+	}
+	if d := h.Dashboard; d != nil {
+		h.mux.Handle("GET /{$}", h.private(d.Page()))
+		h.mux.Handle("GET /dashboard/assets/", d.Assets())
+		h.mux.Handle("GET /dashboard/state", h.private(d.State(h.switches)))
+		h.mux.Handle("GET /dashboard/history", d.History())
 	}
 	if h.Cache != nil {
-		h.mux.Handle("POST /cache/reset", h.adminOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.mux.Handle("POST /cache/reset", csrf.Handler(h.adminOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			h.Cache.Reset(r.Context())
 			w.WriteHeader(http.StatusNoContent)
-		})))
+		}))))
 	}
 	return h.mux
 }
@@ -126,15 +152,53 @@ func (h *HTTP) statusExtra() map[string]any {
 func (h *HTTP) adminOnly(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, ok := h.authorize(r); !ok {
-			unauthorized(w)
+			unauthorized(w, r)
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
 }
 
-func unauthorized(w http.ResponseWriter) {
-	w.Header().Set("WWW-Authenticate", `Basic realm="pgguard"`)
+// private wraps a page that shows query texts, client addresses or
+// application names: open while open() holds, else admin users only.
+func (h *HTTP) private(next http.Handler) http.Handler {
+	admin := h.adminOnly(next)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h.open() {
+			next.ServeHTTP(w, r)
+			return
+		}
+		admin.ServeHTTP(w, r)
+	})
+}
+
+// open reports whether private pages need no credentials: admin.http_auth
+// is "auto" and the HTTP server listens on a loopback address. The address
+// is the listener's, not the config's: http_listen changes only at restart.
+func (h *HTTP) open() bool {
+	return h.Proxy.Config().Admin.HTTPAuth == "auto" && isLoopback(h.ListenAddr)
+}
+
+// isLoopback reports whether hostport's host is "localhost" or a loopback IP.
+func isLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// unauthorized answers 401. A script's request (X-Requested-With set, as the
+// dashboard's are) gets no WWW-Authenticate challenge, so the browser shows
+// no login dialog and the page asks for the credentials itself.
+func unauthorized(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("X-Requested-With") == "" {
+		w.Header().Set("WWW-Authenticate", `Basic realm="pgguard"`)
+	}
 	http.Error(w, "admin credentials required: a user listed in admin.users, with its password", http.StatusUnauthorized)
 }
 
@@ -142,21 +206,30 @@ func unauthorized(w http.ResponseWriter) {
 func (h *HTTP) readOnly(w http.ResponseWriter, r *http.Request) {
 	user, ok := h.authorize(r)
 	if !ok {
-		unauthorized(w)
+		unauthorized(w, r)
 		return
 	}
+	on, ok := onOff(w, r)
+	if !ok {
+		return
+	}
+	h.Proxy.SetReadOnly(on, "http:"+user)
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(map[string]bool{"read_only": h.Proxy.ReadOnly()})
+}
+
+// onOff reads a request body of "on" or "off" (or true/false, 1/0); on
+// anything else it answers 400 and returns false.
+func onOff(w http.ResponseWriter, r *http.Request) (on, ok bool) {
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 64))
 	switch strings.ToLower(strings.TrimSpace(string(body))) {
 	case "on", "true", "1":
-		h.Proxy.SetReadOnly(true, "http:"+user)
+		return true, true
 	case "off", "false", "0":
-		h.Proxy.SetReadOnly(false, "http:"+user)
-	default:
-		http.Error(w, `body must be "on" or "off"`, http.StatusBadRequest)
-		return
+		return false, true
 	}
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(map[string]bool{"read_only": h.Proxy.ReadOnly()})
+	http.Error(w, `body must be "on" or "off"`, http.StatusBadRequest)
+	return false, false
 }
 
 // authorize checks HTTP basic credentials against admin.users and [[users]].

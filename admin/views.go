@@ -96,8 +96,9 @@ func budgetTable(l *limiter.Limiter) Table {
 		add("endpoint "+e.Endpoint, v)
 	}
 	for _, p := range st.Pollers {
-		v := fmt.Sprintf("%d queries, median gap %s, alone keeps the compute awake %s of %s (%.0f%%)",
-			p.Queries, roundDur(p.MedianGap), p.AwakeTime.Round(time.Second), p.Window.Round(time.Minute), 100*p.AwakeFraction)
+		v := fmt.Sprintf("%d queries, %d transactions, %d connections, median gap %s, alone keeps the compute awake %s of %s (%.0f%%) by %s",
+			p.Queries, p.Transactions, p.Connections, roundDur(p.MedianGap), p.AwakeTime.Round(time.Second), p.Window.Round(time.Minute),
+			100*p.AwakeFraction, limiter.AwakeByString(p))
 		if p.KeepsAwake {
 			v += ": KEEPS IT FROM SUSPENDING"
 		}
@@ -106,13 +107,17 @@ func budgetTable(l *limiter.Limiter) Table {
 	return t
 }
 
-// pollersTable is SHOW POLLERS: each application's query pattern on the
-// primary over the last day, the ones keeping a compute awake first.
+// pollersTable is SHOW POLLERS: each application's activity pattern on the
+// primary over the last day, the ones keeping a compute awake first, with
+// what kept it awake (running queries, open transactions, new connections).
 func pollersTable(l *limiter.Limiter) Table {
-	t := Table{Columns: []string{"application_name", "endpoint", "queries", "median_gap", "max_gap", "awake", "awake_pct", "keeps_awake", "window"}}
+	t := Table{Columns: []string{"application_name", "endpoint", "queries", "median_gap", "max_gap", "awake", "awake_pct", "keeps_awake", "window",
+		"transactions", "connections", "awake_queries", "awake_transactions", "awake_connections", "kept_awake_by"}}
 	for _, p := range limiterStatus(l).Pollers {
 		t.Rows = append(t.Rows, []string{p.Application, p.Endpoint, i64(p.Queries), roundDur(p.MedianGap).String(), roundDur(p.MaxGap).String(),
-			p.AwakeTime.Round(time.Second).String(), fmt.Sprintf("%.1f", 100*p.AwakeFraction), yesNo(p.KeepsAwake), p.Window.Round(time.Minute).String()})
+			p.AwakeTime.Round(time.Second).String(), fmt.Sprintf("%.1f", 100*p.AwakeFraction), yesNo(p.KeepsAwake), p.Window.Round(time.Minute).String(),
+			i64(p.Transactions), i64(p.Connections), p.AwakeQueries.Round(time.Second).String(), p.AwakeTransactions.Round(time.Second).String(),
+			p.AwakeConnections.Round(time.Second).String(), p.KeptAwakeBy})
 	}
 	return t
 }

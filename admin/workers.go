@@ -3,7 +3,6 @@ package admin
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 
@@ -13,7 +12,7 @@ import (
 // The worker kill switch (DISABLE_WORKERS) from the console and over HTTP;
 // the limiter holds it and logs who flipped it.
 
-// switchValue parses on/off as the console and HTTP accept them.
+// switchValue parses on/off as the console accepts them.
 func switchValue(v string) (on, ok bool) {
 	switch strings.ToLower(strings.Trim(v, "'\" \n\r\t")) {
 	case "on", "true", "1", "yes":
@@ -43,13 +42,11 @@ func (c *Console) setDisableWorkers(be *pgproto3.Backend, user, value string) er
 func (h *HTTP) disableWorkers(w http.ResponseWriter, r *http.Request) {
 	user, ok := h.authorize(r)
 	if !ok {
-		unauthorized(w)
+		unauthorized(w, r)
 		return
 	}
-	body, _ := io.ReadAll(io.LimitReader(r.Body, 64))
-	on, ok := switchValue(string(body))
+	on, ok := onOff(w, r)
 	if !ok {
-		http.Error(w, `body must be "on" or "off"`, http.StatusBadRequest)
 		return
 	}
 	h.Limiter.SetWorkersDisabled(on, "http:"+user)

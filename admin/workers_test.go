@@ -47,6 +47,12 @@ func TestDisableWorkersSwitch(t *testing.T) {
 		t.Fatalf("POST off as admin: %d %s", code, body)
 	}
 	mustExec(t, worker, "SELECT 1")
+	// The dashboard's switch is the same one.
+	code, body = e.do(t, http.MethodPost, "/switches/disable_workers", "on", adminUser, adminPass)
+	if code != http.StatusOK || !strings.Contains(body, `"on":true`) || !e.lim.WorkersDisabled() {
+		t.Fatalf("POST /switches/disable_workers on: %d %s", code, body)
+	}
+	e.do(t, http.MethodPost, "/switches/disable_workers", "off", adminUser, adminPass)
 	if _, body := e.get(t, "/status"); !strings.Contains(body, `"disable_workers": {`) || !strings.Contains(body, `"by": "http:admin"`) {
 		t.Errorf("/status lacks the switch set by http:admin:\n%s", body)
 	}

@@ -30,6 +30,9 @@ type Config struct {
 	MaxMessageSize int `toml:"max_message_size"`
 	// LogLevel is the main log's level: "debug", "info", "warn", "error" (log_level).
 	LogLevel string `toml:"log_level"`
+	// MemoryLimit is the Go runtime's soft memory limit in bytes
+	// (memory_limit); 0 leaves the runtime's default (or GOMEMLIMIT).
+	MemoryLimit int `toml:"memory_limit"`
 
 	// Databases maps the database name clients connect to onto its upstreams ([databases.NAME]).
 	Databases map[string]*Database `toml:"databases"`
@@ -84,6 +87,12 @@ type User struct {
 type Admin struct {
 	// Users may use the admin console (database "pgguard") and admin HTTP API (users).
 	Users []string `toml:"users"`
+	// HTTPAuth decides who may read the HTTP pages that show query texts,
+	// client addresses or application names (GET /, /dashboard/state,
+	// /status, /queries): "auto" lets anyone read them while http_listen is
+	// a loopback address and asks for admin basic auth otherwise; "always"
+	// always asks (http_auth).
+	HTTPAuth string `toml:"http_auth"`
 }
 
 // Pool is the [pool] table.
@@ -291,7 +300,9 @@ func Default() *Config {
 		AuthMethod:      "scram-sha-256",
 		MaxMessageSize:  64 << 20,
 		LogLevel:        "info",
+		MemoryLimit:     32 << 20,
 		Databases:       map[string]*Database{},
+		Admin:           Admin{HTTPAuth: "auto"},
 		Pool: Pool{
 			Mode:                   "transaction",
 			Size:                   8,

@@ -114,6 +114,9 @@ func (v *validator) top() {
 	}
 	v.oneOf("auth_method", c.AuthMethod, "scram-sha-256", "md5", "plain")
 	v.atLeast("max_message_size", c.MaxMessageSize, 1024)
+	if c.MemoryLimit != 0 {
+		v.atLeast("memory_limit", c.MemoryLimit, 8<<20)
+	}
 	v.oneOf("log_level", c.LogLevel, "debug", "info", "warn", "error")
 }
 
@@ -178,6 +181,7 @@ func (v *validator) users() {
 			v.bad(key+".password", "an md5 hash cannot check SCRAM-SHA-256 logins; want a plain password or a SCRAM-SHA-256 verifier, or set auth_method = \"md5\"")
 		}
 	}
+	v.oneOf("admin.http_auth", c.Admin.HTTPAuth, "auto", "always")
 	for _, a := range c.Admin.Users {
 		if _, ok := seen[a]; !ok {
 			v.bad("admin.users", "%q is not a [[users]] name; an admin user must also be listed in [[users]]", a)

@@ -189,6 +189,19 @@ func TestValidateHTTPListenMayBeEmpty(t *testing.T) {
 	hasProblem(t, err, p+":2: http_listen: is the same address as listen")
 }
 
+func TestValidateAdminHTTPAuth(t *testing.T) {
+	if c, err := Load(writeConfig(t, minimal), noEnv); err != nil || c.Admin.HTTPAuth != "auto" {
+		t.Fatalf("default admin.http_auth: %v %v", c, err)
+	}
+	p := writeConfig(t, minimal+"\n[admin]\nhttp_auth = \"always\"\n")
+	if c, err := Load(p, noEnv); err != nil || c.Admin.HTTPAuth != "always" {
+		t.Fatalf("http_auth = always: %v", err)
+	}
+	p = writeConfig(t, minimal+"\n[admin]\nhttp_auth = \"never\"\n")
+	_, err := Load(p, noEnv)
+	hasProblem(t, err, p+":9: admin.http_auth: \"never\" is not accepted")
+}
+
 func TestValidateServerTCPSettings(t *testing.T) {
 	check := func(f func(p *Pool)) error {
 		c := Default()

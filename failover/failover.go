@@ -31,6 +31,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,6 +59,19 @@ func (u Upstream) String() string {
 // MarshalText makes an Upstream appear as its name in JSON.
 func (u Upstream) MarshalText() ([]byte, error) { return []byte(u.String()), nil }
 
+// UnmarshalText reads "primary" or "fallback", for clients of /status.
+func (u *Upstream) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "primary":
+		*u = Primary
+	case "fallback":
+		*u = Fallback
+	default:
+		return fmt.Errorf("upstream %q: want primary or fallback", b)
+	}
+	return nil
+}
+
 // ProbeFunc checks that an upstream accepts connections: it connects,
 // authenticates and closes, and runs no query. It should honour ctx and
 // bound itself by the connect timeout.
@@ -70,6 +84,9 @@ type Switch struct {
 	Reason string    `json:"reason"`
 	At     time.Time `json:"at"`
 }
+
+// maxRecent is how many switches State lists.
+const maxRecent = 10
 
 // lostWindow is how close together connection losses count as one failure.
 const lostWindow = time.Second
@@ -99,7 +116,7 @@ type Monitor struct {
 	health       [2]health
 	since        time.Time // when active last changed (or New)
 	switches     uint64
-	last         *Switch
+	recent       []Switch // the latest maxRecent switches, newest first
 	probing      bool
 	gen          uint64 // bumped by every schedule and stop: a stale timer does nothing
 	timer        Timer
@@ -243,7 +260,7 @@ func (m *Monitor) switchLocked(to Upstream, reason string) {
 	m.since = now
 	m.switches++
 	sw := Switch{From: from, To: to, Reason: reason, At: now}
-	m.last = &sw
+	m.recent = append([]Switch{sw}, m.recent[:min(len(m.recent), maxRecent-1)]...)
 	m.health[to].fails, m.health[to].down, m.health[to].lastLost = 0, false, time.Time{}
 	if to == Fallback {
 		m.health[Primary].down = true
@@ -377,9 +394,11 @@ type State struct {
 	// Primary and Fallback (nil without one) describe each upstream.
 	Primary  UpstreamState  `json:"primary"`
 	Fallback *UpstreamState `json:"fallback,omitempty"`
-	// Switches counts switches since start; LastSwitch is the latest.
-	Switches   uint64  `json:"switches"`
-	LastSwitch *Switch `json:"last_switch,omitempty"`
+	// Switches counts switches since start; LastSwitch is the latest, and
+	// RecentSwitches the last ten, newest first.
+	Switches       uint64   `json:"switches"`
+	LastSwitch     *Switch  `json:"last_switch,omitempty"`
+	RecentSwitches []Switch `json:"recent_switches,omitempty"`
 	// NextProbe is when the primary (or a down fallback) is probed next;
 	// zero while the primary is healthy, which is never probed.
 	NextProbe time.Time `json:"next_probe,omitzero"`
@@ -420,9 +439,9 @@ func (m *Monitor) State() State {
 		f := up(m.health[Fallback])
 		st.Fallback = &f
 	}
-	if m.last != nil {
-		sw := *m.last
-		st.LastSwitch = &sw
+	if len(m.recent) > 0 {
+		st.RecentSwitches = slices.Clone(m.recent)
+		st.LastSwitch = &st.RecentSwitches[0]
 	}
 	if m.probing {
 		st.ProbeIntervalSeconds = m.interval.Seconds()

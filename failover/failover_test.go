@@ -371,6 +371,29 @@ func TestFailbackAfterZero(t *testing.T) {
 	}
 }
 
+func TestRecentSwitches(t *testing.T) {
+	cfg := testFailover()
+	cfg.FailbackAfter = config.D(0)
+	r := newRig(t, cfg, true)
+	for range 6 { // 12 switches: away at each fail(3), back at the next probe
+		r.fail(3)
+		r.clock.Advance(5 * time.Second)
+	}
+	st := r.m.State()
+	if st.Switches != 12 || len(st.RecentSwitches) != maxRecent {
+		t.Fatalf("switches %d, recent %d; want 12 and %d", st.Switches, len(st.RecentSwitches), maxRecent)
+	}
+	for i, sw := range st.RecentSwitches {
+		want := r.switches[len(r.switches)-1-i]
+		if sw != want {
+			t.Errorf("recent[%d] = %+v, want %+v (newest first)", i, sw, want)
+		}
+	}
+	if *st.LastSwitch != st.RecentSwitches[0] || st.LastSwitch.To != Primary {
+		t.Errorf("last switch %+v", st.LastSwitch)
+	}
+}
+
 // TestNoFallback: the primary is marked down (not serving) and probed, and
 // comes back with a good dial or a good probe.
 func TestNoFallback(t *testing.T) {
@@ -464,6 +487,13 @@ func TestStateJSON(t *testing.T) {
 	}
 	r.fail(3)
 	b, _ = json.Marshal(r.m.State())
+	var back State
+	if err := json.Unmarshal(b, &back); err != nil || back.Active != Fallback || back.LastSwitch.From != Primary {
+		t.Errorf("state JSON does not read back: %v %+v", err, back)
+	}
+	if err := json.Unmarshal([]byte(`{"active":"secondary"}`), &back); err == nil {
+		t.Error("an unknown upstream name was accepted")
+	}
 	s := string(b)
 	for _, want := range []string{`"active":"fallback"`, `"next_probe":`, `"last_switch":{"from":"primary","to":"fallback"`, `"down":true`, "connection refused"} {
 		if !strings.Contains(s, want) {

@@ -25,12 +25,19 @@ const (
 // maxPending bounds the awake spans kept for Redis while it is unreachable.
 const maxPending = 4096
 
+// maxAwakeSpans bounds the awake periods a compute keeps apart; past it the
+// older half is folded into one sum (spans arriving for that time then count
+// from the end of the folded ones on).
+const maxAwakeSpans = 4096
+
 // Budget models the Neon compute Active Time of the primaries and the
 // month's CU-hours against budget.monthly_cu_hours.
 //
-// Neon suspends a compute after suspend_after without queries and bills CU x
-// hours while it is awake. The model: a compute is awake from each query
-// until suspend_after has passed with no further query; a query arriving
+// Neon suspends a compute after suspend_after without activity and bills CU x
+// hours while it is awake. The model: the proxy reports spans of activity
+// (queries from send to answer, transaction blocks held open, new server
+// connections as instants; see Activity), and a compute is awake over the
+// union of the spans, each extended by suspend_after. Activity arriving
 // exactly suspend_after after the previous one finds it still awake (the gap
 // must exceed suspend_after for a suspend). Every endpoint (the primary URL's
 // host, "-pooler" stripped) is one compute; databases sharing an endpoint
@@ -53,12 +60,18 @@ type Budget struct {
 	month     time.Time // start of the month accounted (UTC)
 	alerted   bool      // alert_at WARN sent this month
 	exLogged  bool      // exhaustion WARN sent this month
+
+	suspendNS atomic.Int64 // suspend_after, for Activity without the lock
+
+	regMu sync.Mutex // guards acts; taken alone
+	acts  map[*Activity]struct{}
 }
 
 func newBudget(log *slog.Logger, clock Clock) *Budget {
-	b := &Budget{log: log, clock: clock, computes: map[string]*compute{}}
+	b := &Budget{log: log, clock: clock, computes: map[string]*compute{}, acts: map[*Activity]struct{}{}}
 	empty := ""
 	b.action.Store(&empty)
+	b.suspendNS.Store(int64(5 * time.Minute))
 	return b
 }
 
@@ -69,7 +82,11 @@ func (b *Budget) configure(cfg *config.Config, now time.Time) {
 	if b.cfg.SuspendAfter.Duration <= 0 {
 		b.cfg.SuspendAfter = config.D(5 * time.Minute)
 	}
+	b.suspendNS.Store(int64(b.cfg.SuspendAfter.Duration))
 	b.refused.Store(nil) // rebuilt with the new figures if still exhausted
+	if b.month.IsZero() {
+		b.month = monthStart(now)
+	}
 	b.dbCompute = map[string]string{}
 	for name, d := range cfg.Databases {
 		if d == nil {
@@ -78,9 +95,6 @@ func (b *Budget) configure(cfg *config.Config, now time.Time) {
 		key := endpointKey(d.Primary, name)
 		b.dbCompute[name] = key
 		b.computeLocked(key)
-	}
-	if b.month.IsZero() {
-		b.month = monthStart(now)
 	}
 	ev := b.evaluateLocked(now)
 	b.mu.Unlock()
@@ -112,27 +126,36 @@ func (b *Budget) suspend() time.Duration { return b.cfg.SuspendAfter.Duration }
 func (b *Budget) computeLocked(key string) *compute {
 	c := b.computes[key]
 	if c == nil {
-		c = &compute{key: key, pollers: map[string]*poller{}}
+		c = &compute{key: key, pollers: map[string]*poller{}, floor: b.month}
 		b.computes[key] = c
 	}
 	return c
 }
 
-// observe records a query sent to database's primary at t.
+// observe records an instant of query activity on database's primary at t.
 func (b *Budget) observe(database, app string, t time.Time) {
+	b.merge(database, []segment{{app: app, a: t, b: t, last: KindQuery, queries: 1}}, t)
+}
+
+// merge adds segments of activity on database's primary to its compute and
+// to their applications' poller statistics, then re-evaluates the budget.
+func (b *Budget) merge(database string, segs []segment, now time.Time) {
 	b.mu.Lock()
-	b.rollLocked(t)
+	b.rollLocked(now)
 	key, ok := b.dbCompute[database]
 	if !ok {
 		key = database
 	}
 	c := b.computeLocked(key)
 	S := b.suspend()
-	if !t.Before(b.month) {
-		c.observe(t, S, b.redis != nil)
+	for i := range segs {
+		sg := &segs[i]
+		c.add(sg.a, sg.b, S, b.redis != nil)
+		if sg.app != "" {
+			c.pollerFor(sg.app).add(sg, S)
+		}
 	}
-	c.pollerFor(app).observe(t, S)
-	ev := b.evaluateLocked(t)
+	ev := b.evaluateLocked(now)
 	b.mu.Unlock()
 	ev.emit(b.log)
 }
@@ -145,7 +168,7 @@ func (b *Budget) rollLocked(now time.Time) {
 	}
 	b.month = ms
 	for _, c := range b.computes {
-		c.roll(ms, b.suspend())
+		c.roll(ms)
 	}
 	b.alerted, b.exLogged = false, false
 }
@@ -154,7 +177,7 @@ func (b *Budget) rollLocked(now time.Time) {
 func (b *Budget) awakeLocked(now time.Time) time.Duration {
 	var d time.Duration
 	for _, c := range b.computes {
-		d += c.awake(now, b.suspend())
+		d += c.awake(now)
 	}
 	return d
 }
@@ -237,13 +260,14 @@ func (b *Budget) projected(cu float64, now time.Time) float64 {
 	return cu * float64(b.month.AddDate(0, 1, 0).Sub(b.month)) / float64(el)
 }
 
-// keepersLocked names the applications currently keeping a compute awake.
+// keepersLocked names the applications currently keeping a compute awake,
+// each with the kind of activity that does most of it: "etl (queries)".
 func (b *Budget) keepersLocked(now time.Time) string {
 	var names []string
 	for _, c := range b.computes {
 		for _, p := range c.pollers {
 			if r := p.report(now, b.suspend()); r.KeepsAwake {
-				names = append(names, r.Application)
+				names = append(names, r.Application+" ("+r.KeptAwakeBy+")")
 			}
 		}
 	}
@@ -294,9 +318,9 @@ type BudgetStatus struct {
 // EndpointStatus is one compute's awake time.
 type EndpointStatus struct {
 	Endpoint     string    `json:"endpoint"`
-	AwakeSeconds float64   `json:"awake_seconds"` // this month
-	AwakeNow     bool      `json:"awake_now"`     // a query came within suspend_after
-	LastQuery    time.Time `json:"last_query,omitzero"`
+	AwakeSeconds float64   `json:"awake_seconds"`        // this month
+	AwakeNow     bool      `json:"awake_now"`            // activity within suspend_after, or under way
+	LastActive   time.Time `json:"last_active,omitzero"` // end of the latest activity (now while some is under way)
 }
 
 // Snapshot returns the budget figures now. Nil-safe.
@@ -305,6 +329,7 @@ func (b *Budget) Snapshot() BudgetStatus {
 		return BudgetStatus{}
 	}
 	now := b.clock.Now()
+	b.sweep(now)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.rollLocked(now)
@@ -320,12 +345,11 @@ func (b *Budget) Snapshot() BudgetStatus {
 	}
 	var total time.Duration
 	for _, c := range b.computes {
-		a := c.awake(now, S)
+		a := c.awake(now)
 		total += a
 		st.Fleet = st.Fleet || !c.fleetAt.IsZero() && b.redis != nil && b.redis.up.Load()
 		st.Endpoints = append(st.Endpoints, EndpointStatus{
-			Endpoint: c.key, AwakeSeconds: a.Seconds(), LastQuery: c.last,
-			AwakeNow: !c.last.IsZero() && !now.After(c.last.Add(S)),
+			Endpoint: c.key, AwakeSeconds: a.Seconds(), LastActive: c.last, AwakeNow: c.awakeAt(now),
 		})
 	}
 	sort.Slice(st.Endpoints, func(i, j int) bool { return st.Endpoints[i].Endpoint < st.Endpoints[j].Endpoint })
@@ -338,18 +362,19 @@ func (b *Budget) Snapshot() BudgetStatus {
 	return st
 }
 
-// Pollers reports each application's query pattern over the last day, the
-// applications keeping a compute awake first.
+// Pollers reports each application's activity pattern over the last day,
+// the applications keeping a compute awake first.
 func (b *Budget) Pollers() []PollerReport {
 	if b == nil {
 		return nil
 	}
 	now := b.clock.Now()
+	b.sweep(now)
 	b.mu.Lock()
 	var out []PollerReport
 	for _, c := range b.computes {
 		for _, p := range c.pollers {
-			if r := p.report(now, b.suspend()); r.Queries > 0 {
+			if r := p.report(now, b.suspend()); r.Queries+r.Transactions+r.Connections > 0 || r.AwakeTime > 0 {
 				r.Endpoint = c.key
 				out = append(out, r)
 			}
@@ -371,10 +396,13 @@ func (b *Budget) Pollers() []PollerReport {
 
 // compute is one endpoint's awake model. Guarded by Budget.mu.
 type compute struct {
-	key         string
-	total       time.Duration // closed awake periods this month
-	start, last time.Time     // open period: awake from start until last+suspend_after
-	pollers     map[string]*poller
+	key     string
+	periods []span        // this month's awake periods: sorted, disjoint, each [start, end of activity + suspend_after)
+	sum     time.Duration // the lengths of periods
+	folded  time.Duration // awake time of periods folded out of periods
+	floor   time.Time     // activity counts from here on: the month's start or the end of the folded periods
+	last    time.Time     // end of the latest activity
+	pollers map[string]*poller
 
 	pending    []span        // awake spans not yet merged into Redis
 	fleetAwake time.Duration // fleet-wide awake this month, read at fleetAt
@@ -382,55 +410,101 @@ type compute struct {
 	fleetAt    time.Time     // zero: no fleet figure this month
 }
 
-// span is an awake interval [a, b).
+// span is an interval [a, b).
 type span struct{ a, b time.Time }
 
-func (c *compute) observe(t time.Time, S time.Duration, fleet bool) {
-	if c.start.IsZero() || t.Sub(c.last) > S { // suspended before t: a new awake period
-		if !c.start.IsZero() {
-			c.total += c.last.Add(S).Sub(c.start)
-		}
-		c.start = t
+// add records activity from a to b: the compute is awake from a until
+// suspend_after past b. Spans may arrive in any order; overlaps count once.
+func (c *compute) add(a, b time.Time, S time.Duration, fleet bool) {
+	if b.After(c.last) {
+		c.last = b
 	}
-	if t.After(c.last) {
-		c.last = t
-	}
+	lo, hi := a, b.Add(S)
 	if fleet {
-		end := t.Add(S)
-		if n := len(c.pending); n > 0 && !t.After(c.pending[n-1].b) {
-			c.pending[n-1].b = later(c.pending[n-1].b, end)
+		if n := len(c.pending); n > 0 && !lo.After(c.pending[n-1].b) && !lo.Before(c.pending[n-1].a) {
+			c.pending[n-1].b = later(c.pending[n-1].b, hi)
 		} else if n < maxPending {
-			c.pending = append(c.pending, span{t, end})
+			c.pending = append(c.pending, span{lo, hi})
 		}
 	}
+	lo = later(lo, c.floor)
+	if !hi.After(lo) {
+		return
+	}
+	n := len(c.periods)
+	if n == 0 || lo.After(c.periods[n-1].b) { // the usual case: after everything
+		c.periods = append(c.periods, span{lo, hi})
+		c.sum += hi.Sub(lo)
+		c.fold()
+		return
+	}
+	i := sort.Search(n, func(i int) bool { return !c.periods[i].b.Before(lo) }) // first that ends at or after lo
+	j := i
+	for ; j < n && !c.periods[j].a.After(hi); j++ { // those touching [lo, hi) merge with it
+		lo, hi = earlier(lo, c.periods[j].a), later(hi, c.periods[j].b)
+		c.sum -= c.periods[j].b.Sub(c.periods[j].a)
+	}
+	c.sum += hi.Sub(lo)
+	if i == j {
+		c.periods = append(c.periods, span{})
+		copy(c.periods[i+1:], c.periods[i:])
+	} else {
+		c.periods = append(c.periods[:i+1], c.periods[j:]...)
+	}
+	c.periods[i] = span{lo, hi}
+	c.fold()
+}
+
+// fold sums the older half of the awake periods once there are too many.
+func (c *compute) fold() {
+	if len(c.periods) <= maxAwakeSpans {
+		return
+	}
+	h := len(c.periods) / 2
+	for _, p := range c.periods[:h] {
+		c.folded += p.b.Sub(p.a)
+		c.sum -= p.b.Sub(p.a)
+	}
+	c.floor = c.periods[h-1].b
+	c.periods = append([]span(nil), c.periods[h:]...)
 }
 
 // roll starts the month ms: an awake period running across the boundary
 // counts from ms on.
-func (c *compute) roll(ms time.Time, S time.Duration) {
-	if !c.start.IsZero() && c.last.Add(S).After(ms) {
-		c.start = later(c.start, ms)
-	} else {
-		c.start = time.Time{}
+func (c *compute) roll(ms time.Time) {
+	kept := c.periods[:0]
+	c.sum = 0
+	for _, p := range c.periods {
+		if p.b.After(ms) {
+			p.a = later(p.a, ms)
+			kept = append(kept, p)
+			c.sum += p.b.Sub(p.a)
+		}
 	}
-	c.total, c.fleetAwake, c.localAt, c.fleetAt = 0, 0, 0, time.Time{}
+	c.periods = kept
+	c.folded, c.floor = 0, ms
+	c.fleetAwake, c.localAt, c.fleetAt = 0, 0, time.Time{}
 }
 
 // awakeLocal is this instance's awake time this month, up to now.
-func (c *compute) awakeLocal(now time.Time, S time.Duration) time.Duration {
-	d := c.total
-	if !c.start.IsZero() {
-		if end := earlier(now, c.last.Add(S)); end.After(c.start) {
-			d += end.Sub(c.start)
-		}
+func (c *compute) awakeLocal(now time.Time) time.Duration {
+	d := c.folded + c.sum
+	for i := len(c.periods) - 1; i >= 0 && c.periods[i].b.After(now); i-- {
+		d -= c.periods[i].b.Sub(later(c.periods[i].a, now))
 	}
 	return d
 }
 
+// awakeAt reports whether the compute is awake at t.
+func (c *compute) awakeAt(t time.Time) bool {
+	i := sort.Search(len(c.periods), func(i int) bool { return !c.periods[i].b.Before(t) })
+	return i < len(c.periods) && !c.periods[i].a.After(t)
+}
+
 // awake is the best figure: the fleet's at its last read plus what this
 // instance saw since, or this instance's own if larger.
-func (c *compute) awake(now time.Time, S time.Duration) time.Duration {
-	local := c.awakeLocal(now, S)
+func (c *compute) awake(now time.Time) time.Duration {
+	local := c.awakeLocal(now)
 	if c.fleetAt.IsZero() {
 		return local
 	}
@@ -453,7 +527,8 @@ func (c *compute) pollerFor(app string) *poller {
 }
 
 // flush merges this instance's awake spans into the fleet's Redis bitmaps
-// and reads the fleet figure back. Called by the janitor.
+// and reads the fleet figure back. Called by the janitor after a sweep, so
+// that a span still open is carried up to now (plus suspend_after).
 func (b *Budget) flush(ctx context.Context, now time.Time) {
 	if b.redis == nil || !b.redis.up.Load() {
 		return
@@ -485,7 +560,7 @@ func (b *Budget) flush(ctx context.Context, now time.Time) {
 			return
 		}
 		if b.month.Equal(month) {
-			j.c.fleetAwake, j.c.localAt, j.c.fleetAt = awake, j.c.awakeLocal(now, b.suspend()), now
+			j.c.fleetAwake, j.c.localAt, j.c.fleetAt = awake, j.c.awakeLocal(now), now
 		}
 		b.mu.Unlock()
 	}

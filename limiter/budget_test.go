@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -12,7 +13,8 @@ import (
 )
 
 // source is one application's traffic: a query every `every`, starting at
-// `phase` into the day.
+// `phase` into the day, on a server connection of its own opened at its
+// first query.
 type source struct {
 	app   string
 	every time.Duration
@@ -20,7 +22,8 @@ type source struct {
 }
 
 // replayDay drives a fresh budget model through one day (day0, a mid-month
-// Friday) of the given traffic and returns its figures at the end of the day.
+// Friday) of the given traffic, through the calls the proxy makes, and
+// returns its figures at the end of the day.
 func replayDay(t *testing.T, suspend time.Duration, srcs ...source) (BudgetStatus, []PollerReport) {
 	t.Helper()
 	clk := newFakeClock(day0)
@@ -28,6 +31,7 @@ func replayDay(t *testing.T, suspend time.Duration, srcs ...source) (BudgetStatu
 	cfg.Budget.SuspendAfter = config.D(suspend)
 	l, _, _ := testLimiter(t, cfg, clk)
 	next := make([]time.Duration, len(srcs))
+	conns := make([]*Activity, len(srcs))
 	for i, s := range srcs {
 		next[i] = s.phase
 	}
@@ -43,7 +47,11 @@ func replayDay(t *testing.T, suspend time.Duration, srcs ...source) (BudgetStatu
 		}
 		at := day0.Add(next[k])
 		clk.Set(at)
-		l.ObserveUpstreamQuery("app", srcs[k].app, at)
+		if conns[k] == nil {
+			conns[k] = l.Connected("app", "", at)
+		}
+		conns[k].Query(srcs[k].app, at)
+		conns[k].Ready(at, false, false)
 		next[k] += srcs[k].every
 	}
 	clk.Set(day0.Add(24 * time.Hour))
@@ -60,8 +68,8 @@ func logReplay(t *testing.T, name string, st BudgetStatus, pollers []PollerRepor
 	t.Logf("%-52s awake %-14v (%5.1f%% of the day) = %.2f CU-h at 0.25 CU; 30 days of it: %.0f CU-h",
 		name, aw, 100*aw.Hours()/24, st.CUHours, 30*st.CUHours)
 	for _, p := range pollers {
-		t.Logf("    poller %-28s %4d queries, gap median %-8v max %-8v alone awake %-12v (%.3f of the day) keeps awake: %v",
-			p.Application, p.Queries, p.MedianGap, p.MaxGap, p.AwakeTime, p.AwakeFraction, p.KeepsAwake)
+		t.Logf("    poller %-20s %4d queries %d transactions %d connections, gap median %-8v max %-8v alone awake %-12v (%.3f of the day; %s) keeps awake: %v",
+			p.Application, p.Queries, p.Transactions, p.Connections, p.MedianGap, p.MaxGap, p.AwakeTime, p.AwakeFraction, AwakeByString(p), p.KeepsAwake)
 	}
 }
 
@@ -152,17 +160,69 @@ func TestSuspendBoundary(t *testing.T) {
 		{time.Minute, time.Minute + S},
 	} {
 		var c compute
-		c.observe(day0, S, false)
-		c.observe(day0.Add(tc.gap), S, false)
+		c.add(day0, day0, S, false)
+		c.add(day0.Add(tc.gap), day0.Add(tc.gap), S, false)
 		end := day0.Add(tc.gap + S)
-		if got := c.awakeLocal(end.Add(time.Hour), S); got != tc.awake {
+		if got := c.awakeLocal(end.Add(time.Hour)); got != tc.awake {
 			t.Errorf("gap %v: awake %v, want %v", tc.gap, got, tc.awake)
 		}
-		periods := 1
-		if tc.gap > S {
-			periods = 2
+		if want := 1 + btoi(tc.gap > S); len(c.periods) != want {
+			t.Errorf("gap %v: %d awake periods, want %d", tc.gap, len(c.periods), want)
 		}
-		t.Logf("gap %-12v -> awake %v in %d period(s)", tc.gap, c.awakeLocal(end.Add(time.Hour), S), periods)
+		t.Logf("gap %-12v -> awake %v in %d period(s)", tc.gap, c.awakeLocal(end.Add(time.Hour)), len(c.periods))
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// The union of spans arriving in any order equals the union computed second
+// by second, each span extended by suspend_after; folding old periods keeps
+// the sum.
+func TestComputeUnionAnyOrder(t *testing.T) {
+	const S = 5 * time.Second
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 50 {
+		var spans []span
+		for range 1 + rng.IntN(60) {
+			a := time.Duration(rng.IntN(600)) * time.Second
+			spans = append(spans, span{day0.Add(a), day0.Add(a + time.Duration(rng.IntN(20))*time.Second)})
+		}
+		var want time.Duration // brute force, second by second
+		for sec := range 700 {
+			at := day0.Add(time.Duration(sec) * time.Second)
+			for _, sp := range spans {
+				if !at.Before(sp.a) && at.Before(sp.b.Add(S)) {
+					want += time.Second
+					break
+				}
+			}
+		}
+		var c compute
+		for _, i := range rng.Perm(len(spans)) {
+			c.add(spans[i].a, spans[i].b, S, false)
+		}
+		if got := c.awakeLocal(day0.Add(time.Hour)); got != want {
+			t.Fatalf("round %d: awake %v, want %v (spans %v)", round, got, want, spans)
+		}
+		for i := 1; i < len(c.periods); i++ {
+			if !c.periods[i-1].b.Before(c.periods[i].a) {
+				t.Fatalf("round %d: periods overlap or touch: %v", round, c.periods)
+			}
+		}
+	}
+	// Past maxAwakeSpans periods the older half is folded into a sum.
+	var c compute
+	for i := range maxAwakeSpans + 10 {
+		at := day0.Add(time.Duration(i) * time.Minute)
+		c.add(at, at, S, false)
+	}
+	if got, want := c.awakeLocal(day0.Add(30*24*time.Hour)), time.Duration(maxAwakeSpans+10)*S; got != want || len(c.periods) > maxAwakeSpans {
+		t.Fatalf("after folding: awake %v, want %v; %d periods kept", got, want, len(c.periods))
 	}
 }
 

@@ -6,10 +6,11 @@
 //
 // The proxy resolves a Session once per client (Match), then calls Admit
 // before each query (session mode) or transaction (transaction mode),
-// AcquireConn and ReleaseConn around each server connection it holds, Observe
-// for every query, and ObserveUpstreamQuery for every query that reaches the
-// primary. A Session whose client matches no rule costs an atomic load or add
-// per call and allocates nothing.
+// AcquireConn and ReleaseConn around each server connection it holds, and
+// Observe for every query. A Session whose client matches no rule costs an
+// atomic load or add per call and allocates nothing. For the budget model it
+// calls Connected for every server connection it opens to a primary, and the
+// returned Activity's Query, Ready and Close as queries run on it.
 //
 // With limiter.redis_url set, rate buckets and the budget's awake time are
 // shared by every pgguard instance through Redis (atomic Lua scripts). Redis
@@ -238,8 +239,9 @@ func (l *Limiter) Close() error {
 	return nil
 }
 
-// janitor rolls the per-application minutes, evaluates the budget and, with
-// Redis, pushes this instance's awake time to the fleet total.
+// janitor rolls the per-application minutes, sweeps the connections'
+// activity into the budget model, evaluates it and, with Redis, pushes this
+// instance's awake time to the fleet total.
 func (l *Limiter) janitor() {
 	defer l.wg.Done()
 	every := l.opts.tick
@@ -265,6 +267,7 @@ func (l *Limiter) janitor() {
 func (l *Limiter) tick() {
 	now := l.clock.Now()
 	l.apps.tick(now)
+	l.budget.sweep(now)
 	if l.redis != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 4*l.opts.redisTimeout)
 		l.budget.flush(ctx, now)
@@ -287,8 +290,9 @@ func (l *Limiter) Match(c Client) *Session {
 	return s
 }
 
-// ObserveUpstreamQuery feeds the budget model: call it for every query that
-// reaches database's primary (not the fallback), with the time it was sent.
+// ObserveUpstreamQuery feeds the budget model an instant of query activity
+// on database's primary at t. The proxy reports spans through Connected and
+// Activity instead; this is for callers that only know points in time.
 func (l *Limiter) ObserveUpstreamQuery(database, application string, t time.Time) {
 	if l == nil {
 		return

@@ -27,11 +27,11 @@ func TestPollerReport(t *testing.T) {
 	var p poller
 	at := day0
 	for i := range 100 { // gaps alternating 10 s and 20 s, then one of 2 h
-		p.observe(at, S)
+		p.add(&segment{a: at, b: at, last: KindQuery, queries: 1}, S)
 		at = at.Add(time.Duration(10+10*(i%2)) * time.Second)
 	}
 	at = at.Add(2 * time.Hour)
-	p.observe(at, S)
+	p.add(&segment{a: at, b: at, last: KindQuery, queries: 1}, S)
 	r := p.report(at, S)
 	if r.Queries != 101 || r.MaxGap != 2*time.Hour+20*time.Second || r.KeepsAwake {
 		t.Fatalf("%+v", r)

@@ -189,6 +189,55 @@ func TestFleetBudget(t *testing.T) {
 	t.Logf("fleet budget: 2 instances, queries 30 s apart for 10 min -> 870 s awake (not 1680); late span merged -> 1470 s")
 }
 
+// Two instances on one Redis run overlapping queries: A from 10:00 to
+// 10:10, B from 10:05 to 10:15. By hand: active 10:00 to 10:15, awake to
+// 10:20 = 20 min; each instance alone saw 15 min, a sum would be 30. While
+// both run, the fleet counts their overlap once too.
+func TestFleetBudgetSpans(t *testing.T) {
+	r := startRedis(t)
+	cfg := config.Default()
+	cfg.Limiter.RedisURL = r.url()
+	t0 := day0.Add(10 * time.Hour)
+	ca, cb := newFakeClock(t0), newFakeClock(t0)
+	a, _, _ := testLimiter(t, cfg, ca)
+	b, _, _ := testLimiter(t, cfg, cb)
+	qa := a.Connected("app", "etl", t0)
+	qa.Query("etl", t0)
+	var qb *Activity
+	for m := 1; m <= 30; m++ { // the janitors' ticks, once a minute
+		now := t0.Add(time.Duration(m) * time.Minute)
+		switch m {
+		case 5:
+			qb = b.Connected("app", "etl", now)
+			qb.Query("etl", now)
+		case 10:
+			qa.Ready(now, false, false)
+		case 15:
+			qb.Ready(now, false, false)
+		}
+		ca.Set(now)
+		cb.Set(now)
+		a.tick()
+		b.tick()
+		a.tick() // reads B's spans back
+		if m == 8 {
+			// Both running: awake 10:00 to 10:08 = 8 min, not 8 + 3.
+			for name, l := range map[string]*Limiter{"A": a, "B": b} {
+				if st := l.Budget().Snapshot(); !st.Fleet || st.AwakeSeconds < 479 || st.AwakeSeconds > 481 {
+					t.Fatalf("10:08, %s: fleet awake %v s (fleet %v), want 480", name, st.AwakeSeconds, st.Fleet)
+				}
+			}
+		}
+	}
+	for name, l := range map[string]*Limiter{"A": a, "B": b} {
+		st := l.Budget().Snapshot()
+		if !st.Fleet || st.AwakeSeconds < 1199 || st.AwakeSeconds > 1201 {
+			t.Fatalf("%s: fleet awake %v s (fleet %v), want 1200", name, st.AwakeSeconds, st.Fleet)
+		}
+	}
+	t.Logf("fleet budget: queries 10:00-10:10 on A and 10:05-10:15 on B -> 1200 s awake (each alone 900 s, a sum 1800 s)")
+}
+
 // Redis hanging, then dying: queries keep being answered within the call
 // timeout, the limits go per instance, and come back fleet-wide once Redis
 // answers again.

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -56,6 +57,16 @@ func (l *Limiter) redisMode() string {
 		return "fleet"
 	}
 	return "per_instance"
+}
+
+// RedisMode returns where the limits live now: "off" (no limiter.redis_url),
+// "suspended" (SUSPEND_REDIS), "fleet" or "per_instance" (Redis
+// unreachable). Nil-safe: "off".
+func (l *Limiter) RedisMode() string {
+	if l == nil {
+		return "off"
+	}
+	return l.redisMode()
 }
 
 // Status returns a JSON-able snapshot for /status. Nil-safe.
@@ -158,12 +169,34 @@ func (l *Limiter) StatsRows() (columns []string, rows [][]string) {
 			time.Duration(e.AwakeSeconds*float64(time.Second)).Round(time.Second), e.AwakeNow)})
 	}
 	for _, p := range st.Pollers {
-		d := fmt.Sprintf("%d queries in %s, gap median %s max %s, alone keeps %s awake (%.0f%%)",
-			p.Queries, p.Window.Round(time.Minute), roundDur(p.MedianGap), roundDur(p.MaxGap), p.AwakeTime.Round(time.Second), 100*p.AwakeFraction)
+		d := fmt.Sprintf("%d queries, %d transactions, %d connections in %s, gap median %s max %s, alone keeps %s awake (%.0f%%; %s)",
+			p.Queries, p.Transactions, p.Connections, p.Window.Round(time.Minute), roundDur(p.MedianGap), roundDur(p.MaxGap),
+			p.AwakeTime.Round(time.Second), 100*p.AwakeFraction, AwakeByString(p))
 		if p.KeepsAwake {
 			d += ", KEEPS COMPUTE AWAKE"
 		}
 		rows = append(rows, []string{"poller", p.Application, d})
 	}
 	return columns, rows
+}
+
+// AwakeByString says what kept the compute awake for an application, the
+// largest first: "transactions 1h0m0s, queries 5m0s" (kinds with none left
+// out; "nothing" when all are).
+func AwakeByString(p PollerReport) string {
+	by := []struct {
+		k Kind
+		d time.Duration
+	}{{KindQuery, p.AwakeQueries}, {KindTransaction, p.AwakeTransactions}, {KindConnection, p.AwakeConnections}}
+	sort.SliceStable(by, func(i, j int) bool { return by[i].d > by[j].d })
+	var parts []string
+	for _, b := range by {
+		if b.d.Round(time.Second) > 0 || b.d > 0 && len(parts) == 0 {
+			parts = append(parts, b.k.String()+" "+roundDur(b.d).String())
+		}
+	}
+	if len(parts) == 0 {
+		return "nothing"
+	}
+	return strings.Join(parts, ", ")
 }

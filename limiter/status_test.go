@@ -34,6 +34,12 @@ func TestStatusAndStatsRows(t *testing.T) {
 			t.Errorf("status lacks %s:\n%s", want, b)
 		}
 	}
+	if m := l.RedisMode(); m != "off" {
+		t.Errorf("RedisMode() = %q without redis_url, want off", m)
+	}
+	if m := (*Limiter)(nil).RedisMode(); m != "off" {
+		t.Errorf("nil RedisMode() = %q, want off", m)
+	}
 	cols, rows := l.StatsRows()
 	if len(cols) != 3 || len(rows) < 5 {
 		t.Fatalf("stats rows: %v %v", cols, rows)

@@ -90,7 +90,6 @@ type client struct {
 	discardQuiet bool
 	roBuf        []byte          // scratch for the read-only guard
 	internBuf    []byte          // scratch for query log interning
-	lastObserved atomic.Int64    // unix nanos of the last query reported to the budget model (pumps)
 	queued       []pendingQuery  // sync points in the chunk being sent, for the query log
 	batchText    string          // statement of the extended-protocol batch under way
 	batchExec    bool            // the batch under way executes something

@@ -152,12 +152,18 @@ func (db *database) connect(ctx context.Context, u failover.Upstream) (*pgconn.P
 	return pgconn.ConnectConfig(ctx, db.upstreamConfig(u))
 }
 
+// probeApp is the application the budget model books failover probes to.
+const probeApp = "pgguard (failover probe)"
+
 // probe is the monitor's ProbeFunc: connect and close, never a query. It
 // runs only while the primary (or a fallback in use) is considered down.
 func (db *database) probe(ctx context.Context, u failover.Upstream) error {
 	conn, err := db.connect(ctx, u)
 	if err != nil {
 		return err
+	}
+	if u == failover.Primary {
+		db.p.Limiter.ObserveConnect(db.name, probeApp, time.Now()) // it woke the compute
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
@@ -289,6 +295,9 @@ func (db *database) dialUpstream(ctx context.Context, u failover.Upstream) (*bac
 		return nil, err
 	}
 	b := newBackend(db, hc, u.String())
+	if u == failover.Primary { // a new session wakes the compute (a failed connect did not)
+		b.act = db.p.Limiter.Connected(db.name, "", time.Now())
+	}
 	db.mu.Lock()
 	db.params = maps.Clone(hc.ParameterStatuses)
 	db.mu.Unlock()

@@ -161,8 +161,11 @@ func (l *load) firstServedBy(t *testing.T, port int, from time.Time) time.Time {
 
 // TestFailoverUnderLoad: under continuous client load, the primary dies
 // (pg_ctl stop -m immediate); queries move to the fallback, only those in
-// flight fail; the primary comes back and so does the traffic.
-func TestFailoverUnderLoad(t *testing.T) {
+// flight fail; the primary comes back and so does the traffic. Over each
+// network of guardtest.Nets.
+func TestFailoverUnderLoad(t *testing.T) { guardtest.EachNet(t, failoverUnderLoad) }
+
+func failoverUnderLoad(t *testing.T, n guardtest.Net) {
 	primary := startCluster(t, nil)
 	fallback := startCluster(t, nil)
 	guardtest.CheckGoroutines(t)
@@ -173,7 +176,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 		}
 	}
 	cfg := failoverConfig("transaction", primary.URL("app"), fallback.URL("app"))
-	g := startGuard(t, cfg)
+	g := startGuardOver(t, n, cfg)
 	active := func(u string) float64 {
 		return testutil.ToFloat64(g.metrics.UpstreamActive.WithLabelValues("app", u))
 	}
@@ -219,8 +222,8 @@ func TestFailoverUnderLoad(t *testing.T) {
 	}
 	if ps := g.Servers(); len(ps) > 0 {
 		for _, s := range ps {
-			if s.Upstream == "fallback" && s.Host != fallback.Addr() {
-				t.Errorf("SHOW SERVERS host of a fallback connection = %s, want %s", s.Host, fallback.Addr())
+			if want := hostOf(t, cfg.Databases["app"].Fallback); s.Upstream == "fallback" && s.Host != want {
+				t.Errorf("SHOW SERVERS host of a fallback connection = %s, want %s", s.Host, want)
 			}
 		}
 	}
@@ -299,13 +302,16 @@ func TestFailoverUnderLoad(t *testing.T) {
 // TestPrimaryDiesUnderSessions: sessions on a dying primary get an error
 // promptly, never a hang: a session-mode client inside a transaction, an idle
 // session-mode client holding its server, and a transaction-mode client with
-// a query running. New sessions then go to the fallback.
-func TestPrimaryDiesUnderSessions(t *testing.T) {
+// a query running. New sessions then go to the fallback. Over each network
+// of guardtest.Nets.
+func TestPrimaryDiesUnderSessions(t *testing.T) { guardtest.EachNet(t, primaryDiesUnderSessions) }
+
+func primaryDiesUnderSessions(t *testing.T, n guardtest.Net) {
 	primary := startCluster(t, nil)
 	fallback := startCluster(t, nil)
 	ctx := context.Background()
-	gs := startGuard(t, failoverConfig("session", primary.URL("app"), fallback.URL("app")))
-	gt := startGuard(t, failoverConfig("transaction", primary.URL("app"), fallback.URL("app")))
+	gs := startGuardOver(t, n, failoverConfig("session", primary.URL("app"), fallback.URL("app")))
+	gt := startGuardOver(t, n, failoverConfig("transaction", primary.URL("app"), fallback.URL("app")))
 
 	inTx := connect(t, gs.url("app"), pgx.QueryExecModeSimpleProtocol)
 	if _, err := inTx.Exec(ctx, "BEGIN; SELECT 1"); err != nil {
@@ -530,7 +536,7 @@ func TestIdlePrimaryUntouched(t *testing.T) {
 func TestBudgetExhaustedFallback(t *testing.T) {
 	primary, fallback := startCluster(t, nil), startCluster(t, nil)
 	cfg := failoverConfig("transaction", primary.URL("app"), fallback.URL("app"))
-	cfg.Budget.MonthlyCUHours = 1
+	cfg.Budget.MonthlyCUHours = 0.01 // 2.4 minutes awake at 0.25 CU
 	cfg.Budget.OnExhausted = "fallback"
 	lim, err := limiter.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
@@ -543,10 +549,12 @@ func TestBudgetExhaustedFallback(t *testing.T) {
 	if port, err := portOf(ctx, conn); err != nil || port != primary.Port() {
 		t.Fatalf("before: port %d %v, want the primary %d", port, err, primary.Port())
 	}
-	// A poller every 4 minutes for 7 hours keeps a 0.25 CU compute awake:
-	// 1.75 CU-hours, over the budget of 1.
-	for i, at := 0, time.Now(); i < 105; i++ {
-		lim.ObserveUpstreamQuery("app", "poller", at.Add(time.Duration(i)*4*time.Minute))
+	// A poller every minute for the last 4 minutes kept a 0.25 CU compute
+	// awake: 0.017 CU-hours so far, over the budget of 0.01. (In the past:
+	// the model counts awake time up to now, and re-evaluates whenever a
+	// server connection's activity reaches it.)
+	for i := 4; i >= 0; i-- {
+		lim.ObserveUpstreamQuery("app", "poller", time.Now().Add(-time.Duration(i)*time.Minute))
 	}
 	if a := lim.Budget().Action(); a != "fallback" {
 		t.Fatalf("budget action %q, want fallback", a)

@@ -318,6 +318,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	}
 	r := b.queue.pop()
 	b.txStatus = status
+	b.act.Ready(now, b.queue.len() > 0, status != 'I')
 	b.batchDone()
 	if next := b.queue.front(); next != nil && next.start.Before(now) {
 		next.start = now // pipelined: the next one starts when this one ends

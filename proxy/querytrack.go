@@ -80,7 +80,7 @@ func (b *backend) commandComplete(h *request, body []byte) {
 	}
 }
 
-// report sends a finished query to the metrics, the query log and the budget model.
+// report sends a finished query to the metrics and the query log.
 func (b *backend) report(q inflightQuery, now time.Time) {
 	d := now.Sub(q.start)
 	db := b.db
@@ -89,13 +89,6 @@ func (b *backend) report(q inflightQuery, now time.Time) {
 		db.p.metrics.QueryErrors.WithLabelValues(db.name, q.sqlstate).Inc()
 	}
 	c := q.client
-	if last := c.lastObserved.Load(); b.upstream == "primary" && now.UnixNano()-last >= int64(observeEvery) &&
-		c.lastObserved.CompareAndSwap(last, now.UnixNano()) {
-		// The Active Time model works in seconds against a 5-minute
-		// suspend timer: one observation per client per observeEvery is
-		// exact enough and spares a lock per query.
-		db.p.Limiter.ObserveUpstreamQuery(db.name, c.app, now)
-	}
 	if db.p.QueryLog == nil || q.text == "" {
 		return
 	}
@@ -117,9 +110,6 @@ func digits(b []byte) int64 {
 	}
 	return n
 }
-
-// observeEvery spaces a client's observations for the budget model.
-const observeEvery = 250 * time.Millisecond
 
 // commandWord returns the command word of a tag without allocating for the
 // common ones.

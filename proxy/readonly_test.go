@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgguard/pgguard/internal/guardtest"
 )
 
 type roCase struct {
@@ -70,76 +72,78 @@ func TestReadOnlySwitch(t *testing.T) {
 	if len(cases) < 80 {
 		t.Fatalf("only %d statements in the table", len(cases))
 	}
-	for _, mode := range []string{"transaction", "session"} {
-		t.Run(mode, func(t *testing.T) {
-			g := startGuard(t, testConfig(mode))
-			prepared := connect(t, g.url("app"), pgx.QueryExecModeCacheStatement)
-			if _, err := prepared.Exec(ctx, "INSERT INTO t VALUES ($1, 'before')", 2); err != nil {
-				t.Fatal(err)
-			}
-			pg.Exec(ctx, "DELETE FROM t WHERE v = 'before'")
-			g.SetReadOnly(true, "test")
-
-			for _, execMode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
-				conn := connect(t, g.url("app"), execMode)
-				for _, c := range cases {
-					_, err := conn.Exec(ctx, c.sql)
-					got := pgCode(err) == "25006"
-					if got != c.write {
-						t.Errorf("%v %q: err %v; want 25006=%v", execMode, c.sql, err, c.write)
-					}
-					conn.Exec(ctx, "ROLLBACK")
+	guardtest.EachNet(t, func(t *testing.T, n guardtest.Net) {
+		for _, mode := range []string{"transaction", "session"} {
+			t.Run(mode, func(t *testing.T) {
+				g := startGuardOver(t, n, testConfig(mode))
+				prepared := connect(t, g.url("app"), pgx.QueryExecModeCacheStatement)
+				if _, err := prepared.Exec(ctx, "INSERT INTO t VALUES ($1, 'before')", 2); err != nil {
+					t.Fatal(err)
 				}
-				conn.Close(ctx) // LISTEN in the table pinned it to a server
-			}
-			conn := connect(t, g.url("app"), pgx.QueryExecModeExec)
-			if _, err := conn.Exec(ctx, "SELECT sneaky()"); pgCode(err) != "25006" {
-				t.Errorf("write hidden in a function: %v, want 25006 from the server", err)
-			}
-			if _, err := prepared.Exec(ctx, "INSERT INTO t VALUES ($1, 'before')", 3); pgCode(err) != "25006" {
-				t.Errorf("statement prepared before the switch: %v, want 25006", err)
-			}
-			// A pipeline: the read before the write is answered, the write refused.
-			batch := &pgx.Batch{}
-			batch.Queue("SELECT 41 + 1")
-			batch.Queue("UPDATE t SET v = 'x'")
-			batch.Queue("SELECT 1")
-			br := conn.SendBatch(ctx, batch)
-			var n int
-			if err := br.QueryRow().Scan(&n); err != nil || n != 42 {
-				t.Errorf("pipelined read: %d %v", n, err)
-			}
-			if _, err := br.Exec(); pgCode(err) != "25006" {
-				t.Errorf("pipelined write: %v, want 25006", err)
-			}
-			br.Close()
-			// Inside a transaction the refusal aborts it, as PostgreSQL would.
-			tx, err := conn.Begin(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := tx.Exec(ctx, "DELETE FROM t"); pgCode(err) != "25006" {
-				t.Errorf("write in a transaction: %v", err)
-			}
-			if _, err := tx.Exec(ctx, "SELECT 1"); pgCode(err) != "25P02" {
-				t.Errorf("after a refused write the transaction should be aborted, got %v", err)
-			}
-			tx.Rollback(ctx)
+				pg.Exec(ctx, "DELETE FROM t WHERE v = 'before'")
+				g.SetReadOnly(true, "test")
 
-			if got := fingerprint(); got != before {
-				t.Errorf("database changed under read-only: %s -> %s", before, got)
-			}
-			// Off again: the same sessions write without reconnecting.
-			g.SetReadOnly(false, "test")
-			if _, err := conn.Exec(ctx, "INSERT INTO t VALUES (7, 'after')"); err != nil {
-				t.Errorf("write after the switch went off: %v", err)
-			}
-			if _, err := prepared.Exec(ctx, "INSERT INTO t VALUES ($1, 'before')", 4); err != nil {
-				t.Errorf("prepared write after the switch went off: %v", err)
-			}
-			pg.Exec(ctx, "DELETE FROM t WHERE id IN (4, 7)")
-		})
-	}
+				for _, execMode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
+					conn := connect(t, g.url("app"), execMode)
+					for _, c := range cases {
+						_, err := conn.Exec(ctx, c.sql)
+						got := pgCode(err) == "25006"
+						if got != c.write {
+							t.Errorf("%v %q: err %v; want 25006=%v", execMode, c.sql, err, c.write)
+						}
+						conn.Exec(ctx, "ROLLBACK")
+					}
+					conn.Close(ctx) // LISTEN in the table pinned it to a server
+				}
+				conn := connect(t, g.url("app"), pgx.QueryExecModeExec)
+				if _, err := conn.Exec(ctx, "SELECT sneaky()"); pgCode(err) != "25006" {
+					t.Errorf("write hidden in a function: %v, want 25006 from the server", err)
+				}
+				if _, err := prepared.Exec(ctx, "INSERT INTO t VALUES ($1, 'before')", 3); pgCode(err) != "25006" {
+					t.Errorf("statement prepared before the switch: %v, want 25006", err)
+				}
+				// A pipeline: the read before the write is answered, the write refused.
+				batch := &pgx.Batch{}
+				batch.Queue("SELECT 41 + 1")
+				batch.Queue("UPDATE t SET v = 'x'")
+				batch.Queue("SELECT 1")
+				br := conn.SendBatch(ctx, batch)
+				var n int
+				if err := br.QueryRow().Scan(&n); err != nil || n != 42 {
+					t.Errorf("pipelined read: %d %v", n, err)
+				}
+				if _, err := br.Exec(); pgCode(err) != "25006" {
+					t.Errorf("pipelined write: %v, want 25006", err)
+				}
+				br.Close()
+				// Inside a transaction the refusal aborts it, as PostgreSQL would.
+				tx, err := conn.Begin(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := tx.Exec(ctx, "DELETE FROM t"); pgCode(err) != "25006" {
+					t.Errorf("write in a transaction: %v", err)
+				}
+				if _, err := tx.Exec(ctx, "SELECT 1"); pgCode(err) != "25P02" {
+					t.Errorf("after a refused write the transaction should be aborted, got %v", err)
+				}
+				tx.Rollback(ctx)
+
+				if got := fingerprint(); got != before {
+					t.Errorf("database changed under read-only: %s -> %s", before, got)
+				}
+				// Off again: the same sessions write without reconnecting.
+				g.SetReadOnly(false, "test")
+				if _, err := conn.Exec(ctx, "INSERT INTO t VALUES (7, 'after')"); err != nil {
+					t.Errorf("write after the switch went off: %v", err)
+				}
+				if _, err := prepared.Exec(ctx, "INSERT INTO t VALUES ($1, 'before')", 4); err != nil {
+					t.Errorf("prepared write after the switch went off: %v", err)
+				}
+				pg.Exec(ctx, "DELETE FROM t WHERE id IN (4, 7)")
+			})
+		}
+	})
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }

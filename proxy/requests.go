@@ -102,6 +102,7 @@ func (b *backend) syncParams(c *client) bool {
 		return true
 	}
 	b.queue.push(request{kind: reqParamSync, announce: c.want.announce})
+	b.act.Query(c.app, time.Now()) // the sync runs for c
 	c.want.announce = false
 	b.syncBad = false
 	b.setStateLocked(srvSyncing)
@@ -149,6 +150,7 @@ func (b *backend) prepareSend(c *client, p []byte, lead int, open, slow bool) ([
 		b.unnamedOwner = nil
 	}
 	now := time.Now()
+	b.act.Query(c.app, now)
 	for _, q := range c.queued {
 		kind := reqClient
 		if q.quiet {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgguard/pgguard/limiter"
 )
 
 // serverState is where a server connection stands. It changes only in
@@ -50,6 +52,7 @@ type backend struct {
 	hc       *pgconn.HijackedConn // pid, secret and config for CancelRequest
 	upstream string               // "primary" or "fallback"
 	created  time.Time
+	act      *limiter.Activity // the budget model's view of it; nil on the fallback or without a limiter
 
 	dead     atomic.Bool  // the server is closing or closed: never hand it out
 	lastUsed atomic.Int64 // unix nanos of the last link, for SHOW SERVERS
@@ -130,6 +133,7 @@ func (b *backend) setStateLocked(to serverState) {
 	b.state = to
 	if to == srvClosed {
 		b.dead.Store(true)
+		b.act.Close(time.Now())
 	}
 	b.db.countState(b, from, to)
 }

@@ -49,12 +49,13 @@ pgguard is running in front of a throwaway PostgreSQL (%s, data in %s).
 
   psql "postgres://app:secret@%s/app"        # your queries, pooled
   psql "postgres://app:secret@%s/pgguard"    # admin console: SHOW POOLS; SHOW QUERIES; SHOW BUDGET; ...
+  http://%s/                                # the live dashboard, in a browser
   curl http://%s/metrics                     # Prometheus metrics (also /status, /queries, /healthz, /readyz)
 
 Every query is logged as a JSON line on stderr (querylog.path).
 
 Press Ctrl-C to stop; the PostgreSQL cluster is removed.
-`, pg.Host(), pg.Dir(), addr, addr, addr, cfg.HTTPListen)
+`, pg.Host(), pg.Dir(), addr, addr, addr, cfg.HTTPListen, cfg.HTTPListen)
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "pgguard:", err)

@@ -16,10 +16,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -27,6 +29,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pgguard/pgguard/admin"
+	"github.com/pgguard/pgguard/admin/dashboard"
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/limiter"
@@ -127,6 +130,7 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 		return err
 	}
 	redis.SetLogger(redisLogger{log.With("component", "redis")})
+	applyMemoryLimit(cfg)
 	m := metrics.New()
 
 	ql, err := querylog.New(cfg.QueryLog, log)
@@ -170,7 +174,9 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 			p.Close()
 			return fmt.Errorf("http_listen: %w", err)
 		}
-		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc}
+		dash := dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim})
+		defer dash.Close()
+		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Dashboard: dash, ListenAddr: hln.Addr().String()}
 		httpSrv = &http.Server{Handler: h.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		go httpSrv.Serve(hln)
 		log.Info("http listening", "addr", hln.Addr().String())
@@ -257,6 +263,7 @@ func reloader(p *proxy.Proxy, ql *querylog.Logger, lim *limiter.Limiter, rc *cac
 		}
 		lim.Reconfigure(cfg)
 		rc.Reconfigure(cfg)
+		applyMemoryLimit(cfg)
 		for _, k := range restart {
 			log.Warn("config key changed but needs a restart to take effect", "key", k)
 		}
@@ -288,4 +295,17 @@ type redisLogger struct{ log *slog.Logger }
 // Printf implements go-redis's logging interface.
 func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	r.log.DebugContext(ctx, strings.TrimSpace(fmt.Sprintf(format, v...)))
+}
+
+// applyMemoryLimit sets the Go runtime's soft memory limit from
+// memory_limit, unless GOMEMLIMIT set it for the process.
+func applyMemoryLimit(cfg *config.Config) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	limit := int64(math.MaxInt64) // the runtime's "no limit"
+	if cfg.MemoryLimit > 0 {
+		limit = int64(cfg.MemoryLimit)
+	}
+	debug.SetMemoryLimit(limit)
 }

@@ -191,6 +191,24 @@ ttl = "5m"
 		t.Errorf("/status: cache.redis %q (want suspended: SUSPEND_REDIS=yes; its Redis is limiter.redis_url)", st.Extra.Cache.Redis)
 	}
 
+	// The dashboard is wired: the page, and its state with the switches.
+	if page := httpGet("/"); !strings.Contains(page, "/dashboard/assets/app.js") {
+		t.Errorf("GET / is not the dashboard: %.200s", page)
+	}
+	var ds struct {
+		Switches []struct {
+			Name string `json:"name"`
+			On   bool   `json:"on"`
+		} `json:"switches"`
+		Redis string `json:"redis"`
+	}
+	if err := json.Unmarshal([]byte(httpGet("/dashboard/state")), &ds); err != nil {
+		t.Fatal(err)
+	}
+	if len(ds.Switches) != 2 || ds.Switches[1].Name != "suspend_redis" || !ds.Switches[1].On || ds.Redis != "suspended" {
+		t.Errorf("/dashboard/state switches %+v redis %q: want suspend_redis on (SUSPEND_REDIS=yes)", ds.Switches, ds.Redis)
+	}
+
 	// logrotate: move the file away, SIGHUP, and pgguard writes a new one.
 	if err := os.Rename(qlog, qlog+".1"); err != nil {
 		t.Fatal(err)

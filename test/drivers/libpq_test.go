@@ -9,6 +9,8 @@ import (
 	"time"
 
 	_ "github.com/lib/pq" // database/sql driver "postgres"
+
+	"github.com/pgguard/pgguard/internal/guardtest"
 )
 
 const (
@@ -26,57 +28,59 @@ const (
 // the server free to go to another client in between. binary_parameters=yes
 // sends it all at once; both must work.
 func TestLibPQ(t *testing.T) {
-	for _, variant := range []struct{ name, params string }{
-		{"default", ""},
-		{"binary_parameters", "&binary_parameters=yes"},
-	} {
-		t.Run(variant.name, func(t *testing.T) {
-			table := "pq_" + variant.name
-			freshTable(t, table, "client int, seq int, kind text, n int8")
-			g := startTxGuard(t)
-			db, err := sql.Open("postgres", g.url()+variant.params)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
-			db.SetMaxOpenConns(pqClients)
-			db.SetMaxIdleConns(pqClients)
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
+	guardtest.EachNet(t, func(t *testing.T, n guardtest.Net) {
+		for _, variant := range []struct{ name, params string }{
+			{"default", ""},
+			{"binary_parameters", "&binary_parameters=yes"},
+		} {
+			t.Run(variant.name, func(t *testing.T) {
+				table := "pq_" + variant.name
+				freshTable(t, table, "client int, seq int, kind text, n int8")
+				g := startGuardOver(t, n, txConfig())
+				db, err := sql.Open("postgres", g.url()+variant.params)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer db.Close()
+				db.SetMaxOpenConns(pqClients)
+				db.SetMaxIdleConns(pqClients)
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				defer cancel()
 
-			get, err := db.PrepareContext(ctx, fmt.Sprintf("SELECT n FROM %s WHERE client = $1 AND seq = $2 AND kind = $3", table))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer get.Close()
+				get, err := db.PrepareContext(ctx, fmt.Sprintf("SELECT n FROM %s WHERE client = $1 AND seq = $2 AND kind = $3", table))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer get.Close()
 
-			errs := newCollect(pqClients)
-			var wg sync.WaitGroup
-			for id := 0; id < pqClients; id++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for seq := 0; seq < pqRounds; seq++ {
-						if err := pqRound(ctx, db, get, table, id, seq); err != nil {
-							errs.add(fmt.Errorf("client %d round %d: %w", id, seq, err))
-							return
+				errs := newCollect(pqClients)
+				var wg sync.WaitGroup
+				for id := 0; id < pqClients; id++ {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for seq := 0; seq < pqRounds; seq++ {
+							if err := pqRound(ctx, db, get, table, id, seq); err != nil {
+								errs.add(fmt.Errorf("client %d round %d: %w", id, seq, err))
+								return
+							}
 						}
-					}
-				}()
-			}
-			wg.Wait()
-			errs.report(t)
-			if t.Failed() && variant.params == "" {
-				t.Log(unnamedBug)
-			}
-			if n := queryInt(t, fmt.Sprintf("SELECT count(*) FROM %s WHERE kind = 'tx' AND n = seq * 3 + 7", table)); n != pqClients*pqRounds {
-				t.Errorf("%d rows committed with the values written, want %d", n, pqClients*pqRounds)
-			}
-			if n := queryInt(t, fmt.Sprintf("SELECT count(*) FROM %s WHERE kind <> 'tx'", table)); n != 0 {
-				t.Errorf("%d rows of rolled-back transactions committed", n)
-			}
-		})
-	}
+					}()
+				}
+				wg.Wait()
+				errs.report(t)
+				if t.Failed() && variant.params == "" {
+					t.Log(unnamedBug)
+				}
+				if n := queryInt(t, fmt.Sprintf("SELECT count(*) FROM %s WHERE kind = 'tx' AND n = seq * 3 + 7", table)); n != pqClients*pqRounds {
+					t.Errorf("%d rows committed with the values written, want %d", n, pqClients*pqRounds)
+				}
+				if n := queryInt(t, fmt.Sprintf("SELECT count(*) FROM %s WHERE kind <> 'tx'", table)); n != 0 {
+					t.Errorf("%d rows of rolled-back transactions committed", n)
+				}
+			})
+		}
+	})
 }
 
 // pqRound is one round of a lib/pq client: a read-write transaction, a

@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/internal/faultnet"
 	"github.com/pgguard/pgguard/internal/localpg"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
@@ -51,6 +52,7 @@ type guard struct {
 	*proxy.Proxy
 	addr    string
 	metrics *metrics.Metrics
+	relays  []*faultnet.Relay // between pgguard and pg, on a split network
 }
 
 // url returns a client URL for database app through pgguard.
@@ -85,6 +87,16 @@ func startGuard(t testing.TB, cfg *config.Config) *guard {
 func startTxGuard(t testing.TB) *guard {
 	t.Helper()
 	return startGuard(t, txConfig())
+}
+
+// startGuardOver runs pgguard with cfg reaching pg over network n
+// (guardtest.EachNet gives each network its subtest).
+func startGuardOver(t testing.TB, n guardtest.Net, cfg *config.Config) *guard {
+	t.Helper()
+	rs := n.Route(t, cfg)
+	g := startGuard(t, cfg)
+	g.relays = rs
+	return g
 }
 
 // pgxConfig parses url for pgx with the given exec mode and statement caches

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgguard/pgguard/internal/guardtest"
 	"github.com/pgguard/pgguard/internal/localpg"
 )
 
@@ -55,7 +56,12 @@ func parsePgbench(out string) (r pgbenchResult, ok bool) {
 func TestPgbench(t *testing.T) {
 	bin, err := pgbenchBin()
 	requireTool(t, "pgbench", err)
-	g := startTxGuard(t)
+	guardtest.EachNet(t, func(t *testing.T, n guardtest.Net) { pgbenchOver(t, bin, n) })
+}
+
+// pgbenchOver is TestPgbench over network n.
+func pgbenchOver(t *testing.T, bin string, n guardtest.Net) {
+	g := startGuardOver(t, n, txConfig())
 
 	// pgbench -i itself goes through pgguard: DDL, COPY FROM STDIN, VACUUM.
 	if out, err := runTool(t, 60*time.Second, "", bin, "-i", "-q", "-s", "1", g.url()); err != nil {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgguard/pgguard/internal/guardtest"
 )
 
 // pgxModes are every QueryExecMode pgx v5 has.
@@ -24,6 +26,9 @@ var pgxModes = []pgx.QueryExecMode{
 const (
 	pgxClients = 50 // concurrent clients per mode, on 2 server connections
 	pgxRounds  = 5  // rounds of the workload per client
+	// pgxSplitRounds on a split network, where every byte costs a write
+	// and a read: the workload is the same, repeated less.
+	pgxSplitRounds = 2
 	// pgxDistinct distinct statements per round: more than the statement
 	// and description caches (capacity 4) hold, so they evict.
 	pgxDistinct = 7
@@ -46,70 +51,76 @@ func TestPgxMatrix(t *testing.T) {
 	}
 	variants = append(variants, variant{name: "cache_statement_max_prepared_3", mode: pgx.QueryExecModeCacheStatement, maxPrepared: 3})
 
-	for _, v := range variants {
-		t.Run(v.name, func(t *testing.T) {
-			table := "pgx_" + v.name
-			freshTable(t, table, "client int, seq int, kind text, note text, n int8")
-			cfg := txConfig()
-			if v.maxPrepared > 0 {
-				cfg.Pool.MaxPreparedStatements = v.maxPrepared
-			}
-			g := startGuard(t, cfg)
-			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-			defer cancel()
+	guardtest.EachNet(t, func(t *testing.T, n guardtest.Net) {
+		for _, v := range variants {
+			t.Run(v.name, func(t *testing.T) {
+				table := "pgx_" + v.name
+				freshTable(t, table, "client int, seq int, kind text, note text, n int8")
+				cfg := txConfig()
+				if v.maxPrepared > 0 {
+					cfg.Pool.MaxPreparedStatements = v.maxPrepared
+				}
+				g := startGuardOver(t, n, cfg)
+				rounds := pgxRounds
+				if n.Splits() {
+					rounds = pgxSplitRounds
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+				defer cancel()
 
-			errs := newCollect(pgxClients)
-			var wg sync.WaitGroup
-			start := time.Now()
-			for id := 0; id < pgxClients; id++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					cl := &pgxClient{id: id, table: table, mode: v.mode}
-					if err := cl.run(ctx, pgxConfig(t, g.url(), v.mode)); err != nil {
-						errs.add(fmt.Errorf("client %d (%s): %w", id, v.mode, err))
-					}
-				}()
-			}
-			wg.Wait()
-			errs.report(t)
-			if t.Failed() && v.mode == pgx.QueryExecModeDescribeExec {
-				t.Log(unnamedBug)
-			}
+				errs := newCollect(pgxClients)
+				var wg sync.WaitGroup
+				start := time.Now()
+				for id := 0; id < pgxClients; id++ {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						cl := &pgxClient{id: id, table: table, mode: v.mode, rounds: rounds}
+						if err := cl.run(ctx, pgxConfig(t, g.url(), v.mode)); err != nil {
+							errs.add(fmt.Errorf("client %d (%s): %w", id, v.mode, err))
+						}
+					}()
+				}
+				wg.Wait()
+				errs.report(t)
+				if t.Failed() && v.mode == pgx.QueryExecModeDescribeExec {
+					t.Log(unnamedBug)
+				}
 
-			// What the clients committed, read directly from PostgreSQL.
-			q := func(sql string) int64 { return queryInt(t, fmt.Sprintf(sql, table)) }
-			if n := q("SELECT count(*) FROM %s WHERE kind = 'tx'"); n != pgxClients*pgxRounds {
-				t.Errorf("%d transaction rows committed, want %d", n, pgxClients*pgxRounds)
-			}
-			if n := q("SELECT count(*) FROM %s WHERE kind = 'tx' AND n = seq + 1000 AND note = 'c' || client || '''s note #' || seq || ' ✓'"); n != pgxClients*pgxRounds {
-				t.Errorf("%d transaction rows have the values written, want %d", n, pgxClients*pgxRounds)
-			}
-			if n := q("SELECT count(*) FROM %s WHERE kind = 'batch' AND n = 2 * seq + 1"); n != pgxClients*pgxRounds {
-				t.Errorf("%d batch rows committed with the values written, want %d", n, pgxClients*pgxRounds)
-			}
-			if n := q("SELECT count(*) FROM %s WHERE kind = 'doomed'"); n != 0 {
-				t.Errorf("%d rows of rolled-back work committed, want 0", n)
-			}
-			if n := q("SELECT count(DISTINCT (client, seq, kind)) FROM %s"); n != q("SELECT count(*) FROM %s") {
-				t.Errorf("duplicate rows: %d distinct of %d", n, q("SELECT count(*) FROM %s"))
-			}
-			if v.maxPrepared > 0 {
-				// Each server holds at most pool.max_prepared_statements.
-				probe := connect(t, pgxConfig(t, g.url(), pgx.QueryExecModeSimpleProtocol))
-				for i := 0; i < 6; i++ {
-					var n int
-					if err := probe.QueryRow(ctx, "SELECT count(*) FROM pg_prepared_statements").Scan(&n); err != nil {
-						t.Fatal(err)
-					}
-					if n > v.maxPrepared {
-						t.Fatalf("a server holds %d prepared statements, pool.max_prepared_statements = %d", n, v.maxPrepared)
+				// What the clients committed, read directly from PostgreSQL.
+				q := func(sql string) int64 { return queryInt(t, fmt.Sprintf(sql, table)) }
+				if n := q("SELECT count(*) FROM %s WHERE kind = 'tx'"); n != int64(pgxClients*rounds) {
+					t.Errorf("%d transaction rows committed, want %d", n, pgxClients*rounds)
+				}
+				if n := q("SELECT count(*) FROM %s WHERE kind = 'tx' AND n = seq + 1000 AND note = 'c' || client || '''s note #' || seq || ' ✓'"); n != int64(pgxClients*rounds) {
+					t.Errorf("%d transaction rows have the values written, want %d", n, pgxClients*rounds)
+				}
+				if n := q("SELECT count(*) FROM %s WHERE kind = 'batch' AND n = 2 * seq + 1"); n != int64(pgxClients*rounds) {
+					t.Errorf("%d batch rows committed with the values written, want %d", n, pgxClients*rounds)
+				}
+				if n := q("SELECT count(*) FROM %s WHERE kind = 'doomed'"); n != 0 {
+					t.Errorf("%d rows of rolled-back work committed, want 0", n)
+				}
+				if n := q("SELECT count(DISTINCT (client, seq, kind)) FROM %s"); n != q("SELECT count(*) FROM %s") {
+					t.Errorf("duplicate rows: %d distinct of %d", n, q("SELECT count(*) FROM %s"))
+				}
+				if v.maxPrepared > 0 {
+					// Each server holds at most pool.max_prepared_statements.
+					probe := connect(t, pgxConfig(t, g.url(), pgx.QueryExecModeSimpleProtocol))
+					for i := 0; i < 6; i++ {
+						var n int
+						if err := probe.QueryRow(ctx, "SELECT count(*) FROM pg_prepared_statements").Scan(&n); err != nil {
+							t.Fatal(err)
+						}
+						if n > v.maxPrepared {
+							t.Fatalf("a server holds %d prepared statements, pool.max_prepared_statements = %d", n, v.maxPrepared)
+						}
 					}
 				}
-			}
-			t.Logf("%s: %d clients x %d rounds in %s", v.mode, pgxClients, pgxRounds, time.Since(start).Round(time.Millisecond))
-		})
-	}
+				t.Logf("%s: %d clients x %d rounds in %s", v.mode, pgxClients, rounds, time.Since(start).Round(time.Millisecond))
+			})
+		}
+	})
 }
 
 // The SQL of the named statements every matrix client prepares.
@@ -126,10 +137,11 @@ const unnamedBug = "BUG: the unnamed prepared statement does not survive a Sync:
 
 // pgxClient is one client of the pgx matrix.
 type pgxClient struct {
-	conn  *pgx.Conn
-	id    int
-	table string
-	mode  pgx.QueryExecMode
+	conn   *pgx.Conn
+	id     int
+	table  string
+	mode   pgx.QueryExecMode
+	rounds int
 }
 
 // sql substitutes the client's table for every %s in format.
@@ -163,7 +175,7 @@ func (c *pgxClient) run(ctx context.Context, cc *pgx.ConnConfig) error {
 		return fmt.Errorf("prepare of a syntax error: got %v, want 42601", err)
 	}
 
-	for seq := 0; seq < pgxRounds; seq++ {
+	for seq := 0; seq < c.rounds; seq++ {
 		for _, step := range []func(context.Context, int) error{c.transaction, c.roundTrip, c.distinct, c.batch, c.failedTransaction, c.failedBatch} {
 			if err := step(ctx, seq); err != nil {
 				return fmt.Errorf("round %d: %w", seq, err)

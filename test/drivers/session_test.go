@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgguard/pgguard/internal/guardtest"
 )
 
 // sessionProbe runs statements on two clients, a and b, and records what
@@ -162,27 +164,29 @@ func TestSessionStateLikeDirect(t *testing.T) {
 	}}
 
 	ctx := context.Background()
-	for _, s := range scenarios {
-		t.Run(s.name, func(t *testing.T) {
-			d := &sessionProbe{ctx: ctx, a: direct(t, pgx.QueryExecModeCacheStatement, s.aParams), b: direct(t, pgx.QueryExecModeCacheStatement, s.bParams)}
-			s.run(d)
+	guardtest.EachNet(t, func(t *testing.T, n guardtest.Net) {
+		for _, s := range scenarios {
+			t.Run(s.name, func(t *testing.T) {
+				d := &sessionProbe{ctx: ctx, a: direct(t, pgx.QueryExecModeCacheStatement, s.aParams), b: direct(t, pgx.QueryExecModeCacheStatement, s.bParams)}
+				s.run(d)
 
-			cfg := txConfig()
-			cfg.Pool.Size = 1 // a and b take turns on one server connection
-			g := startGuard(t, cfg)
-			open := func(params map[string]string) *pgx.Conn {
-				cc := pgxConfig(t, g.url(), pgx.QueryExecModeCacheStatement)
-				for k, v := range params {
-					cc.RuntimeParams[k] = v
+				cfg := txConfig()
+				cfg.Pool.Size = 1 // a and b take turns on one server connection
+				g := startGuardOver(t, n, cfg)
+				open := func(params map[string]string) *pgx.Conn {
+					cc := pgxConfig(t, g.url(), pgx.QueryExecModeCacheStatement)
+					for k, v := range params {
+						cc.RuntimeParams[k] = v
+					}
+					return connect(t, cc)
 				}
-				return connect(t, cc)
-			}
-			p := &sessionProbe{ctx: ctx, a: open(s.aParams), b: open(s.bParams)}
-			s.run(p)
-			got, want := strings.Join(p.obs, " | "), strings.Join(d.obs, " | ")
-			if got != want {
-				t.Errorf("observations differ from direct connections'\nthrough pgguard: %s\ndirect:          %s", got, want)
-			}
-		})
-	}
+				p := &sessionProbe{ctx: ctx, a: open(s.aParams), b: open(s.bParams)}
+				s.run(p)
+				got, want := strings.Join(p.obs, " | "), strings.Join(d.obs, " | ")
+				if got != want {
+					t.Errorf("observations differ from direct connections'\nthrough pgguard: %s\ndirect:          %s", got, want)
+				}
+			})
+		}
+	})
 }

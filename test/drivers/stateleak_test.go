@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgguard/pgguard/internal/guardtest"
 )
 
 // leakZones are 40 distinct time zones, one per client of the leak test.
@@ -26,6 +28,9 @@ var leakZones = func() []string {
 const (
 	leakClients = 40
 	leakTxs     = 100 // transactions per client
+	// leakSplitTxs on a split network, where every byte costs a write and
+	// a read.
+	leakSplitTxs = 30
 )
 
 // TestSessionStateDoesNotLeak runs 40 clients on 2 server connections, each
@@ -43,44 +48,50 @@ func TestSessionStateDoesNotLeak(t *testing.T) {
 			i, i, pgUser, i, i, i, i, pgUser)
 	}
 	setup(t, ddl.String())
-	for _, bySET := range []bool{false, true} {
-		name := "search_path_at_startup"
-		if bySET {
-			name = "search_path_by_SET"
+	guardtest.EachNet(t, func(t *testing.T, n guardtest.Net) {
+		for _, bySET := range []bool{false, true} {
+			name := "search_path_at_startup"
+			if bySET {
+				name = "search_path_by_SET"
+			}
+			t.Run(name, func(t *testing.T) {
+				g := startGuardOver(t, n, txConfig())
+				txs := leakTxs
+				if n.Splits() {
+					txs = leakSplitTxs
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+				defer cancel()
+				// DescribeExec is left out: its two round trips of the unnamed
+				// statement break on their own (see TestPgxMatrix/describe_exec).
+				modes := []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol}
+				errs := newCollect(leakClients)
+				var wg sync.WaitGroup
+				start := time.Now()
+				for i := 0; i < leakClients; i++ {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						if err := leakClient(ctx, t, g, i, modes[i%len(modes)], bySET, txs); err != nil {
+							errs.add(fmt.Errorf("client %d (%s): %w", i, modes[i%len(modes)], err))
+						}
+					}()
+				}
+				wg.Wait()
+				errs.report(t)
+				if bySET && t.Failed() {
+					t.Log("BUG: SET of a parameter PostgreSQL does not report (search_path) is not tracked: proxy/session.go parseEffect deparses a ParseResult without Version and drops the error")
+				}
+				t.Logf("%d clients x %d transactions on 2 servers in %s", leakClients, txs, time.Since(start).Round(time.Millisecond))
+			})
 		}
-		t.Run(name, func(t *testing.T) {
-			g := startTxGuard(t)
-			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-			defer cancel()
-			// DescribeExec is left out: its two round trips of the unnamed
-			// statement break on their own (see TestPgxMatrix/describe_exec).
-			modes := []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol}
-			errs := newCollect(leakClients)
-			var wg sync.WaitGroup
-			start := time.Now()
-			for i := 0; i < leakClients; i++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					if err := leakClient(ctx, t, g, i, modes[i%len(modes)], bySET); err != nil {
-						errs.add(fmt.Errorf("client %d (%s): %w", i, modes[i%len(modes)], err))
-					}
-				}()
-			}
-			wg.Wait()
-			errs.report(t)
-			if bySET && t.Failed() {
-				t.Log("BUG: SET of a parameter PostgreSQL does not report (search_path) is not tracked: proxy/session.go parseEffect deparses a ParseResult without Version and drops the error")
-			}
-			t.Logf("%d clients x %d transactions on 2 servers in %s", leakClients, leakTxs, time.Since(start).Round(time.Millisecond))
-		})
-	}
+	})
 }
 
 // leakClient is client i of the leak test: it establishes its session
 // state, then checks it on every transaction. bySET sets search_path with
 // SET rather than at startup.
-func leakClient(ctx context.Context, t *testing.T, g *guard, i int, mode pgx.QueryExecMode, bySET bool) error {
+func leakClient(ctx context.Context, t *testing.T, g *guard, i int, mode pgx.QueryExecMode, bySET bool, txs int) error {
 	cc := pgxConfig(t, g.url(), mode)
 	zone, path, app := leakZones[i], fmt.Sprintf("s%d", i), fmt.Sprintf("leak-%d", i)
 	var sets []string
@@ -113,7 +124,7 @@ func leakClient(ctx context.Context, t *testing.T, g *guard, i int, mode pgx.Que
 		}
 	}
 	const check = "SELECT current_setting('TimeZone'), current_setting('application_name'), current_setting('search_path'), (SELECT v FROM t)"
-	for j := 0; j < leakTxs; j++ {
+	for j := 0; j < txs; j++ {
 		if j%25 == 24 { // a new application_name now and then, by SET
 			app = fmt.Sprintf("leak-%d-%d", i, j)
 			if _, err := conn.Exec(ctx, fmt.Sprintf("SET application_name = '%s'", app)); err != nil {
