@@ -28,9 +28,10 @@ type Table struct {
 // Console serves the admin console: SHOW POOLS/CLIENTS/SERVERS/STATS/CONFIG,
 // SHOW QUERIES (with a query log), SHOW LIMITS/APPLICATIONS/BUDGET/POLLERS
 // (with a limiter), SHOW CACHE and DISCARD CACHE (with a result cache) and
-// the views added to Views, SET read_only, PAUSE, RESUME, RELOAD and KILL,
-// answered as result sets over the simple query protocol, with column names
-// a PgBouncer user would recognise. Set its fields before the first session.
+// the views added to Views, SET read_only, SET disable_workers (with a
+// limiter), PAUSE, RESUME, RELOAD and KILL, answered as result sets over the
+// simple query protocol, with column names a PgBouncer user would recognise.
+// Set its fields before the first session.
 type Console struct {
 	proxy  *proxy.Proxy
 	reload func() error
@@ -129,8 +130,11 @@ func (c *Console) command(be *pgproto3.Backend, user, stmt string) error {
 		// SET read_only = on|off (also "to", and true/false)
 		rest := strings.TrimSpace(stmt[3:])
 		name, value, ok := cutAssign(rest)
+		if ok && strings.EqualFold(name, "disable_workers") {
+			return c.setDisableWorkers(be, user, value)
+		}
 		if !ok || strings.ToLower(name) != "read_only" {
-			return fmt.Errorf("only SET read_only = on|off is supported")
+			return fmt.Errorf("only SET read_only = on|off and SET disable_workers = on|off are supported")
 		}
 		switch strings.ToLower(strings.Trim(value, "'\" ")) {
 		case "on", "true", "1", "yes":

@@ -1,8 +1,8 @@
 // Package admin is pgguard's operator surface: the HTTP endpoints (/metrics,
 // /healthz, /readyz, /status, /queries, POST /read-only, POST
-// /switches/NAME, POST /cache/reset, and the live dashboard of package
-// dashboard at /) and the admin console spoken over the PostgreSQL protocol
-// on database "pgguard".
+// /switches/NAME, POST /disable-workers, POST /cache/reset, and the live
+// dashboard of package dashboard at /) and the admin console spoken over the
+// PostgreSQL protocol on database "pgguard".
 //
 // Access: /metrics, /healthz, /readyz and /dashboard/history are open. The
 // pages that show query texts, client addresses or application names (/,
@@ -70,6 +70,9 @@ func (h *HTTP) Handler() http.Handler {
 	csrf := http.NewCrossOriginProtection()
 	h.mux.Handle("POST /read-only", csrf.Handler(http.HandlerFunc(h.readOnly)))
 	h.mux.Handle("POST /switches/{name}", csrf.Handler(http.HandlerFunc(h.setSwitch)))
+	if h.Limiter != nil {
+		h.mux.Handle("POST /disable-workers", csrf.Handler(http.HandlerFunc(h.disableWorkers)))
+	}
 	if h.QueryLog != nil {
 		// Reading the statistics is like /status; forgetting them is an
 		// admin action like POST /read-only.

@@ -23,6 +23,15 @@ func (h *HTTP) switches() []dashboard.Switch {
 	}}
 	if h.Limiter != nil {
 		sw = append(sw, dashboard.Switch{
+			Name: "disable_workers", Env: "DISABLE_WORKERS",
+			Help: "new transactions of clients a [[limits]] rule marks worker = true get 53400; transactions under way finish; others go on",
+			On:   h.Limiter.WorkersDisabled,
+			Set: func(on bool, who string) error {
+				h.Limiter.SetWorkersDisabled(on, who)
+				return nil
+			},
+		})
+		sw = append(sw, dashboard.Switch{
 			Name: "suspend_redis", Env: "SUSPEND_REDIS",
 			Help: "limiter.redis_url is ignored: limits and budget are per instance (read at start: restart with SUSPEND_REDIS=true to change)",
 			On:   func() bool { return h.Limiter.RedisMode() == "suspended" },

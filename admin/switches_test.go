@@ -150,7 +150,7 @@ func TestSwitchesEndpoint(t *testing.T) {
 	if r := post("/switches/suspend_redis", "on", adminUser, adminPass); r.code != http.StatusConflict || !strings.Contains(r.body, "SUSPEND_REDIS") {
 		t.Errorf("suspend_redis: %d %s, want 409 naming SUSPEND_REDIS", r.code, r.body)
 	}
-	if r := post("/switches/nope", "on", adminUser, adminPass); r.code != http.StatusNotFound || !strings.Contains(r.body, "read_only, suspend_redis") {
+	if r := post("/switches/nope", "on", adminUser, adminPass); r.code != http.StatusNotFound || !strings.Contains(r.body, "read_only, disable_workers, suspend_redis") {
 		t.Errorf("unknown switch: %d %s, want 404 listing the switches", r.code, r.body)
 	}
 }

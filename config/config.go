@@ -18,6 +18,9 @@ type Config struct {
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 	// ReadOnly is the read-only kill switch (read_only).
 	ReadOnly bool `toml:"read_only"`
+	// DisableWorkers refuses new transactions of the clients a [[limits]]
+	// rule marks worker = true (disable_workers; env DISABLE_WORKERS).
+	DisableWorkers bool `toml:"disable_workers"`
 	// TLSCert and TLSKey enable client-side TLS when both are set (tls_cert, tls_key).
 	TLSCert string `toml:"tls_cert"`
 	TLSKey  string `toml:"tls_key"`
@@ -54,6 +57,8 @@ type Config struct {
 	// CacheStore says where cached results live ([cache_store]). It is not
 	// [cache]: TOML cannot have a table and an array of tables of one name.
 	CacheStore CacheStore `toml:"cache_store"`
+	// Run configures `pgguard run -- COMMAND` ([run]).
+	Run Run `toml:"run"`
 
 	// src records where each value came from (file line or environment
 	// variable) so Validate can point at it; set by Load, nil otherwise.
@@ -180,6 +185,9 @@ type Limit struct {
 	MaxDelay Duration `toml:"max_delay"`
 	// Priority orders the pool queue; higher is served first (priority).
 	Priority int `toml:"priority"`
+	// Worker marks the rule's clients as background workers: while
+	// disable_workers is on, their new transactions are refused (worker).
+	Worker bool `toml:"worker"`
 }
 
 // Limiter is the [limiter] table.
@@ -255,6 +263,14 @@ func (c *Config) CacheRedisURL() string {
 
 // DefaultCacheMaxEntryBytes is a [[cache]] rule's max_entry_bytes when none is given.
 const DefaultCacheMaxEntryBytes = 1 << 20
+
+// Run is the [run] table, read by `pgguard run -- COMMAND`.
+type Run struct {
+	// RewriteEnv names the environment variables holding connection URLs
+	// that COMMAND gets pointed at pgguard (rewrite_env; env
+	// PGGUARD_RUN_REWRITE_ENV, comma-separated).
+	RewriteEnv []string `toml:"rewrite_env"`
+}
 
 // Duration is a time.Duration written in TOML as a Go duration string; "0" disables.
 type Duration struct{ time.Duration }
@@ -332,6 +348,7 @@ func Default() *Config {
 			AlertAt:        0.8,
 			OnExhausted:    "alert",
 		},
+		Run: Run{RewriteEnv: []string{"DATABASE_URL"}},
 	}
 }
 
@@ -361,4 +378,15 @@ func (c *Config) PoolSize(db string) int {
 		return d.PoolSize
 	}
 	return c.Pool.Size
+}
+
+// Origin says where key's value came from: the environment variable that
+// set it, "FILE:LINE" for a line of the config file, the file alone for a
+// key it does not write, or "defaults".
+func (c *Config) Origin(key string) string {
+	file, line := c.src.where(key)
+	if line > 0 {
+		return fmt.Sprintf("%s:%d", file, line)
+	}
+	return file
 }

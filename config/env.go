@@ -29,6 +29,10 @@ const (
 	EnvListen = "PGGUARD_LISTEN"
 	// EnvHTTPListen overrides http_listen (a pgguard addition to the contract).
 	EnvHTTPListen = "PGGUARD_HTTP_LISTEN"
+	// EnvDisableWorkers overrides disable_workers: true/1/on/yes or false/0/off/no.
+	EnvDisableWorkers = "DISABLE_WORKERS"
+	// EnvRunRewriteEnv overrides run.rewrite_env: variable names, comma-separated.
+	EnvRunRewriteEnv = "PGGUARD_RUN_REWRITE_ENV"
 )
 
 // applyEnv applies the environment over c, recording in o which keys it set.
@@ -59,15 +63,31 @@ func applyEnv(c *Config, getenv func(string) string, o *origin, ps *problems) {
 	setInt(EnvPoolSize, "pool.size", &c.Pool.Size)
 	setInt(EnvMaxOverflow, "pool.max_overflow", &c.Pool.MaxOverflow)
 
-	if v := getenv(EnvReadOnly); v != "" {
-		o.env["read_only"] = EnvReadOnly
+	setBool := func(env, key string, dst *bool) {
+		v := getenv(env)
+		if v == "" {
+			return
+		}
+		o.env[key] = env
 		switch strings.ToLower(strings.TrimSpace(v)) {
 		case "true", "1", "on", "yes":
-			c.ReadOnly = true
+			*dst = true
 		case "false", "0", "off", "no":
-			c.ReadOnly = false
+			*dst = false
 		default:
-			ps.add(Problem{File: EnvReadOnly, Key: "read_only", Reason: fmt.Sprintf("%q is not a boolean; want true, 1, on, yes or false, 0, off, no", v)})
+			ps.add(Problem{File: env, Key: key, Reason: fmt.Sprintf("%q is not a boolean; want true, 1, on, yes or false, 0, off, no", v)})
+		}
+	}
+	setBool(EnvReadOnly, "read_only", &c.ReadOnly)
+	setBool(EnvDisableWorkers, "disable_workers", &c.DisableWorkers)
+
+	if v := getenv(EnvRunRewriteEnv); v != "" {
+		o.env["run.rewrite_env"] = EnvRunRewriteEnv
+		c.Run.RewriteEnv = nil
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				c.Run.RewriteEnv = append(c.Run.RewriteEnv, name)
+			}
 		}
 	}
 

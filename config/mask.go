@@ -49,6 +49,7 @@ func (c *Config) clone() *Config {
 	m.Users = append([]User(nil), c.Users...)
 	m.Admin.Users = append([]string(nil), c.Admin.Users...)
 	m.Limits = append([]Limit(nil), c.Limits...)
+	m.Run.RewriteEnv = append([]string(nil), c.Run.RewriteEnv...)
 	m.Cache = append([]CacheRule(nil), c.Cache...)
 	for i := range m.Cache {
 		m.Cache[i].Tables = append([]string(nil), m.Cache[i].Tables...)

@@ -125,3 +125,12 @@ func scrub(msg, s string) string {
 	}
 	return msg
 }
+
+// CheckURL returns why s is not a usable PostgreSQL connection string, or ""
+// when it is. The reason quotes s with its password masked, and never the
+// password itself.
+func CheckURL(s string) string { return checkPostgresURL(s) }
+
+// Scrub removes the secrets of connection string s from msg, an error text
+// that may quote s or parts of it.
+func Scrub(msg, s string) string { return scrub(msg, s) }

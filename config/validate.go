@@ -40,6 +40,7 @@ func (c *Config) Validate() error {
 	v.budget()
 	v.cache()
 	v.cacheStore()
+	v.run()
 	return v.ps.err()
 }
 
@@ -277,8 +278,8 @@ func (v *validator) limits() {
 		v.nonNegativeFloat(key+".queries_per_hour", l.QueriesPerHour)
 		v.atLeast(key+".burst", l.Burst, 0)
 		v.nonNegative(key+".max_delay", l.MaxDelay)
-		if l.MaxConnections == 0 && l.QueriesPerSecond == 0 && l.QueriesPerMinute == 0 && l.QueriesPerHour == 0 {
-			v.bad(key, "the rule limits nothing; set max_connections or one of queries_per_second, queries_per_minute, queries_per_hour")
+		if l.MaxConnections == 0 && l.QueriesPerSecond == 0 && l.QueriesPerMinute == 0 && l.QueriesPerHour == 0 && !l.Worker {
+			v.bad(key, "the rule limits nothing; set max_connections, one of queries_per_second, queries_per_minute, queries_per_hour, or worker = true")
 		}
 	}
 }
@@ -380,6 +381,19 @@ func (v *validator) cacheStore() {
 	v.atLeast("cache_store.local_max_bytes", s.LocalMaxBytes, 0)
 	if s.DegradedTTL.Duration <= 0 {
 		v.bad("cache_store.degraded_ttl", "%s is not accepted; want a positive duration such as \"5s\"", s.DegradedTTL.Duration)
+	}
+}
+
+func (v *validator) run() {
+	seen := map[string]bool{}
+	for _, name := range v.c.Run.RewriteEnv {
+		switch {
+		case name == "" || strings.ContainsAny(name, "= \t\x00"):
+			v.bad("run.rewrite_env", "%q is not an environment variable name; want names such as \"DATABASE_URL\"", name)
+		case seen[name]:
+			v.bad("run.rewrite_env", "%q is listed twice", name)
+		}
+		seen[name] = true
 	}
 }
 

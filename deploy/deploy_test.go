@@ -1,8 +1,10 @@
-// Package deploy holds pgguard's monitoring artifacts: Prometheus alerting
-// rules (prometheus/alerts.yml, unit-tested by prometheus/alerts_test.yml)
-// and a Grafana dashboard (grafana/pgguard.json). Its tests check that both
-// use only metrics pgguard exports and, when promtool is on PATH, that the
-// rules and every dashboard query are valid and the alerts fire as intended.
+// Package deploy holds pgguard's deployment artifacts: Prometheus alerting
+// rules (prometheus/alerts.yml, unit-tested by prometheus/alerts_test.yml),
+// a Grafana dashboard (grafana/pgguard.json) and Fly.io configs (fly/). Its
+// tests check that the first two use only metrics pgguard exports and, when
+// promtool is on PATH, that the rules and every dashboard query are valid
+// and the alerts fire as intended; and that the Fly configs parse as flyctl
+// reads them and agree with pgguard's ports, drain and image (fly_test.go).
 package deploy
 
 import (
@@ -36,6 +38,7 @@ var metrics = map[string]string{
 	"pgguard_limiter_rejected_total":        "counter",
 	"pgguard_limiter_delayed_total":         "counter",
 	"pgguard_application_queries_per_hour":  "gauge",
+	"pgguard_workers_disabled":              "gauge",
 }
 
 const (

@@ -113,13 +113,24 @@ type reservation struct {
 // whose token is further away is refused at once rather than held and then
 // refused); for action "reject" it refuses at once. While the budget is
 // exhausted with on_exhausted = "reject_low_priority", sessions of priority 0
-// or less are refused too. A refusal is a *LimitError. No-op for a nil Session
-// or one without rate rules.
-func (s *Session) Admit(ctx context.Context) error {
+// or less are refused too, and while the worker kill switch is on, so are
+// sessions a worker = true rule binds. A refusal is a *LimitError. No-op for a
+// nil Session or one without rules. Admit is AdmitQuery(ctx, false).
+func (s *Session) Admit(ctx context.Context) error { return s.AdmitQuery(ctx, false) }
+
+// AdmitQuery is Admit for a query that may continue a transaction:
+// inTransaction says the client is inside a transaction block (session
+// mode), which the worker kill switch lets finish.
+func (s *Session) AdmitQuery(ctx context.Context, inTransaction bool) error {
 	if s == nil {
 		return nil
 	}
 	s.refresh()
+	if s.worker != nil && !inTransaction && s.l.workersOff.Load() {
+		s.worker.st.rejected.Add(1)
+		s.worker.st.mRejected.Inc()
+		return s.worker.workersError()
+	}
 	if s.l.budget.refuseLow.Load() && s.priority <= 0 {
 		return s.l.budget.refusal()
 	}

@@ -104,6 +104,9 @@ type Limiter struct {
 	st  map[string]*ruleState   // by rule name; survives reloads
 	cfg atomic.Pointer[config.Config]
 
+	workersOff atomic.Bool                // the worker kill switch (workers.go)
+	workersBy  atomic.Pointer[workersSet] // who set it last
+
 	apps   *appRates
 	budget *Budget
 	redis  *redisStore // nil without redis_url or with SUSPEND_REDIS
@@ -160,7 +163,7 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Limiter, error)
 		l.redis = rs
 		l.budget.redis = rs
 	}
-	if err := l.m.register(o.reg, l.budget); err != nil {
+	if err := l.m.register(o.reg, l.budget, l.workersOff.Load); err != nil {
 		if l.redis != nil {
 			l.redis.close()
 		}
@@ -207,7 +210,8 @@ func (l *Limiter) Reconfigure(cfg *config.Config) {
 			delete(l.st, name)
 		}
 	}
-	if old := l.cfg.Load(); old != nil && old.Limiter.RedisURL != cfg.Limiter.RedisURL {
+	old := l.cfg.Load()
+	if old != nil && old.Limiter.RedisURL != cfg.Limiter.RedisURL {
 		l.log.Warn("limiter.redis_url changed; it takes effect at restart")
 	}
 	l.cfg.Store(cfg)
@@ -215,6 +219,7 @@ func (l *Limiter) Reconfigure(cfg *config.Config) {
 	l.budget.configure(cfg, now)
 	l.set.Store(&rules)
 	l.gen.Add(1)
+	l.configureWorkers(old, cfg)
 }
 
 // Close stops the background work, closes the Redis client and unregisters
@@ -313,13 +318,14 @@ type Session struct {
 	rated    []*rule // matched rules with a query rate, file order
 	capped   []*rule // matched rules with max_connections, by name (lock order)
 	priority int
+	worker   *rule      // the first matched rule with worker = true
 	held     []*connSem // slots taken by AcquireConn
 }
 
 // resolve matches the current rules.
 func (s *Session) resolve() {
 	s.gen = s.l.gen.Load()
-	s.rated, s.capped, s.priority = s.rated[:0], s.capped[:0], 0
+	s.rated, s.capped, s.priority, s.worker = s.rated[:0], s.capped[:0], 0, nil
 	first := true
 	for _, r := range *s.l.set.Load() {
 		if !r.matches(s.c) {
@@ -333,6 +339,9 @@ func (s *Session) resolve() {
 		}
 		if r.maxConns > 0 {
 			s.capped = append(s.capped, r)
+		}
+		if r.worker && s.worker == nil {
+			s.worker = r
 		}
 	}
 	sort.Slice(s.capped, func(i, j int) bool { return s.capped[i].name < s.capped[j].name })

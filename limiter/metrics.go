@@ -41,8 +41,9 @@ func newMetrics(redis bool) *metrics {
 	return m
 }
 
-// register adds the collectors, and the budget figures as functions of b.
-func (m *metrics) register(reg prometheus.Registerer, b *Budget) error {
+// register adds the collectors, the budget figures as functions of b, and
+// the worker kill switch as a function of workersOff.
+func (m *metrics) register(reg prometheus.Registerer, b *Budget, workersOff func() bool) error {
 	cs := []prometheus.Collector{m.rejected, m.delayed, m.appQPH,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "pgguard_budget_awake_seconds_total",
@@ -66,6 +67,15 @@ func (m *metrics) register(reg prometheus.Registerer, b *Budget) error {
 			return 0
 		}),
 	}
+	cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pgguard_workers_disabled",
+		Help: "1 while the worker kill switch (disable_workers, DISABLE_WORKERS) refuses new transactions of worker = true rules.",
+	}, func() float64 {
+		if workersOff() {
+			return 1
+		}
+		return 0
+	}))
 	if m.redisUp != nil {
 		cs = append(cs, m.redisUp)
 	}

@@ -42,6 +42,7 @@ type rule struct {
 	maxDelay time.Duration // 0 for reject
 	maxConns int
 	priority int
+	worker   bool // worker = true: refused while disable_workers is on
 	st       *ruleState
 }
 
@@ -53,6 +54,7 @@ func compileRule(c config.Limit, st *ruleState) *rule {
 		reject:   c.Action == "reject",
 		maxConns: c.MaxConnections,
 		priority: c.Priority,
+		worker:   c.Worker,
 		st:       st,
 	}
 	for i, q := range [nRates]float64{c.QueriesPerSecond, c.QueriesPerMinute, c.QueriesPerHour} {

@@ -15,7 +15,9 @@ const maxStatusApps = 100
 type Status struct {
 	// Redis is "off" (no limiter.redis_url), "suspended" (SUSPEND_REDIS),
 	// "fleet" (shared through Redis) or "per_instance" (Redis unreachable).
-	Redis              string         `json:"redis"`
+	Redis string `json:"redis"`
+	// DisableWorkers is the worker kill switch.
+	DisableWorkers     WorkersSwitch  `json:"disable_workers"`
 	Rules              []RuleStatus   `json:"rules"`
 	QueriesPerHourWarn int            `json:"queries_per_hour_warn"`
 	Applications       []AppStatus    `json:"applications"` // busiest first, at most 100
@@ -35,6 +37,7 @@ type RuleStatus struct {
 	MaxDelay         string  `json:"max_delay,omitempty"`
 	MaxConnections   int     `json:"max_connections,omitempty"`
 	Priority         int     `json:"priority"`
+	Worker           bool    `json:"worker,omitempty"`
 	// Tokens left in the per-instance bucket (the fleet's live in Redis).
 	Tokens float64 `json:"tokens"`
 	// Connections held by the rule's clients, and sessions waiting for one.
@@ -76,7 +79,7 @@ func (l *Limiter) Status() any {
 
 func (l *Limiter) status() Status {
 	now := l.clock.Now()
-	st := Status{Redis: l.redisMode(), Budget: l.budget.Snapshot(), Pollers: l.budget.Pollers()}
+	st := Status{Redis: l.redisMode(), DisableWorkers: l.workersStatus(), Budget: l.budget.Snapshot(), Pollers: l.budget.Pollers()}
 	if cfg := l.cfg.Load(); cfg != nil {
 		st.QueriesPerHourWarn = cfg.Limiter.QueriesPerHourWarn
 	}
@@ -84,7 +87,7 @@ func (l *Limiter) status() Status {
 		rs := RuleStatus{
 			Name: r.name, Match: r.matchString(),
 			QueriesPerSecond: r.cfg.QueriesPerSecond, QueriesPerMinute: r.cfg.QueriesPerMinute, QueriesPerHour: r.cfg.QueriesPerHour,
-			Burst: int(r.burst), Action: "delay", MaxConnections: r.maxConns, Priority: r.priority,
+			Burst: int(r.burst), Action: "delay", MaxConnections: r.maxConns, Priority: r.priority, Worker: r.worker,
 			Admitted: r.st.admitted.Load(), Delayed: r.st.delayed.Load(), Rejected: r.st.rejected.Load(),
 		}
 		if r.reject {
@@ -116,8 +119,22 @@ func (l *Limiter) StatsRows() (columns []string, rows [][]string) {
 	}
 	st := l.status()
 	rows = append(rows, []string{"limiter", "redis", st.Redis})
+	w := st.DisableWorkers
+	wd := "off"
+	if w.On {
+		wd = "ON: new transactions of worker rules get 53400"
+	}
+	rules := "no rule has worker = true"
+	if len(w.Rules) > 0 {
+		rules = "worker rules: " + strings.Join(w.Rules, ", ")
+	}
+	wd += fmt.Sprintf(" (set by %s at %s; %s)", w.By, w.Since.UTC().Format(time.RFC3339), rules)
+	rows = append(rows, []string{"limiter", "disable_workers", wd})
 	for _, r := range st.Rules {
 		var d []string
+		if r.Worker {
+			d = append(d, "worker")
+		}
 		for i, q := range []float64{r.QueriesPerSecond, r.QueriesPerMinute, r.QueriesPerHour} {
 			if q > 0 {
 				d = append(d, rateKeys[i]+"="+fmtFloat(q))

@@ -559,8 +559,14 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 		b := c.server.Load()
 		fresh := b == nil
 		if attempt == 0 && (fresh && c.pooling == poolTransaction || c.pooling == poolSession && len(c.queued) > 0) {
-			// A new transaction (transaction mode) or query (session mode).
-			if err := c.lim.Admit(c.p.ctx); err != nil {
+			// A new transaction (transaction mode) or query (session mode,
+			// where one inside a transaction block is let finish it).
+			inTx := false
+			if c.pooling == poolSession && !fresh {
+				st := c.linkState()
+				inTx = st.running || st.inTransaction
+			}
+			if err := c.lim.AdmitQuery(c.p.ctx, inTx); err != nil {
 				return c.p.clientError(err, c.db, false)
 			}
 		}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -103,6 +104,7 @@ func (p *Proxy) clientError(err error, db *database, fatal bool) *Error {
 	var connErr *pgconn.ConnectError
 	var netErr net.Error
 	var limitErr *limiter.LimitError
+	var certErr *tls.CertificateVerificationError
 	switch {
 	case errors.As(err, &limitErr):
 		return &Error{Severity: "ERROR", Code: codeConfigLimit, Message: limitErr.Message, Cause: err}
@@ -122,6 +124,11 @@ func (p *Proxy) clientError(err error, db *database, fatal bool) *Error {
 		return &Error{Severity: sev, Code: codeConnectionFailure, Cause: err,
 			Message: fmt.Sprintf("upstream %s for database %q refused the connection: %s (SQLSTATE %s)",
 				db.upstreamHost(), db.name, pgErr.Message, pgErr.Code)}
+	case errors.As(err, &certErr) && db != nil:
+		return &Error{Severity: sev, Code: codeConnectionFailure, Cause: err,
+			Message: fmt.Sprintf("upstream %s for database %q presented a TLS certificate pgguard does not trust: %v",
+				db.upstreamHost(), db.name, certErr.Err),
+			Hint: "check the URL's sslmode and sslrootcert, and that pgguard's CA bundle (/etc/ssl/certs/ca-certificates.crt) holds the server's CA"}
 	case errors.As(err, &connErr), errors.As(err, &netErr), errors.Is(err, context.DeadlineExceeded):
 		host := "?"
 		if db != nil {

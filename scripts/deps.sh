@@ -3,8 +3,10 @@
 # Debian/Ubuntu packages: PostgreSQL server binaries, PgBouncer, Redis, the
 # Python (psycopg2 with SQLAlchemy, psycopg 3, asyncpg) and Node.js client
 # libraries, iproute2, Chromium (the dashboard's browser test), make and a C
-# compiler (pg_query_go uses cgo). Idempotent: apt-get runs only when
-# something is missing. Works as root, or through sudo when it exists.
+# compiler (pg_query_go uses cgo; glibc's static libraries for `make build`),
+# podman (the image test builds and mounts the image) and file. Idempotent:
+# apt-get runs only when something is missing. Works as root, or through sudo
+# when it exists.
 #
 # Services of packages installed here are not started (policy-rc.d), and no
 # "main" PostgreSQL cluster is created: tests start throwaway servers of
@@ -32,12 +34,15 @@ if command -v dpkg-query >/dev/null; then
 	installed python3-sqlalchemy || missing+=(python3-sqlalchemy)
 	installed python3-psycopg || missing+=(python3-psycopg)
 	installed python3-asyncpg || missing+=(python3-asyncpg)
+	installed libc6-dev || missing+=(libc6-dev) # libc.a for the static `make build`
 fi
 command -v node >/dev/null || missing+=(nodejs)
 # Headless Chromium for the dashboard's browser test (admin/dashboard).
 { command -v chromium || command -v chromium-browser; } >/dev/null || missing+=(chromium)
 command -v npm >/dev/null || missing+=(npm)
 command -v make >/dev/null || missing+=(make)
+command -v file >/dev/null || missing+=(file)
+command -v podman >/dev/null || missing+=(podman)
 if [ "${CGO_ENABLED:-1}" != 0 ] && ! command -v "${CC:-gcc}" >/dev/null && ! command -v cc >/dev/null; then
 	missing+=(gcc libc6-dev)
 fi

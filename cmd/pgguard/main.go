@@ -1,10 +1,12 @@
 // Command pgguard runs the PostgreSQL pooling proxy. It only wires: flags,
 // config, signals; the work is in the packages.
 //
-//	pgguard [-config FILE]         run the proxy
-//	pgguard check [-config FILE]   validate a config and print it, passwords masked
-//	pgguard version                print the version
-//	pgguard demo                   throwaway local PostgreSQL with pgguard in front
+//	pgguard [-config FILE]                        run the proxy
+//	pgguard run [-config FILE] -- COMMAND [ARGS]  run the proxy and COMMAND beside it (run.go)
+//	pgguard check [-config FILE]                  validate a config and print it, passwords masked
+//	pgguard health [-config FILE]                 exit 0 when /readyz answers 200 (container health checks)
+//	pgguard version                               print the version, commit and Go version
+//	pgguard demo                                  throwaway local PostgreSQL with pgguard in front
 package main
 
 import (
@@ -40,8 +42,13 @@ import (
 // Redis URL set (true/1/on/yes). It is read at start only.
 const envSuspendRedis = "SUSPEND_REDIS"
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "0.1.0-dev"
+// version and commit are set at build time (make build) with -ldflags
+// "-X main.version=... -X main.commit=..."; without a commit, the one Go
+// stamped into the binary is shown.
+var (
+	version = "0.1.0-dev"
+	commit  = ""
+)
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -60,8 +67,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch cmd {
 	case "version":
-		fmt.Fprintln(stdout, "pgguard", version)
+		fmt.Fprintln(stdout, versionLine())
 		return 0
+	case "health":
+		return health(*path, stdout, stderr)
 	case "check":
 		cfg, err := config.Load(*path, os.Getenv)
 		if err != nil {
@@ -72,7 +81,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "demo":
 		return demo(stdout, stderr)
-	case "", "run":
+	case "run":
+		return runCommand(*path, fs.Args(), stdout, stderr)
+	case "":
 		cfg, err := config.Load(*path, os.Getenv)
 		if err != nil {
 			fmt.Fprintln(stderr, err)
@@ -84,7 +95,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	default:
-		fmt.Fprintf(stderr, "pgguard: unknown command %q (commands: run, check, version, demo)\n", cmd)
+		fmt.Fprintf(stderr, "pgguard: unknown command %q (commands: run, check, health, version, demo)\n", cmd)
 		return 2
 	}
 }
@@ -98,6 +109,22 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 // serve runs pgguard until a signal drains it. ready, when set, receives the
 // listen address once clients can connect.
 func serve(cfg *config.Config, path string, log *slog.Logger, ready func(addr net.Addr)) error {
+	return serveWith(cfg, log, serveOptions{path: path, ready: ready})
+}
+
+// serveOptions are serveWith's inputs besides the config and the log.
+type serveOptions struct {
+	path   string              // the config file reload re-reads
+	getenv func(string) string // the environment reload reads; nil: os.Getenv
+	ready  func(net.Addr)      // called with the listen address once clients can connect
+	// sigs delivers SIGHUP (reload) and SIGINT/SIGTERM (drain; a second one
+	// closes everything at once); nil: serveWith subscribes to them itself.
+	sigs <-chan os.Signal
+}
+
+// serveWith runs pgguard until a signal on o.sigs drains it.
+func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
+	ready := o.ready
 	suspendRedis, err := envBool(envSuspendRedis)
 	if err != nil {
 		return err
@@ -132,7 +159,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger, ready func(addr ne
 		return err
 	}
 	p.QueryLog, p.Limiter = ql, lim
-	reload := reloader(p, ql, lim, rc, path, log)
+	reload := reloader(p, ql, lim, rc, o.path, o.getenv, log)
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -157,9 +184,13 @@ func serve(cfg *config.Config, path string, log *slog.Logger, ready func(addr ne
 	console := admin.NewConsole(p, reload)
 	console.QueryLog, console.Limiter, console.Cache = ql, lim, rc
 	p.Console = console.Serve
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
+	sigs := o.sigs
+	if sigs == nil {
+		own := make(chan os.Signal, 4)
+		signal.Notify(own, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+		defer signal.Stop(own)
+		sigs = own
+	}
 	log.Info("pgguard listening", "addr", ln.Addr().String(), "version", version, "pool_mode", cfg.Pool.Mode)
 	if ready != nil {
 		ready(ln.Addr())
@@ -204,15 +235,19 @@ func serve(cfg *config.Config, path string, log *slog.Logger, ready func(addr ne
 // reloader returns the function SIGHUP and the console's RELOAD call: reopen
 // the query log file (logrotate), re-read the config and apply it to the
 // proxy, the query log, the limiter and the result cache; on a config error
-// keep the running one.
-func reloader(p *proxy.Proxy, ql *querylog.Logger, lim *limiter.Limiter, rc *cache.Cache, path string, log *slog.Logger) func() error {
+// keep the running one. getenv is the environment config.Load reads (nil:
+// os.Getenv).
+func reloader(p *proxy.Proxy, ql *querylog.Logger, lim *limiter.Limiter, rc *cache.Cache, path string, getenv func(string) string, log *slog.Logger) func() error {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
 	return func() error {
 		// Reopen first and whatever the config says: logrotate's SIGHUP must
 		// work even while the file has an error.
 		if err := ql.Reopen(); err != nil {
 			log.Error("query log: reopen failed; writing to the old file", "err", err)
 		}
-		cfg, err := config.Load(path, os.Getenv)
+		cfg, err := config.Load(path, getenv)
 		if err != nil {
 			log.Error("reload failed; keeping the running config", "err", err)
 			return err

@@ -205,7 +205,8 @@ ttl = "5m"
 	if err := json.Unmarshal([]byte(httpGet("/dashboard/state")), &ds); err != nil {
 		t.Fatal(err)
 	}
-	if len(ds.Switches) != 2 || ds.Switches[1].Name != "suspend_redis" || !ds.Switches[1].On || ds.Redis != "suspended" {
+	if len(ds.Switches) != 3 || ds.Switches[1].Name != "disable_workers" || ds.Switches[1].On ||
+		ds.Switches[2].Name != "suspend_redis" || !ds.Switches[2].On || ds.Redis != "suspended" {
 		t.Errorf("/dashboard/state switches %+v redis %q: want suspend_redis on (SUSPEND_REDIS=yes)", ds.Switches, ds.Redis)
 	}
 

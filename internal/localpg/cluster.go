@@ -33,6 +33,10 @@ type Options struct {
 	Settings map[string]string
 	// StartTimeout bounds each start of the server. Default 60s.
 	StartTimeout time.Duration
+	// Files are written into the data directory before the server starts,
+	// owned by the server's account with mode 0600: a TLS certificate and
+	// key that Settings name ({"ssl": "on", "ssl_cert_file": "server.crt"}).
+	Files map[string][]byte
 }
 
 // withDefaults returns o with the zero fields set to their defaults.
@@ -114,6 +118,11 @@ func (c *Cluster) init() error {
 	}
 	if err := c.writeFile(filepath.Join(data, "pg_hba.conf"), hbaConf); err != nil {
 		return err
+	}
+	for name, content := range c.opts.Files {
+		if err := c.writeFile(filepath.Join(data, filepath.Base(name)), string(content)); err != nil {
+			return err
+		}
 	}
 
 	c.mu.Lock()
