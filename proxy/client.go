@@ -741,13 +741,13 @@ const handoffMax = 8 << 10
 func (c *client) Take(b *backend) bool {
 	h := c.handoff
 	h.waited = true
-	if h.p == nil || c.cancelQueued.Load() || c.hungUp() || !b.link(c) {
+	if h.p == nil || c.cancelQueued.Load() || c.gaveUp(h.start) || !b.link(c) {
 		return false // c's goroutine deals with it
 	}
 	b.mu.Lock()
-	sync := b.needsSync(c)
+	ready := b.inSync(c)
 	b.mu.Unlock()
-	if sync {
+	if !ready {
 		return false
 	}
 	out, ok := b.prepareSend(c, h.p, h.lead, h.open, h.slow)
@@ -801,7 +801,7 @@ func (c *client) acquire(p []byte, lead int, open, slow bool) (*backend, error) 
 			c.giveBack(b)
 			return nil, errorf(codeQueryCanceled, "canceling statement due to user request (while it waited for a server connection)")
 		}
-		if (c.handoff.waited || b.created.After(start)) && c.hungUp() {
+		if (c.handoff.waited || b.created.After(start)) && c.gaveUp(start) {
 			// It queued, or waited for a dial, and left meanwhile: what it
 			// sent is not run (a client that gave up may retry it elsewhere).
 			c.giveBack(b)
@@ -828,6 +828,17 @@ func (c *client) giveBack(b *backend) {
 	}
 	b.mu.Unlock()
 	b.enter(srvIdle)
+}
+
+// hangUpCheckAfter is how long a client waits for a server before its
+// hand-over checks that it is still there (hungUp): a client gives up after
+// waiting a while, and the hand-overs of a busy pool, far shorter, are
+// spared a system call each.
+const hangUpCheckAfter = 5 * time.Millisecond
+
+// gaveUp reports whether the client, waiting since start, hung up.
+func (c *client) gaveUp(start time.Time) bool {
+	return time.Since(start) >= hangUpCheckAfter && c.hungUp()
 }
 
 // hungUp reports whether the client closed its end: a peek at its socket,

@@ -89,22 +89,33 @@ func (b *backend) needsSync(c *client) bool {
 	return b.synced != c || b.syncedGen != c.wantGen.Load() || b.roGen != c.p.roGen.Load() && b.txStatus == 'I'
 }
 
+// inSync reports whether b can run c's next message without a sync query
+// (mu held). A server last used by another client usually has the same
+// values already: that is recorded, so the next check is a comparison.
+func (b *backend) inSync(c *client) bool {
+	if !b.needsSync(c) {
+		return true
+	}
+	if syncSQL(c, b, c.p.cfg.Load().ReadOnly) != "" {
+		return false
+	}
+	b.synced, b.syncedGen, b.roGen = c, c.wantGen.Load(), c.p.roGen.Load()
+	return true
+}
+
 // syncParams brings b's session parameters in line with c's before c's
 // next message, and waits for the answer: the client's statements must not
 // run with another client's settings. It reports false when the sync failed
 // (b is then unusable: its values are unknown) or b was lost meanwhile.
 func (b *backend) syncParams(c *client) bool {
 	b.mu.Lock()
-	if b.client != c || !b.needsSync(c) {
+	if b.client != c || b.inSync(c) {
 		b.mu.Unlock()
 		return true
 	}
-	b.synced, b.syncedGen, b.roGen = c, c.wantGen.Load(), c.p.roGen.Load()
 	sql := syncSQL(c, b, c.p.cfg.Load().ReadOnly)
-	if sql == "" {
-		b.mu.Unlock()
-		return true
-	}
+	b.synced, b.syncedGen, b.roGen = c, c.wantGen.Load(), c.p.roGen.Load()
+	b.custom = append(b.custom[:0], c.want.custom...)
 	b.queue.push(request{kind: reqParamSync, announce: c.want.announce})
 	b.unnamedOwner = nil           // a Query destroys the unnamed statement
 	b.act.Query(c.app, time.Now()) // the sync runs for c

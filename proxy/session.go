@@ -210,8 +210,8 @@ func quoteLiteral(s string) string {
 }
 
 // syncSQL returns the Query that makes server b match client c's session
-// parameters, or "" when they already do, and records b as matching. b.mu is
-// held.
+// parameters, or "" when they already do (b.mu held; the caller that sends
+// it records b's custom parameters as c's).
 func syncSQL(c *client, b *backend, readOnly bool) string {
 	var sb strings.Builder
 	add := func(sql string) {
@@ -249,9 +249,6 @@ func syncSQL(c *client, b *backend, readOnly bool) string {
 		if _, ok := c.want.custom.get(e.k); !ok {
 			add("RESET " + quoteIdent(e.k))
 		}
-	}
-	if sb.Len() > 0 {
-		b.custom = append(b.custom[:0], c.want.custom...)
 	}
 	return sb.String()
 }
