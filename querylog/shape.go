@@ -56,7 +56,7 @@ type shapeEntry struct {
 }
 
 func newShapeCache(entries, bytes int) *shapeCache {
-	c := &shapeCache{m: make(map[string]*shapeEntry, entries), maxLen: entries, maxBytes: bytes}
+	c := &shapeCache{m: map[string]*shapeEntry{}, maxLen: entries, maxBytes: bytes} // grows as shapes come
 	c.lru.prev, c.lru.next = &c.lru, &c.lru
 	return c
 }

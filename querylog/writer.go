@@ -19,8 +19,9 @@ import (
 
 const (
 	// queueSize bounds records waiting for the writer (about 2 MiB when
-	// full): the writer drains it every drainEvery, so this holds 400,000
-	// queries a second.
+	// full, which only a writer that cannot keep up fills): the writer
+	// drains the queue every drainEvery, so this holds 400,000 queries a
+	// second.
 	queueSize  = 1 << 13
 	flushEvery = 100 * time.Millisecond
 	bufSize    = 64 << 10
@@ -32,7 +33,7 @@ const (
 // bounded queue. All methods are safe for concurrent use; Log, Intern,
 // Enabled and LogParameters are also safe on a nil *Logger.
 type Logger struct {
-	ch        chan Record
+	q         queue
 	closed    atomic.Bool
 	dropped   atomic.Uint64
 	logParams atomic.Bool
@@ -75,7 +76,7 @@ func New(cfg config.QueryLog, main *slog.Logger) (*Logger, error) {
 	return newLogger(cfg, main, queueSize)
 }
 
-func newLogger(cfg config.QueryLog, main *slog.Logger, queue int) (*Logger, error) {
+func newLogger(cfg config.QueryLog, main *slog.Logger, maxQueued int) (*Logger, error) {
 	out, err := openSink(cfg.Path)
 	if err != nil {
 		return nil, err
@@ -84,7 +85,7 @@ func newLogger(cfg config.QueryLog, main *slog.Logger, queue int) (*Logger, erro
 		main = slog.New(slog.DiscardHandler)
 	}
 	l := &Logger{
-		ch:     make(chan Record, queue),
+		q:      queue{max: maxQueued},
 		stats:  newStats(cfg.MaxShapes),
 		main:   main,
 		path:   cfg.Path,
@@ -152,9 +153,7 @@ func (l *Logger) Log(r Record) {
 		l.dropped.Add(1)
 		return
 	}
-	select {
-	case l.ch <- r:
-	default:
+	if !l.q.put(r) {
 		l.dropped.Add(1)
 	}
 }
@@ -272,6 +271,56 @@ func (l *Logger) Close() error {
 
 var errClosed = errors.New("querylog: logger closed")
 
+// queue hands records from Log to the writer: a slice that grows with the
+// traffic, up to max records, and that the writer takes whole each pass.
+// Unlike a channel sized for the worst case, it holds memory only for what
+// the traffic queues, and gives a burst's back.
+type queue struct {
+	mu    sync.Mutex
+	recs  []Record // queued
+	spare []Record // the writer's last batch, emptied, for reuse
+	max   int
+}
+
+// put queues r; false when max records wait already.
+func (q *queue) put(r Record) bool {
+	q.mu.Lock()
+	ok := len(q.recs) < q.max
+	if ok {
+		q.recs = append(q.recs, r)
+	}
+	q.mu.Unlock()
+	return ok
+}
+
+// take returns what is queued, for the writer, which hands it back to done.
+func (q *queue) take() []Record {
+	q.mu.Lock()
+	b := q.recs
+	q.recs, q.spare = q.spare, nil
+	q.mu.Unlock()
+	return b
+}
+
+// done takes back a batch written: emptied, it is reused, unless a burst
+// made it far larger than the traffic now needs.
+func (q *queue) done(b []Record) {
+	clear(b)
+	if cap(b) > 256 && len(b) < cap(b)/4 {
+		b = nil
+	}
+	q.mu.Lock()
+	q.spare = b[:0]
+	q.mu.Unlock()
+}
+
+// len returns how many records wait.
+func (q *queue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.recs)
+}
+
 // run is the writer goroutine.
 // run drains the queue on a ticker rather than blocking on it: a blocked
 // receiver would be woken by every Log, costing the relay a goroutine
@@ -284,21 +333,24 @@ func (l *Logger) run() {
 	for {
 		select {
 		case <-tick.C:
-			for n := len(l.ch); n > 0; n-- {
-				r := <-l.ch
+			batch := l.q.take()
+			for i := range batch {
 				if l.swap.Load() { // records logged after Reopen returned go to the new file
 					l.applyPending()
 				}
-				l.write(&r)
+				l.write(&batch[i])
 			}
+			l.q.done(batch)
 			l.flush()
 		case <-l.wake:
 			l.applyPending()
 		case <-l.done:
 			l.applyPending()
-			for len(l.ch) > 0 {
-				r := <-l.ch
-				l.write(&r)
+			for batch := l.q.take(); len(batch) > 0; batch = l.q.take() {
+				for i := range batch {
+					l.write(&batch[i])
+				}
+				l.q.done(batch)
 			}
 			l.err = l.out.close()
 			return

@@ -368,10 +368,10 @@ func TestDropWhenBlocked(t *testing.T) {
 	// would empty it within the pause, a blocked one cannot.
 	for i := 0; ; i++ {
 		before := l.Dropped()
-		logN(len(l.ch) + 1)
+		logN(l.q.len() + 1)
 		if l.Dropped() > before {
 			time.Sleep(50 * time.Millisecond)
-			if len(l.ch) == cap(l.ch) {
+			if l.q.len() == l.q.max {
 				break
 			}
 		}
@@ -504,7 +504,7 @@ func BenchmarkLog(b *testing.B) {
 		for i := range b.N {
 			if i%1024 == 0 {
 				b.StopTimer()
-				for len(l.ch) > 0 {
+				for l.q.len() > 0 {
 					time.Sleep(50 * time.Microsecond)
 				}
 				b.StartTimer()

@@ -24,7 +24,8 @@ type Cache[V any] struct {
 type shard[V any] struct {
 	mu    sync.RWMutex
 	index map[string]int32 // text → position in slots; guarded by mu
-	slots []slot[V]        // grows to cap(slots), then reused; guarded by mu
+	slots []slot[V]        // grows as texts come, up to size, then reused; guarded by mu
+	size  int              // entries the shard holds at most
 	hand  int              // next slot the clock looks at; guarded by mu
 	_     [64]byte         // keep neighbouring shards' locks apart
 }
@@ -42,7 +43,9 @@ const (
 	minShardSize = 64
 )
 
-// New returns a cache holding up to size entries (size > 0).
+// New returns a cache holding up to size entries (size > 0). Memory is
+// taken as entries come, not up front: a sidecar that sees a few dozen
+// texts keeps a few dozen.
 func New[V any](size int) *Cache[V] {
 	n := 1
 	for n < maxShards && size/(n*2) >= minShardSize {
@@ -54,8 +57,8 @@ func New[V any](size int) *Cache[V] {
 		if i < size%n {
 			per++
 		}
-		c.shards[i].index = make(map[string]int32, per)
-		c.shards[i].slots = make([]slot[V], 0, per)
+		c.shards[i].index = map[string]int32{}
+		c.shards[i].size = per
 	}
 	return c
 }
@@ -121,7 +124,7 @@ func (s *shard[V]) put(key string, v V) {
 	if _, ok := s.index[key]; ok {
 		return // another goroutine decided the same text first
 	}
-	if len(s.slots) < cap(s.slots) {
+	if len(s.slots) < s.size {
 		s.slots = append(s.slots, slot[V]{key: key, v: v})
 		s.index[key] = int32(len(s.slots) - 1)
 		return
