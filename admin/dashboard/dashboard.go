@@ -99,7 +99,7 @@ func (d *Dashboard) Page() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Security-Policy", csp)
 		w.Header().Set("X-Content-Type-Options", "nosniff")
-		serveAsset(w, r, page)
+		serveAsset(w, r, loadedAssets().page)
 	})
 }
 
@@ -107,7 +107,7 @@ func (d *Dashboard) Page() http.Handler {
 // They are the same for everyone and hold no data.
 func (d *Dashboard) Assets() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		a := assets[path.Base(r.URL.Path)]
+		a := loadedAssets().files[path.Base(r.URL.Path)]
 		if a == nil {
 			http.NotFound(w, r)
 			return
@@ -216,10 +216,20 @@ type asset struct {
 	raw, gz   []byte
 }
 
-var (
-	page   = loadAsset("index.html")
-	assets = map[string]*asset{"app.js": loadAsset("app.js"), "app.css": loadAsset("app.css")}
-)
+// loadedAssets returns the page and its files, read and gzipped on the
+// first request: a pgguard nobody opens the dashboard of never pays for it.
+var loadedAssets = sync.OnceValue(func() assetSet {
+	return assetSet{
+		page:  loadAsset("index.html"),
+		files: map[string]*asset{"app.js": loadAsset("app.js"), "app.css": loadAsset("app.css")},
+	}
+})
+
+// assetSet is the page and the files it loads, by name.
+type assetSet struct {
+	page  *asset
+	files map[string]*asset
+}
 
 func loadAsset(name string) *asset {
 	raw, err := assetFS.ReadFile("assets/" + name)
