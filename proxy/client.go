@@ -110,10 +110,10 @@ type client struct {
 	rn           int
 	rerr         error
 
-	state        atomic.Int32
 	lastActive   atomic.Int64 // unix nanos of the last message from the client
 	connectedAt  int64
 	closing      atomic.Pointer[Error] // why pgguard is closing this client, if it is
+	state        atomic.Int32          // beside the 4-byte fields: the struct fits a smaller size class
 	leakWarned   atomic.Bool
 	cancelQueued atomic.Bool // a CancelRequest came while queued for a server
 
