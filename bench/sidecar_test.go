@@ -1,12 +1,15 @@
 package bench
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // TestSidecarCost measures what a pooler beside an app takes from it, with
@@ -15,8 +18,10 @@ import (
 // default), interleaved in one run: CPU per transaction (the pooler's
 // user+system time over the transactions pgbench completed), throughput at
 // 50 clients on pools of 10 and as a share of the limit (direct, 10
-// clients), single-client latency over direct, and resident memory fresh and
-// after a 10-client load.
+// clients), single-client latency over direct, resident memory fresh and
+// after a 10-client load (and how much of it is anonymous: the rest maps the
+// binary's file, shared and reclaimable), and the resident memory each idle
+// session adds (slope from 1,000 to 3,000 sessions).
 func TestSidecarCost(t *testing.T) {
 	skipUnlessBench(t)
 	e := setup(t) // its pgguard has the query log off
@@ -32,18 +37,18 @@ func TestSidecarCost(t *testing.T) {
 		{"pgguard default", logged.url("bench"), logged.pid()},
 		{"pgguard log off", e.guard.url("bench"), e.guard.pid()},
 	}
-	fresh := map[string]int64{}
+	fresh := map[string]memUse{}
 	for _, tg := range targets {
-		fresh[tg.name] = rss(t, tg.pid)
+		fresh[tg.name] = memOf(t, tg.pid)
 	}
 	// After a 10-client load.
 	for _, tg := range targets {
 		run(t, tg.url, "-S", "-n", "-c", "10", "-j", "2", "-T", "3", "-M", "simple")
 	}
 	time.Sleep(2 * time.Second)
-	loaded := map[string]int64{}
+	loaded := map[string]memUse{}
 	for _, tg := range targets {
-		loaded[tg.name] = rss(t, tg.pid)
+		loaded[tg.name] = memOf(t, tg.pid)
 	}
 
 	many, limit, single, direct1 := map[string][]result{}, []result{}, map[string][]result{}, []result{}
@@ -64,13 +69,19 @@ func TestSidecarCost(t *testing.T) {
 	tps := func(r result) float64 { return r.tps }
 	lat := func(r result) float64 { return r.latencyMS * 1000 }
 	cpuPerTx := func(r result) float64 { return float64(r.cpu.Microseconds()) / float64(max(r.transactions, 1)) }
-	limitTPS, direct1Lat := median(limit, tps), median(direct1, lat)
-	t.Logf("pgbench -S -M simple, transaction pools of 10, %d rounds of %ss, medians (PGBOUNCER_BIN=%s):", rounds, secs, os.Getenv("PGBOUNCER_BIN"))
-	t.Logf("  %-16s %12s %10s %10s %14s %12s %12s", "", "CPU/tx (µs)", "tps c=50", "of limit", "c=1 over direct", "RSS fresh", "RSS loaded")
+	// Last: idle sessions leave memory behind.
+	idle := map[string]float64{}
 	for _, tg := range targets {
-		t.Logf("  %-16s %12.1f %10.0f %10.3f %12.0f µs %10.1f MB %10.1f MB", tg.name,
+		idle[tg.name] = idleSlope(t, tg.pid, tg.url)
+	}
+	limitTPS, direct1Lat := median(limit, tps), median(direct1, lat)
+	t.Logf("pgbench -S -M simple, transaction pools of 10, %d rounds of %ss, medians (%s):", rounds, secs, e.bouncer.Version())
+	t.Logf("  %-16s %11s %9s %8s %15s %18s %18s %10s", "", "CPU/tx (µs)", "tps c=50", "of limit", "c=1 over direct", "RSS fresh (anon)", "RSS loaded (anon)", "idle KiB")
+	for _, tg := range targets {
+		f, l := fresh[tg.name], loaded[tg.name]
+		t.Logf("  %-16s %11.1f %9.0f %8.3f %12.0f µs %7.1f (%4.1f) MB %7.1f (%4.1f) MB %10.2f", tg.name,
 			median(many[tg.name], cpuPerTx), median(many[tg.name], tps), median(many[tg.name], tps)/limitTPS,
-			median(single[tg.name], lat)-direct1Lat, float64(fresh[tg.name])/1e6, float64(loaded[tg.name])/1e6)
+			median(single[tg.name], lat)-direct1Lat, mb(f.rss), mb(f.anon), mb(l.rss), mb(l.anon), idle[tg.name]/1024)
 	}
 	b := func(name string, f func(result) float64) float64 { return median(many[name], f) }
 	t.Logf("  limit (direct, 10 clients): %.0f tps; direct single-client latency %.0f µs", limitTPS, direct1Lat)
@@ -78,6 +89,40 @@ func TestSidecarCost(t *testing.T) {
 		t.Logf("  %s / pgbouncer: CPU per transaction x%.2f, tps x%.3f", g, b(g, cpuPerTx)/b("pgbouncer", cpuPerTx), b(g, tps)/b("pgbouncer", tps))
 	}
 	t.Logf("  query log on / off: CPU per transaction x%.3f", b("pgguard default", cpuPerTx)/b("pgguard log off", cpuPerTx))
+}
+
+// memUse is a process's resident memory, and the anonymous part of it.
+type memUse struct{ rss, anon int64 }
+
+func memOf(t *testing.T, pid int) memUse {
+	return memUse{rss: statusKB(t, pid, "VmRSS") * 1024, anon: statusKB(t, pid, "RssAnon") * 1024}
+}
+
+func mb(n int64) float64 { return float64(n) / 1e6 }
+
+// idleSlope returns the resident memory each idle session adds to process
+// pid, from 1,000 to 3,000 sessions opened to url.
+func idleSlope(t *testing.T, pid int, url string) float64 {
+	var conns []*pgconn.PgConn
+	defer func() {
+		for _, c := range conns {
+			c.Close(context.Background())
+		}
+	}()
+	open := func(n int) int64 {
+		for len(conns) < n {
+			c, err := pgconn.Connect(context.Background(), url)
+			if err != nil {
+				t.Fatalf("session %d: %v", len(conns), err)
+			}
+			conns = append(conns, c)
+		}
+		time.Sleep(5 * time.Second) // let the process settle, as an idle fleet would
+		return rss(t, pid)
+	}
+	low := open(1000)
+	high := open(3000)
+	return float64(high-low) / 2000
 }
 
 // cpuTime returns a process's user+system CPU time from /proc/PID/stat.

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -45,6 +46,7 @@ type PgBouncerOptions struct {
 // and for tests of pgguard behind or beside another pooler.
 type PgBouncer struct {
 	opts   PgBouncerOptions // with defaults
+	bin    string           // the pgbouncer executable
 	port   int
 	served // the pgbouncer process and its directory
 }
@@ -89,7 +91,7 @@ func StartPgBouncer(opts PgBouncerOptions) (*PgBouncer, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &PgBouncer{opts: opts, served: served{dir: dir}}
+	b := &PgBouncer{opts: opts, bin: bin, served: served{dir: dir}}
 	register(b)
 	if err := b.start(acct, bin); err != nil {
 		b.Stop()
@@ -212,6 +214,17 @@ func (b *PgBouncer) Pid() int {
 		return 0
 	}
 	return b.proc.pid()
+}
+
+// Version returns the first line of `pgbouncer --version` ("PgBouncer
+// 1.25.2"), or the binary's path if it does not answer.
+func (b *PgBouncer) Version() string {
+	out, err := exec.Command(b.bin, "--version").Output()
+	if err != nil {
+		return b.bin
+	}
+	line, _, _ := strings.Cut(string(out), "\n")
+	return strings.TrimSpace(line)
 }
 
 // Dir returns the directory with pgbouncer.ini, the auth file and the log.
