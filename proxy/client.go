@@ -127,14 +127,14 @@ type client struct {
 
 const readBufSize = 16 << 10
 
-var readBufs = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
+// readBufs holds arrays, not slices: putting one back then allocates nothing.
+var readBufs = sync.Pool{New: func() any { return new([readBufSize]byte) }}
 
-func getReadBuf() []byte { return *(readBufs.Get().(*[]byte)) }
+func getReadBuf() []byte { return readBufs.Get().(*[readBufSize]byte)[:] }
 
 func putReadBuf(b []byte) {
 	if cap(b) == readBufSize {
-		b = b[:readBufSize]
-		readBufs.Put(&b)
+		readBufs.Put((*[readBufSize]byte)(b[:readBufSize]))
 	}
 }
 

@@ -62,15 +62,35 @@ func newShapeCache(entries, bytes int) *shapeCache {
 }
 
 func (c *shapeCache) get(q string) shapeInfo {
-	c.mu.Lock()
-	if e := c.m[q]; e != nil {
-		c.unlink(e)
-		c.pushFront(e)
-		c.mu.Unlock()
-		return e.info
+	if info, ok := c.lookup([]byte(q)); ok {
+		return info
 	}
-	c.mu.Unlock()
+	return c.add(q)
+}
 
+// getBytes is get for a key in a scratch buffer: a hit allocates nothing.
+func (c *shapeCache) getBytes(q []byte) shapeInfo {
+	if info, ok := c.lookup(q); ok {
+		return info
+	}
+	return c.add(string(q))
+}
+
+// lookup returns the cached shape of q, most recent first.
+func (c *shapeCache) lookup(q []byte) (shapeInfo, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.m[string(q)] // no allocation: the conversion only indexes
+	if e == nil {
+		return shapeInfo{}, false
+	}
+	c.unlink(e)
+	c.pushFront(e)
+	return e.info, true
+}
+
+// add parses q and caches its shape.
+func (c *shapeCache) add(q string) shapeInfo {
 	info := parseShape(q) // outside the lock: parsing is the slow part
 	if len(q) > shapeCacheMaxLen {
 		return info

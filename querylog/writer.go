@@ -404,7 +404,7 @@ func (l *Logger) writeError(err error) {
 // line and slow-query warning.
 func (l *Logger) write(r *Record) {
 	l.keyBuf = ZeroNumbers(l.keyBuf[:0], []byte(r.Query))
-	info := shapes.get(string(l.keyBuf))
+	info := shapes.getBytes(l.keyBuf)
 	l.stats.add(&info, r)
 	slow := time.Duration(l.slow.Load())
 	isSlow := slow > 0 && r.Duration > slow
