@@ -10,12 +10,13 @@ import (
 // leaves garbage (SCRAM state, buffers, the login goroutine's stack) that the
 // GC frees into pages the runtime keeps while its heap goal allows, so the
 // memory of a burst would stay resident for a fleet that then sits idle.
-// Likewise the stacks of clients that park. When logins and parks have
-// stopped for releaseQuiet and the burst allocated at least releaseMin, the
-// janitor runs debug.FreeOSMemory: one GC, then the free pages go back.
-// Owned by the janitor.
+// Likewise the stacks of clients that park, and what the clients of a load
+// that ends leave behind. When logins, parks and departures have stopped
+// for releaseQuiet and the burst allocated at least releaseMin, the janitor
+// runs debug.FreeOSMemory: one GC, then the free pages go back. Owned by
+// the janitor.
 type memRelease struct {
-	conns     uint64    // connections accepted plus clients parked, at the last tick
+	conns     uint64    // connections accepted, clients parked and clients gone, at the last tick
 	last      time.Time // when that count last changed
 	burst     bool      // it changed since the last decision
 	allocated uint64    // heap bytes allocated when the burst began
@@ -28,7 +29,7 @@ const (
 )
 
 // tick releases memory if a burst just ended; conns counts connections
-// accepted and clients parked so far.
+// accepted, clients parked and clients gone so far.
 func (r *memRelease) tick(now time.Time, conns uint64) {
 	if r.due(now, conns, r.heapAllocated) {
 		debug.FreeOSMemory()

@@ -67,6 +67,7 @@ type Proxy struct {
 	resumed  chan struct{} // closed by Resume; nil when not paused
 	accepted atomic.Uint64 // connections accepted, for memRelease
 	parks    atomic.Uint64 // clients parked, for memRelease
+	gone     atomic.Uint64 // clients gone, for memRelease
 	parker   parker
 
 	bytesIn, bytesOut prometheus.Counter
@@ -181,6 +182,7 @@ func (p *Proxy) forget(c *client) {
 	p.mu.Lock()
 	if p.clients[c.id] == c {
 		delete(p.clients, c.id)
+		p.gone.Add(1)
 	}
 	if len(p.clients) == 0 && p.drained != nil {
 		close(p.drained)
@@ -286,7 +288,7 @@ func (p *Proxy) janitor() {
 			clients = p.appendClients(clients[:0])
 			p.reapIdleClients(now, clients)
 			clear(clients)
-			mem.tick(now, p.accepted.Load()+p.parks.Load())
+			mem.tick(now, p.accepted.Load()+p.parks.Load()+p.gone.Load())
 			for _, db := range p.databases() {
 				db.pool.Sweep(now)
 			}
