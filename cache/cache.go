@@ -358,10 +358,10 @@ func (c *Cache) Put(ctx context.Context, k *Key, reply []byte) bool {
 	}
 	r := k.rule
 	if len(reply) > r.maxBytes {
-		r.st.tooBig()
+		c.TooBig(k)
 		return false
 	}
-	if !ValidReply(reply) {
+	if !ValidReply(reply, k.described) {
 		return false
 	}
 	observed := k.observed
@@ -382,6 +382,14 @@ func (c *Cache) Put(ctx context.Context, k *Key, reply []byte) bool {
 	c.lru.put(e)
 	r.st.store(len(reply))
 	return true
+}
+
+// TooBig counts a reply to k's execution that was not stored because it
+// outgrew max_entry_bytes (the caller stopped collecting it).
+func (c *Cache) TooBig(k *Key) {
+	if c != nil && k != nil {
+		k.rule.st.tooBig()
+	}
 }
 
 // Writes returns the tables a statement text may change, for Pending.Add;
