@@ -55,6 +55,10 @@ type options struct {
 // registry, i.e. not exported).
 func WithRegisterer(r prometheus.Registerer) Option { return func(o *options) { o.reg = r } }
 
+// WithClock makes the cache read the time from now (entries' expiry), for
+// replays that run hours of traffic in seconds.
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
 // WithRedisSuspended keeps the cache per instance even with a Redis URL:
 // the SUSPEND_REDIS=true kill switch, read from the environment by the caller.
 func WithRedisSuspended(on bool) Option { return func(o *options) { o.suspendRedis = on } }

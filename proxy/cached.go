@@ -95,8 +95,8 @@ func (c *client) scanExec(data []byte) (cacheExec, bool) {
 		x.stmt = st.parse
 	case x.parse != nil:
 		x.stmt = x.parse
-	case c.unnamed != nil && reparse:
-		x.stmt = c.unnamed
+	case c.unnamed != nil:
+		x.stmt = c.unnamed // where it is bound, pgguard parses it again or the server has it
 	default:
 		return x, false
 	}
@@ -342,9 +342,10 @@ func (f *cacheFill) add(p []byte) {
 	}
 }
 
-// store puts a collected reply in the cache, in the background: Redis may
-// take its time, the pump may not. Only a primary's answer to a whole
-// execution outside a transaction is stored.
+// storeFill puts a collected reply in the cache before the client has its
+// ReadyForQuery, so that its next query finds it; with Redis that costs a
+// miss one write, within the Redis call timeout. Only a primary's answer to
+// a whole execution outside a transaction is stored.
 func (b *backend) storeFill(r *request, status byte) {
 	f := r.fill
 	rc := b.db.p.Cache
@@ -353,7 +354,7 @@ func (b *backend) storeFill(r *request, status byte) {
 		rc.TooBig(f.key)
 	case f.bad || r.failed || status != 'I' || b.upstream != "primary":
 	default:
-		go rc.Put(context.WithoutCancel(b.db.p.ctx), f.key, f.buf)
+		rc.Put(context.WithoutCancel(b.db.p.ctx), f.key, f.buf)
 	}
 }
 

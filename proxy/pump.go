@@ -389,6 +389,9 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	b.refreshBulk()
 	b.mu.Unlock()
 	b.invalidate(inval) // before the client hears of the commit
+	if r.fill != nil {
+		b.storeFill(&r, status) // before the client can ask again
+	}
 	if inRead {
 		b.fwd.pass(to, msg)
 	} else {
@@ -400,9 +403,6 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 			b.db.xacts.Add(1)
 		}
 		b.enter(next)
-	}
-	if r.fill != nil {
-		b.storeFill(&r, status)
 	}
 	if r.kind == reqClient && r.query {
 		b.report(r.inflightQuery, now)
