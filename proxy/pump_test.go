@@ -215,7 +215,7 @@ func outcome(pr *pair) relayOutcome {
 		fills += fmt.Sprintf("%q bad=%v tooBig=%v;", f.buf, f.bad, f.tooBig)
 	}
 	return relayOutcome{
-		fills: fills,
+		fills:    fills,
 		toClient: string(pr.toClient.bytes()), state: b.state, linked: b.client != nil, queue: b.queue.len(),
 		replies: len(b.replies), tx: b.txStatus, dead: b.dead.Load(), params: maps.Clone(b.params),
 		reported: slices.Clone(pr.c.want.reported), stmts: b.stmts.lru.Len(), syncBad: b.syncBad,

@@ -136,7 +136,7 @@ func TestCacheDrivers(t *testing.T) {
 			})
 		}
 		setup(t, "TRUNCATE cache_drv") // the next network's drivers start with empty entries...
-		freshCacheTable(t)              // ... through a write pgguard did not see: the ttl bounds those
+		freshCacheTable(t)             // ... through a write pgguard did not see: the ttl bounds those
 		g.Cache.Reset(context.Background())
 	})
 }
