@@ -461,3 +461,28 @@ func TestCacheBrandingReplay(t *testing.T) {
 		t.Errorf("%d executions in the hour, want 13", n)
 	}
 }
+
+// BenchmarkCacheHit: one client asking one row, through pgguard to the
+// primary and from the cache, per protocol.
+func BenchmarkCacheHit(b *testing.B) {
+	freshBranding(b)
+	ctx := context.Background()
+	plain := startGuard(b, testConfig("transaction"))
+	cached, _ := cacheGuard(b, "transaction", "", []config.CacheRule{brandingRule()})
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		for _, g := range []struct {
+			name string
+			g    *guard
+		}{{"primary", plain}, {"hit", cached}} {
+			b.Run(fmt.Sprintf("%v/%s", mode, g.name), func(b *testing.B) {
+				conn := connect(b, g.g.url("app"), mode)
+				defer conn.Close(ctx)
+				brandingRow(b, conn, 1)
+				b.ResetTimer()
+				for range b.N {
+					brandingRow(b, conn, 1)
+				}
+			})
+		}
+	}
+}
