@@ -23,6 +23,7 @@ import (
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/internal/guardtest"
 	"github.com/pgguard/pgguard/internal/localpg"
+	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/proxy"
 	"github.com/pgguard/pgguard/querylog"
 )
@@ -232,8 +233,8 @@ func TestCacheFleet(t *testing.T) {
 	t.Cleanup(func() { r.Stop() })
 	freshBranding(t)
 	rules := []config.CacheRule{brandingRule()}
-	a, _ := cacheGuard(t, "transaction", r.URL(), rules)
-	b, _ := cacheGuard(t, "transaction", r.URL(), rules)
+	a, ra := cacheGuard(t, "transaction", r.URL(), rules)
+	b, rb := cacheGuard(t, "transaction", r.URL(), rules)
 	ctx := context.Background()
 	ca := connect(t, a.url("app"), pgx.QueryExecModeCacheStatement)
 	cb := connect(t, b.url("app"), pgx.QueryExecModeCacheStatement)
@@ -253,6 +254,33 @@ func TestCacheFleet(t *testing.T) {
 	}
 	if got := brandingRow(t, ca, 3); !strings.Contains(got, "|#fff|") {
 		t.Errorf("instance a after b's UPDATE: %q", got)
+	}
+
+	// Redis gone: queries go on (each instance per instance); b's write
+	// made meanwhile reaches a once Redis is back.
+	if err := r.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		brandingRow(t, ca, 3)
+		brandingRow(t, cb, 3)
+	}
+	if _, err := cb.Exec(ctx, "UPDATE cache_branding SET color = '#000' WHERE tenant_id = 3"); err != nil {
+		t.Fatal(err)
+	}
+	if got := brandingRow(t, cb, 3); !strings.Contains(got, "|#000|") {
+		t.Errorf("instance b after its own UPDATE, Redis down: %q", got)
+	}
+	if err := r.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	fleet := func(c *cache.Cache) bool { st, _ := c.Status().(cache.Status); return st.Redis == "fleet" }
+	guardtest.WaitFor(t, "both instances fleet-wide again", func() bool {
+		brandingRow(t, ca, 3) // an instance learns of Redis's return on use or by its probe
+		return fleet(ra) && fleet(rb)
+	})
+	if got := brandingRow(t, ca, 3); !strings.Contains(got, "|#000|") {
+		t.Errorf("instance a after Redis came back: %q (b wrote #000 while Redis was down)", got)
 	}
 }
 
@@ -484,5 +512,40 @@ func BenchmarkCacheHit(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// TestCacheHitsAndLimits: hits cost the primary nothing, so a rate limit
+// that refuses the poller's second trip to the server lets its hits
+// through; the worker kill switch refuses them like any query.
+func TestCacheHitsAndLimits(t *testing.T) {
+	freshBranding(t)
+	cfg := testConfig("transaction")
+	cfg.Cache = []config.CacheRule{brandingRule()}
+	cfg.Limits = []config.Limit{{Name: "poller", ApplicationName: "poller", Worker: true, QueriesPerMinute: 2, Burst: 2, Action: "reject"}} // the prepare, the miss
+	lim, err := limiter.New(cfg, guardtest.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lim.Close()
+	g := startGuard(t, cfg, func(p *proxy.Proxy) { p.Limiter = lim })
+	conn := connect(t, g.url("app")+"&application_name=poller", pgx.QueryExecModeCacheStatement)
+	ctx := context.Background()
+	for i := range 100 {
+		if err := conn.QueryRow(ctx, brandingQuery, 1).Scan(nil, nil, nil, nil); err != nil {
+			t.Fatalf("query %d: %v", i, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, "SELECT 1"); err == nil || !strings.Contains(err.Error(), "53400") {
+		t.Errorf("a query for the server after the rate's one: %v, want 53400", err)
+	}
+	lim.SetWorkersDisabled(true, "test")
+	err = conn.QueryRow(ctx, brandingQuery, 1).Scan(nil, nil, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "DISABLE_WORKERS") {
+		t.Errorf("a hit for a worker with the kill switch on: %v, want 53400 naming DISABLE_WORKERS", err)
+	}
+	lim.SetWorkersDisabled(false, "test")
+	if err := conn.QueryRow(ctx, brandingQuery, 1).Scan(nil, nil, nil, nil); err != nil {
+		t.Errorf("after the kill switch: %v", err)
 	}
 }
