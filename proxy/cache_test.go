@@ -516,13 +516,15 @@ func BenchmarkCacheHit(b *testing.B) {
 }
 
 // TestCacheHitsAndLimits: hits cost the primary nothing, so a rate limit
-// that refuses the poller's second trip to the server lets its hits
+// that refuses the poller's further trips to the server lets its hits
 // through; the worker kill switch refuses them like any query.
 func TestCacheHitsAndLimits(t *testing.T) {
 	freshBranding(t)
 	cfg := testConfig("transaction")
 	cfg.Cache = []config.CacheRule{brandingRule()}
-	cfg.Limits = []config.Limit{{Name: "poller", ApplicationName: "poller", Worker: true, QueriesPerMinute: 2, Burst: 2, Action: "reject"}} // the prepare, the miss
+	// Four trips: pgx's prepare and the miss; after the refused hit, its
+	// DEALLOCATE and prepare again.
+	cfg.Limits = []config.Limit{{Name: "poller", ApplicationName: "poller", Worker: true, QueriesPerMinute: 4, Burst: 4, Action: "reject"}}
 	lim, err := limiter.New(cfg, guardtest.Logger())
 	if err != nil {
 		t.Fatal(err)
@@ -531,21 +533,23 @@ func TestCacheHitsAndLimits(t *testing.T) {
 	g := startGuard(t, cfg, func(p *proxy.Proxy) { p.Limiter = lim })
 	conn := connect(t, g.url("app")+"&application_name=poller", pgx.QueryExecModeCacheStatement)
 	ctx := context.Background()
+	query := func() error { return conn.QueryRow(ctx, brandingQuery, 1).Scan(nil, nil, nil, nil) }
 	for i := range 100 {
-		if err := conn.QueryRow(ctx, brandingQuery, 1).Scan(nil, nil, nil, nil); err != nil {
+		if err := query(); err != nil {
 			t.Fatalf("query %d: %v", i, err)
 		}
 	}
-	if _, err := conn.Exec(ctx, "SELECT 1"); err == nil || !strings.Contains(err.Error(), "53400") {
-		t.Errorf("a query for the server after the rate's one: %v, want 53400", err)
-	}
 	lim.SetWorkersDisabled(true, "test")
-	err = conn.QueryRow(ctx, brandingQuery, 1).Scan(nil, nil, nil, nil)
-	if err == nil || !strings.Contains(err.Error(), "DISABLE_WORKERS") {
+	if err := query(); err == nil || !strings.Contains(err.Error(), "DISABLE_WORKERS") {
 		t.Errorf("a hit for a worker with the kill switch on: %v, want 53400 naming DISABLE_WORKERS", err)
 	}
 	lim.SetWorkersDisabled(false, "test")
-	if err := conn.QueryRow(ctx, brandingQuery, 1).Scan(nil, nil, nil, nil); err != nil {
-		t.Errorf("after the kill switch: %v", err)
+	for i := range 100 {
+		if err := query(); err != nil {
+			t.Fatalf("after the kill switch, query %d: %v", i, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, "SELECT 1"); err == nil || !strings.Contains(err.Error(), "53400") {
+		t.Errorf("a query for the server past the rate: %v, want 53400", err)
 	}
 }

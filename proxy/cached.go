@@ -236,8 +236,12 @@ func (c *client) fromCache(data []byte) (int, error) {
 		c.missFill = &cacheFill{key: k, max: k.MaxBytes()}
 		return 0, nil
 	}
+	c.lastTyp = 'Q' // what the client sent last: a sync point
+	if x.extended {
+		c.lastTyp = 'S'
+	}
 	if err := c.lim.AdmitCached(); err != nil {
-		return 0, c.p.clientError(err, c.db, false)
+		return x.n, c.p.clientError(err, c.db, false) // refused: the caller answers
 	}
 	c.answer(&x, reply)
 	c.cacheAnswered(&x, reply, start)
@@ -275,10 +279,6 @@ func (c *client) cacheAnswered(x *cacheExec, reply []byte, start time.Time) {
 		c.unnamedGen++ // no server holds it: a later Bind of "" parses it again
 	} else if !x.extended {
 		c.unnamed, c.unnamedEff = nil, nil // a Query destroys it
-	}
-	c.lastTyp = 'Q'
-	if x.extended {
-		c.lastTyp = 'S'
 	}
 	c.db.queryCount.Add(1)
 	c.db.queries.Inc()
