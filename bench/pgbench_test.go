@@ -78,6 +78,7 @@ func (g *guardProc) url(db string) string {
 type guardOpts struct {
 	readOnly     bool
 	queryLogPath string // "" is off
+	extra        string // more TOML, appended ([[cache]] rules, say)
 }
 
 func startGuardProc(t *testing.T, pg *localpg.Cluster, o guardOpts) *guardProc {
@@ -103,7 +104,8 @@ max_overflow = 0
 max_client_conn = 20000
 [querylog]
 path = %q
-`, port, o.readOnly, pg.URL("bench"), o.queryLogPath)
+%s
+`, port, o.readOnly, pg.URL("bench"), o.queryLogPath, o.extra)
 	path := filepath.Join(dir, "pgguard.toml")
 	os.WriteFile(path, []byte(cfg), 0o600)
 	cmd := exec.Command(bin, "-config", path)

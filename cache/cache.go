@@ -55,6 +55,10 @@ type options struct {
 // registry, i.e. not exported).
 func WithRegisterer(r prometheus.Registerer) Option { return func(o *options) { o.reg = r } }
 
+// WithClock makes the cache read the time from now (entries' expiry), for
+// replays that run hours of traffic in seconds.
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
 // WithRedisSuspended keeps the cache per instance even with a Redis URL:
 // the SUSPEND_REDIS=true kill switch, read from the environment by the caller.
 func WithRedisSuspended(on bool) Option { return func(o *options) { o.suspendRedis = on } }
@@ -358,10 +362,10 @@ func (c *Cache) Put(ctx context.Context, k *Key, reply []byte) bool {
 	}
 	r := k.rule
 	if len(reply) > r.maxBytes {
-		r.st.tooBig()
+		c.TooBig(k)
 		return false
 	}
-	if !ValidReply(reply) {
+	if !ValidReply(reply, k.described) {
 		return false
 	}
 	observed := k.observed
@@ -382,6 +386,14 @@ func (c *Cache) Put(ctx context.Context, k *Key, reply []byte) bool {
 	c.lru.put(e)
 	r.st.store(len(reply))
 	return true
+}
+
+// TooBig counts a reply to k's execution that was not stored because it
+// outgrew max_entry_bytes (the caller stopped collecting it).
+func (c *Cache) TooBig(k *Key) {
+	if c != nil && k != nil {
+		k.rule.st.tooBig()
+	}
 }
 
 // Writes returns the tables a statement text may change, for Pending.Add;

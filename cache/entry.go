@@ -97,7 +97,7 @@ func decodeEntry(b []byte, digest [32]byte) (*entry, bool) {
 		e.gens = append(e.gens, r.u64())
 	}
 	e.reply = r.next(int(r.u32()))
-	if r.bad || len(r.b) != 0 || !ValidReply(e.reply) {
+	if r.bad || len(r.b) != 0 || !validReply(e.reply) {
 		return nil, false
 	}
 	e.reply = slices.Clip(e.reply)
@@ -142,14 +142,24 @@ func (r *reader) u64() uint64 {
 }
 
 // ValidReply reports whether b is a reply the cache stores: a
-// RowDescription ('T'), any number of DataRows ('D') and one
-// CommandComplete ('C'), each a whole backend message (PostgreSQL docs,
-// "Message Formats"), nothing else. An ErrorResponse, a NoticeResponse, a
+// RowDescription ('T') exactly when described, any number of DataRows
+// ('D') and one CommandComplete ('C'), each a whole backend message
+// (PostgreSQL docs, "Message Formats"), nothing else. A simple Query's reply
+// is always described; an extended-protocol one only when the client sent
+// Describe for the portal. An ErrorResponse, a NoticeResponse, a
 // ParameterStatus, a PortalSuspended (an Execute with a row limit) or a
 // ReadyForQuery makes it uncacheable; the proxy adds what the client's
 // protocol expects around it (ParseComplete, BindComplete, ReadyForQuery).
-func ValidReply(b []byte) bool {
-	state := 'T' // what may come next: 'T' first, then 'D' or 'C'
+func ValidReply(b []byte, described bool) bool {
+	return len(b) > 0 && hasRowDescription(b) == described && validReply(b)
+}
+
+// hasRowDescription reports whether a reply starts with a RowDescription.
+func hasRowDescription(b []byte) bool { return len(b) > 0 && b[0] == 'T' }
+
+// validReply checks a reply's messages: T? D* C.
+func validReply(b []byte) bool {
+	state := 'T' // what may come next: 'T' or 'D' first, then 'D' or 'C'
 	for len(b) > 0 {
 		if len(b) < 5 {
 			return false
@@ -162,8 +172,9 @@ func ValidReply(b []byte) bool {
 		switch {
 		case state == 'T' && typ == 'T':
 			state = 'D'
-		case state == 'D' && typ == 'D':
-		case state == 'D' && typ == 'C':
+		case state != 0 && typ == 'D':
+			state = 'D'
+		case state != 0 && typ == 'C':
 			state = 0
 		default:
 			return false

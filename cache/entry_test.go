@@ -40,10 +40,17 @@ func encodeMsg(t testing.TB, b []byte, m pgproto3.BackendMessage) []byte {
 
 func TestValidReply(t *testing.T) {
 	good := reply(t, "a", "b")
-	if !ValidReply(good) || !ValidReply(reply(t)) {
+	if !ValidReply(good, true) || !ValidReply(reply(t), true) {
 		t.Fatal("a whole reply is invalid")
 	}
 	cc := encodeMsg(t, nil, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 0")})
+	undescribed := good[bytes.IndexByte(good, 'D'):] // Bind/Execute without Describe
+	if !ValidReply(undescribed, false) || !ValidReply(cc, false) {
+		t.Fatal("a whole reply to an execution without Describe is invalid")
+	}
+	if ValidReply(good, false) {
+		t.Error("a RowDescription nobody asked for is valid")
+	}
 	for name, b := range map[string][]byte{
 		"empty":                  nil,
 		"cut in the last header": good[:len(good)-3],
@@ -58,7 +65,7 @@ func TestValidReply(t *testing.T) {
 		"length below 4":         {'T', 0, 0, 0, 3},
 		"huge length":            {'T', 0x7f, 0xff, 0xff, 0xff, 0},
 	} {
-		if ValidReply(b) {
+		if ValidReply(b, true) {
 			t.Errorf("%s: valid", name)
 		}
 	}

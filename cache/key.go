@@ -40,6 +40,9 @@ type Statement struct {
 	// Extended: the execution came as Parse/Bind/Execute. The fields below
 	// are for Extended only.
 	Extended bool
+	// Described: the client sent Describe for the portal, so the reply
+	// holds a RowDescription (a simple Query's always does).
+	Described bool
 	// ParamTypes are the parameter type OIDs the statement's Parse gave
 	// (0 for unspecified): they decide how values are read.
 	ParamTypes []uint32
@@ -54,11 +57,12 @@ type Statement struct {
 // It carries what Get observed for the Put that follows; use one Key for
 // one Get and at most one Put, from one goroutine.
 type Key struct {
-	rule   *Rule
-	digest [32]byte
-	db     string
-	fields []string // generation fields: epoch, reset, the database's, one per table read
-	tables []string
+	rule      *Rule
+	digest    [32]byte
+	described bool // the reply holds a RowDescription
+	db        string
+	fields    []string // generation fields: epoch, reset, the database's, one per table read
+	tables    []string
 
 	// Set by Get for Put.
 	observed bool     // Get read the generations
@@ -68,6 +72,9 @@ type Key struct {
 
 // Rule returns the rule that made the statement cacheable.
 func (k *Key) Rule() *Rule { return k.rule }
+
+// MaxBytes is the largest reply the key's rule stores (max_entry_bytes).
+func (k *Key) MaxBytes() int { return k.rule.maxBytes }
 
 // Tables returns the tables whose writes invalidate the entry (sorted).
 func (k *Key) Tables() []string { return k.tables }
@@ -86,7 +93,7 @@ const (
 func tableField(db, table string) string { return "t\x00" + db + "\x00" + table }
 
 // keyVersion changes whenever the digest's composition does.
-const keyVersion = "pgguard-cache-key-v1\x00"
+const keyVersion = "pgguard-cache-key-v2\x00"
 
 // newKey composes the key of st for s under rule r; ok is false when the
 // execution may not be cached (a bind value reading as the current time,
@@ -104,6 +111,10 @@ func newKey(r *Rule, s *Session, st *Statement, info *analyze.Info) (*Key, bool)
 	writeSettings(h, s.Settings)
 	writeUint(h, info.Fingerprint)
 	writeBytes(h, st.Text)
+	described := !st.Extended || st.Described
+	if described {
+		h.Write([]byte{'T'})
+	}
 	if st.Extended {
 		formats, ok := paramFormats(st.ParamFormats, len(st.Params))
 		if !ok {
@@ -134,7 +145,7 @@ func newKey(r *Rule, s *Session, st *Statement, info *analyze.Info) (*Key, bool)
 			writeUint(h, uint64(uint16(f)))
 		}
 	}
-	k := &Key{rule: r, db: s.Database, tables: tablesOf(r, info)}
+	k := &Key{rule: r, db: s.Database, tables: tablesOf(r, info), described: described}
 	h.Sum(k.digest[:0])
 	k.fields = make([]string, 0, 3+len(k.tables))
 	k.fields = append(k.fields, fieldEpoch, fieldReset, tableField(s.Database, fieldAll))

@@ -35,7 +35,7 @@ func sess() *Session {
 }
 
 func bind(params ...[]byte) *Statement {
-	return &Statement{Text: []byte(brandingSQL), Extended: true, ParamTypes: []uint32{0}, Params: params}
+	return &Statement{Text: []byte(brandingSQL), Extended: true, Described: true, ParamTypes: []uint32{0}, Params: params}
 }
 
 func mustKey(t *testing.T, c *Cache, s *Session, st *Statement) *Key {
@@ -121,6 +121,11 @@ func TestKeyComposition(t *testing.T) {
 		"int8 parameter type": func() (*Session, *Statement) {
 			st := bind([]byte("42"))
 			st.ParamTypes = []uint32{20}
+			return sess(), st
+		},
+		"not described": func() (*Session, *Statement) {
+			st := bind([]byte("42"))
+			st.Described = false
 			return sess(), st
 		},
 		"no parameter types": func() (*Session, *Statement) { st := bind([]byte("42")); st.ParamTypes = nil; return sess(), st },
@@ -295,7 +300,7 @@ func BenchmarkMatch(b *testing.B) {
 			c.Match(s, miss)
 		}
 	})
-	st := &Statement{Text: []byte(brandingSQL), Extended: true, ParamTypes: []uint32{23}, Params: [][]byte{[]byte("42")}}
+	st := &Statement{Text: []byte(brandingSQL), Extended: true, Described: true, ParamTypes: []uint32{23}, Params: [][]byte{[]byte("42")}}
 	b.Run("key", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {

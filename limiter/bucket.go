@@ -140,6 +140,22 @@ func (s *Session) AdmitQuery(ctx context.Context, inTransaction bool) error {
 	return s.admitRated(ctx)
 }
 
+// AdmitCached is Admit for a query the result cache answers: it costs the
+// primary nothing, so neither rates nor the budget hold it up; only the
+// worker kill switch, which stops workers whatever they ask, refuses it.
+func (s *Session) AdmitCached() error {
+	if s == nil {
+		return nil
+	}
+	s.refresh()
+	if s.worker != nil && s.l.workersOff.Load() {
+		s.worker.st.rejected.Add(1)
+		s.worker.st.mRejected.Inc()
+		return s.worker.workersError()
+	}
+	return nil
+}
+
 func (s *Session) admitRated(ctx context.Context) error {
 	l := s.l
 	var buf [4]reservation

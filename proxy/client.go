@@ -14,6 +14,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/pool"
 )
@@ -123,6 +124,15 @@ type client struct {
 	parked  atomic.Bool
 	parkReq atomic.Bool
 	inEpoll bool
+
+	// The result cache (cached.go), owned by the client goroutine:
+	// tables the statements since the last sync point may write, the
+	// collector of a miss's reply for its sync point, and the session
+	// as the cache keys it (as of wantGen cacheSessGen).
+	writes       cache.Pending
+	missFill     *cacheFill
+	cacheSess    *cache.Session
+	cacheSessGen uint64
 }
 
 const readBufSize = 16 << 10
@@ -261,6 +271,8 @@ func (c *client) process() error {
 	maxMsg, readOnly := cfg.MaxMessageSize, cfg.ReadOnly || c.p.Limiter.Budget().Action() == "read_only"
 	fallbackWhy, onFallback := c.db.fallbackReadOnly()
 	readOnly = readOnly || onFallback
+	rc := c.p.Cache
+	cached := rc.Enabled()
 	for len(data)-pos >= 5 {
 		typ := data[pos]
 		n := int(binary.BigEndian.Uint32(data[pos+1:]))
@@ -278,6 +290,21 @@ func (c *client) process() error {
 			break
 		}
 		body := data[pos+5 : end]
+		if cached && from == pos && c.missFill == nil && (typ == 'Q' || typ == 'P' || typ == 'B') {
+			n, err := c.fromCache(data[pos:])
+			if err != nil {
+				var e *Error
+				if !errors.As(err, &e) || e.Fatal() {
+					return err
+				}
+				c.refuse(e, 1)
+			}
+			if n > 0 { // answered from the cache, or refused
+				pos += n
+				from = pos
+				continue
+			}
+		}
 		if transaction && c.stmtOpState == stmtOpsBehind && (namedStmtMessage(typ, body) || typ == 'Q' && deallocName(body) != "") {
 			// A statement name after a batch whose Parse or Close of one
 			// may yet be skipped: send what came before and learn how it went.
@@ -322,6 +349,9 @@ func (c *client) process() error {
 			}
 			c.stmtOpsSynced()
 			c.unnamedSeen = 2
+			if cached {
+				c.writes.Add(rc.Writes(queryText(body)))
+			}
 			c.noteQuery(queryText(body), false)
 		case 'P':
 			c.expect = append(c.expect, expectedReply{'1', syncs})
@@ -354,6 +384,9 @@ func (c *client) process() error {
 		case 'B', 'D':
 			slow = slow || (transaction && (namedStmtMessage(typ, body) ||
 				c.unnamedSeen == 0 && c.unnamed != nil && unnamedStmtMessage(typ, body)))
+			if typ == 'B' && cached {
+				c.writes.Add(c.boundWrites(body))
+			}
 			if typ == 'B' {
 				if name := boundStmt(body); len(name) > 0 {
 					if st := c.stmt(name); st != nil {
@@ -370,7 +403,10 @@ func (c *client) process() error {
 		case 'S', 'F':
 			syncs++
 			c.stmtOpsSynced()
-			c.queued = append(c.queued, pendingQuery{text: c.batchText, query: c.batchExec, extended: true})
+			if typ == 'F' && cached {
+				c.writes.Add(cache.Targets{All: true}) // a function may write anything
+			}
+			c.syncPoint(pendingQuery{text: c.batchText, query: c.batchExec, extended: true})
 			c.batchText, c.batchExec = "", false
 		}
 		c.lastTyp = typ
@@ -442,13 +478,13 @@ func (c *client) refuseWrite(typ byte, reason, fallbackWhy string, body []byte) 
 		// End the batch first (the server may be skipping to Sync after an
 		// error); the client must not see that ReadyForQuery.
 		q = append(q, 'S', 0, 0, 0, 4)
-		c.queued = append(c.queued, pendingQuery{quiet: true})
+		c.syncPoint(pendingQuery{quiet: true})
 	}
 	q = appendQuery(q, raiseSQL(e))
 	if typ == 'Q' {
 		c.noteQuery(queryText(body), false)
 	} else {
-		c.queued = append(c.queued, pendingQuery{text: c.batchText, query: true, extended: true})
+		c.syncPoint(pendingQuery{text: c.batchText, query: true, extended: true})
 		c.discarding, c.discardQuiet = true, true
 	}
 	last := c.lastTyp
@@ -642,6 +678,7 @@ func (c *client) sentUnnamed() {
 // sent clears what process collected for one send.
 func (c *client) sent() {
 	c.unnamedSeen = 0
+	c.missFill = nil // its sync point went, or never will
 	c.expect = c.expect[:0]
 	clear(c.queued)
 	c.queued = c.queued[:0]

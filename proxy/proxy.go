@@ -25,6 +25,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
@@ -51,6 +52,9 @@ type Proxy struct {
 	QueryLog *querylog.Logger
 	// Limiter, when set, applies [[limits]] and the [budget] guard (set before Serve).
 	Limiter *limiter.Limiter
+	// Cache, when set, answers the queries [[cache]] rules choose and
+	// learns of every write (set before Serve).
+	Cache *cache.Cache
 
 	ctx    context.Context // ends on Close: aborts waits and dials
 	cancel context.CancelFunc

@@ -25,6 +25,9 @@ type serverReader struct {
 	// client, or nobody while pgguard's own request is answered. Set from
 	// the request queue at each read and after each inspected message.
 	bulkTo *client
+	// fill collects the reply for the result cache (the head request's
+	// miss), set with bulkTo.
+	fill *cacheFill
 }
 
 // output gathers what one read forwards, so that a read passed on
@@ -126,6 +129,9 @@ func (b *backend) relay(data []byte) {
 			rd.remain -= k
 			if !rd.hold {
 				b.fwd.pass(rd.to, piece)
+				if rd.fill != nil {
+					rd.fill.add(piece)
+				}
 				continue
 			}
 			rd.msg = append(rd.msg, piece...)
@@ -171,6 +177,11 @@ func (b *backend) begin(hdr, have []byte, inRead bool) {
 		return
 	}
 	rd.to = rd.bulkTo
+	if f := rd.fill; f != nil {
+		f.begin(hdr[0], 5+bodyLen(hdr[1:]))
+		f.add(hdr)
+		f.add(have)
+	}
 	if inRead {
 		b.fwd.pass(rd.to, hdr)
 	} else {
@@ -197,6 +208,10 @@ func (b *backend) message(msg []byte, inRead bool) {
 	default:
 		to = b.rd.bulkTo
 	}
+	if f := b.rd.fill; f != nil {
+		f.begin(typ, len(msg))
+		f.add(msg)
+	}
 	switch {
 	case repl != nil:
 		b.fwd.put(to, repl.encode(nil))
@@ -207,11 +222,17 @@ func (b *backend) message(msg []byte, inRead bool) {
 	}
 }
 
-// refreshBulk sets where uninspected messages go, from the queue's head (mu held).
+// refreshBulk sets where uninspected messages go, and whether the result
+// cache collects them, from the queue's head (mu held).
 func (b *backend) refreshBulk() {
-	if h := b.queue.front(); h != nil && !h.forwarded() {
+	h := b.queue.front()
+	b.rd.fill = nil
+	if h != nil && !h.forwarded() {
 		b.rd.bulkTo = nil
 		return
+	}
+	if h != nil {
+		b.rd.fill = h.fill
 	}
 	b.rd.bulkTo = b.client
 }
@@ -289,7 +310,7 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 	if b.client == nil {
 		return nil, nil
 	}
-	b.unitAborted = true
+	b.unitAborted, b.unitUndone = true, true
 	if e := b.duplicateError(code); e != nil {
 		return b.client, e // the client's name for the statement that exists
 	}
@@ -328,6 +349,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		return
 	}
 	r := b.queue.pop()
+	inval := b.unitWrites(&r, status)
 	b.txStatus = status
 	b.act.Ready(now, b.queue.len() > 0, status != 'I')
 	b.batchDone()
@@ -366,6 +388,10 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	b.signalAnswered()
 	b.refreshBulk()
 	b.mu.Unlock()
+	b.invalidate(inval) // before the client hears of the commit
+	if r.fill != nil {
+		b.storeFill(&r, status) // before the client can ask again
+	}
 	if inRead {
 		b.fwd.pass(to, msg)
 	} else {

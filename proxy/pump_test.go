@@ -67,6 +67,7 @@ type pair struct {
 	c        *client
 	toClient *captureConn
 	toServer *captureConn
+	fills    []*cacheFill // result cache collectors the scenario set
 }
 
 func newPair(p *Proxy, db *database, mode poolMode) *pair {
@@ -114,6 +115,19 @@ func relayScenario(t testing.TB, pr *pair) []byte {
 		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")},
 		&pgproto3.ParameterStatus{Name: "application_name", Value: "startup-app"},
 		&pgproto3.ReadyForQuery{TxStatus: 'I'})...)
+	// 1b. Two cacheable misses: one reply collected whole, one outgrowing
+	// max_entry_bytes. (BindComplete is not part of what is stored: a hit
+	// writes its own.)
+	for _, max := range []int{1 << 20, 700} {
+		f := &cacheFill{max: max}
+		pr.fills = append(pr.fills, f)
+		b.queue.push(request{kind: reqClient, inflightQuery: inflightQuery{client: c, pendingQuery: pendingQuery{query: true, extended: true, fill: f}}})
+		s = append(s, enc(t, &pgproto3.BindComplete{},
+			&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("logo"), DataTypeOID: 17, DataTypeSize: -1}}},
+			&pgproto3.DataRow{Values: [][]byte{big[:5]}}, &pgproto3.DataRow{Values: [][]byte{big}},
+			&pgproto3.CommandComplete{CommandTag: []byte("SELECT 2")},
+			&pgproto3.ReadyForQuery{TxStatus: 'I'})...)
+	}
 	// 2. A client batch whose statement pgguard prepared first (Close and
 	// Parse swallowed), then the client's own Parse, rows and a notice.
 	batch := b.queue.pushed
@@ -184,18 +198,24 @@ type relayOutcome struct {
 	reported kvs
 	stmts    int
 	syncBad  bool
+	fills    string
 }
 
 func (o relayOutcome) String() string {
-	return fmt.Sprintf("state=%v linked=%v queue=%d replies=%d tx=%c dead=%v params=%v reported=%v stmts=%d syncBad=%v client bytes=%d",
-		o.state, o.linked, o.queue, o.replies, o.tx, o.dead, o.params, o.reported, o.stmts, o.syncBad, len(o.toClient))
+	return fmt.Sprintf("state=%v linked=%v queue=%d replies=%d tx=%c dead=%v params=%v reported=%v stmts=%d syncBad=%v client bytes=%d fills=%q",
+		o.state, o.linked, o.queue, o.replies, o.tx, o.dead, o.params, o.reported, o.stmts, o.syncBad, len(o.toClient), o.fills)
 }
 
 func outcome(pr *pair) relayOutcome {
 	b := pr.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	var fills string
+	for _, f := range pr.fills {
+		fills += fmt.Sprintf("%q bad=%v tooBig=%v;", f.buf, f.bad, f.tooBig)
+	}
 	return relayOutcome{
+		fills:    fills,
 		toClient: string(pr.toClient.bytes()), state: b.state, linked: b.client != nil, queue: b.queue.len(),
 		replies: len(b.replies), tx: b.txStatus, dead: b.dead.Load(), params: maps.Clone(b.params),
 		reported: slices.Clone(pr.c.want.reported), stmts: b.stmts.lru.Len(), syncBad: b.syncBad,
@@ -205,7 +225,7 @@ func outcome(pr *pair) relayOutcome {
 func sameOutcome(a, b relayOutcome) bool {
 	return a.toClient == b.toClient && a.state == b.state && a.linked == b.linked && a.queue == b.queue &&
 		a.replies == b.replies && a.tx == b.tx && a.dead == b.dead && maps.Equal(a.params, b.params) &&
-		slices.Equal(a.reported, b.reported) && a.stmts == b.stmts && a.syncBad == b.syncBad
+		slices.Equal(a.reported, b.reported) && a.stmts == b.stmts && a.syncBad == b.syncBad && a.fills == b.fills
 }
 
 // runRelay feeds stream to a fresh pair in the given pieces.
@@ -250,6 +270,15 @@ func TestRelayChunking(t *testing.T) {
 		t.Fatalf("the client's SET TimeZone was not followed: %v", want.reported)
 	}
 	checkClientStream(t, []byte(want.toClient))
+	pr := newPair(p, db, poolTransaction)
+	relayScenario(t, pr)
+	f0, f1 := pr.fills[0], pr.fills[1]
+	reply := enc(t, &pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("logo"), DataTypeOID: 17, DataTypeSize: -1}}},
+		&pgproto3.DataRow{Values: [][]byte{bytes.Repeat([]byte("x"), 5)}}, &pgproto3.DataRow{Values: [][]byte{bytes.Repeat([]byte("x"), 700)}},
+		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 2")})
+	if wantFills := fmt.Sprintf("%q bad=false tooBig=false;%q bad=true tooBig=true;", reply, []byte(nil)); want.fills != wantFills {
+		t.Fatalf("cache collectors: %s, want %s (%v %v)", want.fills, wantFills, f0, f1)
+	}
 
 	check := func(name string, cuts []int) {
 		t.Helper()
@@ -300,9 +329,10 @@ func checkClientStream(t *testing.T, data []byte) {
 		}
 		pos += 1 + n
 	}
-	// S: announced; 1: the client's Parse; 2 T D D N D C Z; 2 (quiet Z
-	// swallowed); E Z; E Z; C Z; H d d A c C S Z.
-	if got, want := string(types), "S12TDDNDCZ2EZEZCZHddAcCSZ"; got != want {
+	// S: announced; 2 T D D C Z twice (cache misses); 1: the client's
+	// Parse; 2 T D D N D C Z; 2 (quiet Z swallowed); E Z; E Z; C Z; H d d A
+	// c C S Z.
+	if got, want := string(types), "S2TDDCZ2TDDCZ12TDDNDCZ2EZEZCZHddAcCSZ"; got != want {
 		t.Fatalf("client received %s, want %s", got, want)
 	}
 	if len(errs) != 2 || !bytes.Contains([]byte(errs[0]), []byte("pool.query_timeout")) || errs[1] != `42P05 prepared statement "s1" already exists` {

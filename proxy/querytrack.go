@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"time"
 
+	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/querylog"
 )
 
@@ -19,6 +20,10 @@ type pendingQuery struct {
 	query    bool   // false for a sync that ran nothing (Parse/Describe/Sync)
 	extended bool
 	quiet    bool // a Sync pgguard added: the client must not see its ReadyForQuery
+	// For the result cache: the tables the statements before this sync
+	// point may write, and the collector of a miss's reply.
+	writes cache.Targets
+	fill   *cacheFill
 }
 
 // inflightQuery is a query sent to a server, awaiting its ReadyForQuery
@@ -37,7 +42,15 @@ type inflightQuery struct {
 // noteQuery records a sync point's statement text (nil when the batch only
 // synced).
 func (c *client) noteQuery(text []byte, extended bool) {
-	c.queued = append(c.queued, pendingQuery{text: c.intern(text), query: true, extended: extended})
+	c.syncPoint(pendingQuery{text: c.intern(text), query: true, extended: extended})
+}
+
+// syncPoint queues q for the send under way, with what the result cache
+// needs to know of the statements before it.
+func (c *client) syncPoint(q pendingQuery) {
+	q.writes = c.takeWrites()
+	q.fill, c.missFill = c.missFill, nil
+	c.queued = append(c.queued, q)
 }
 
 // intern returns text as a string for the query log, or "" without one.
@@ -56,27 +69,35 @@ func (c *client) intern(text []byte) string {
 	return ql.Intern(text)
 }
 
-// commandComplete notes what a client's command did to the session and,
-// when its request h is known (nil: a batch not synced yet), its tag and
-// row count (mu held).
+// commandComplete notes what a client's command did to the session and the
+// unit of work and, when its request h is known (nil: a batch not synced
+// yet), its tag and row count (mu held).
 func (b *backend) commandComplete(h *request, body []byte) {
 	tag := queryText(body)
-	word := tag
-	if i := bytes.IndexByte(tag, ' '); i >= 0 {
-		word = tag[:i]
-	}
 	switch string(tag) {
 	case "ROLLBACK": // also what COMMIT of an aborted transaction says
 		b.unitAborted = true
 	case "DISCARD ALL", "DEALLOCATE ALL":
 		b.stmtsDropped()
 	}
-	if h == nil || h.kind != reqClient {
-		return
+	// For the result cache: did the unit's writes commit? (See unitWrites.)
+	b.unitUndone = string(tag) == "ROLLBACK"
+	b.unitCommitted = b.unitCommitted || string(tag) == "COMMIT"
+	if h != nil && h.kind == reqClient {
+		tagOf(&h.inflightQuery, tag)
 	}
-	h.tag = commandWord(word)
+}
+
+// tagOf notes a CommandComplete's command word and row count in q.
+func tagOf(q *inflightQuery, tag []byte) {
+	tag = queryText(tag)
+	word := tag
+	if i := bytes.IndexByte(tag, ' '); i >= 0 {
+		word = tag[:i]
+	}
+	q.tag = commandWord(word)
 	if i := bytes.LastIndexByte(tag, ' '); i >= 0 {
-		h.rows += digits(tag[i+1:])
+		q.rows += digits(tag[i+1:])
 	}
 }
 

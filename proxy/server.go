@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/limiter"
 )
 
@@ -89,6 +90,12 @@ type backend struct {
 	// commit gives statement texts new keys (stale.go).
 	schemaStaged bool
 	stmts        serverStmts
+	// For the result cache: the tables the unit's finished requests may
+	// have written, whether a COMMIT was seen in it, and whether its last
+	// outcome was an error or a ROLLBACK (unitWrites decides from them).
+	writes        cache.Pending
+	unitCommitted bool
+	unitUndone    bool
 	// Whose unnamed statement the server holds (a client and its number).
 	unnamedOwner *client
 	unnamedGen   uint64
@@ -209,10 +216,12 @@ func (b *backend) died(err error) {
 		b.skipped(r)
 	}
 	b.replies = b.replies[:0]
+	unsure := b.unsettledWrites()
 	b.queue.clear()
 	b.signalAnswered()
 	c := b.unlinkLocked()
 	b.mu.Unlock()
+	b.invalidate(unsure)
 	if c != nil {
 		b.db.linkedServerDied(b, err)
 		c.serverLost(b, err)
@@ -241,6 +250,8 @@ func (b *backend) reset(c *client, discardAll bool) {
 	// What the client's transaction did is rolled back.
 	clear(b.staged)
 	b.staged, b.schemaStaged, b.unitAborted = b.staged[:0], false, false
+	b.writes.Reset()
+	b.unitCommitted, b.unitUndone = false, false
 	var q []byte
 	if b.txStatus != 'I' {
 		q = appendQuery(q, "ROLLBACK")

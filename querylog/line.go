@@ -38,6 +38,7 @@ func appendLine(b []byte, r *Record, info *shapeInfo, slow bool, errMsg string) 
 	if r.Extended {
 		b = append(b, `,"extended":true`...)
 	}
+	b = appendNonEmptyField(b, "cache", r.Cache)
 	if slow {
 		b = append(b, `,"slow":true`...)
 	}

@@ -29,6 +29,7 @@ func slogLine(r *Record, info *shapeInfo, slow bool, errMsg string) []byte {
 	if r.Extended {
 		attrs = append(attrs, slog.Bool("extended", true))
 	}
+	attrs = appendNonEmpty(attrs, "cache", r.Cache)
 	if slow {
 		attrs = append(attrs, slog.Bool("slow", true))
 	}
@@ -49,6 +50,9 @@ func FuzzLineMatchesSlog(f *testing.F) {
 		}
 		r := &Record{Time: tm, Database: db, User: app, Application: app, ClientAddr: addr, Upstream: "primary",
 			Query: query, Duration: time.Duration(dur), Wait: time.Duration(wait), Rows: rows, Tag: tag, SQLState: sqlstate, Extended: extended}
+		if slow && extended { // a cache hit: no upstream
+			r.Upstream, r.Cache = "", "hit"
+		}
 		info := &shapeInfo{hex: "50fde20626009aba", norm: query}
 		got := appendLine(nil, r, info, slow, errMsg)
 		if want := slogLine(r, info, slow, errMsg); !bytes.Equal(got, want) {

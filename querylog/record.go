@@ -50,6 +50,9 @@ type Record struct {
 	Error string
 	// Extended is true for the extended query protocol (Parse/Bind/Execute).
 	Extended bool
+	// Cache is "hit" when the result cache answered the query (Upstream is
+	// then empty: no server ran it).
+	Cache string
 }
 
 // failed reports whether the query ended in an error.

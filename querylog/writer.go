@@ -446,6 +446,7 @@ func (l *Logger) write(r *Record) {
 	if r.Extended {
 		attrs = append(attrs, slog.Bool("extended", true))
 	}
+	attrs = appendNonEmpty(attrs, "cache", r.Cache)
 	if isSlow {
 		attrs = append(attrs, slog.Bool("slow", true))
 	}

@@ -293,10 +293,13 @@ func (w *writes) stmt(n *pg_query.Node) {
 		w.dml(n.ProtoReflect())
 	case *pg_query.Node_ViewStmt:
 		w.rel(s.ViewStmt.GetView())
+	case *pg_query.Node_TransactionStmt:
+		// COMMIT PREPARED makes another session's writes visible, unseen.
+		w.all = s.TransactionStmt.GetKind() == pg_query.TransactionStmtKind_TRANS_STMT_COMMIT_PREPARED || w.all
 
 	// Session, transaction and maintenance statements change no rows.
 	case *pg_query.Node_VariableSetStmt, *pg_query.Node_VariableShowStmt,
-		*pg_query.Node_TransactionStmt, *pg_query.Node_DiscardStmt,
+		*pg_query.Node_DiscardStmt,
 		*pg_query.Node_PrepareStmt, *pg_query.Node_DeallocateStmt,
 		*pg_query.Node_FetchStmt, *pg_query.Node_ClosePortalStmt,
 		*pg_query.Node_ListenStmt, *pg_query.Node_UnlistenStmt, *pg_query.Node_NotifyStmt,

@@ -158,7 +158,7 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 	if err != nil {
 		return err
 	}
-	p.QueryLog, p.Limiter = ql, lim
+	p.QueryLog, p.Limiter, p.Cache = ql, lim, rc
 	reload := reloader(p, ql, lim, rc, o.path, o.getenv, log)
 
 	ln, err := net.Listen("tcp", cfg.Listen)

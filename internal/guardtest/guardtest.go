@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
@@ -26,14 +27,23 @@ func Logger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// Start builds a proxy for cfg, runs setup on it (to set hooks such as
-// QueryLog before Serve) and serves it until the test ends.
+// Start builds a proxy for cfg, with a result cache when cfg has [[cache]]
+// rules, runs setup on it (to set hooks such as QueryLog before Serve) and
+// serves it until the test ends.
 func Start(t testing.TB, cfg *config.Config, setup ...func(*proxy.Proxy)) (p *proxy.Proxy, m *metrics.Metrics, addr string) {
 	t.Helper()
 	m = metrics.New()
 	p, err := proxy.New(cfg, Logger(), m)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(cfg.Cache) > 0 {
+		rc, err := cache.New(cfg, Logger(), cache.WithRegisterer(m.Registry))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { rc.Close() })
+		p.Cache = rc
 	}
 	for _, f := range setup {
 		f(p)

@@ -1,0 +1,430 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"slices"
+	"time"
+
+	"github.com/pgguard/pgguard/cache"
+	"github.com/pgguard/pgguard/querylog"
+)
+
+// The result cache (package cache) in the relay. An execution a [[cache]]
+// rule chooses is looked up when it reaches the head of the client's input
+// with nothing outstanding and no transaction open: a hit is answered by
+// pgguard without a server; a miss is relayed as usual, the pump collects
+// the reply for its request and stores it once the client has it.
+//
+// Every statement a client sends adds the tables it may write to the
+// request of its sync point; the pump gathers them per unit of work and,
+// when the unit commits, invalidates them before the ReadyForQuery that
+// tells the client so (a rolled-back unit invalidates nothing).
+
+// cacheExec is one execution at the head of a client's input that the
+// cache may answer: a Query, or [Parse] Bind [Describe] Execute Sync of the
+// unnamed portal.
+type cacheExec struct {
+	n        int    // bytes it spans
+	parse    []byte // its Parse message's body after the name, if it has one
+	bind     []byte // its Bind's body
+	text     []byte // the statement text
+	stmt     []byte // the body after the name of the Parse that made the statement
+	extended bool
+	describe bool
+}
+
+// scanExec finds the execution data starts with, if it is a whole one of
+// the shapes the cache answers. It reads headers and names, not values.
+func (c *client) scanExec(data []byte) (cacheExec, bool) {
+	var x cacheExec
+	next := func() (byte, []byte, bool) {
+		if len(data)-x.n < 5 {
+			return 0, nil, false
+		}
+		typ := data[x.n]
+		end := x.n + 1 + int(binary.BigEndian.Uint32(data[x.n+1:]))
+		if end > len(data) || end < x.n+5 {
+			return 0, nil, false
+		}
+		body := data[x.n+5 : end]
+		x.n = end
+		return typ, body, true
+	}
+	typ, body, ok := next()
+	if !ok {
+		return x, false
+	}
+	if typ == 'Q' {
+		x.text = queryText(body)
+		return x, len(x.text) == len(body)-1
+	}
+	x.extended = true
+	reparse := c.pooling == poolTransaction && c.server.Load() == nil
+	if typ == 'P' {
+		name, rest, ok := cbytes(body)
+		if !ok || len(name) > 0 || !reparse {
+			// A named statement's Parse has its own bookkeeping; and the
+			// unnamed one's must reach a server unless pgguard parses it
+			// again where the client binds it (transaction mode, unlinked).
+			return x, false
+		}
+		x.parse = rest
+		if typ, body, ok = next(); !ok {
+			return x, false
+		}
+	}
+	if typ != 'B' {
+		return x, false
+	}
+	x.bind = body
+	portal, rest, ok := cbytes(body)
+	name, _, ok2 := cbytes(rest)
+	if !ok || !ok2 || len(portal) > 0 {
+		return x, false
+	}
+	switch {
+	case len(name) > 0:
+		if c.stmtOpState == stmtOpsBehind && c.server.Load() == nil {
+			c.awaitStmtOps() // answered: the server was released
+		}
+		st := c.stmt(name)
+		if st == nil || c.stmtOpState != stmtOpsNone || x.parse != nil {
+			return x, false
+		}
+		x.stmt = st.parse
+	case x.parse != nil:
+		x.stmt = x.parse
+	case c.unnamed != nil:
+		x.stmt = c.unnamed // where it is bound, pgguard parses it again or the server has it
+	default:
+		return x, false
+	}
+	x.text = queryText(x.stmt)
+	if typ, body, ok = next(); ok && typ == 'D' {
+		if len(body) != 2 || body[0] != 'P' || body[1] != 0 {
+			return x, false
+		}
+		x.describe = true
+		typ, body, ok = next()
+	}
+	// Execute of the unnamed portal, all rows, then Sync.
+	if !ok || typ != 'E' || len(body) != 5 || body[0] != 0 || binary.BigEndian.Uint32(body[1:]) != 0 {
+		return x, false
+	}
+	typ, _, ok = next()
+	return x, ok && typ == 'S'
+}
+
+// statement decodes the parameters of x for the cache's key; false when the
+// messages are malformed (the server will say so).
+func (x *cacheExec) statement() (cache.Statement, bool) {
+	st := cache.Statement{Text: x.text, Extended: x.extended, Described: x.describe || !x.extended}
+	if !x.extended {
+		return st, true
+	}
+	r := msgReader{b: x.stmt[len(x.text)+1:]}
+	for range r.u16() {
+		st.ParamTypes = append(st.ParamTypes, r.u32())
+	}
+	_, rest, _ := cbytes(x.bind)
+	_, rest, _ = cbytes(rest)
+	r = msgReader{b: rest}
+	for range r.u16() {
+		st.ParamFormats = append(st.ParamFormats, int16(r.u16()))
+	}
+	for range r.u16() {
+		n := int32(r.u32())
+		if n < 0 {
+			st.Params = append(st.Params, nil)
+			continue
+		}
+		st.Params = append(st.Params, r.next(int(n)))
+	}
+	for range r.u16() {
+		st.ResultFormats = append(st.ResultFormats, int16(r.u16()))
+	}
+	return st, !r.bad && len(r.b) == 0
+}
+
+// msgReader reads big-endian message fields, remembering an overrun.
+type msgReader struct {
+	b   []byte
+	bad bool
+}
+
+func (r *msgReader) next(n int) []byte {
+	if r.bad || n < 0 || n > len(r.b) {
+		r.bad = true
+		return nil
+	}
+	v := r.b[:n:n]
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *msgReader) u16() uint16 {
+	if b := r.next(2); b != nil {
+		return binary.BigEndian.Uint16(b)
+	}
+	return 0
+}
+
+func (r *msgReader) u32() uint32 {
+	if b := r.next(4); b != nil {
+		return binary.BigEndian.Uint32(b)
+	}
+	return 0
+}
+
+// cacheSession is what the client's results depend on, rebuilt when its
+// session parameters change.
+func (c *client) cacheSession() *cache.Session {
+	gen := c.wantGen.Load()
+	if c.cacheSess != nil && c.cacheSessGen == gen {
+		return c.cacheSess
+	}
+	s := &cache.Session{Database: c.db.name, User: c.user, Application: c.app}
+	for _, e := range c.want.reported {
+		s.Settings = append(s.Settings, cache.Setting{Name: e.k, Value: e.v})
+	}
+	for _, e := range c.want.custom {
+		s.Settings = append(s.Settings, cache.Setting{Name: e.k, Value: e.v})
+	}
+	c.cacheSess, c.cacheSessGen = s, gen
+	return s
+}
+
+// idleForCache reports whether nothing the client sent is outstanding and
+// no transaction is open, so an answer from pgguard cannot overtake a
+// server's. In transaction mode that is a client without a server; a
+// linked one (session mode, or pinned) must be idle outside a transaction.
+func (c *client) idleForCache() bool {
+	b := c.server.Load()
+	if b == nil {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.client == c && b.queue.len() == 0 && !b.open && b.txStatus == 'I'
+}
+
+// fromCache looks up the execution data starts with. On a hit it answers
+// the client and returns the bytes consumed; on a cacheable miss it leaves
+// c.missFill for the execution's sync point, so the pump collects the reply.
+func (c *client) fromCache(data []byte) (int, error) {
+	rc := c.p.Cache
+	x, ok := c.scanExec(data)
+	if !ok || !c.idleForCache() {
+		return 0, nil
+	}
+	s := c.cacheSession()
+	if _, ok := rc.Match(s, x.text); !ok {
+		return 0, nil
+	}
+	st, ok := x.statement()
+	if !ok {
+		return 0, nil
+	}
+	k, ok := rc.Key(s, &st)
+	if !ok {
+		return 0, nil
+	}
+	start := time.Now()
+	reply, hit := rc.Get(c.p.ctx, k)
+	if !hit {
+		c.missFill = &cacheFill{key: k, max: k.MaxBytes()}
+		return 0, nil
+	}
+	c.lastTyp = 'Q' // what the client sent last: a sync point
+	if x.extended {
+		c.lastTyp = 'S'
+	}
+	if err := c.lim.AdmitCached(); err != nil {
+		return x.n, c.p.clientError(err, c.db, false) // refused: the caller answers
+	}
+	c.answer(&x, reply)
+	c.cacheAnswered(&x, reply, start)
+	return x.n, nil
+}
+
+// answer writes a hit's reply in the shape the client's messages ask for.
+func (c *client) answer(x *cacheExec, reply []byte) {
+	const small = 32 << 10
+	var head []byte
+	if x.parse != nil {
+		head = append(head, '1', 0, 0, 0, 4)
+	}
+	if x.extended {
+		head = append(head, '2', 0, 0, 0, 4)
+	}
+	ready := []byte{'Z', 0, 0, 0, 5, 'I'}
+	if len(reply) > small {
+		c.write(head) // no copy of a large reply
+		c.write(reply)
+		c.write(ready)
+		return
+	}
+	out := append(append(append(c.obuf[:0], head...), reply...), ready...)
+	c.write(out)
+	c.obuf = out[:0]
+}
+
+// cacheAnswered does for a hit what a server's reply would have done: the
+// client's unnamed statement and batch state, the counters and the query log.
+func (c *client) cacheAnswered(x *cacheExec, reply []byte, start time.Time) {
+	if x.parse != nil {
+		c.unnamed = append(c.unnamed[:0:0], x.parse...)
+		c.unnamedEff = statementEffect(x.text)
+		c.unnamedGen++ // no server holds it: a later Bind of "" parses it again
+	} else if !x.extended {
+		c.unnamed, c.unnamedEff = nil, nil // a Query destroys it
+	}
+	c.db.queryCount.Add(1)
+	c.db.queries.Inc()
+	c.lastActive.Store(time.Now().UnixNano())
+	if ql := c.p.QueryLog; ql != nil {
+		rows, tag := replyTag(reply)
+		ql.Log(querylog.Record{
+			Time: start, Database: c.db.name, User: c.user, Application: c.app, ClientAddr: c.addr,
+			Query: c.intern(x.text), Duration: time.Since(start), Rows: rows, Tag: tag,
+			Extended: x.extended, Cache: "hit",
+		})
+	}
+}
+
+// replyTag returns the row count and command word of a reply's CommandComplete.
+func replyTag(reply []byte) (int64, string) {
+	for len(reply) >= 5 {
+		n := min(1+int(binary.BigEndian.Uint32(reply[1:])), len(reply))
+		if reply[0] == 'C' {
+			var q inflightQuery
+			tagOf(&q, reply[5:n])
+			return q.rows, q.tag
+		}
+		reply = reply[n:]
+	}
+	return 0, ""
+}
+
+// cacheFill collects a miss's reply for the cache as the pump relays it:
+// RowDescription, DataRows and CommandComplete, whatever the chunking.
+// Owned by the pump once its request is sent.
+type cacheFill struct {
+	key    *cache.Key
+	max    int    // max_entry_bytes
+	buf    []byte // the reply so far
+	keep   bool   // the message under way belongs to it
+	bad    bool   // the reply is not one to store
+	tooBig bool   // ... because it outgrew max
+}
+
+// begin starts a server message of type typ and size bytes (header included).
+func (f *cacheFill) begin(typ byte, size int) {
+	f.keep = false
+	switch {
+	case f.bad:
+	case typ == '1' || typ == '2' || typ == '3':
+		// ParseComplete, BindComplete, CloseComplete: pgguard writes its own.
+	case typ != 'T' && typ != 'D' && typ != 'C':
+		f.bad = true // an error, a notice, a parameter change: not a plain result
+	case len(f.buf)+size > f.max:
+		f.bad, f.tooBig, f.buf = true, true, nil
+	default:
+		f.keep = true
+	}
+}
+
+// add appends bytes of the message under way.
+func (f *cacheFill) add(p []byte) {
+	if f.keep {
+		f.buf = append(f.buf, p...)
+	}
+}
+
+// storeFill puts a collected reply in the cache before the client has its
+// ReadyForQuery, so that its next query finds it; with Redis that costs a
+// miss one write, within the Redis call timeout. Only a primary's answer to
+// a whole execution outside a transaction is stored.
+func (b *backend) storeFill(r *request, status byte) {
+	f := r.fill
+	rc := b.db.p.Cache
+	switch {
+	case f.tooBig:
+		rc.TooBig(f.key)
+	case f.bad || r.failed || status != 'I' || b.upstream != "primary":
+	default:
+		rc.Put(context.WithoutCancel(b.db.p.ctx), f.key, f.buf)
+	}
+}
+
+// boundWrites returns the tables a Bind's statement may write: all of the
+// database's when pgguard does not know the statement.
+func (c *client) boundWrites(body []byte) cache.Targets {
+	var text []byte
+	if name := boundStmt(body); len(name) > 0 {
+		if st := c.stmt(name); st != nil {
+			text = st.parse
+		}
+	} else if c.unnamedSeen == 1 {
+		text = c.unnamedNext
+	} else if c.unnamedSeen == 0 {
+		text = c.unnamed
+	}
+	if text == nil {
+		return cache.Targets{All: true}
+	}
+	return c.p.Cache.Writes(queryText(text))
+}
+
+// takeWrites returns the tables the statements sent since the last sync
+// point may write, for that sync point's request, and starts over.
+func (c *client) takeWrites() cache.Targets {
+	if c.writes.Empty() {
+		return cache.Targets{}
+	}
+	t := c.writes.Targets()
+	t.Tables = slices.Clone(t.Tables)
+	c.writes.Reset()
+	return t
+}
+
+// unitWrites notes what request r wrote and, when the unit of work ended
+// (status 'I'), returns what it committed for invalidation (mu held).
+func (b *backend) unitWrites(r *request, status byte) cache.Targets {
+	if !r.writes.Empty() {
+		b.writes.Add(r.writes)
+	}
+	if status != 'I' {
+		return cache.Targets{}
+	}
+	var t cache.Targets
+	if !b.writes.Empty() && (b.unitCommitted || !b.unitUndone) {
+		t = b.writes.Targets()
+		t.Tables = slices.Clone(t.Tables)
+	}
+	b.writes.Reset()
+	b.unitCommitted, b.unitUndone = false, false
+	return t
+}
+
+// unsettledWrites returns the tables written by the unit under way and by
+// every request sent, when the connection is lost: a COMMIT may have run
+// without its answer arriving, so they are invalidated (mu held).
+func (b *backend) unsettledWrites() cache.Targets {
+	for i := b.queue.head; i < len(b.queue.items); i++ {
+		b.writes.Add(b.queue.items[i].writes)
+	}
+	t := b.writes.Targets()
+	t.Tables = slices.Clone(t.Tables)
+	b.writes.Reset()
+	return t
+}
+
+// invalidate makes the cache forget what committed writes touched, before
+// the client hears of the commit.
+func (b *backend) invalidate(t cache.Targets) {
+	if !t.Empty() {
+		b.db.p.Cache.Invalidate(b.db.p.ctx, b.db.name, t)
+	}
+}
