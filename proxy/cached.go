@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pgguard/pgguard/cache"
+	"github.com/pgguard/pgguard/internal/msgread"
 	"github.com/pgguard/pgguard/querylog"
 )
 
@@ -153,58 +154,28 @@ func (x *cacheExec) statement() (cache.Statement, bool) {
 	if len(x.text) >= len(x.stmt) {
 		return st, false // no NUL after the text
 	}
-	r := msgReader{b: x.stmt[len(x.text)+1:]}
-	for range r.u16() {
-		st.ParamTypes = append(st.ParamTypes, r.u32())
+	r := msgread.Reader{B: x.stmt[len(x.text)+1:]}
+	for range r.U16() {
+		st.ParamTypes = append(st.ParamTypes, r.U32())
 	}
 	_, rest, _ := cbytes(x.bind)
 	_, rest, _ = cbytes(rest)
-	r = msgReader{b: rest}
-	for range r.u16() {
-		st.ParamFormats = append(st.ParamFormats, int16(r.u16()))
+	r = msgread.Reader{B: rest}
+	for range r.U16() {
+		st.ParamFormats = append(st.ParamFormats, int16(r.U16()))
 	}
-	for range r.u16() {
-		n := int32(r.u32())
+	for range r.U16() {
+		n := int32(r.U32())
 		if n < 0 {
 			st.Params = append(st.Params, nil)
 			continue
 		}
-		st.Params = append(st.Params, r.next(int(n)))
+		st.Params = append(st.Params, r.Next(int(n)))
 	}
-	for range r.u16() {
-		st.ResultFormats = append(st.ResultFormats, int16(r.u16()))
+	for range r.U16() {
+		st.ResultFormats = append(st.ResultFormats, int16(r.U16()))
 	}
-	return st, !r.bad && len(r.b) == 0
-}
-
-// msgReader reads big-endian message fields, remembering an overrun.
-type msgReader struct {
-	b   []byte
-	bad bool
-}
-
-func (r *msgReader) next(n int) []byte {
-	if r.bad || n < 0 || n > len(r.b) {
-		r.bad = true
-		return nil
-	}
-	v := r.b[:n:n]
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *msgReader) u16() uint16 {
-	if b := r.next(2); b != nil {
-		return binary.BigEndian.Uint16(b)
-	}
-	return 0
-}
-
-func (r *msgReader) u32() uint32 {
-	if b := r.next(4); b != nil {
-		return binary.BigEndian.Uint32(b)
-	}
-	return 0
+	return st, !r.Bad && len(r.B) == 0
 }
 
 // cacheSession is what the client's results depend on, rebuilt when its

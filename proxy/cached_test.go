@@ -136,14 +136,7 @@ func TestCacheHitsChunking(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(5, 6))
 	for range 200 {
-		var cuts []int
-		for pos := 0; ; {
-			pos += 1 + rng.IntN(3000)
-			if pos >= len(stream) {
-				break
-			}
-			cuts = append(cuts, pos)
-		}
+		cuts := randomCuts(rng, len(stream), 3000)
 		if got := run(cuts); got != want {
 			t.Fatalf("cuts %v:\n got %q\nwant %q", cuts, got, want)
 		}
