@@ -553,3 +553,88 @@ func TestCacheHitsAndLimits(t *testing.T) {
 		t.Errorf("a query for the server past the rate: %v, want 53400", err)
 	}
 }
+
+// TestCacheReadYourWritesUnderLoad: clients that each update their own
+// tenant and read it back through the cache at once always see their
+// write, while readers hammer the same entries, over a network that splits
+// the server's bytes too; at the end every tenant reads as the table says.
+func TestCacheReadYourWritesUnderLoad(t *testing.T) {
+	guardtest.EachNet(t, func(t *testing.T, n guardtest.Net) {
+		freshBranding(t)
+		cfg := testConfig("transaction")
+		cfg.Cache = []config.CacheRule{brandingRule()}
+		n.Route(t, cfg)
+		g := startGuard(t, cfg)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		const writers, rounds, readers = 6, 40, 6
+		errs := make(chan error, writers+readers)
+		var wwg, rwg sync.WaitGroup
+		stop := make(chan struct{})
+		for w := range writers {
+			wwg.Add(1)
+			go func() {
+				defer wwg.Done()
+				conn := connect(t, g.url("app"), []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol}[w%2])
+				tenant := 1 + w
+				for i := range rounds {
+					want := fmt.Sprintf("w%d-%d", w, i)
+					var err error
+					if i%3 == 0 { // in a transaction block, committed
+						err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+							_, err := tx.Exec(ctx, "UPDATE cache_branding SET name = $1 WHERE tenant_id = $2", want, tenant)
+							return err
+						})
+					} else {
+						_, err = conn.Exec(ctx, "UPDATE cache_branding SET name = $1 WHERE tenant_id = $2", want, tenant)
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+					var got string
+					if err := conn.QueryRow(ctx, brandingQuery, tenant).Scan(nil, &got, nil, nil); err != nil {
+						errs <- err
+						return
+					}
+					if got != want {
+						errs <- fmt.Errorf("writer %d round %d read %q after committing %q", w, i, got, want)
+						return
+					}
+				}
+			}()
+		}
+		for r := range readers {
+			rwg.Add(1)
+			go func() {
+				defer rwg.Done()
+				conn := connect(t, g.url("app"), pgx.QueryExecModeCacheStatement)
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if err := conn.QueryRow(ctx, brandingQuery, 1+(r+i)%writers).Scan(nil, nil, nil, nil); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		wwg.Wait()
+		close(stop)
+		rwg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		check := connect(t, g.url("app"), pgx.QueryExecModeCacheStatement)
+		for w := range writers {
+			var got string
+			if err := check.QueryRow(ctx, brandingQuery, 1+w).Scan(nil, &got, nil, nil); err != nil || got != fmt.Sprintf("w%d-%d", w, rounds-1) {
+				t.Errorf("tenant %d reads %q (%v) through the cache, want its last write", 1+w, got, err)
+			}
+		}
+	})
+}
