@@ -638,3 +638,47 @@ func TestCacheReadYourWritesUnderLoad(t *testing.T) {
 		}
 	})
 }
+
+// TestCacheKeyFollowsSession: the same text under another search_path (at
+// startup, or SET later) reads another table, and gets its own entry.
+func TestCacheKeyFollowsSession(t *testing.T) {
+	superExec(t, `DROP SCHEMA IF EXISTS cache_a CASCADE; DROP SCHEMA IF EXISTS cache_b CASCADE;
+		CREATE SCHEMA cache_a; CREATE SCHEMA cache_b;
+		CREATE TABLE cache_a.cache_sp (id int, v text); CREATE TABLE cache_b.cache_sp (id int, v text);
+		INSERT INTO cache_a.cache_sp VALUES (1, 'in a'); INSERT INTO cache_b.cache_sp VALUES (1, 'in b');
+		GRANT USAGE ON SCHEMA cache_a, cache_b TO tester; GRANT SELECT ON cache_a.cache_sp, cache_b.cache_sp TO tester`)
+	cfg := testConfig("transaction")
+	cfg.Cache = []config.CacheRule{{Name: "sp", Query: "SELECT v FROM cache_sp WHERE id = $1", TTL: config.D(time.Hour), MaxEntryBytes: 1 << 20}}
+	g := startGuard(t, cfg)
+	ctx := context.Background()
+	read := func(conn *pgx.Conn) string {
+		t.Helper()
+		var v string
+		if err := conn.QueryRow(ctx, "SELECT v FROM cache_sp WHERE id = $1", 1).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	a := connect(t, g.url("app")+"&options=-c%20search_path%3Dcache_a", pgx.QueryExecModeCacheStatement)
+	b := connect(t, g.url("app")+"&options=-c%20search_path%3Dcache_b", pgx.QueryExecModeCacheStatement)
+	for range 3 {
+		if got := read(a); got != "in a" {
+			t.Fatalf("search_path cache_a reads %q", got)
+		}
+		if got := read(b); got != "in b" {
+			t.Fatalf("search_path cache_b reads %q", got)
+		}
+	}
+	if _, err := a.Exec(ctx, "SET search_path = cache_b"); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(a); got != "in b" {
+		t.Errorf("after SET search_path = cache_b: %q", got)
+	}
+	if _, err := a.Exec(ctx, "RESET search_path"); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(a); got != "in a" {
+		t.Errorf("after RESET search_path (startup cache_a): %q", got)
+	}
+}
