@@ -139,23 +139,22 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Cache, error) {
 	}
 	c.m = newMetrics(c.mode == "redis")
 	if c.mode == "redis" {
-		rs, err := newRedisStore(url, log, o, c.m.redisUp, c.stop)
+		// Down: entries validated against Redis are useless now.
+		rs, err := newRedisStore(url, log, o, c.m.redisUp, c.stop, c.lru.clear, c.rejoin)
 		if err != nil {
 			return nil, err
 		}
-		rs.down = c.lru.clear // entries validated against Redis are useless now
-		rs.back = c.rejoin
 		c.redis = rs
 	}
 	if err := c.m.register(o.reg, c.lru); err != nil {
 		if c.redis != nil {
-			c.redis.close()
+			c.redis.Close()
 		}
 		return nil, err
 	}
 	c.Reconfigure(cfg)
 	if c.redis != nil {
-		c.redis.start()
+		c.redis.Start()
 	}
 	return c, nil
 }
@@ -192,7 +191,7 @@ func (c *Cache) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.stop)
 		if c.redis != nil {
-			c.redis.close()
+			c.redis.Close()
 		}
 		c.m.unregister(c.opts.reg)
 	})
@@ -275,7 +274,7 @@ func (c *Cache) analyze(text []byte) *analyze.Info {
 }
 
 // fleet reports whether entries and generations live in Redis right now.
-func (c *Cache) fleet() bool { return c.redis != nil && c.redis.up.Load() }
+func (c *Cache) fleet() bool { return c.redis != nil && c.redis.Up.Load() }
 
 // capped reports whether entries live at most degraded_ttl: the cache is
 // per instance although a Redis is configured (unreachable, or suspended).
@@ -479,6 +478,6 @@ func (c *Cache) rejoin(ctx context.Context) error {
 		c.log.Info("wrote the invalidations made while redis was unreachable", "generations", len(fields))
 	}
 	c.lru.clear()
-	c.redis.up.Store(true) // under the gate; the probe sets it again
+	c.redis.Up.Store(true) // under the gate; the probe sets it again
 	return nil
 }

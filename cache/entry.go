@@ -5,6 +5,8 @@ import (
 	"hash/crc32"
 	"slices"
 	"time"
+
+	"github.com/pgguard/pgguard/internal/msgread"
 )
 
 // entry is one cached reply with what it was stored under. Immutable once
@@ -83,62 +85,24 @@ func decodeEntry(b []byte, digest [32]byte) (*entry, bool) {
 	if crc32.Checksum(body, crcTable) != sum {
 		return nil, false
 	}
-	r := reader{b: body[5:]}
+	r := msgread.Reader{B: body[5:]}
 	e := &entry{}
-	copy(e.digest[:], r.next(32))
+	copy(e.digest[:], r.Next(32))
 	if e.digest != digest {
 		return nil, false
 	}
-	e.expires = time.UnixMilli(int64(r.u64()))
-	nf := int(r.u16())
+	e.expires = time.UnixMilli(int64(r.U64()))
+	nf := int(r.U16())
 	for range nf {
-		f := r.next(int(r.u16()))
+		f := r.Next(int(r.U16()))
 		e.fields = append(e.fields, string(f))
-		e.gens = append(e.gens, r.u64())
+		e.gens = append(e.gens, r.U64())
 	}
-	e.reply = r.next(int(r.u32()))
-	if r.bad || len(r.b) != 0 || !validReply(e.reply) {
+	e.reply = r.Next(int(r.U32()))
+	if r.Bad || len(r.B) != 0 || !validReply(e.reply) {
 		return nil, false
 	}
-	e.reply = slices.Clip(e.reply)
 	return e, true
-}
-
-// reader reads big-endian fields, remembering an overrun instead of panicking.
-type reader struct {
-	b   []byte
-	bad bool
-}
-
-func (r *reader) next(n int) []byte {
-	if r.bad || n > len(r.b) {
-		r.bad = true
-		return nil
-	}
-	v := r.b[:n]
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *reader) u16() uint16 {
-	if b := r.next(2); b != nil {
-		return binary.BigEndian.Uint16(b)
-	}
-	return 0
-}
-
-func (r *reader) u32() uint32 {
-	if b := r.next(4); b != nil {
-		return binary.BigEndian.Uint32(b)
-	}
-	return 0
-}
-
-func (r *reader) u64() uint64 {
-	if b := r.next(8); b != nil {
-		return binary.BigEndian.Uint64(b)
-	}
-	return 0
 }
 
 // ValidReply reports whether b is a reply the cache stores: a

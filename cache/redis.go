@@ -8,15 +8,12 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 
-	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/internal/redislink"
 )
 
 // Redis layout (one Redis, any number of pgguard instances):
@@ -36,138 +33,36 @@ const (
 
 func redisEntryKey(digest [32]byte) string { return redisPrefix + "e:" + hex.EncodeToString(digest[:]) }
 
-// redisStore is the fleet-wide store, in the limiter's style: every call is
-// bounded by a short timeout, and the first error switches the cache to
-// per-instance state (up = false) and starts a background probe that
-// switches back once Redis answers and the invalidations made meanwhile
-// are written.
+// redisStore is the fleet-wide store, in the limiter's style (redislink):
+// every call is bounded by a short timeout, and the first error switches
+// the cache to per-instance state (Up = false) and starts a background
+// probe that switches back once Redis answers and the invalidations made
+// meanwhile are written (back).
 type redisStore struct {
-	c       *redis.Client
-	log     *slog.Logger
-	timeout time.Duration // per call
-	min     time.Duration // probe backoff
-	max     time.Duration
-	gauge   prometheus.Gauge
-	stop    <-chan struct{}
-	down    func()                      // called once per outage, when it starts
-	back    func(context.Context) error // called by the probe before going fleet-wide again
-
-	up atomic.Bool
-
-	mu      sync.Mutex // guards probing, closed; wg.Add
-	probing bool
-	closed  bool
-	wg      sync.WaitGroup
+	*redislink.Link
+	log *slog.Logger
 }
 
-func newRedisStore(rawURL string, log *slog.Logger, o options, gauge prometheus.Gauge, stop <-chan struct{}) (*redisStore, error) {
-	opt, err := redis.ParseURL(rawURL)
+// newRedisStore links to rawURL; down runs as an outage starts, back in the
+// probe before the store is fleet-wide again.
+func newRedisStore(rawURL string, log *slog.Logger, o options, gauge prometheus.Gauge, stop <-chan struct{}, down func(), back func(context.Context) error) (*redisStore, error) {
+	l, err := redislink.New(rawURL, redislink.Options{
+		Key: "cache_store.redis_url", Timeout: o.redisTimeout, RetryMin: o.retryMin, RetryMax: o.retryMax,
+		Log: log, Gauge: gauge, Stop: stop, Down: down, Back: back,
+		DownMsg: "redis unreachable, the result cache is per instance (entries live at most cache_store.degraded_ttl) until it returns",
+		BackMsg: "redis reachable again, the result cache is fleet-wide",
+	})
 	if err != nil {
-		return nil, fmt.Errorf("cache_store.redis_url %s: %v", config.RedactURL(rawURL), err)
+		return nil, err
 	}
-	opt.DialTimeout = o.redisTimeout
-	opt.ReadTimeout = o.redisTimeout
-	opt.WriteTimeout = o.redisTimeout
-	opt.ContextTimeoutEnabled = true
-	opt.MaxRetries = -1 // a retry would blow the time budget; the probe retries
-	opt.DialerRetries = 1
-	opt.Protocol = 2 // no HELLO round trip, no push notifications
-	opt.DisableIdentity = true
-	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	return &redisStore{
-		c: redis.NewClient(opt), log: log, gauge: gauge, stop: stop,
-		timeout: o.redisTimeout, min: o.retryMin, max: o.retryMax,
-	}, nil
-}
-
-// start pings once (within the call timeout) and goes fleet-wide if Redis
-// answers, else per instance with the probe running.
-func (s *redisStore) start() {
-	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-	err := s.c.Ping(ctx).Err()
-	cancel()
-	if err == nil {
-		s.up.Store(true)
-		s.gauge.Set(1)
-		return
-	}
-	s.up.Store(true) // so that fail logs and starts the probe
-	s.fail(err)
-}
-
-// fail switches to per-instance state after a Redis error: logs once per
-// outage, sets the gauge, starts the probe.
-func (s *redisStore) fail(err error) {
-	if !s.up.CompareAndSwap(true, false) {
-		return
-	}
-	s.gauge.Set(0)
-	s.log.Warn("redis unreachable, the result cache is per instance (entries live at most cache_store.degraded_ttl) until it returns", "err", err)
-	if s.down != nil {
-		s.down()
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.probing || s.closed {
-		return
-	}
-	s.probing = true
-	s.wg.Add(1)
-	go s.probe()
-}
-
-// probe pings with backoff until Redis answers and back succeeds, or the
-// cache closes.
-func (s *redisStore) probe() {
-	defer s.wg.Done()
-	d := s.min
-	t := time.NewTimer(d)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-		err := s.c.Ping(ctx).Err()
-		if err == nil && s.back != nil {
-			err = s.back(ctx)
-		}
-		cancel()
-		if err == nil {
-			s.mu.Lock()
-			s.probing = false
-			s.mu.Unlock()
-			s.up.Store(true)
-			s.gauge.Set(1)
-			s.log.Info("redis reachable again, the result cache is fleet-wide")
-			return
-		}
-		d = min(2*d, s.max)
-		t.Reset(d)
-	}
-}
-
-func (s *redisStore) close() {
-	s.mu.Lock()
-	s.closed = true
-	s.mu.Unlock()
-	s.wg.Wait()
-	_ = s.c.Close()
+	return &redisStore{l, log}, nil
 }
 
 // bounded returns ctx with the call timeout; an error of a call made with
-// it, other than the caller's own ctx ending, switches to per-instance state.
+// it, other than the caller's own ctx ending, switches to per-instance
+// state (Failed).
 func (s *redisStore) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, s.timeout)
-}
-
-func (s *redisStore) failed(ctx context.Context, err error) error {
-	if err != nil && ctx.Err() == nil {
-		s.fail(err)
-	}
-	return err
+	return context.WithTimeout(ctx, s.Timeout())
 }
 
 // errNoEpoch: the generations hash is missing (new, or lost).
@@ -181,18 +76,18 @@ func (s *redisStore) fetch(ctx context.Context, fields []string, digest [32]byte
 	}
 	cctx, cancel := s.bounded(ctx)
 	defer cancel()
-	pipe := s.c.Pipeline()
+	pipe := s.C.Pipeline()
 	hm := pipe.HMGet(cctx, redisGensKey, fields...)
 	var get *redis.StringCmd
 	if withEntry {
 		get = pipe.Get(cctx, redisEntryKey(digest))
 	}
 	if _, err := pipe.Exec(cctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, nil, s.failed(ctx, err)
+		return nil, nil, s.Failed(ctx, err)
 	}
 	vals, err := hm.Result()
 	if err != nil || len(vals) != len(fields) {
-		return nil, nil, s.failed(ctx, fmt.Errorf("HMGET returned %d values for %d fields: %v", len(vals), len(fields), err))
+		return nil, nil, s.Failed(ctx, fmt.Errorf("HMGET returned %d values for %d fields: %v", len(vals), len(fields), err))
 	}
 	gens = make([]uint64, len(vals))
 	for i, v := range vals {
@@ -208,7 +103,7 @@ func (s *redisStore) fetch(ctx context.Context, fields []string, digest [32]byte
 			// write's HINCRBY fails too, so start over.
 			s.log.Warn("cache generations hold garbage; forgetting them", "field", fields[i], "value", str)
 			cctx, cancel := s.bounded(ctx)
-			s.c.Del(cctx, redisGensKey)
+			s.C.Del(cctx, redisGensKey)
 			cancel()
 			return nil, nil, errNoEpoch
 		}
@@ -218,7 +113,7 @@ func (s *redisStore) fetch(ctx context.Context, fields []string, digest [32]byte
 		if err == nil {
 			value = b
 		} else if !errors.Is(err, redis.Nil) {
-			return nil, nil, s.failed(ctx, err)
+			return nil, nil, s.Failed(ctx, err)
 		}
 	}
 	return gens, value, nil
@@ -228,14 +123,14 @@ func (s *redisStore) fetch(ctx context.Context, fields []string, digest [32]byte
 func (s *redisStore) initEpoch(ctx context.Context) error {
 	cctx, cancel := s.bounded(ctx)
 	defer cancel()
-	return s.failed(ctx, s.c.HSetNX(cctx, redisGensKey, fieldEpoch, newEpoch()).Err())
+	return s.Failed(ctx, s.C.HSetNX(cctx, redisGensKey, fieldEpoch, newEpoch()).Err())
 }
 
 // store writes an entry's value with its time to live.
 func (s *redisStore) store(ctx context.Context, digest [32]byte, value []byte, ttl time.Duration) error {
 	cctx, cancel := s.bounded(ctx)
 	defer cancel()
-	return s.failed(ctx, s.c.Set(cctx, redisEntryKey(digest), value, ttl).Err())
+	return s.Failed(ctx, s.C.Set(cctx, redisEntryKey(digest), value, ttl).Err())
 }
 
 // bump increments the generations of fields (creating the epoch first if
@@ -246,13 +141,13 @@ func (s *redisStore) bump(ctx context.Context, fields []string) error {
 	}
 	cctx, cancel := s.bounded(ctx)
 	defer cancel()
-	pipe := s.c.Pipeline()
+	pipe := s.C.Pipeline()
 	pipe.HSetNX(cctx, redisGensKey, fieldEpoch, newEpoch())
 	for _, f := range fields {
 		pipe.HIncrBy(cctx, redisGensKey, f, 1)
 	}
 	_, err := pipe.Exec(cctx)
-	return s.failed(ctx, err)
+	return s.Failed(ctx, err)
 }
 
 // newEpoch returns a random epoch; 0 is never one.

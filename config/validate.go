@@ -278,8 +278,8 @@ func (v *validator) limits() {
 		v.nonNegativeFloat(key+".queries_per_hour", l.QueriesPerHour)
 		v.atLeast(key+".burst", l.Burst, 0)
 		v.nonNegative(key+".max_delay", l.MaxDelay)
-		if l.MaxConnections == 0 && l.QueriesPerSecond == 0 && l.QueriesPerMinute == 0 && l.QueriesPerHour == 0 && !l.Worker {
-			v.bad(key, "the rule limits nothing; set max_connections, one of queries_per_second, queries_per_minute, queries_per_hour, or worker = true")
+		if l.MaxConnections == 0 && l.QueriesPerSecond == 0 && l.QueriesPerMinute == 0 && l.QueriesPerHour == 0 && !l.Worker && l.Priority == 0 {
+			v.bad(key, "the rule limits nothing; set max_connections, one of queries_per_second, queries_per_minute, queries_per_hour, priority, or worker = true")
 		}
 	}
 }

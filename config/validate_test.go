@@ -227,3 +227,12 @@ func TestValidateServerTCPSettings(t *testing.T) {
 	hasProblem(t, check(func(p *Pool) { p.ServerTCPUserTimeout = D(-time.Second) }),
 		"defaults:0: pool.server_tcp_user_timeout: -1s is not accepted")
 }
+
+// A rule that only gives its clients a queue priority does something (the
+// README's example for the web application).
+func TestValidatePriorityOnlyLimit(t *testing.T) {
+	p := writeConfig(t, minimal+"\n[[limits]]\nname = \"web\"\napplication_name = \"web\"\npriority = 10\n")
+	if _, err := Load(p, noEnv); err != nil {
+		t.Error(err)
+	}
+}

@@ -204,7 +204,7 @@ func (s *Session) admitRated(ctx context.Context) error {
 // take reserves a token from rule r: from Redis while it answers, else from
 // the local bucket.
 func (l *Limiter) take(ctx context.Context, r *rule, now time.Time) (wait time.Duration, bind int, ok, remote bool) {
-	if rs := l.redis; rs != nil && rs.up.Load() {
+	if rs := l.redis; rs != nil && rs.Up.Load() {
 		if wait, bind, ok, err := rs.take(ctx, r, now, 1); err == nil {
 			return wait, bind, ok, true
 		}

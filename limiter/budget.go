@@ -347,7 +347,7 @@ func (b *Budget) Snapshot() BudgetStatus {
 	for _, c := range b.computes {
 		a := c.awake(now)
 		total += a
-		st.Fleet = st.Fleet || !c.fleetAt.IsZero() && b.redis != nil && b.redis.up.Load()
+		st.Fleet = st.Fleet || !c.fleetAt.IsZero() && b.redis != nil && b.redis.Up.Load()
 		st.Endpoints = append(st.Endpoints, EndpointStatus{
 			Endpoint: c.key, AwakeSeconds: a.Seconds(), LastActive: c.last, AwakeNow: c.awakeAt(now),
 		})
@@ -530,7 +530,7 @@ func (c *compute) pollerFor(app string) *poller {
 // and reads the fleet figure back. Called by the janitor after a sweep, so
 // that a span still open is carried up to now (plus suspend_after).
 func (b *Budget) flush(ctx context.Context, now time.Time) {
-	if b.redis == nil || !b.redis.up.Load() {
+	if b.redis == nil || !b.redis.Up.Load() {
 		return
 	}
 	type job struct {

@@ -165,13 +165,13 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Limiter, error)
 	}
 	if err := l.m.register(o.reg, l.budget, l.workersOff.Load); err != nil {
 		if l.redis != nil {
-			l.redis.close()
+			l.redis.Close()
 		}
 		return nil, err
 	}
 	l.Reconfigure(cfg)
 	if l.redis != nil {
-		l.redis.start()
+		l.redis.Start()
 	}
 	if o.tick >= 0 {
 		l.wg.Add(1)
@@ -232,7 +232,7 @@ func (l *Limiter) Close() error {
 		close(l.stop)
 		l.wg.Wait()
 		if l.redis != nil {
-			l.redis.close()
+			l.redis.Close()
 		}
 		l.m.unregister(l.opts.reg)
 	})

@@ -5,15 +5,12 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 
-	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/internal/redislink"
 )
 
 // bucketScript is bucket.take and bucket.refund run atomically on one hash
@@ -82,113 +79,24 @@ return n
 const awakeTTL = 62 * 24 * 3600
 
 // redisStore is the fleet-wide state. Every call is bounded by a short
-// timeout; the first error switches the limiter to per-instance state (up =
-// false) and starts a background probe that switches back once Redis answers.
+// timeout; the first error switches the limiter to per-instance state (Up =
+// false) and starts a background probe that switches back once Redis
+// answers (redislink).
 type redisStore struct {
-	c       *redis.Client
-	log     *slog.Logger
-	timeout time.Duration // per call
-	min     time.Duration // probe backoff
-	max     time.Duration
-	gauge   prometheus.Gauge
-	stop    <-chan struct{}
-
-	up atomic.Bool
-
-	mu      sync.Mutex // guards probing, closed; wg.Add
-	probing bool
-	closed  bool
-	wg      sync.WaitGroup
+	*redislink.Link
 }
 
 func newRedisStore(rawURL string, log *slog.Logger, o options, gauge prometheus.Gauge, stop <-chan struct{}) (*redisStore, error) {
-	opt, err := redis.ParseURL(rawURL)
+	l, err := redislink.New(rawURL, redislink.Options{
+		Key: "limiter.redis_url", Timeout: o.redisTimeout, RetryMin: o.retryMin, RetryMax: o.retryMax,
+		Log: log, Gauge: gauge, Stop: stop,
+		DownMsg: "redis unreachable, limits are per instance until it returns",
+		BackMsg: "redis reachable again, limits are fleet-wide",
+	})
 	if err != nil {
-		return nil, fmt.Errorf("limiter.redis_url %s: %v", config.RedactURL(rawURL), err)
+		return nil, err
 	}
-	opt.DialTimeout = o.redisTimeout
-	opt.ReadTimeout = o.redisTimeout
-	opt.WriteTimeout = o.redisTimeout
-	opt.ContextTimeoutEnabled = true
-	opt.MaxRetries = -1 // a retry would blow the time budget; the probe retries
-	opt.DialerRetries = 1
-	opt.Protocol = 2 // no HELLO round trip, no push notifications
-	opt.DisableIdentity = true
-	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	return &redisStore{
-		c: redis.NewClient(opt), log: log, gauge: gauge, stop: stop,
-		timeout: o.redisTimeout, min: o.retryMin, max: o.retryMax,
-	}, nil
-}
-
-// start pings once (within the call timeout) and goes fleet-wide if Redis
-// answers, else per instance with the probe running.
-func (s *redisStore) start() {
-	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-	err := s.c.Ping(ctx).Err()
-	cancel()
-	if err == nil {
-		s.up.Store(true)
-		s.gauge.Set(1)
-		return
-	}
-	s.up.Store(true) // so that fail logs and starts the probe
-	s.fail(err)
-}
-
-// fail switches to per-instance state after a Redis error: logs once per
-// outage, sets the gauge, starts the probe.
-func (s *redisStore) fail(err error) {
-	if !s.up.CompareAndSwap(true, false) {
-		return
-	}
-	s.gauge.Set(0)
-	s.log.Warn("redis unreachable, limits are per instance until it returns", "err", err)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.probing || s.closed {
-		return
-	}
-	s.probing = true
-	s.wg.Add(1)
-	go s.probe()
-}
-
-// probe pings with backoff until Redis answers or the limiter closes.
-func (s *redisStore) probe() {
-	defer s.wg.Done()
-	d := s.min
-	t := time.NewTimer(d)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-		err := s.c.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			s.mu.Lock()
-			s.probing = false
-			s.mu.Unlock()
-			s.up.Store(true)
-			s.gauge.Set(1)
-			s.log.Info("redis reachable again, limits are fleet-wide")
-			return
-		}
-		d = min(2*d, s.max)
-		t.Reset(d)
-	}
-}
-
-func (s *redisStore) close() {
-	s.mu.Lock()
-	s.closed = true
-	s.mu.Unlock()
-	s.wg.Wait()
-	_ = s.c.Close()
+	return &redisStore{l}, nil
 }
 
 // call runs a script within the timeout; an error other than the caller's
@@ -197,13 +105,10 @@ func (s *redisStore) call(ctx context.Context, sc *redis.Script, key string, arg
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, s.timeout)
-	v, err := sc.Run(cctx, s.c, []string{key}, args...).Result()
+	cctx, cancel := context.WithTimeout(ctx, s.Timeout())
+	v, err := sc.Run(cctx, s.C, []string{key}, args...).Result()
 	cancel()
-	if err != nil && ctx.Err() == nil {
-		s.fail(err)
-	}
-	return v, err
+	return v, s.Failed(ctx, err)
 }
 
 // take runs the bucket script for rule r: cost 1 takes a token, -1 refunds one.
@@ -226,7 +131,7 @@ func (s *redisStore) take(ctx context.Context, r *rule, now time.Time, cost int)
 	res, _ := v.([]any)
 	if len(res) != 3 {
 		err = fmt.Errorf("bucket script returned %v", v)
-		s.fail(err)
+		s.Fail(err)
 		return 0, 0, false, err
 	}
 	okN, _ := res[0].(int64)

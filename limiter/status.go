@@ -53,7 +53,7 @@ func (l *Limiter) redisMode() string {
 	switch {
 	case l.mode != "redis":
 		return l.mode
-	case l.redis.up.Load():
+	case l.redis.Up.Load():
 		return "fleet"
 	}
 	return "per_instance"

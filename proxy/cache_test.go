@@ -553,3 +553,132 @@ func TestCacheHitsAndLimits(t *testing.T) {
 		t.Errorf("a query for the server past the rate: %v, want 53400", err)
 	}
 }
+
+// TestCacheReadYourWritesUnderLoad: clients that each update their own
+// tenant and read it back through the cache at once always see their
+// write, while readers hammer the same entries, over a network that splits
+// the server's bytes too; at the end every tenant reads as the table says.
+func TestCacheReadYourWritesUnderLoad(t *testing.T) {
+	guardtest.EachNet(t, func(t *testing.T, n guardtest.Net) {
+		freshBranding(t)
+		cfg := testConfig("transaction")
+		cfg.Cache = []config.CacheRule{brandingRule()}
+		n.Route(t, cfg)
+		g := startGuard(t, cfg)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		const writers, rounds, readers = 6, 40, 6
+		errs := make(chan error, writers+readers)
+		var wwg, rwg sync.WaitGroup
+		stop := make(chan struct{})
+		for w := range writers {
+			wwg.Add(1)
+			go func() {
+				defer wwg.Done()
+				conn := connect(t, g.url("app"), []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol}[w%2])
+				tenant := 1 + w
+				for i := range rounds {
+					want := fmt.Sprintf("w%d-%d", w, i)
+					var err error
+					if i%3 == 0 { // in a transaction block, committed
+						err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+							_, err := tx.Exec(ctx, "UPDATE cache_branding SET name = $1 WHERE tenant_id = $2", want, tenant)
+							return err
+						})
+					} else {
+						_, err = conn.Exec(ctx, "UPDATE cache_branding SET name = $1 WHERE tenant_id = $2", want, tenant)
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+					var got string
+					if err := conn.QueryRow(ctx, brandingQuery, tenant).Scan(nil, &got, nil, nil); err != nil {
+						errs <- err
+						return
+					}
+					if got != want {
+						errs <- fmt.Errorf("writer %d round %d read %q after committing %q", w, i, got, want)
+						return
+					}
+				}
+			}()
+		}
+		for r := range readers {
+			rwg.Add(1)
+			go func() {
+				defer rwg.Done()
+				conn := connect(t, g.url("app"), pgx.QueryExecModeCacheStatement)
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if err := conn.QueryRow(ctx, brandingQuery, 1+(r+i)%writers).Scan(nil, nil, nil, nil); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		wwg.Wait()
+		close(stop)
+		rwg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		check := connect(t, g.url("app"), pgx.QueryExecModeCacheStatement)
+		for w := range writers {
+			var got string
+			if err := check.QueryRow(ctx, brandingQuery, 1+w).Scan(nil, &got, nil, nil); err != nil || got != fmt.Sprintf("w%d-%d", w, rounds-1) {
+				t.Errorf("tenant %d reads %q (%v) through the cache, want its last write", 1+w, got, err)
+			}
+		}
+	})
+}
+
+// TestCacheKeyFollowsSession: the same text under another search_path (at
+// startup, or SET later) reads another table, and gets its own entry.
+func TestCacheKeyFollowsSession(t *testing.T) {
+	superExec(t, `DROP SCHEMA IF EXISTS cache_a CASCADE; DROP SCHEMA IF EXISTS cache_b CASCADE;
+		CREATE SCHEMA cache_a; CREATE SCHEMA cache_b;
+		CREATE TABLE cache_a.cache_sp (id int, v text); CREATE TABLE cache_b.cache_sp (id int, v text);
+		INSERT INTO cache_a.cache_sp VALUES (1, 'in a'); INSERT INTO cache_b.cache_sp VALUES (1, 'in b');
+		GRANT USAGE ON SCHEMA cache_a, cache_b TO tester; GRANT SELECT ON cache_a.cache_sp, cache_b.cache_sp TO tester`)
+	cfg := testConfig("transaction")
+	cfg.Cache = []config.CacheRule{{Name: "sp", Query: "SELECT v FROM cache_sp WHERE id = $1", TTL: config.D(time.Hour), MaxEntryBytes: 1 << 20}}
+	g := startGuard(t, cfg)
+	ctx := context.Background()
+	read := func(conn *pgx.Conn) string {
+		t.Helper()
+		var v string
+		if err := conn.QueryRow(ctx, "SELECT v FROM cache_sp WHERE id = $1", 1).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	a := connect(t, g.url("app")+"&options=-c%20search_path%3Dcache_a", pgx.QueryExecModeCacheStatement)
+	b := connect(t, g.url("app")+"&options=-c%20search_path%3Dcache_b", pgx.QueryExecModeCacheStatement)
+	for range 3 {
+		if got := read(a); got != "in a" {
+			t.Fatalf("search_path cache_a reads %q", got)
+		}
+		if got := read(b); got != "in b" {
+			t.Fatalf("search_path cache_b reads %q", got)
+		}
+	}
+	if _, err := a.Exec(ctx, "SET search_path = cache_b"); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(a); got != "in b" {
+		t.Errorf("after SET search_path = cache_b: %q", got)
+	}
+	if _, err := a.Exec(ctx, "RESET search_path"); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(a); got != "in a" {
+		t.Errorf("after RESET search_path (startup cache_a): %q", got)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pgguard/pgguard/cache"
+	"github.com/pgguard/pgguard/internal/msgread"
 	"github.com/pgguard/pgguard/querylog"
 )
 
@@ -34,30 +35,54 @@ type cacheExec struct {
 	describe bool
 }
 
-// scanExec finds the execution data starts with, if it is a whole one of
-// the shapes the cache answers. It reads headers and names, not values.
-func (c *client) scanExec(data []byte) (cacheExec, bool) {
+// What scanExec found at the head of the input.
+type scanned uint8
+
+const (
+	notCacheable scanned = iota // not an execution the cache answers
+	partExec                    // so far one, but its messages have not all arrived
+	wholeExec                   // one, whole
+)
+
+// scanExec finds the execution data starts with, if it is one of the
+// shapes the cache answers. It reads headers and names, not values. A
+// partial one is held back until it is whole (the server answers nothing
+// before its Sync either), so that where reads split it never decides
+// whether it is looked up.
+func (c *client) scanExec(data []byte) (cacheExec, scanned) {
 	var x cacheExec
+	short := false // the data ends before the next message does
 	next := func() (byte, []byte, bool) {
 		if len(data)-x.n < 5 {
+			short = true
 			return 0, nil, false
 		}
 		typ := data[x.n]
 		end := x.n + 1 + int(binary.BigEndian.Uint32(data[x.n+1:]))
 		if end > len(data) || end < x.n+5 {
+			short = end > len(data)
 			return 0, nil, false
 		}
 		body := data[x.n+5 : end]
 		x.n = end
 		return typ, body, true
 	}
+	verdict := func(ok bool) (cacheExec, scanned) {
+		switch {
+		case ok:
+			return x, wholeExec
+		case short:
+			return x, partExec
+		}
+		return x, notCacheable
+	}
 	typ, body, ok := next()
 	if !ok {
-		return x, false
+		return x, notCacheable // the caller waits for a whole first message anyway
 	}
 	if typ == 'Q' {
 		x.text = queryText(body)
-		return x, len(x.text) == len(body)-1
+		return verdict(len(x.text) == len(body)-1)
 	}
 	x.extended = true
 	reparse := c.pooling == poolTransaction && c.server.Load() == nil
@@ -67,21 +92,21 @@ func (c *client) scanExec(data []byte) (cacheExec, bool) {
 			// A named statement's Parse has its own bookkeeping; and the
 			// unnamed one's must reach a server unless pgguard parses it
 			// again where the client binds it (transaction mode, unlinked).
-			return x, false
+			return x, notCacheable
 		}
 		x.parse = rest
 		if typ, body, ok = next(); !ok {
-			return x, false
+			return verdict(false)
 		}
 	}
 	if typ != 'B' {
-		return x, false
+		return x, notCacheable
 	}
 	x.bind = body
 	portal, rest, ok := cbytes(body)
 	name, _, ok2 := cbytes(rest)
 	if !ok || !ok2 || len(portal) > 0 {
-		return x, false
+		return x, notCacheable
 	}
 	switch {
 	case len(name) > 0:
@@ -90,7 +115,7 @@ func (c *client) scanExec(data []byte) (cacheExec, bool) {
 		}
 		st := c.stmt(name)
 		if st == nil || c.stmtOpState != stmtOpsNone || x.parse != nil {
-			return x, false
+			return x, notCacheable
 		}
 		x.stmt = st.parse
 	case x.parse != nil:
@@ -98,22 +123,25 @@ func (c *client) scanExec(data []byte) (cacheExec, bool) {
 	case c.unnamed != nil:
 		x.stmt = c.unnamed // where it is bound, pgguard parses it again or the server has it
 	default:
-		return x, false
+		return x, notCacheable
 	}
 	x.text = queryText(x.stmt)
 	if typ, body, ok = next(); ok && typ == 'D' {
 		if len(body) != 2 || body[0] != 'P' || body[1] != 0 {
-			return x, false
+			return x, notCacheable
 		}
 		x.describe = true
 		typ, body, ok = next()
 	}
+	if !ok {
+		return verdict(false)
+	}
 	// Execute of the unnamed portal, all rows, then Sync.
-	if !ok || typ != 'E' || len(body) != 5 || body[0] != 0 || binary.BigEndian.Uint32(body[1:]) != 0 {
-		return x, false
+	if typ != 'E' || len(body) != 5 || body[0] != 0 || binary.BigEndian.Uint32(body[1:]) != 0 {
+		return x, notCacheable
 	}
 	typ, _, ok = next()
-	return x, ok && typ == 'S'
+	return verdict(ok && typ == 'S')
 }
 
 // statement decodes the parameters of x for the cache's key; false when the
@@ -123,58 +151,31 @@ func (x *cacheExec) statement() (cache.Statement, bool) {
 	if !x.extended {
 		return st, true
 	}
-	r := msgReader{b: x.stmt[len(x.text)+1:]}
-	for range r.u16() {
-		st.ParamTypes = append(st.ParamTypes, r.u32())
+	if len(x.text) >= len(x.stmt) {
+		return st, false // no NUL after the text
+	}
+	r := msgread.Reader{B: x.stmt[len(x.text)+1:]}
+	for range r.U16() {
+		st.ParamTypes = append(st.ParamTypes, r.U32())
 	}
 	_, rest, _ := cbytes(x.bind)
 	_, rest, _ = cbytes(rest)
-	r = msgReader{b: rest}
-	for range r.u16() {
-		st.ParamFormats = append(st.ParamFormats, int16(r.u16()))
+	r = msgread.Reader{B: rest}
+	for range r.U16() {
+		st.ParamFormats = append(st.ParamFormats, int16(r.U16()))
 	}
-	for range r.u16() {
-		n := int32(r.u32())
+	for range r.U16() {
+		n := int32(r.U32())
 		if n < 0 {
 			st.Params = append(st.Params, nil)
 			continue
 		}
-		st.Params = append(st.Params, r.next(int(n)))
+		st.Params = append(st.Params, r.Next(int(n)))
 	}
-	for range r.u16() {
-		st.ResultFormats = append(st.ResultFormats, int16(r.u16()))
+	for range r.U16() {
+		st.ResultFormats = append(st.ResultFormats, int16(r.U16()))
 	}
-	return st, !r.bad && len(r.b) == 0
-}
-
-// msgReader reads big-endian message fields, remembering an overrun.
-type msgReader struct {
-	b   []byte
-	bad bool
-}
-
-func (r *msgReader) next(n int) []byte {
-	if r.bad || n < 0 || n > len(r.b) {
-		r.bad = true
-		return nil
-	}
-	v := r.b[:n:n]
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *msgReader) u16() uint16 {
-	if b := r.next(2); b != nil {
-		return binary.BigEndian.Uint16(b)
-	}
-	return 0
-}
-
-func (r *msgReader) u32() uint32 {
-	if b := r.next(4); b != nil {
-		return binary.BigEndian.Uint32(b)
-	}
-	return 0
+	return st, !r.Bad && len(r.B) == 0
 }
 
 // cacheSession is what the client's results depend on, rebuilt when its
@@ -195,30 +196,44 @@ func (c *client) cacheSession() *cache.Session {
 	return s
 }
 
-// idleForCache reports whether nothing the client sent is outstanding and
-// no transaction is open, so an answer from pgguard cannot overtake a
-// server's. In transaction mode that is a client without a server; a
-// linked one (session mode, or pinned) must be idle outside a transaction.
-func (c *client) idleForCache() bool {
+// idleSession returns the client's session for the cache's key when
+// nothing it sent is outstanding and no transaction is open, so that an
+// answer from pgguard cannot overtake a server's. In transaction mode that
+// is a client without a server; a linked one (session mode, or pinned)
+// must be idle outside a transaction, and its session is read under the
+// server's lock (the pump follows the server's ParameterStatus into it).
+func (c *client) idleSession() (*cache.Session, bool) {
 	b := c.server.Load()
 	if b == nil {
-		return true
+		return c.cacheSession(), true
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.client == c && b.queue.len() == 0 && !b.open && b.txStatus == 'I'
+	if b.client != c || b.queue.len() > 0 || b.open || b.txStatus != 'I' {
+		return nil, false
+	}
+	return c.cacheSession(), true
 }
 
 // fromCache looks up the execution data starts with. On a hit it answers
-// the client and returns the bytes consumed; on a cacheable miss it leaves
-// c.missFill for the execution's sync point, so the pump collects the reply.
+// the client and returns the bytes consumed; on a hit the limiter refuses,
+// it returns them with the refusal, for the caller to answer; on a
+// cacheable miss it leaves c.missFill for the execution's sync point, so
+// the pump collects the reply. It returns -1 for an execution whose
+// messages have not all arrived: the caller waits for them.
 func (c *client) fromCache(data []byte) (int, error) {
 	rc := c.p.Cache
-	x, ok := c.scanExec(data)
-	if !ok || !c.idleForCache() {
+	x, found := c.scanExec(data)
+	switch found {
+	case notCacheable:
+		return 0, nil
+	case partExec:
+		return -1, nil
+	}
+	s, ok := c.idleSession()
+	if !ok {
 		return 0, nil
 	}
-	s := c.cacheSession()
 	if _, ok := rc.Match(s, x.text); !ok {
 		return 0, nil
 	}

@@ -292,6 +292,9 @@ func (c *client) process() error {
 		body := data[pos+5 : end]
 		if cached && from == pos && c.missFill == nil && (typ == 'Q' || typ == 'P' || typ == 'B') {
 			n, err := c.fromCache(data[pos:])
+			if n < 0 {
+				break // the rest of the execution is on its way
+			}
 			if err != nil {
 				var e *Error
 				if !errors.As(err, &e) || e.Fatal() {
@@ -565,8 +568,14 @@ func (c *client) keep(rest []byte) {
 	if len(rest) >= 5 {
 		need = 1 + int(binary.BigEndian.Uint32(rest[1:]))
 	}
-	if need > cap(c.buf) && len(rest) == cap(c.buf) {
-		nb := make([]byte, min(need, 2*cap(c.buf)))
+	if len(rest) == cap(c.buf) {
+		// Full: its first message is not whole, or is held back with the
+		// rest of a cacheable execution (fromCache).
+		size := 2 * cap(c.buf)
+		if need > cap(c.buf) {
+			size = min(need, size)
+		}
+		nb := make([]byte, size)
 		copy(nb, rest)
 		putReadBuf(c.buf)
 		c.buf = nb

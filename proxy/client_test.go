@@ -140,15 +140,7 @@ func TestClientReaderChunking(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(3, 4))
 	for range 100 {
-		var cuts []int
-		for pos := 0; ; {
-			pos += 1 + rng.IntN(3000)
-			if pos >= len(stream) {
-				break
-			}
-			cuts = append(cuts, pos)
-		}
-		check("random cuts", cuts)
+		check("random cuts", randomCuts(rng, len(stream), 3000))
 	}
 }
 

@@ -297,16 +297,17 @@ func TestRelayChunking(t *testing.T) {
 	check("one byte per read", ones)
 	rng := rand.New(rand.NewPCG(1, 2))
 	for range 300 {
-		var cuts []int
-		for pos := 0; ; {
-			pos += 1 + rng.IntN(40)
-			if pos >= len(stream) {
-				break
-			}
-			cuts = append(cuts, pos)
-		}
-		check("random cuts", cuts)
+		check("random cuts", randomCuts(rng, len(stream), 40))
 	}
+}
+
+// randomCuts splits a stream of n bytes into reads of 1 to maxPiece bytes.
+func randomCuts(rng *rand.Rand, n, maxPiece int) []int {
+	var cuts []int
+	for pos := 1 + rng.IntN(maxPiece); pos < n; pos += 1 + rng.IntN(maxPiece) {
+		cuts = append(cuts, pos)
+	}
+	return cuts
 }
 
 // checkClientStream decodes what the client received and checks it is what

@@ -172,6 +172,12 @@ func TestBrowser(t *testing.T) {
 		`document.querySelector('#budget [data-k="cu_hours"]')?.textContent.includes('of 100') && !!document.querySelector('#budget svg[data-chart="budget"]') && `+
 		`/[1-9]/.test(document.querySelector('#budget [data-k="awake"]').textContent)`)
 
+	// The result cache's rule counts its hits.
+	for range 5 {
+		mustExec(t, probe, "SELECT name FROM dash_items WHERE id = 1")
+	}
+	waitJS(t, ctx, "4 hits and a miss in the cache panel", `document.querySelector('#cache tr[data-rule="items"] [data-k="hits"]')?.textContent === '4' && !document.querySelector('#cache').hidden`)
+
 	// Counts rise after more queries.
 	before := eval[int](t, ctx, jsPoolQueries)
 	for i := range 20 {

@@ -18,6 +18,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/pgguard/pgguard/cache"
 	"net/http"
 	"path"
 	"strconv"
@@ -40,6 +41,8 @@ type Options struct {
 	QueryLog *querylog.Logger
 	// Limiter, when set, adds applications, pollers, rules and the budget.
 	Limiter *limiter.Limiter
+	// Cache, when set with [[cache]] rules, adds the result cache's rules.
+	Cache *cache.Cache
 	// Interval is the history's resolution (default 5 s); Window how much
 	// history is kept (default 1 h).
 	Interval, Window time.Duration

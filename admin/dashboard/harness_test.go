@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgguard/pgguard/admin"
 	"github.com/pgguard/pgguard/admin/dashboard"
+	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/internal/guardtest"
 	"github.com/pgguard/pgguard/internal/localpg"
@@ -57,6 +58,7 @@ func testConfig() *config.Config {
 	cfg.QueryLog.Path = ""
 	cfg.QueryLog.Slow = config.D(20 * time.Millisecond)
 	cfg.Limits = []config.Limit{{Name: "workers", ApplicationName: "worker", QueriesPerMinute: 6000, Burst: 100, Action: "delay", MaxDelay: config.D(time.Second)}}
+	cfg.Cache = []config.CacheRule{{Name: "items", Query: "SELECT name FROM dash_items WHERE id = $1", TTL: config.D(time.Minute), MaxEntryBytes: 1 << 20}}
 	if err := cfg.Validate(); err != nil {
 		panic(err)
 	}
@@ -84,11 +86,15 @@ func start(t testing.TB, cfg *config.Config) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.QueryLog, p.Limiter = ql, lim
+	rc, err := cache.New(cfg, log, cache.WithRegisterer(m.Registry))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.QueryLog, p.Limiter, p.Cache = ql, lim, rc
 	e := &env{Proxy: p, ql: ql}
-	e.dash = dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Interval: 200 * time.Millisecond, Window: time.Minute})
+	e.dash = dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Interval: 200 * time.Millisecond, Window: time.Minute})
 	e.http = httptest.NewUnstartedServer(nil)
-	h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Dashboard: e.dash, ListenAddr: e.http.Listener.Addr().String()}
+	h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Dashboard: e.dash, ListenAddr: e.http.Listener.Addr().String()}
 	e.http.Config.Handler = h.Handler()
 	e.http.Start()
 	t.Cleanup(func() { // after Serve's cleanup has closed the proxy
@@ -96,6 +102,7 @@ func start(t testing.TB, cfg *config.Config) *env {
 		e.dash.Close()
 		ql.Close()
 		lim.Close()
+		rc.Close()
 		http.DefaultClient.CloseIdleConnections()
 	})
 	e.addr = guardtest.Serve(t, p)

@@ -3,6 +3,7 @@ package dashboard
 import (
 	"time"
 
+	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/proxy"
 	"github.com/pgguard/pgguard/querylog"
@@ -53,6 +54,8 @@ type State struct {
 	Queries      *Queries              `json:"queries,omitempty"`
 	Applications *Applications         `json:"applications,omitempty"`
 	Budget       *limiter.BudgetStatus `json:"budget,omitempty"`
+	// Cache is the result cache, when [[cache]] rules are configured.
+	Cache *cache.Status `json:"cache,omitempty"`
 	// Leaks are sessions holding a server idle past pool.leak_warn_after.
 	Leaks                []proxy.ClientStatus `json:"leaks"`
 	LeakWarnAfterSeconds float64              `json:"leak_warn_after_seconds"`
@@ -158,6 +161,10 @@ func (d *Dashboard) state(now time.Time, switches []Switch, since int64) State {
 		}
 		b := ls.Budget
 		st.Budget = &b
+	}
+	if cs, ok := d.o.Cache.Status().(cache.Status); ok && d.o.Cache.Enabled() {
+		cs.Rules = nonNil(cs.Rules)
+		st.Cache = &cs
 	}
 	return st
 }

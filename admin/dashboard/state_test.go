@@ -118,6 +118,9 @@ func TestStateShowsWhatPgguardKnows(t *testing.T) {
 	if !strings.Contains(strings.Join(apps, ","), "worker") || len(a.Pollers) == 0 {
 		t.Errorf("applications %v, pollers %+v", apps, a.Pollers)
 	}
+	if c := st.Cache; c == nil || c.Redis != "off" || len(c.Rules) != 1 || c.Rules[0].Name != "items" {
+		t.Errorf("cache: %+v", c)
+	}
 	if st.Redis != "off" || len(st.Switches) != 3 || st.Switches[0] != (dashboard.SwitchState{Name: "read_only", Env: "READ_ONLY_MODE", Help: st.Switches[0].Help, On: false, Settable: true}) ||
 		st.Switches[1] != (dashboard.SwitchState{Name: "disable_workers", Env: "DISABLE_WORKERS", Help: st.Switches[1].Help, On: false, Settable: true}) ||
 		st.Switches[2].Name != "suspend_redis" || st.Switches[2].Settable {

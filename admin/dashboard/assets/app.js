@@ -103,6 +103,8 @@
     $('#charts-title').textContent = windowS === 3600 ? 'Last hour' : 'Last ' + dur(windowS);
     redraw('charts', lastT, () => charts(now));
     redraw('queries', st.queries, queries);
+    redraw('cache', st.cache, cacheRules);
+    $('#cache').hidden = !st.cache;
     redraw('apps', st.applications, apps);
     redraw('pollers', st.applications, pollers);
     redraw('leaks', {l: st.leaks, after: st.leak_warn_after_seconds}, (d) => leaks(d.l, d.after));
@@ -309,6 +311,28 @@
           h('td', null, num(r.admitted)), h('td', null, num(r.delayed)), h('td', null, r.rejected ? badge('bad', num(r.rejected)) : '0'))))));
     }
     return out;
+  }
+
+  // cacheRules shows each [[cache]] rule's hits and misses (the section is
+  // hidden without rules).
+  function cacheRules(c) {
+    if (!c) return [];
+    const where = {off: 'per instance (no Redis URL)', suspended: 'per instance (SUSPEND_REDIS)', fleet: 'fleet-wide on Redis',
+      per_instance: 'per instance: Redis unreachable, entries live at most ' + c.degraded_ttl}[c.redis] || c.redis;
+    const rows = c.rules.map((r) => {
+      const asked = r.hits + r.misses;
+      return h('tr', {'data-rule': r.name},
+        h('td', null, r.name), h('td', {class: 'q', title: r.query || r.fingerprint}, r.query || r.fingerprint), h('td', null, r.ttl),
+        h('td', {'data-k': 'hits'}, num(r.hits)), h('td', null, num(r.misses)),
+        h('td', null, asked ? dec(100 * r.hits / asked, 1) + '%' : '-'),
+        h('td', null, num(r.invalidated)), h('td', null, num(r.stored)),
+        h('td', null, r.oversize ? badge('warn', num(r.oversize), 'replies over max_entry_bytes, served uncached') : '0'),
+        h('td', {class: 'small wrap'}, r.last_refusal || ''));
+    });
+    return [h('table', null, h('thead', null, h('tr', null, ['Rule', 'Query', 'TTL', 'Hits', 'Misses', 'Hit ratio', 'Invalidated', 'Stored', 'Too big', 'Last refusal'].map((t) => h('th', null, t)))),
+      h('tbody', null, rows)),
+    h('p', {class: 'small muted'}, 'Entries ' + where + '; in process: ' + num(c.local_entries) + ' entries, ' + num(c.local_bytes) + ' of ' + num(c.local_max_bytes) + ' bytes' +
+      (c.pending_invalidations ? '; ' + num(c.pending_invalidations) + ' invalidations wait for Redis' : '') + '.')];
   }
 
   function pollers(a) {
