@@ -54,7 +54,7 @@ trusted_functions = ["tenant_slug"]
 	if got := c.CacheRedisURL(); got != "redis://127.0.0.1:6379/0" {
 		t.Errorf("CacheRedisURL = %q", got)
 	}
-	if c.CacheStore.LocalMaxBytes != 16<<20 || c.CacheStore.DegradedTTL.Duration != 5*time.Second {
+	if c.CacheStore.LocalMaxBytes != 4<<20 || c.CacheStore.DegradedTTL.Duration != 5*time.Second {
 		t.Errorf("cache_store defaults: %+v", c.CacheStore)
 	}
 }

@@ -338,7 +338,7 @@ func Default() *Config {
 		},
 		Limiter: Limiter{QueriesPerHourWarn: 1000},
 		CacheStore: CacheStore{
-			LocalMaxBytes: 16 << 20,
+			LocalMaxBytes: 4 << 20, // within the default memory_limit (32 MiB) with room to spare
 			DegradedTTL:   D(5 * time.Second),
 		},
 		Budget: Budget{

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -681,4 +682,58 @@ func TestCacheKeyFollowsSession(t *testing.T) {
 	if got := read(a); got != "in a" {
 		t.Errorf("after RESET search_path (startup cache_a): %q", got)
 	}
+}
+
+// BenchmarkCacheMiss: one client asking a different row each time (every
+// query a miss, stored), against no cache.
+func BenchmarkCacheMiss(b *testing.B) {
+	freshBranding(b)
+	ctx := context.Background()
+	plain := startGuard(b, testConfig("transaction"))
+	cached, _ := cacheGuard(b, "transaction", "", []config.CacheRule{brandingRule()})
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		for _, g := range []struct {
+			name string
+			g    *guard
+		}{{"no-cache", plain}, {"miss", cached}} {
+			b.Run(fmt.Sprintf("%v/%s", mode, g.name), func(b *testing.B) {
+				conn := connect(b, g.g.url("app"), mode)
+				defer conn.Close(ctx)
+				b.ResetTimer()
+				for i := range b.N {
+					rows, err := conn.Query(ctx, brandingQuery, 1000+i)
+					if err != nil {
+						b.Fatal(err)
+					}
+					rows.Close()
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkCacheMissParallel: 50 clients on a pool of 2, each query a
+// miss; NOCACHE=1 runs it without the rule, for comparison.
+func BenchmarkCacheMissParallel(b *testing.B) {
+	freshBranding(b)
+	ctx := context.Background()
+	cfg := testConfig("transaction")
+	cfg.Cache = []config.CacheRule{brandingRule()}
+	if os.Getenv("NOCACHE") != "" {
+		cfg.Cache = nil
+	}
+	g := startGuard(b, cfg)
+	var next atomic.Int64
+	b.SetParallelism(25)
+	b.RunParallel(func(pb *testing.PB) {
+		conn := connect(b, g.url("app"), pgx.QueryExecModeCacheStatement)
+		for pb.Next() {
+			rows, err := conn.Query(ctx, brandingQuery, next.Add(1))
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			rows.Close()
+		}
+	})
 }
