@@ -726,3 +726,57 @@ func BenchmarkCacheMissParallel(b *testing.B) {
 		}
 	})
 }
+
+// TestCacheHitsWithPrimaryDown: entries answer while the primary is down
+// (a suspended or failed compute), on the fallback too, where nothing is
+// stored; a miss then goes to the fallback.
+func TestCacheHitsWithPrimaryDown(t *testing.T) {
+	primary, fallback := startCluster(t, nil), startCluster(t, nil)
+	for _, c := range []*localpg.Cluster{primary, fallback} {
+		if err := c.Exec(context.Background(), `CREATE TABLE cache_down (id int, v text); INSERT INTO cache_down VALUES (1, 'one'), (2, 'two');
+			GRANT SELECT ON cache_down TO tester`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fallback.Exec(context.Background(), "UPDATE cache_down SET v = v || ' (fallback)'"); err != nil {
+		t.Fatal(err)
+	}
+	cfg := failoverConfig("transaction", primary.URL("app"), fallback.URL("app"))
+	cfg.Cache = []config.CacheRule{{Name: "down", Query: "SELECT v FROM cache_down WHERE id = $1", TTL: config.D(time.Hour), MaxEntryBytes: 1 << 20}}
+	g := startGuard(t, cfg)
+	ctx := context.Background()
+	conn := connect(t, g.url("app"), pgx.QueryExecModeCacheStatement)
+	read := func(id int) (string, error) {
+		var v string
+		err := conn.QueryRow(ctx, "SELECT v FROM cache_down WHERE id = $1", id).Scan(&v)
+		return v, err
+	}
+	if v, err := read(1); err != nil || v != "one" {
+		t.Fatalf("from the primary: %q, %v", v, err)
+	}
+	if err := primary.StopImmediate(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if v, err := read(1); err != nil || v != "one" {
+			t.Fatalf("hit %d with the primary down: %q, %v", i, v, err)
+		}
+	}
+	// A miss goes to the fallback once pgguard has switched; its answer is
+	// relayed, not stored.
+	var v string
+	guardtest.WaitFor(t, "a miss answered by the fallback", func() bool {
+		var err error
+		v, err = read(2)
+		return err == nil
+	})
+	if v != "two (fallback)" {
+		t.Errorf("miss with the primary down: %q", v)
+	}
+	if v, _ := read(2); v != "two (fallback)" {
+		t.Errorf("second read on the fallback: %q", v)
+	}
+	if st, _ := g.Cache.Status().(cache.Status); st.Rules[0].Stored != 1 {
+		t.Errorf("%d replies stored, want 1 (the primary's; none from the fallback)", st.Rules[0].Stored)
+	}
+}
