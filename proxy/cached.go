@@ -22,6 +22,17 @@ import (
 // when the unit commits, invalidates them before the ReadyForQuery that
 // tells the client so (a rolled-back unit invalidates nothing).
 
+// clientCache is a client's result-cache state, owned by its goroutine.
+type clientCache struct {
+	// writes: the tables the statements since the last sync point may write.
+	writes cache.Pending
+	// missFill collects a miss's reply, for the execution's sync point.
+	missFill *cacheFill
+	// sess is the session as the cache keys it, as of the client's wantGen sessGen.
+	sess    *cache.Session
+	sessGen uint64
+}
+
 // cacheExec is one execution at the head of a client's input that the
 // cache may answer: a Query, or [Parse] Bind [Describe] Execute Sync of the
 // unnamed portal.
@@ -182,8 +193,9 @@ func (x *cacheExec) statement() (cache.Statement, bool) {
 // session parameters change.
 func (c *client) cacheSession() *cache.Session {
 	gen := c.wantGen.Load()
-	if c.cacheSess != nil && c.cacheSessGen == gen {
-		return c.cacheSess
+	cc := c.cached
+	if cc.sess != nil && cc.sessGen == gen {
+		return cc.sess
 	}
 	s := &cache.Session{Database: c.db.name, User: c.user, Application: c.app}
 	for _, e := range c.want.reported {
@@ -192,7 +204,7 @@ func (c *client) cacheSession() *cache.Session {
 	for _, e := range c.want.custom {
 		s.Settings = append(s.Settings, cache.Setting{Name: e.k, Value: e.v})
 	}
-	c.cacheSess, c.cacheSessGen = s, gen
+	cc.sess, cc.sessGen = s, gen
 	return s
 }
 
@@ -218,7 +230,7 @@ func (c *client) idleSession() (*cache.Session, bool) {
 // fromCache looks up the execution data starts with. On a hit it answers
 // the client and returns the bytes consumed; on a hit the limiter refuses,
 // it returns them with the refusal, for the caller to answer; on a
-// cacheable miss it leaves c.missFill for the execution's sync point, so
+// cacheable miss it leaves c.cached.missFill for the execution's sync point, so
 // the pump collects the reply. It returns -1 for an execution whose
 // messages have not all arrived: the caller waits for them.
 func (c *client) fromCache(data []byte) (int, error) {
@@ -248,7 +260,7 @@ func (c *client) fromCache(data []byte) (int, error) {
 	start := time.Now()
 	reply, hit := rc.Get(c.p.ctx, k)
 	if !hit {
-		c.missFill = &cacheFill{key: k, max: k.MaxBytes()}
+		c.cached.missFill = &cacheFill{key: k, max: k.MaxBytes()}
 		return 0, nil
 	}
 	c.lastTyp = 'Q' // what the client sent last: a sync point
@@ -394,13 +406,13 @@ func (c *client) boundWrites(body []byte) cache.Targets {
 
 // takeWrites returns the tables the statements sent since the last sync
 // point may write, for that sync point's request, and starts over.
-func (c *client) takeWrites() cache.Targets {
-	if c.writes.Empty() {
+func (cc *clientCache) takeWrites() cache.Targets {
+	if cc.writes.Empty() {
 		return cache.Targets{}
 	}
-	t := c.writes.Targets()
+	t := cc.writes.Targets()
 	t.Tables = slices.Clone(t.Tables)
-	c.writes.Reset()
+	cc.writes.Reset()
 	return t
 }
 

@@ -20,7 +20,7 @@ const cachedSQL = "SELECT name FROM tenants WHERE id = $1"
 func cachedClient(t *testing.T, p *Proxy, db *database) (*client, *captureConn) {
 	t.Helper()
 	cc := &captureConn{}
-	c := &client{p: p, db: db, conn: cc, out: newSock(cc), pooling: poolTransaction}
+	c := &client{p: p, db: db, conn: cc, out: newSock(cc), pooling: poolTransaction, cached: new(clientCache)}
 	c.want = newSessionWant(map[string]string{"application_name": "web"})
 	c.setStmt("s1", &stmt{parse: append([]byte(cachedSQL), 0, 0, 0)})
 	return c, cc

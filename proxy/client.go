@@ -108,7 +108,6 @@ type client struct {
 	pinReason    string          // why, for SHOW CLIENTS; set before pinned
 	handoff      *handoff        // a send queued for a server, once the client has queued
 	readFn       func(fd uintptr) bool
-	rn           int
 	rerr         error
 
 	lastActive   atomic.Int64 // unix nanos of the last message from the client
@@ -125,14 +124,10 @@ type client struct {
 	parkReq atomic.Bool
 	inEpoll bool
 
-	// The result cache (cached.go), owned by the client goroutine:
-	// tables the statements since the last sync point may write, the
-	// collector of a miss's reply for its sync point, and the session
-	// as the cache keys it (as of wantGen cacheSessGen).
-	writes       cache.Pending
-	missFill     *cacheFill
-	cacheSess    *cache.Session
-	cacheSessGen uint64
+	// cached is the result cache's state (cached.go), allocated when the
+	// client first runs with [[cache]] rules: an idle session of a pgguard
+	// without rules does not carry it.
+	cached *clientCache
 }
 
 const readBufSize = 16 << 10
@@ -273,6 +268,9 @@ func (c *client) process() error {
 	readOnly = readOnly || onFallback
 	rc := c.p.Cache
 	cached := rc.Enabled()
+	if cached && c.cached == nil {
+		c.cached = new(clientCache)
+	}
 	for len(data)-pos >= 5 {
 		typ := data[pos]
 		n := int(binary.BigEndian.Uint32(data[pos+1:]))
@@ -290,7 +288,7 @@ func (c *client) process() error {
 			break
 		}
 		body := data[pos+5 : end]
-		if cached && from == pos && c.missFill == nil && (typ == 'Q' || typ == 'P' || typ == 'B') {
+		if cached && from == pos && c.cached.missFill == nil && (typ == 'Q' || typ == 'P' || typ == 'B') {
 			n, err := c.fromCache(data[pos:])
 			if n < 0 {
 				break // the rest of the execution is on its way
@@ -353,7 +351,7 @@ func (c *client) process() error {
 			c.stmtOpsSynced()
 			c.unnamedSeen = 2
 			if cached {
-				c.writes.Add(rc.Writes(queryText(body)))
+				c.cached.writes.Add(rc.Writes(queryText(body)))
 			}
 			c.noteQuery(queryText(body), false)
 		case 'P':
@@ -388,7 +386,7 @@ func (c *client) process() error {
 			slow = slow || (transaction && (namedStmtMessage(typ, body) ||
 				c.unnamedSeen == 0 && c.unnamed != nil && unnamedStmtMessage(typ, body)))
 			if typ == 'B' && cached {
-				c.writes.Add(c.boundWrites(body))
+				c.cached.writes.Add(c.boundWrites(body))
 			}
 			if typ == 'B' {
 				if name := boundStmt(body); len(name) > 0 {
@@ -407,7 +405,7 @@ func (c *client) process() error {
 			syncs++
 			c.stmtOpsSynced()
 			if typ == 'F' && cached {
-				c.writes.Add(cache.Targets{All: true}) // a function may write anything
+				c.cached.writes.Add(cache.Targets{All: true}) // a function may write anything
 			}
 			c.syncPoint(pendingQuery{text: c.batchText, query: c.batchExec, extended: true})
 			c.batchText, c.batchExec = "", false
@@ -687,7 +685,9 @@ func (c *client) sentUnnamed() {
 // sent clears what process collected for one send.
 func (c *client) sent() {
 	c.unnamedSeen = 0
-	c.missFill = nil // its sync point went, or never will
+	if c.cached != nil {
+		c.cached.missFill = nil // its sync point went, or never will
+	}
 	c.expect = c.expect[:0]
 	clear(c.queued)
 	c.queued = c.queued[:0]

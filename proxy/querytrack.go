@@ -48,8 +48,10 @@ func (c *client) noteQuery(text []byte, extended bool) {
 // syncPoint queues q for the send under way, with what the result cache
 // needs to know of the statements before it.
 func (c *client) syncPoint(q pendingQuery) {
-	q.writes = c.takeWrites()
-	q.fill, c.missFill = c.missFill, nil
+	if cc := c.cached; cc != nil {
+		q.writes = cc.takeWrites()
+		q.fill, cc.missFill = cc.missFill, nil
+	}
 	c.queued = append(c.queued, q)
 }
 
