@@ -278,6 +278,13 @@ func TestPending(t *testing.T) {
 	if !p.Empty() {
 		t.Error("not empty after Reset")
 	}
+	// Take hands over a copy: what is added next does not change it.
+	p.Add(Targets{Tables: []string{"x"}})
+	taken := p.Take()
+	p.Add(Targets{Tables: []string{"y"}})
+	if strings.Join(taken.Tables, ",") != "x" || strings.Join(p.Targets().Tables, ",") != "y" {
+		t.Errorf("taken %+v, then %+v", taken, p.Targets())
+	}
 }
 
 // SHOW CACHE: a row per rule and a total that says where entries live.

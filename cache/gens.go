@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"slices"
 	"sync"
 
 	"github.com/pgguard/pgguard/cache/analyze"
@@ -130,6 +131,14 @@ func (p *Pending) Targets() Targets {
 
 // Empty reports whether nothing was added since the last Reset.
 func (p *Pending) Empty() bool { return !p.all && len(p.tables) == 0 }
+
+// Take returns what was added, as Targets of its own, and resets p.
+func (p *Pending) Take() Targets {
+	t := p.Targets()
+	t.Tables = slices.Clone(t.Tables)
+	p.Reset()
+	return t
+}
 
 // Reset forgets everything added (a rollback, or after Invalidate).
 func (p *Pending) Reset() { p.all, p.tables = false, p.tables[:0] }

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"encoding/binary"
-	"slices"
 	"time"
 
 	"github.com/pgguard/pgguard/cache"
@@ -275,24 +274,27 @@ func (c *client) fromCache(data []byte) (int, error) {
 	return x.n, nil
 }
 
-// answer writes a hit's reply in the shape the client's messages ask for.
+// answer writes a hit's reply in the shape the client's messages ask for,
+// gathered in c.obuf (a large reply is written as it is, not copied).
 func (c *client) answer(x *cacheExec, reply []byte) {
-	const small = 32 << 10
-	var head []byte
+	const copyMax = 32 << 10
+	out := c.obuf[:0]
 	if x.parse != nil {
-		head = append(head, '1', 0, 0, 0, 4)
+		out = append(out, '1', 0, 0, 0, 4)
 	}
 	if x.extended {
-		head = append(head, '2', 0, 0, 0, 4)
+		out = append(out, '2', 0, 0, 0, 4)
 	}
-	ready := []byte{'Z', 0, 0, 0, 5, 'I'}
-	if len(reply) > small {
-		c.write(head) // no copy of a large reply
+	if len(reply) > copyMax {
+		if len(out) > 0 {
+			c.write(out)
+		}
 		c.write(reply)
-		c.write(ready)
-		return
+		out = out[:0]
+	} else {
+		out = append(out, reply...)
 	}
-	out := append(append(append(c.obuf[:0], head...), reply...), ready...)
+	out = append(out, 'Z', 0, 0, 0, 5, 'I')
 	c.write(out)
 	c.obuf = out[:0]
 }
@@ -325,9 +327,8 @@ func replyTag(reply []byte) (int64, string) {
 	for len(reply) >= 5 {
 		n := min(1+int(binary.BigEndian.Uint32(reply[1:])), len(reply))
 		if reply[0] == 'C' {
-			var q inflightQuery
-			tagOf(&q, reply[5:n])
-			return q.rows, q.tag
+			word, rows := commandTag(queryText(reply[5:n]))
+			return rows, word
 		}
 		reply = reply[n:]
 	}
@@ -408,12 +409,9 @@ func (c *client) boundWrites(body []byte) cache.Targets {
 // point may write, for that sync point's request, and starts over.
 func (cc *clientCache) takeWrites() cache.Targets {
 	if cc.writes.Empty() {
-		return cache.Targets{}
+		return cache.Targets{} // allocates nothing
 	}
-	t := cc.writes.Targets()
-	t.Tables = slices.Clone(t.Tables)
-	cc.writes.Reset()
-	return t
+	return cc.writes.Take()
 }
 
 // unitWrites notes what request r wrote and, when the unit of work ended
@@ -425,27 +423,23 @@ func (b *backend) unitWrites(r *request, status byte) cache.Targets {
 	if status != 'I' {
 		return cache.Targets{}
 	}
-	var t cache.Targets
-	if !b.writes.Empty() && (b.unitCommitted || !b.unitUndone) {
-		t = b.writes.Targets()
-		t.Tables = slices.Clone(t.Tables)
-	}
-	b.writes.Reset()
+	committed := b.unitCommitted || !b.unitUndone
 	b.unitCommitted, b.unitUndone = false, false
-	return t
+	if b.writes.Empty() || !committed {
+		b.writes.Reset()
+		return cache.Targets{}
+	}
+	return b.writes.Take()
 }
 
 // unsettledWrites returns the tables written by the unit under way and by
 // every request sent, when the connection is lost: a COMMIT may have run
 // without its answer arriving, so they are invalidated (mu held).
 func (b *backend) unsettledWrites() cache.Targets {
-	for i := b.queue.head; i < len(b.queue.items); i++ {
-		b.writes.Add(b.queue.items[i].writes)
+	for _, r := range b.queue.outstanding() {
+		b.writes.Add(r.writes)
 	}
-	t := b.writes.Targets()
-	t.Tables = slices.Clone(t.Tables)
-	b.writes.Reset()
-	return t
+	return b.writes.Take()
 }
 
 // invalidate makes the cache forget what committed writes touched, before

@@ -17,7 +17,7 @@ const cachedSQL = "SELECT name FROM tenants WHERE id = $1"
 
 // cachedClient is a transaction-mode client, with no server, of a proxy
 // whose cache has a rule for cachedSQL and a named statement s1 of it.
-func cachedClient(t *testing.T, p *Proxy, db *database) (*client, *captureConn) {
+func cachedClient(t testing.TB, p *Proxy, db *database) (*client, *captureConn) {
 	t.Helper()
 	cc := &captureConn{}
 	c := &client{p: p, db: db, conn: cc, out: newSock(cc), pooling: poolTransaction, cached: new(clientCache)}
@@ -44,10 +44,7 @@ func cachedScenario(t *testing.T, p *Proxy, db *database) []byte {
 	var stream []byte
 	c, _ := cachedClient(t, p, db)
 	step := func(described bool, v string, msgs ...pgproto3.FrontendMessage) {
-		var b []byte
-		for _, m := range msgs {
-			b, _ = m.Encode(b)
-		}
+		b := frontend(t, msgs...)
 		x, found := c.scanExec(b)
 		if found != wholeExec || x.n != len(b) {
 			t.Fatalf("%q is not an execution the cache answers", b)
@@ -151,7 +148,7 @@ func FuzzScanExec(f *testing.F) {
 	f.Add([]byte("P\x00\x00\x00\x08\x00x\x00\x00\x00B\x00\x00\x00\x0e\x00\x00\x00\x00\x00\x01\x00\x00\x00\x01\x00\x00"))
 	p, db := unitProxy(f, "transaction")
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, _ := cachedClient(&testing.T{}, p, db)
+		c, _ := cachedClient(t, p, db)
 		c.unnamed = []byte("SELECT 1\x00")
 		x, found := c.scanExec(data)
 		if found != wholeExec {

@@ -86,21 +86,22 @@ func (b *backend) commandComplete(h *request, body []byte) {
 	b.unitUndone = string(tag) == "ROLLBACK"
 	b.unitCommitted = b.unitCommitted || string(tag) == "COMMIT"
 	if h != nil && h.kind == reqClient {
-		tagOf(&h.inflightQuery, tag)
+		word, rows := commandTag(tag)
+		h.tag = word
+		h.rows += rows
 	}
 }
 
-// tagOf notes a CommandComplete's command word and row count in q.
-func tagOf(q *inflightQuery, tag []byte) {
-	tag = queryText(tag)
-	word := tag
+// commandTag splits a CommandComplete tag into its command word and row count.
+func commandTag(tag []byte) (word string, rows int64) {
+	w := tag
 	if i := bytes.IndexByte(tag, ' '); i >= 0 {
-		word = tag[:i]
+		w = tag[:i]
 	}
-	q.tag = commandWord(word)
 	if i := bytes.LastIndexByte(tag, ' '); i >= 0 {
-		q.rows += digits(tag[i+1:])
+		rows = digits(tag[i+1:])
 	}
+	return commandWord(w), rows
 }
 
 // report sends a finished query to the metrics and the query log.

@@ -72,6 +72,10 @@ func (q *requestQueue) pop() request {
 	return r
 }
 
+// outstanding returns the requests not answered yet, oldest first; valid
+// until the next push or pop.
+func (q *requestQueue) outstanding() []request { return q.items[q.head:] }
+
 // clear forgets every request (the connection is gone).
 func (q *requestQueue) clear() {
 	clear(q.items)

@@ -303,6 +303,49 @@ func (c *Cluster) QueryInt(ctx context.Context, sql string, args ...any) (int64,
 	return n, err
 }
 
+// SeqScans returns how many sequential scans PostgreSQL has counted on the
+// table (pg_stat_user_tables.seq_scan): for a table without an index, how
+// many times a query read it. Statistics reach the shared counters when a
+// backend exits (or after it idles a while), so every other client backend
+// is ended first (a pooler in front opens new ones when next asked), and the
+// counter is read until it settles: a backend leaves pg_stat_activity a
+// moment before its last statistics land.
+func (c *Cluster) SeqScans(ctx context.Context, table string) (int64, error) {
+	const others = "FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
+	if err := c.Exec(ctx, "SELECT pg_terminate_backend(pid) "+others); err != nil {
+		return 0, err
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		n, err := c.QueryInt(ctx, "SELECT count(*) "+others)
+		if err != nil {
+			return 0, err
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("%d client backends still running 10s after pg_terminate_backend", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	read := func() (int64, error) {
+		return c.QueryInt(ctx, "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = $1", table)
+	}
+	n, err := read()
+	for range 20 {
+		if err != nil {
+			return 0, err
+		}
+		time.Sleep(25 * time.Millisecond)
+		var m int64
+		if m, err = read(); err == nil && m == n {
+			return n, nil
+		}
+		n = m
+	}
+	return 0, fmt.Errorf("statistics of %s still moving after 500 ms", table)
+}
+
 // Host returns the address the server listens on: "127.0.0.1".
 func (c *Cluster) Host() string { return "127.0.0.1" }
 

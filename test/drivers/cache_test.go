@@ -30,25 +30,15 @@ func freshCacheTable(t testing.TB) {
 		(2, 'globex''s', -3.00, '1999-12-31 23:59:59.123456+00', '[]', '{}', '', 'x')`)
 }
 
-// cacheDrvScans ends every other client backend, so their statistics land,
-// and returns how often cache_drv was scanned.
+// cacheDrvScans returns how often cache_drv was read, with every other
+// client backend ended so that its statistics land.
 func cacheDrvScans(t testing.TB) int64 {
 	t.Helper()
-	setup(t, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'")
-	guardtest.WaitFor(t, "the other backends to end", func() bool {
-		return queryInt(t, "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'") == 0
-	})
-	n := queryInt(t, "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'cache_drv'")
-	for range 20 { // a backend leaves pg_stat_activity a moment before its statistics land
-		time.Sleep(25 * time.Millisecond)
-		m := queryInt(t, "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'cache_drv'")
-		if m == n {
-			return n
-		}
-		n = m
+	n, err := pg.SeqScans(context.Background(), "cache_drv")
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("table statistics still moving after 500 ms")
-	return 0
+	return n
 }
 
 // TestCacheDrivers runs the cached query 1,000 times per id with psql,
