@@ -398,11 +398,14 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		b.fwd.put(to, msg)
 	}
 	if next != numServerStates {
-		b.fwd.flush() // the client has its reply before the server serves another
+		// Back in the pool before the client reads its reply: the query it
+		// sends next finds this server idle, instead of racing its release
+		// (a sequential client keeps its server, and its parameters).
 		if r.kind == reqClient {
 			b.db.xacts.Add(1)
 		}
 		b.enter(next)
+		b.fwd.flush()
 	}
 	if r.kind == reqClient && r.query {
 		b.report(r.inflightQuery, now)
