@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unique"
 	"unsafe"
 
 	"github.com/pgguard/pgguard/cache"
@@ -55,6 +56,9 @@ type client struct {
 	// wantGen counts changes to want, so a server synced for this client
 	// knows when it no longer is (backend.needsSync).
 	wantGen atomic.Uint64
+	// prof is want as one comparable value, as of wantGen profGen (profile).
+	prof    unique.Handle[string]
+	profGen uint64
 	lim     *limiter.Session
 
 	// Named prepared statements, by client name (transaction mode).
@@ -82,7 +86,7 @@ type client struct {
 	unnamedSeen uint8
 
 	pooling  poolMode
-	priority int
+	priority int32
 
 	server atomic.Pointer[backend] // linked server; changed only under that backend's mu
 
@@ -95,11 +99,11 @@ type client struct {
 	// answered with ReadyForQuery unless discardQuiet (the server answers).
 	discarding   bool
 	discardQuiet bool
+	batchExec    bool            // the batch under way executes something
 	roBuf        []byte          // scratch for the read-only guard
 	internBuf    []byte          // scratch for query log interning
 	queued       []pendingQuery  // sync points in the chunk being sent, for the query log
 	batchText    string          // statement of the extended-protocol batch under way
-	batchExec    bool            // the batch under way executes something
 	wait         time.Duration   // pool wait of the transaction about to start
 	expect       []expectedReply // Parse/Close in the chunk being sent (fast path)
 	obuf         []byte          // rewritten output (slow path)
@@ -832,7 +836,7 @@ func (c *client) acquire(p []byte, lead int, open, slow bool) (*backend, error) 
 		*c.handoff = handoff{p: p, lead: lead, open: open, slow: slow, start: start}
 	}
 	for {
-		b, taken, err := c.db.pool.AcquireFor(c.p.ctx, c.priority, c)
+		b, taken, err := c.db.pool.AcquireFor(c.p.ctx, int(c.priority), c)
 		if taken {
 			if c.cancelQueued.Swap(false) {
 				go b.cancelFor(c) // it came as Take sent the query: cancel it there

@@ -254,10 +254,11 @@ func (b *backend) inspect(typ byte, body []byte) (*client, *Error) {
 		}
 		b.params[name] = value
 		if c := b.client; c != nil && forwarded && reportedParams[name] {
+			inStep := b.profile == c.profile()
 			c.want.reported.set(name, value) // the client SET it: b and c agree
-			gen := c.wantGen.Add(1)
-			if b.synced == c {
-				b.syncedGen = gen
+			c.wantGen.Add(1)
+			if inStep {
+				b.profile = c.profile()
 			}
 		}
 		if !forwarded && h.announce {

@@ -77,7 +77,7 @@ func newPair(p *Proxy, db *database, mode poolMode) *pair {
 	c := &client{p: p, db: db, conn: cc, out: newSock(cc), pooling: mode}
 	c.want = newSessionWant(map[string]string{"application_name": "startup-app"})
 	b.link(c)
-	b.synced, b.syncedGen, b.roGen = c, c.wantGen.Load(), p.roGen.Load()
+	b.profile, b.roGen = c.profile(), p.roGen.Load()
 	return &pair{b: b, c: c, toClient: cc, toServer: sc}
 }
 

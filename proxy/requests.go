@@ -1,6 +1,9 @@
 package proxy
 
-import "time"
+import (
+	"time"
+	"unique"
+)
 
 // The queue of outstanding requests (PgBouncer's outstanding_requests, in
 // Go). Every write to a server that the server answers with a
@@ -83,19 +86,19 @@ func (q *requestQueue) clear() {
 }
 
 // needsSync reports whether b's session parameters must be brought in line
-// with c's before c's next message (mu held): b last served another client,
-// or c's parameters changed since, or the read-only switch flipped while no
-// transaction is open. Never while replies are outstanding.
+// with c's before c's next message (mu held): b was last synced for other
+// values than c's, or the read-only switch flipped while no transaction is
+// open. Never while replies are outstanding.
 func (b *backend) needsSync(c *client) bool {
 	if b.queue.len() > 0 {
 		return false
 	}
-	return b.synced != c || b.syncedGen != c.wantGen.Load() || b.roGen != c.p.roGen.Load() && b.txStatus == 'I'
+	return b.profile != c.profile() || b.roGen != c.p.roGen.Load() && b.txStatus == 'I'
 }
 
 // inSync reports whether b can run c's next message without a sync query
-// (mu held). A server last used by another client usually has the same
-// values already: that is recorded, so the next check is a comparison.
+// (mu held). A server last synced for other values may hold c's already:
+// that is recorded, so the next check is a comparison.
 func (b *backend) inSync(c *client) bool {
 	if !b.needsSync(c) {
 		return true
@@ -103,7 +106,7 @@ func (b *backend) inSync(c *client) bool {
 	if syncSQL(c, b, c.p.cfg.Load().ReadOnly) != "" {
 		return false
 	}
-	b.synced, b.syncedGen, b.roGen = c, c.wantGen.Load(), c.p.roGen.Load()
+	b.profile, b.roGen = c.profile(), c.p.roGen.Load()
 	return true
 }
 
@@ -118,7 +121,7 @@ func (b *backend) syncParams(c *client) bool {
 		return true
 	}
 	sql := syncSQL(c, b, c.p.cfg.Load().ReadOnly)
-	b.synced, b.syncedGen, b.roGen = c, c.wantGen.Load(), c.p.roGen.Load()
+	b.profile, b.roGen = c.profile(), c.p.roGen.Load()
 	b.custom = append(b.custom[:0], c.want.custom...)
 	b.queue.push(request{kind: reqParamSync, announce: c.want.announce})
 	b.unnamedOwner = nil           // a Query destroys the unnamed statement
@@ -134,7 +137,7 @@ func (b *backend) syncParams(c *client) bool {
 	b.mu.Lock()
 	ok := !b.syncBad && b.client == c
 	if !ok {
-		b.synced = nil
+		b.profile = unique.Handle[string]{}
 	}
 	b.mu.Unlock()
 	return ok

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -71,11 +72,11 @@ type backend struct {
 	resetBad bool           // a reset query failed: close instead of reuse
 	syncBad  bool           // the last parameter sync failed: close instead of use
 	roGen    uint64         // read-only switch generation the server was synced for
-	// synced is the client whose session parameters b matches, as of
-	// that client's wantGen syncedGen; it outlives the link, so a client
-	// that comes back to the server it last used needs no sync.
-	synced    *client
-	syncedGen uint64
+	// profile is the session parameters b matches (client.profile); it
+	// outlives the link, so a client that comes to a server synced for
+	// itself, or for any client with the same parameters, needs no sync.
+	// Zero: unknown.
+	profile unique.Handle[string]
 	// What the server holds: parameter values as reported (params) and at
 	// connect (initial), custom parameters set, prepared statements.
 	params  map[string]string
@@ -262,7 +263,7 @@ func (b *backend) reset(c *client, discardAll bool) {
 		b.queue.push(request{kind: reqReset})
 		b.custom = nil
 		b.stmts.clear()
-		b.synced = nil
+		b.profile = unique.Handle[string]{}
 	}
 	b.resetBad = false
 	if len(q) == 0 {
@@ -284,6 +285,7 @@ func (b *backend) reset(c *client, discardAll bool) {
 // next sync, before the client's next message runs.
 func (b *backend) unitDone() {
 	if c := b.client; c != nil && !b.unitAborted && len(b.staged) > 0 {
+		inStep := b.profile == c.profile()
 		resync := false
 		for _, e := range b.staged {
 			if c.want.apply(e, &b.custom) {
@@ -291,11 +293,14 @@ func (b *backend) unitDone() {
 				c.want.announce = true
 			}
 		}
-		// b and c moved in step (unless a RESET gave b the server's own
-		// default); every other server synced for c no longer matches it.
-		gen := c.wantGen.Add(1)
-		if b.synced == c && !resync {
-			b.syncedGen = gen
+		// b and c moved in step, unless a RESET gave b the server's own
+		// default; servers synced for c's old values no longer match it.
+		c.wantGen.Add(1)
+		switch {
+		case resync:
+			b.profile = unique.Handle[string]{}
+		case inStep:
+			b.profile = c.profile()
 		}
 	}
 	clear(b.staged)

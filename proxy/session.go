@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"sync"
+	"unique"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 )
@@ -248,6 +250,36 @@ func syncSQL(c *client, b *backend, readOnly bool) string {
 	for _, e := range b.custom {
 		if _, ok := c.want.custom.get(e.k); !ok {
 			add("RESET " + quoteIdent(e.k))
+		}
+	}
+	return sb.String()
+}
+
+// profile is c's session parameters (want) as one comparable value,
+// rebuilt when they change: a server synced for a client is in sync for
+// every client with the same values, so a hand-over between alike clients
+// costs a comparison. Built and read under the lock of c's server, as
+// want is.
+func (c *client) profile() unique.Handle[string] {
+	if gen := c.wantGen.Load(); c.prof == (unique.Handle[string]{}) || c.profGen != gen {
+		c.prof, c.profGen = unique.Make(c.want.key()), gen
+	}
+	return c.prof
+}
+
+// key is the parameters a sync establishes, in a canonical order.
+func (w *sessionWant) key() string {
+	var sb strings.Builder
+	for i, set := range [2]kvs{w.reported, w.custom} {
+		sorted := slices.SortedFunc(slices.Values(set), func(a, b kv) int { return strings.Compare(a.k, b.k) })
+		for _, e := range sorted {
+			sb.WriteString(e.k)
+			sb.WriteByte(0)
+			sb.WriteString(e.v)
+			sb.WriteByte(0)
+		}
+		if i == 0 {
+			sb.WriteByte(1) // reported | custom
 		}
 	}
 	return sb.String()

@@ -43,3 +43,55 @@ func TestStatementEffects(t *testing.T) {
 		}
 	}
 }
+
+// A server synced for one client is in sync for another with the same
+// parameters, whatever order they came in; one whose values differ, or a
+// server a RESET took off its client's values, is synced.
+func TestSyncFollowsParameterProfiles(t *testing.T) {
+	p, db := unitProxy(t, "transaction")
+	pr := newPair(p, db, poolTransaction)
+	b, first := pr.b, pr.c
+	b.params = map[string]string{"application_name": "startup-app", "DateStyle": "ISO, MDY"}
+	b.initial = map[string]string{"application_name": "", "DateStyle": "ISO, MDY"}
+	client := func(params map[string]string) *client {
+		return &client{p: p, db: db, want: newSessionWant(params)}
+	}
+	same := client(map[string]string{"application_name": "startup-app"})
+	other := client(map[string]string{"application_name": "other-app"})
+	if b.needsSync(first) || b.needsSync(same) {
+		t.Fatal("a server synced for a client needs a sync for one with the same parameters")
+	}
+	if !b.needsSync(other) {
+		t.Fatal("a client with another application_name was not synced")
+	}
+
+	// Order does not matter.
+	a := client(map[string]string{"application_name": "x", "search_path": "s", "work_mem": "8MB"})
+	z := client(map[string]string{"work_mem": "8MB", "search_path": "s", "application_name": "x"})
+	if a.profile() != z.profile() {
+		t.Fatal("the same parameters in another order make another profile")
+	}
+
+	// The client's own SET, reported by the server, moves both in step.
+	b.mu.Lock()
+	b.inspect('S', []byte("application_name\x00renamed\x00"))
+	b.mu.Unlock()
+	if b.needsSync(first) {
+		t.Fatal("a server that reported the client's own SET needs a sync")
+	}
+	if !b.needsSync(same) {
+		t.Fatal("a client still at startup-app shares a server now at renamed")
+	}
+
+	// RESET of a startup value gives the server its own default: resync.
+	b.staged = append(b.staged, kv{k: "application_name"})
+	b.mu.Lock()
+	b.unitDone()
+	b.mu.Unlock()
+	if !b.needsSync(first) {
+		t.Fatal("a RESET to the server's default left the server marked in sync")
+	}
+	if got := syncSQL(first, b, false); got == "" {
+		t.Fatal("no sync SQL after RESET")
+	}
+}

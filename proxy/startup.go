@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"net"
 	"net/netip"
 	"slices"
@@ -148,7 +149,7 @@ func (p *Proxy) authenticate(conn net.Conn, params map[string]string) *client {
 	if !admin {
 		ap, _ := netip.ParseAddrPort(c.addr)
 		c.lim = p.Limiter.Match(limiter.Client{Database: dbname, User: user, Application: c.app, Addr: ap.Addr().Unmap()})
-		c.priority = c.lim.Priority()
+		c.priority = int32(max(min(c.lim.Priority(), math.MaxInt32), math.MinInt32)) // beyond, order is moot
 	}
 	c.out = newSock(conn)
 	c.raw = c.out.raw
