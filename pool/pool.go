@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -76,6 +77,9 @@ type Pool[C Conn] struct {
 	cancel context.CancelFunc
 
 	stats Stats
+	// waitTotal is Stats.WaitTotal, kept apart: every wait adds to it, and
+	// needs no lock for that.
+	waitTotal atomic.Int64
 
 	testHookRecycled func() // tests: runs after a waiter went back for reuse
 }
@@ -203,10 +207,7 @@ func (p *Pool[C]) recycle(w *waiter[C]) {
 }
 
 func (p *Pool[C]) noteWait(start time.Time) {
-	d := time.Since(start)
-	p.mu.Lock()
-	p.stats.WaitTotal += d
-	p.mu.Unlock()
+	p.waitTotal.Add(int64(time.Since(start)))
 }
 
 // dial opens a connection for a caller that has already been counted in total.
@@ -469,6 +470,7 @@ func (p *Pool[C]) Stats() Stats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := p.stats
+	s.WaitTotal = time.Duration(p.waitTotal.Load())
 	s.Idle = len(p.idle)
 	s.Opening = p.opening
 	s.Active = p.total - s.Idle - s.Opening
