@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Options configures a Cluster. The zero value works.
@@ -242,19 +242,19 @@ func (c *Cluster) createRole(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	role := pgx.Identifier{c.opts.User}.Sanitize()
+	role := quoteIdent(c.opts.User)
 	sql := "CREATE ROLE " + role + " LOGIN PASSWORD " + quoteLiteral(c.opts.Password)
 	if c.opts.User == "postgres" {
 		sql = "ALTER ROLE postgres PASSWORD " + quoteLiteral(c.opts.Password)
 	}
-	if _, err := conn.Exec(ctx, sql); err != nil {
+	if _, err := conn.Exec(ctx, sql).ReadAll(); err != nil {
 		return fmt.Errorf("create role %s: %w", c.opts.User, err)
 	}
 	switch c.opts.Database {
 	case "postgres", "template0", "template1":
 		return nil
 	}
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{c.opts.Database}.Sanitize()+" OWNER "+role); err != nil {
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+quoteIdent(c.opts.Database)+" OWNER "+role).ReadAll(); err != nil {
 		return fmt.Errorf("create database %s: %w", c.opts.Database, err)
 	}
 	return nil
@@ -265,15 +265,37 @@ func quoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
-// connect opens a superuser connection to database db.
-func (c *Cluster) connect(ctx context.Context, db string) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(c.SuperURL(db))
+// quoteIdent quotes s as an SQL identifier.
+func quoteIdent(s string) string {
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}
+
+// connect opens a superuser connection to database db. (pgconn, not pgx:
+// pgguard's binary carries this package for its demo, and pgx's type
+// system would add megabytes to it.)
+func (c *Cluster) connect(ctx context.Context, db string) (*pgconn.PgConn, error) {
+	cfg, err := pgconn.ParseConfig(c.SuperURL(db))
 	if err != nil {
 		return nil, err
 	}
 	cfg.ConnectTimeout = 10 * time.Second
 	cfg.RuntimeParams["application_name"] = "localpg"
-	return pgx.ConnectConfig(ctx, cfg)
+	return pgconn.ConnectConfig(ctx, cfg)
+}
+
+// run executes sql on conn: without args in the simple protocol, so sql
+// may hold several statements; with args as text parameters ($1, ...)
+// whose types the server infers.
+func run(ctx context.Context, conn *pgconn.PgConn, sql string, args []any) ([]*pgconn.Result, error) {
+	if len(args) == 0 {
+		return conn.Exec(ctx, sql).ReadAll()
+	}
+	params := make([][]byte, len(args))
+	for i, a := range args {
+		params[i] = fmt.Append(nil, a)
+	}
+	res := conn.ExecParams(ctx, sql, params, nil, nil, nil).Read()
+	return []*pgconn.Result{res}, res.Err
 }
 
 // Exec runs sql as the superuser in Options.Database on a connection of its
@@ -285,7 +307,7 @@ func (c *Cluster) Exec(ctx context.Context, sql string, args ...any) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	_, err = conn.Exec(ctx, sql, args...)
+	_, err = run(ctx, conn, sql, args)
 	return err
 }
 
@@ -298,9 +320,14 @@ func (c *Cluster) QueryInt(ctx context.Context, sql string, args ...any) (int64,
 		return 0, err
 	}
 	defer conn.Close(context.Background())
-	var n int64
-	err = conn.QueryRow(ctx, sql, args...).Scan(&n)
-	return n, err
+	results, err := run(ctx, conn, sql, args)
+	if err != nil {
+		return 0, err
+	}
+	if len(results) == 0 || len(results[0].Rows) == 0 || len(results[0].Rows[0]) == 0 {
+		return 0, fmt.Errorf("%s: no rows", sql)
+	}
+	return strconv.ParseInt(string(results[0].Rows[0][0]), 10, 64)
 }
 
 // SeqScans returns how many sequential scans PostgreSQL has counted on the
