@@ -100,8 +100,7 @@ type client struct {
 	discarding   bool
 	discardQuiet bool
 	batchExec    bool            // the batch under way executes something
-	roBuf        []byte          // scratch for the read-only guard
-	internBuf    []byte          // scratch for query log interning
+	zeroed       []byte          // scratch: a text with numbers zeroed (read-only guard, query log)
 	queued       []pendingQuery  // sync points in the chunk being sent, for the query log
 	batchText    string          // statement of the extended-protocol batch under way
 	wait         time.Duration   // pool wait of the transaction about to start

@@ -102,7 +102,7 @@ func (b *backend) pump() {
 	defer b.db.p.recoverPanic("server", func() { b.lostToPanic() })
 	buf := make([]byte, 32<<10)
 	for {
-		n, err := b.out.Read(buf)
+		n, err := b.in.Read(buf)
 		if n > 0 {
 			b.db.p.bytesOut.Add(float64(n))
 			b.relay(buf[:n])

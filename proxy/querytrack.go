@@ -65,8 +65,8 @@ func (c *client) intern(text []byte) string {
 		return ""
 	}
 	if !ql.LogParameters() {
-		c.internBuf = querylog.ZeroNumbers(c.internBuf[:0], text)
-		text = c.internBuf
+		c.zeroed = querylog.ZeroNumbers(c.zeroed[:0], text)
+		text = c.zeroed
 	}
 	return ql.Intern(text)
 }

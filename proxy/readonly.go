@@ -40,8 +40,8 @@ func (p *Proxy) guard(typ byte, body []byte, c *client) readonly.Verdict {
 		return readonly.Verdict{}
 	}
 	if startsWithSelect(sql) {
-		c.roBuf = querylog.ZeroNumbers(c.roBuf[:0], sql)
-		sql = c.roBuf
+		c.zeroed = querylog.ZeroNumbers(c.zeroed[:0], sql)
+		sql = c.zeroed
 	}
 	return classifier.ClassifyBytes(sql)
 }

@@ -50,7 +50,8 @@ type backend struct {
 	id       uint64
 	db       *database
 	conn     net.Conn
-	out      *sock                // reads (pump) and writes (linked client, resets) on conn
+	out      *sock                // writes (linked client, resets) on conn
+	in       sockReader           // the pump's reads of out
 	hc       *pgconn.HijackedConn // pid, secret and config for CancelRequest
 	upstream string               // "primary" or "fallback"
 	created  time.Time
@@ -120,6 +121,7 @@ func newBackend(db *database, hc *pgconn.HijackedConn, upstream string) *backend
 		initial:  hc.ParameterStatuses,
 		state:    srvIdle,
 	}
+	b.in.init(b.out)
 	db.countState(b, srvClosed, srvIdle)
 	return b
 }

@@ -16,16 +16,12 @@ import (
 // itself. The netpoller still parks the goroutine when a call would block.
 // TLS connections go through net.Conn.
 //
-// Reads belong to one goroutine; writes are serialized by wmu.
+// Writes are serialized by wmu. Reads are a sockReader's (a server's: a
+// client's goroutine reads its socket itself), so that the thousands of
+// idle clients carry only what writing needs.
 type sock struct {
 	conn net.Conn
 	raw  syscall.RawConn // nil for TLS
-
-	// Read state, owned by the reading goroutine.
-	rbuf   []byte
-	rn     int
-	rerr   error
-	readFn func(uintptr) bool
 
 	wmu     sync.Mutex
 	wbuf    []byte
@@ -38,44 +34,57 @@ func newSock(conn net.Conn) *sock {
 	if sc, ok := conn.(syscall.Conn); ok && !isTLS(conn) {
 		if raw, err := sc.SyscallConn(); err == nil {
 			s.raw = raw
-			s.readFn = s.rawRead
 			s.writeFn = s.rawWrite
 		}
 	}
 	return s
 }
 
+// sockReader reads a sock; owned by one reading goroutine.
+type sockReader struct {
+	s      *sock
+	rbuf   []byte
+	rn     int
+	rerr   error
+	readFn func(uintptr) bool
+}
+
+func (r *sockReader) init(s *sock) {
+	r.s = s
+	r.readFn = r.rawRead
+}
+
 var errEOF = io.EOF
 
 // Read reads into p, at least one byte, or returns an error.
-func (s *sock) Read(p []byte) (int, error) {
-	if s.raw == nil {
-		return s.conn.Read(p)
+func (r *sockReader) Read(p []byte) (int, error) {
+	if r.s.raw == nil {
+		return r.s.conn.Read(p)
 	}
-	s.rbuf, s.rn, s.rerr = p, 0, nil
-	if err := s.raw.Read(s.readFn); err != nil {
+	r.rbuf, r.rn, r.rerr = p, 0, nil
+	if err := r.s.raw.Read(r.readFn); err != nil {
 		return 0, err
 	}
-	s.rbuf = nil
-	return s.rn, s.rerr
+	r.rbuf = nil
+	return r.rn, r.rerr
 }
 
-func (s *sock) rawRead(fd uintptr) bool {
+func (r *sockReader) rawRead(fd uintptr) bool {
 	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&s.rbuf[0])), uintptr(len(s.rbuf)))
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&r.rbuf[0])), uintptr(len(r.rbuf)))
 		switch e {
 		case 0:
 			if n == 0 {
-				s.rerr = errEOF
+				r.rerr = errEOF
 			}
-			s.rn = int(n)
+			r.rn = int(n)
 			return true
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
 			return false
 		default:
-			s.rerr = e
+			r.rerr = e
 			return true
 		}
 	}
