@@ -284,15 +284,17 @@ func (c *Cluster) connect(ctx context.Context, db string) (*pgconn.PgConn, error
 }
 
 // run executes sql on conn: without args in the simple protocol, so sql
-// may hold several statements; with args as text parameters ($1, ...)
-// whose types the server infers.
+// may hold several statements; with args as text parameters ($1, ...;
+// nil is NULL) whose types the server infers.
 func run(ctx context.Context, conn *pgconn.PgConn, sql string, args []any) ([]*pgconn.Result, error) {
 	if len(args) == 0 {
 		return conn.Exec(ctx, sql).ReadAll()
 	}
 	params := make([][]byte, len(args))
 	for i, a := range args {
-		params[i] = fmt.Append(nil, a)
+		if a != nil { // nil stays NULL
+			params[i] = fmt.Append(nil, a)
+		}
 	}
 	res := conn.ExecParams(ctx, sql, params, nil, nil, nil).Read()
 	return []*pgconn.Result{res}, res.Err

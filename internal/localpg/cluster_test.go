@@ -83,6 +83,9 @@ func TestClusterSuperuser(t *testing.T) {
 	if n, err := pg.QueryInt(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", "localpg"); err != nil || n != 1 {
 		t.Fatalf("localpg sessions = %d, %v; want 1 (its own)", n, err)
 	}
+	if n, err := pg.QueryInt(ctx, "SELECT coalesce($1::int, 5)", nil); err != nil || n != 5 {
+		t.Fatalf("a nil argument: %d, %v; want 5 (NULL)", n, err)
+	}
 }
 
 func TestClusterSettingsAndStop(t *testing.T) {
