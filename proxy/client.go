@@ -103,6 +103,7 @@ type client struct {
 	zeroed       []byte          // scratch: a text with numbers zeroed (read-only guard, query log)
 	queued       []pendingQuery  // sync points in the chunk being sent, for the query log
 	batchText    string          // statement of the extended-protocol batch under way
+	batchArgs    uint64          // hash of the batch's Bind messages, for the query log (see argsHash)
 	wait         time.Duration   // pool wait of the transaction about to start
 	expect       []expectedReply // Parse/Close in the chunk being sent (fast path)
 	obuf         []byte          // rewritten output (slow path)
@@ -400,6 +401,7 @@ func (c *client) process() error {
 				} else {
 					c.addEffect(c.unnamedEffect())
 				}
+				c.batchArgs = c.bindArgs(c.batchArgs, body)
 			}
 		case 'E':
 			queries++
@@ -410,8 +412,8 @@ func (c *client) process() error {
 			if typ == 'F' && cached {
 				c.cached.writes.Add(cache.Targets{All: true}) // a function may write anything
 			}
-			c.syncPoint(pendingQuery{text: c.batchText, query: c.batchExec, extended: true})
-			c.batchText, c.batchExec = "", false
+			c.syncPoint(pendingQuery{text: c.batchText, query: c.batchExec, extended: true, args: c.batchArgs})
+			c.batchText, c.batchExec, c.batchArgs = "", false, 0
 		}
 		c.lastTyp = typ
 		pos = end

@@ -409,7 +409,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		b.fwd.flush()
 	}
 	if r.kind == reqClient && r.query {
-		b.report(r.inflightQuery, now)
+		b.report(r.inflightQuery, status, now)
 	}
 }
 
