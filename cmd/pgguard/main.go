@@ -7,6 +7,7 @@
 //	pgguard health [-config FILE]                 exit 0 when /readyz answers 200 (container health checks)
 //	pgguard version                               print the version, commit and Go version
 //	pgguard demo                                  throwaway local PostgreSQL with pgguard in front
+//	pgguard advise [-config FILE] [-json] FILE... the advisor's findings from query log files (advise.go)
 package main
 
 import (
@@ -30,6 +31,7 @@ import (
 
 	"github.com/pgguard/pgguard/admin"
 	"github.com/pgguard/pgguard/admin/dashboard"
+	"github.com/pgguard/pgguard/advisor"
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/limiter"
@@ -58,6 +60,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cmd := ""
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
+	}
+	if cmd == "advise" { // its own flags
+		return advise(args, stdout, stderr)
 	}
 	fs := flag.NewFlagSet("pgguard", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -95,7 +100,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	default:
-		fmt.Fprintf(stderr, "pgguard: unknown command %q (commands: run, check, health, version, demo)\n", cmd)
+		fmt.Fprintf(stderr, "pgguard: unknown command %q (commands: run, check, health, version, demo, advise)\n", cmd)
 		return 2
 	}
 }
@@ -159,6 +164,8 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 		return err
 	}
 	p.QueryLog, p.Limiter, p.Cache = ql, lim, rc
+	adv := advisor.New(advisor.Options{})
+	ql.SetObserver(adv.Observe)
 	reload := reloader(p, ql, lim, rc, o.path, o.getenv, log)
 
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -176,13 +183,14 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 		}
 		dash := dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc})
 		defer dash.Close()
-		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Dashboard: dash, ListenAddr: hln.Addr().String()}
+		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Advisor: adv, Dashboard: dash, ListenAddr: hln.Addr().String()}
 		httpSrv = &http.Server{Handler: h.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		go httpSrv.Serve(hln)
 		log.Info("http listening", "addr", hln.Addr().String())
 	}
 	console := admin.NewConsole(p, reload)
 	console.QueryLog, console.Limiter, console.Cache = ql, lim, rc
+	console.Views["advice"] = console.AdviceView(adv)
 	p.Console = console.Serve
 	sigs := o.sigs
 	if sigs == nil {

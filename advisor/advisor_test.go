@@ -1,0 +1,116 @@
+package advisor
+
+import (
+	"bytes"
+	"encoding/json"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgguard/pgguard/querylog"
+)
+
+// synth builds a seeds-like day in virtual time: page loads that read the
+// tenant's branding (and half of them its subdomain), an availability
+// worker polling every minute with a per-tenant N+1 loop, a branding update
+// now and then, and slow reports. It feeds both a and, as query log lines,
+// log.
+type synth struct {
+	t   time.Time
+	rng *rand.Rand
+	a   *Analyzer
+	log bytes.Buffer
+}
+
+func (s *synth) q(at time.Time, app string, client uint32, sql string, args uint64, dur time.Duration, rows int64, tx byte) {
+	fp, norm := querylog.Shape(sql)
+	r := querylog.Record{Time: at, Database: "app", User: "app", Application: app, Upstream: "primary", Query: sql,
+		Duration: dur, Rows: rows, Tag: strings.Fields(sql)[0], Client: client, TxStatus: tx, Args: args}
+	s.a.Observe(&r, fp, norm)
+	fmt := `{"time":"` + at.Format(time.RFC3339Nano) + `","level":"INFO","msg":"query"`
+	line, _ := json.Marshal(map[string]any{"database": "app", "application": app, "upstream": "primary",
+		"query": norm, "duration_ms": float64(dur) / 1e6, "wait_ms": 0, "rows": rows, "client": client,
+		"tx": map[byte]string{'T': "T"}[tx], "args": fpHex(args)})
+	s.log.WriteString(fmt + "," + string(line[1:]) + "\n")
+}
+
+func synthDay(a *Analyzer, hours int) *synth {
+	s := &synth{rng: rand.New(rand.NewPCG(1, 2)), a: a}
+	start := time.Date(2026, 4, 9, 8, 0, 0, 0, time.UTC)
+	end := start.Add(time.Duration(hours) * time.Hour)
+	type ev struct {
+		at time.Time
+		f  func(time.Time)
+	}
+	var evs []ev
+	// Web: 100 page loads a minute during the first two thirds.
+	busyEnd := start.Add(time.Duration(hours) * time.Hour * 2 / 3)
+	for t := start; t.Before(busyEnd); t = t.Add(time.Duration(s.rng.ExpFloat64() * float64(600*time.Millisecond))) {
+		client := uint32(100 + s.rng.IntN(8))
+		tenant := uint64(1 + s.rng.IntN(20))
+		evs = append(evs, ev{t, func(t time.Time) {
+			s.q(t, "web", client, "SELECT * FROM tenant_branding WHERE tenant_id = $1", tenant, 2*time.Millisecond, 1, 'I')
+			if tenant%2 == 0 {
+				s.q(t.Add(3*time.Millisecond), "web", client, "SELECT id, name FROM tenants WHERE subdomain = $1", tenant, time.Millisecond, 1, 'I')
+			}
+		}})
+	}
+	// Branding updates every 10 minutes.
+	for t := start.Add(5 * time.Minute); t.Before(busyEnd); t = t.Add(10 * time.Minute) {
+		evs = append(evs, ev{t, func(t time.Time) {
+			s.q(t, "web", 99, "UPDATE tenant_branding SET color = $1 WHERE tenant_id = $2", 7, time.Millisecond, 1, 'I')
+		}})
+	}
+	// The worker: every 60 s, the tenants, then one query per tenant.
+	for t := start.Add(time.Second); t.Before(end); t = t.Add(time.Minute) {
+		evs = append(evs, ev{t, func(t time.Time) {
+			s.q(t, "availability-worker", 7, "SELECT id FROM tenants WHERE active", 1, 2*time.Millisecond, 20, 'I')
+			at := t.Add(3 * time.Millisecond)
+			for ten := uint64(1); ten <= 20; ten++ {
+				s.q(at, "availability-worker", 7, "SELECT status FROM service_status WHERE tenant_id = $1", ten, time.Millisecond, 1, 'I')
+				at = at.Add(1500 * time.Microsecond)
+			}
+		}})
+	}
+	// Slow reports, three an hour.
+	for t := start.Add(7 * time.Minute); t.Before(busyEnd); t = t.Add(20 * time.Minute) {
+		evs = append(evs, ev{t, func(t time.Time) {
+			s.q(t, "reporting", 50, "SELECT tenant_id, count(*) FROM events GROUP BY tenant_id", 3, 900*time.Millisecond, 20, 'I')
+		}})
+	}
+	// In time order, as the query log delivers them (about).
+	for i := range evs {
+		for j := i; j > 0 && evs[j].at.Before(evs[j-1].at); j-- {
+			evs[j], evs[j-1] = evs[j-1], evs[j]
+		}
+	}
+	for _, e := range evs {
+		e.f(e.at)
+	}
+	return s
+}
+
+func TestSeedsDay(t *testing.T) {
+	a := New(Options{})
+	s := synthDay(a, 3)
+	adv := a.Advise(DefaultSettings())
+	cols, rows := adv.Rows()
+	_ = cols
+	for _, r := range rows {
+		t.Logf("%s | %s | %s\n%s", r[0], r[1], r[2], r[3])
+	}
+	if len(adv.CacheCandidates) == 0 || !strings.Contains(adv.CacheCandidates[0].Query, "tenant_branding") {
+		t.Fatalf("top cache candidate is not the branding query: %+v", adv.CacheCandidates)
+	}
+	// Offline: the same findings from the log lines.
+	b := New(Options{})
+	n, err := b.ReadLog(&s.log)
+	if err != nil || n == 0 {
+		t.Fatal(n, err)
+	}
+	adv2 := b.Advise(DefaultSettings())
+	if adv2.TOML != adv.TOML {
+		t.Fatalf("offline TOML differs:\n%s\nlive:\n%s", adv2.TOML, adv.TOML)
+	}
+}
