@@ -27,9 +27,9 @@ type Window struct {
 	Seconds float64   `json:"seconds"`
 	// Queries held; Observed since start (more when the ring wrapped:
 	// Truncated).
-	Queries   int  `json:"queries"`
+	Queries   int   `json:"queries"`
 	Observed  int64 `json:"observed"`
-	Truncated bool `json:"truncated"`
+	Truncated bool  `json:"truncated"`
 	// PrimaryQueries ran on the primary, for PrimarySeconds of query time.
 	PrimaryQueries int64   `json:"primary_queries"`
 	PrimarySeconds float64 `json:"primary_seconds"`

@@ -44,14 +44,15 @@ type pass struct {
 	apps   []string
 	dbs    []string
 
-	act   []int64 // per record: start of the activity it stands for (earlier than t inside a transaction)
-	order []int32 // records by act
+	act      []int64 // per record: start of the activity it stands for (earlier than t inside a transaction)
+	prevInTx []bool  // per record: its client was inside a transaction block when it came
+	order    []int32 // records by act
 
 	hitMask  []uint8 // per record: bit k set when a cache at ttlLadder[k] would have answered it
 	rejected []bool  // per record: a suggested [[limits]] rule would have refused it
-	keys    []int   // per shape: distinct keys
-	approx  []bool  // per shape: keys past maxKeys, or no Args
-	inval   []int64 // per shape: committed writes to its tables
+	keys     []int   // per shape: distinct keys
+	approx   []bool  // per shape: keys past maxKeys, or no Args
+	inval    []int64 // per shape: committed writes to its tables
 }
 
 // Advise computes the findings over the queries held, judged against s.
@@ -94,7 +95,7 @@ func (a *Analyzer) Advise(s Settings) *Advice {
 	adv.CacheCandidates, chosen = p.cacheCandidates(stats, sim, awake, w)
 	adv.Slow = p.slowShapes(stats, w)
 	adv.Loops = p.loops()
-	adv.Pollers = p.pollers(awake, w)
+	adv.Pollers = p.pollers(awake, w, chosen)
 	adv.Pool = p.pool()
 	adv.Forecast = p.forecast(chosen, awake, w)
 	adv.TOML = allTOML(adv)
@@ -105,13 +106,7 @@ func (a *Analyzer) Advise(s Settings) *Advice {
 // candidates' hits and the pollers' refused queries no longer reach the
 // primary.
 func (p *pass) forecast(chosen []int, awake time.Duration, w *Window) Forecast {
-	keep := func(i int) bool {
-		r := &p.recs[i]
-		if k := chosen[r.shape]; k >= 0 && p.hitMask[i]&(1<<k) != 0 {
-			return false
-		}
-		return !p.rejected[i]
-	}
+	keep := func(i int) bool { return !p.cachedBy(chosen, i) && !p.rejected[i] }
 	f := Forecast{PrimaryQueries: w.PrimaryQueries, AwakeSeconds: awake.Seconds()}
 	for _, i := range p.order {
 		if keep(int(i)) {
@@ -123,6 +118,13 @@ func (p *pass) forecast(chosen []int, awake time.Duration, w *Window) Forecast {
 	f.CUHoursMonth = perMonth(p.cuHours(f.AwakeSeconds), w)
 	f.PredictedCUHoursMonth = perMonth(p.cuHours(f.PredictedAwakeSeconds), w)
 	return f
+}
+
+// cachedBy reports whether record i would have been a hit of the
+// suggested cache rules (chosen: the ladder index per shape, -1 for none).
+func (p *pass) cachedBy(chosen []int, i int) bool {
+	k := chosen[p.recs[i].shape]
+	return k >= 0 && p.hitMask[i]&(1<<k) != 0
 }
 
 // wakes marks the primary records that woke the compute: the first of each
@@ -160,6 +162,7 @@ func (p *pass) cuHours(seconds float64) float64 { return seconds / 3600 * p.s.Co
 // query's end (Neon counts a session idle in a transaction as active).
 func (p *pass) activity() {
 	p.act = make([]int64, len(p.recs))
+	p.prevInTx = make([]bool, len(p.recs))
 	type cl struct {
 		inTx bool
 		end  int64
@@ -176,6 +179,7 @@ func (p *pass) activity() {
 			c = &cl{}
 			clients[r.client] = c
 		}
+		p.prevInTx[i] = c.inTx
 		if c.inTx && c.end < r.t {
 			p.act[i] = c.end
 		}

@@ -93,18 +93,18 @@ type Options struct {
 // is called by the query log's writer goroutine (or by ReadLog); Advise by
 // any goroutine. Safe for concurrent use.
 type Analyzer struct {
-	mu      sync.Mutex
+	mu       sync.Mutex
 	ring     []rec
 	capacity int  // the ring's bound
 	next     int  // where the next record goes
-	full    bool // the ring wrapped: records were overwritten
-	seen    int64
-	shapeIx map[uint64]uint32
-	shapes  []*shape // append-only; entries immutable but for their lazy analysis
-	appIx   map[string]uint16
-	apps    []string // append-only
-	dbIx    map[string]uint16
-	dbs     []string // append-only
+	full     bool // the ring wrapped: records were overwritten
+	seen     int64
+	shapeIx  map[uint64]uint32
+	shapes   []*shape // append-only; entries immutable but for their lazy analysis
+	appIx    map[string]uint16
+	apps     []string // append-only
+	dbIx     map[string]uint16
+	dbs      []string // append-only
 }
 
 // New returns an empty Analyzer.

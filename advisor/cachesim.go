@@ -135,7 +135,7 @@ func (p *pass) simulateCache(wake []bool) []simState {
 		}
 		st := &out[r.shape]
 		for k, ttl := range ttlLadder {
-			if e[k] != 0 && r.t-e[k] < int64(ttl) && e[k] >= written {
+			if e[k] != 0 && e[k] <= r.t && r.t-e[k] < int64(ttl) && e[k] >= written {
 				p.hitMask[i] |= 1 << k
 				st.hits[k]++
 				st.savedNS[k] += int64(r.dur) * 1e3

@@ -14,17 +14,17 @@ import (
 
 // chain is a run of one shape inside a unit being followed.
 type chain struct {
-	count          int
-	firstPos       int
-	lastPos        int
-	first          int   // record index of the first run
-	lastEnd        int64 // end of the latest run
-	parent         int   // record index, -1 for none
-	args           uint64
-	argsDiffer     bool
-	inTx           bool
-	firstDurNS     int64
-	sumDurNS       int64
+	count      int
+	firstPos   int
+	lastPos    int
+	first      int   // record index of the first run
+	lastEnd    int64 // end of the latest run
+	parent     int   // record index, -1 for none
+	args       uint64
+	argsDiffer bool
+	inTx       bool
+	firstDurNS int64
+	sumDurNS   int64
 }
 
 // loopClient is one client's unit under way.

@@ -24,7 +24,7 @@ type appPolls struct {
 // pollers finds the applications polling on a schedule, with the [[limits]]
 // rule for each and what it would save; it also sets p.rejected, the
 // queries those rules would have refused.
-func (p *pass) pollers(awake time.Duration, w *Window) []Poller {
+func (p *pass) pollers(awake time.Duration, w *Window, chosen []int) []Poller {
 	polls := map[uint16]*appPolls{}
 	for _, i := range p.order {
 		r := &p.recs[i]
@@ -90,7 +90,7 @@ func (p *pass) pollers(awake time.Duration, w *Window) []Poller {
 		if existing, ok := p.s.LimitedApps[name]; ok {
 			po.ExistingRule = existing
 		}
-		rejected := p.simulateBucket(app, perHour, burst)
+		rejected := p.simulateBucket(app, perHour, burst, chosen)
 		var n int64
 		for i, r := range rejected {
 			if r {
@@ -117,8 +117,10 @@ func (p *pass) pollers(awake time.Duration, w *Window) []Poller {
 
 // simulateBucket replays app's queries on the primary through the
 // limiter's token bucket (queries_per_hour = perHour, burst, action
-// "reject") and returns the ones it would have refused.
-func (p *pass) simulateBucket(app uint16, perHour float64, burst int) []bool {
+// "reject") and returns the ones it would have refused. As in the proxy,
+// a transaction block takes one token, at its start, and a query the
+// suggested cache rules would have answered takes none.
+func (p *pass) simulateBucket(app uint16, perHour float64, burst int, chosen []int) []bool {
 	out := make([]bool, len(p.recs))
 	rate := perHour / 3600 // tokens per second
 	tokens := float64(burst)
@@ -126,7 +128,7 @@ func (p *pass) simulateBucket(app uint16, perHour float64, burst int) []bool {
 	first := true
 	for i := range p.recs {
 		r := &p.recs[i]
-		if r.app != app || !r.has(fPrimary) {
+		if r.app != app || !r.has(fPrimary) || p.prevInTx[i] || p.cachedBy(chosen, i) {
 			continue
 		}
 		if !first {
@@ -152,7 +154,7 @@ func pollerNote(po *Poller, S, target time.Duration) string {
 		s += fmt.Sprintf("; %.2f CU-hours a month of Active Time are its alone: polling less often than every %s, or LISTEN/NOTIFY, saves them", po.AttributableCUHoursMonth, target)
 	}
 	s += fmt.Sprintf(". The rule refuses what exceeds one poll per %s (worker = true: DISABLE_WORKERS=true stops it)", target)
-	if po.RuleAwakeSavedSeconds <= 0 && po.AttributableSeconds > 0 {
+	if po.RuleAwakeSavedSeconds < 0.01*po.AttributableSeconds {
 		s += "; while it keeps polling every " + interval.String() + ", the refused queries' neighbours still wake the compute, so the rule saves queries, not Active Time"
 	}
 	if po.ExistingRule != "" {

@@ -1,6 +1,7 @@
 package advisor
 
 import (
+	"math"
 	"math/bits"
 	"sync"
 
@@ -75,7 +76,7 @@ func (h *histogram) quantileMS(q float64, n int64) float64 {
 	if n <= 0 {
 		return 0
 	}
-	rank := int64(q*float64(n-1)) + 1
+	rank := max(int64(math.Ceil(q*float64(n))), 1) // nearest rank
 	var seen int64
 	for i, c := range h {
 		if seen += int64(c); seen >= rank {
