@@ -290,7 +290,7 @@ func (p *pass) slowShapes(st []shapeStat, w *Window) []SlowShape {
 		if s.calls == 0 || p.shapes[i].other {
 			continue
 		}
-		p95 := s.hist.quantileMS(0.95, s.calls)
+		p95 := min(s.hist.quantileMS(0.95, s.calls), float64(s.maxUS)/1e3)
 		if p95 <= float64(p.s.Slow)/1e6 {
 			continue
 		}
