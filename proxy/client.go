@@ -103,7 +103,7 @@ type client struct {
 	zeroed       []byte          // scratch: a text with numbers zeroed (read-only guard, query log)
 	queued       []pendingQuery  // sync points in the chunk being sent, for the query log
 	batchText    string          // statement of the extended-protocol batch under way
-	batchArgs    uint64          // hash of the batch's Bind messages, for the query log (see argsHash)
+	batchArgs    uint64          // hash of the batch's Bind messages, for the query log (see bindArgs)
 	wait         time.Duration   // pool wait of the transaction about to start
 	expect       []expectedReply // Parse/Close in the chunk being sent (fast path)
 	obuf         []byte          // rewritten output (slow path)

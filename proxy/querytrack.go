@@ -21,7 +21,7 @@ type pendingQuery struct {
 	query    bool   // false for a sync that ran nothing (Parse/Describe/Sync)
 	extended bool
 	quiet    bool   // a Sync pgguard added: the client must not see its ReadyForQuery
-	args     uint64 // hash of its literals or Bind parameters (query log only; see argsHash)
+	args     uint64 // hash of its literals or Bind parameters (query log only; see textArgs)
 	// For the result cache: the tables the statements before this sync
 	// point may write, and the collector of a miss's reply.
 	writes cache.Targets
