@@ -22,7 +22,7 @@ const (
 	minLoop = 5
 	// loopGap: a client's queries less than this apart (outside
 	// transaction blocks) are one burst of work, where loops are looked for.
-	loopGap = 25 * time.Millisecond
+	loopGap = 100 * time.Millisecond
 	// loopPeriod: the most other queries between two runs of a loop's
 	// shape (a loop body of up to three statements).
 	loopPeriod = 3

@@ -214,13 +214,6 @@ func (a *Analyzer) Len() (held int, seen int64) {
 	return len(a.ring), a.seen
 }
 
-// Reset forgets every query (shapes and names stay interned).
-func (a *Analyzer) Reset() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.ring, a.next, a.full, a.seen = a.ring[:0], 0, false, 0
-}
-
 // snapshot copies the ring in time order, with the name tables as of now.
 func (a *Analyzer) snapshot() (recs []rec, shapes []*shape, apps, dbs []string, truncated bool) {
 	a.mu.Lock()

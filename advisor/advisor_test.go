@@ -114,3 +114,67 @@ func TestSeedsDay(t *testing.T) {
 		t.Fatalf("offline TOML differs:\n%s\nlive:\n%s", adv2.TOML, adv.TOML)
 	}
 }
+
+// BenchmarkObserve is the advisor's cost per query on the query log's
+// writer goroutine.
+func BenchmarkObserve(b *testing.B) {
+	a := New(Options{})
+	fp, norm := querylog.Shape("SELECT * FROM tenant_branding WHERE tenant_id = $1")
+	r := querylog.Record{Time: time.Now(), Database: "app", Application: "web", Upstream: "primary", Duration: time.Millisecond, Rows: 1, Tag: "SELECT", Client: 7, TxStatus: 'I'}
+	b.ReportAllocs()
+	for i := range b.N {
+		r.Args = uint64(i % 50)
+		a.Observe(&r, fp, norm)
+	}
+}
+
+// BenchmarkAdvise computes the findings over a full ring (200,000 queries
+// of the seeds' workload).
+func BenchmarkAdvise(b *testing.B) {
+	a := New(Options{})
+	synthDay(a, 28)
+	if n, _ := a.Len(); n < DefaultMaxRecords {
+		b.Fatalf("%d records, want a full ring", n)
+	}
+	b.ResetTimer()
+	for range b.N {
+		a.Advise(DefaultSettings())
+	}
+}
+
+// TestLoopsNotPageLoads: a connection serving page loads back to back
+// repeats its shapes, but not in lockstep: no loop. A two-statement body
+// run once per row of a parent is one, with that parent.
+func TestLoopsNotPageLoads(t *testing.T) {
+	a := New(Options{})
+	s := &synth{rng: rand.New(rand.NewPCG(3, 4)), a: a}
+	at := time.Date(2026, 4, 9, 8, 0, 0, 0, time.UTC)
+	for i := range 300 {
+		tenant := uint64(1 + s.rng.IntN(20))
+		s.q(at, "web", 1, "SELECT * FROM tenant_branding WHERE tenant_id = $1", tenant, time.Millisecond, 1, 'I')
+		at = at.Add(2 * time.Millisecond)
+		for _, sql := range []string{"SELECT id, name FROM tenants WHERE subdomain = $1", "SELECT key, value FROM tenant_settings WHERE tenant_id = $1"} {
+			if s.rng.IntN(2) == 0 {
+				s.q(at, "web", 1, sql, tenant+uint64(i), time.Millisecond, 1, 'I')
+				at = at.Add(2 * time.Millisecond)
+			}
+		}
+	}
+	at = at.Add(time.Second)
+	s.q(at, "worker", 2, "SELECT id FROM tenants WHERE active", 1, time.Millisecond, 12, 'I')
+	for id := uint64(1); id <= 12; id++ {
+		at = at.Add(2 * time.Millisecond)
+		s.q(at, "worker", 2, "SELECT status FROM service_status WHERE tenant_id = $1", id, time.Millisecond, 1, 'I')
+		at = at.Add(2 * time.Millisecond)
+		s.q(at, "worker", 2, "UPDATE service_status SET checked_at = now() WHERE tenant_id = $1", id, time.Millisecond, 1, 'I')
+	}
+	loops := a.Advise(DefaultSettings()).Loops
+	if len(loops) != 2 {
+		t.Fatalf("loops: %+v, want the worker's two statements", loops)
+	}
+	for _, l := range loops {
+		if l.Application != "worker" || l.MaxCount != 12 || l.Parent == nil || l.Parent.Query != "SELECT id FROM tenants WHERE active" || l.Parent.MeanRows != 12 {
+			t.Errorf("loop %+v (parent %+v)", l, l.Parent)
+		}
+	}
+}

@@ -7,15 +7,19 @@ import (
 
 // N+1 loops. A client's unit of work is a transaction block, or a burst of
 // queries less than loopGap apart. Inside one, a shape run at least minLoop
-// times with at most loopPeriod other queries between two runs (any number
-// inside a transaction block), with differing arguments, is a loop. Its
-// parent is the latest query of the unit before it that returned several
-// rows: the list the loop walks.
+// times with differing arguments is a loop when the same shapes, at most
+// loopPeriod of them, come between each two runs (the same loop body each
+// time), or, inside a transaction block, whatever comes between. Its parent
+// is the latest query of the unit before it that returned several rows: the
+// list the loop walks. A connection serving page loads back to back repeats
+// its shapes too, but rarely in lockstep: outside transaction blocks a loop
+// without a parent must run 2 x minLoop times.
 
 // chain is a run of one shape inside a unit being followed.
 type chain struct {
 	count      int
-	firstPos   int
+	period     int    // positions between two runs, set by the second run
+	body       uint64 // the shapes between two runs, set by the second run
 	lastPos    int
 	first      int   // record index of the first run
 	lastEnd    int64 // end of the latest run
@@ -24,7 +28,6 @@ type chain struct {
 	argsDiffer bool
 	inTx       bool
 	firstDurNS int64
-	sumDurNS   int64
 }
 
 // loopClient is one client's unit under way.
@@ -32,7 +35,8 @@ type loopClient struct {
 	inTx      bool
 	end       int64
 	pos       int
-	lastMulti int // record index of the unit's latest query with rows > 1, -1 for none
+	lastMulti int                    // record index of the unit's latest query with rows > 1, -1 for none
+	recent    [loopPeriod + 1]uint32 // the shapes of the unit's latest queries, by position modulo its size
 	chains    map[uint32]*chain
 }
 
@@ -53,7 +57,7 @@ func (p *pass) loops() []Loop {
 	clients := map[uint32]*loopClient{}
 	aggs := map[loopKey]*loopAgg{}
 	finish := func(app uint16, shape uint32, ch *chain) {
-		if ch.count < minLoop || (ch.args != 0 && !ch.argsDiffer) {
+		if ch.count < minLoop || (ch.args != 0 && !ch.argsDiffer) || (!ch.inTx && ch.parent < 0 && ch.count < 2*minLoop) {
 			return
 		}
 		k := loopKey{app: uint32(app), shape: shape, parent: -1}
@@ -103,10 +107,23 @@ func (p *pass) loops() []Loop {
 		pos := c.pos
 		c.pos++
 		ch := c.chains[r.shape]
+		var body uint64
+		if ch != nil && pos-ch.lastPos <= loopPeriod+1 {
+			for q := ch.lastPos + 1; q < pos; q++ {
+				body = (body ^ uint64(c.recent[q%len(c.recent)])) * 0x100000001b3
+			}
+		}
+		if ch != nil && !c.inTx && ch.count > 1 && (pos-ch.lastPos != ch.period || body != ch.body) {
+			finish(r.app, r.shape, ch) // another body: not the same loop
+			delete(c.chains, r.shape)
+			ch = nil
+		}
 		if ch != nil && (pos-ch.lastPos <= loopPeriod+1 || c.inTx) {
+			if ch.count == 1 {
+				ch.period, ch.body = pos-ch.lastPos, body
+			}
 			ch.count++
 			ch.lastPos, ch.lastEnd = pos, r.end()
-			ch.sumDurNS += int64(r.dur) * 1e3
 			ch.argsDiffer = ch.argsDiffer || r.args != ch.args
 			ch.inTx = ch.inTx || c.inTx
 		} else {
@@ -117,9 +134,10 @@ func (p *pass) loops() []Loop {
 			if parent >= 0 && p.recs[parent].shape == r.shape {
 				parent = -1
 			}
-			c.chains[r.shape] = &chain{count: 1, firstPos: pos, lastPos: pos, first: i, lastEnd: r.end(), parent: parent,
-				args: r.args, inTx: c.inTx, firstDurNS: int64(r.dur) * 1e3, sumDurNS: int64(r.dur) * 1e3}
+			c.chains[r.shape] = &chain{count: 1, lastPos: pos, first: i, lastEnd: r.end(), parent: parent,
+				args: r.args, inTx: c.inTx, firstDurNS: int64(r.dur) * 1e3}
 		}
+		c.recent[pos%len(c.recent)] = r.shape
 		if r.rows > 1 {
 			c.lastMulti = i
 		}
