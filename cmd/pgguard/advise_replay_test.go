@@ -408,7 +408,7 @@ compute_units = 0.25
 	if poller != nil {
 		t.Logf("poller: %s", poller.Note)
 	}
-	if loop != nil {
+	if loop != nil && loop.Parent != nil {
 		t.Logf("loop: %d loops of %.1f, parent %q (%.1f rows), %.2f ms extra per loop", loop.Loops, loop.MeanCount, loop.Parent.Query, loop.Parent.MeanRows, loop.ExtraMSPerLoop)
 	}
 	if measSaved <= 0 || math.Abs(float64(predSaved-measSaved)) > 0.1*float64(measSaved) {
