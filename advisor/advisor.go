@@ -73,7 +73,6 @@ const (
 	fInTx     = 1 << iota // TxStatus 'T' or 'E' after it
 	fHit                  // answered by the result cache
 	fFailed               // ended in an error
-	fCommit               // tag COMMIT
 	fRollback             // tag ROLLBACK
 	fPrimary              // ran on the primary
 )
@@ -156,10 +155,7 @@ func (a *Analyzer) Add(e Entry) {
 	if e.Primary {
 		r.flags |= fPrimary
 	}
-	switch e.Tag {
-	case "COMMIT":
-		r.flags |= fCommit
-	case "ROLLBACK":
+	if e.Tag == "ROLLBACK" {
 		r.flags |= fRollback
 	}
 	a.mu.Lock()

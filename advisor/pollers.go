@@ -90,12 +90,18 @@ func (p *pass) pollers(awake time.Duration, w *Window, chosen []int) []Poller {
 		if existing, ok := p.s.LimitedApps[name]; ok {
 			po.ExistingRule = existing
 		}
+		if name == "" { // a rule needs a match key: none to suggest
+			po.Note = "clients without an application_name poll on a schedule: give them one (the connection string's application_name) so that a [[limits]] rule can match them"
+			out = append(out, po)
+			continue
+		}
 		rejected := p.simulateBucket(app, perHour, burst, chosen)
 		var n int64
 		for i, r := range rejected {
 			if r {
 				n++
-				p.rejected[i] = true
+				// The forecast applies the rules the TOML suggests.
+				p.rejected[i] = po.ExistingRule == ""
 			}
 		}
 		po.RuleQueriesSaved = n

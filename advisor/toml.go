@@ -67,7 +67,7 @@ func allTOML(a *Advice) string {
 		parts = append(parts, a.CacheCandidates[i].TOML)
 	}
 	for i := range a.Pollers {
-		if a.Pollers[i].ExistingRule == "" {
+		if a.Pollers[i].ExistingRule == "" && a.Pollers[i].TOML != "" {
 			parts = append(parts, a.Pollers[i].TOML)
 		}
 	}
