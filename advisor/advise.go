@@ -146,12 +146,17 @@ func (p *pass) wakes() []bool {
 	return out
 }
 
-// perMonth scales a figure over the window to a 30-day month.
+// perMonth scales a figure over the window to a 30-day month. The window
+// counts with the suspend_after its last query keeps the compute awake.
 func perMonth(v float64, w *Window) float64 {
-	if w.Seconds <= 0 {
+	span := w.Seconds
+	if d, err := time.ParseDuration(w.SuspendAfter); err == nil {
+		span += d.Seconds()
+	}
+	if span <= 0 {
 		return 0
 	}
-	return v * month.Seconds() / w.Seconds
+	return v * month.Seconds() / span
 }
 
 // cuHours turns awake seconds into CU-hours.

@@ -12,7 +12,8 @@ import (
 // apart are one poll; at least minPolls polls at regular intervals (the
 // middle half of the intervals within ±50% of the median) make a schedule.
 // Its cost is the Active Time no other traffic covered: the model's awake
-// time with and without its queries.
+// time with and without its queries. A schedule costing less than 1% of the
+// window's Active Time is no finding.
 
 type appPolls struct {
 	starts  []int64
@@ -79,8 +80,8 @@ func (p *pass) pollers(awake time.Duration, w *Window, chosen []int) []Poller {
 		}
 		po.QueriesPerHour = share(float64(total), w.Seconds/3600)
 		po.KeepsAwake = time.Duration(gaps[len(gaps)-1]) <= S
-		if !po.KeepsAwake && po.AttributableSeconds <= 0 {
-			continue // on a schedule, but never the reason the compute is awake
+		if po.AttributableSeconds <= 0.01*awake.Seconds() {
+			continue // on a schedule, but other traffic keeps the compute awake anyway
 		}
 		po.AttributableCUHoursMonth = perMonth(p.cuHours(po.AttributableSeconds), w)
 		// The rule: at most one poll per interval longer than suspend_after
