@@ -125,11 +125,15 @@ type Poller struct {
 	// awake; KeepsAwake: it never left the compute suspend_after alone.
 	AwakeAloneSeconds float64 `json:"awake_alone_seconds"`
 	KeepsAwake        bool    `json:"keeps_compute_awake"`
-	// AttributableSeconds is the Active Time no other traffic covered:
-	// what polling less often than suspend_after (or LISTEN/NOTIFY) saves;
-	// per month in CU-hours.
+	// AttributableSeconds is the Active Time no other traffic covered: what
+	// stopping it (or LISTEN/NOTIFY) saves; per month in CU-hours.
 	AttributableSeconds      float64 `json:"attributable_awake_seconds"`
 	AttributableCUHoursMonth float64 `json:"attributable_cu_hours_per_month"`
+	// IntervalSavedSeconds is the Active Time saved had it polled at most
+	// once per suspend_after + 20% (the rule's pace) instead; per month in
+	// CU-hours.
+	IntervalSavedSeconds float64 `json:"interval_saved_awake_seconds"`
+	IntervalCUHoursMonth float64 `json:"interval_cu_hours_saved_per_month"`
 	// Rule is the [[limits]] rule; with it, RuleQueriesSaved of its queries
 	// would have been refused and RuleAwakeSavedSeconds of Active Time
 	// saved (RuleCUHoursSavedMonth per month), if the application keeps

@@ -27,6 +27,7 @@ type appPolls struct {
 // queries those rules would have refused.
 func (p *pass) pollers(awake time.Duration, w *Window, chosen []int) []Poller {
 	polls := map[uint16]*appPolls{}
+	pollOf := make([]int32, len(p.recs)) // per record: its poll's index in its application's
 	for _, i := range p.order {
 		r := &p.recs[i]
 		a := polls[r.app]
@@ -43,6 +44,7 @@ func (p *pass) pollers(awake time.Duration, w *Window, chosen []int) []Poller {
 		}
 		a.cur++
 		a.lastEnd = max(a.lastEnd, r.end())
+		pollOf[i] = int32(len(a.starts) - 1)
 	}
 	var out []Poller
 	p.rejected = make([]bool, len(p.recs))
@@ -108,6 +110,18 @@ func (p *pass) pollers(awake time.Duration, w *Window, chosen []int) []Poller {
 		po.RuleQueriesSaved = n
 		withRule, _ := p.awake(func(i int) bool { return !rejected[i] })
 		po.RuleAwakeSavedSeconds = (awake - withRule).Seconds()
+		// Polling every target instead: the polls that come sooner than
+		// target after the last one kept do not run.
+		kept := make([]bool, len(a.starts))
+		var lastKept int64
+		for j, st := range a.starts {
+			if j == 0 || st-lastKept >= int64(target) {
+				kept[j], lastKept = true, st
+			}
+		}
+		slower, _ := p.awake(func(i int) bool { return p.recs[i].app != app || kept[pollOf[i]] })
+		po.IntervalSavedSeconds = (awake - slower).Seconds()
+		po.IntervalCUHoursMonth = perMonth(p.cuHours(po.IntervalSavedSeconds), w)
 		po.RuleCUHoursSavedMonth = perMonth(p.cuHours(po.RuleAwakeSavedSeconds), w)
 		po.Note = pollerNote(&po, S, target)
 		po.TOML = limitsTOML(name, perHour, burst, perPoll, target)
@@ -158,7 +172,7 @@ func pollerNote(po *Poller, S, target time.Duration) string {
 		s += fmt.Sprintf("; on its own it keeps the compute from ever suspending (suspend_after = %s)", S)
 	}
 	if po.AttributableSeconds > 0 {
-		s += fmt.Sprintf("; %.2f CU-hours a month of Active Time are its alone: polling less often than every %s, or LISTEN/NOTIFY, saves them", po.AttributableCUHoursMonth, target)
+		s += fmt.Sprintf("; %.2f CU-hours a month of Active Time are its alone (what stopping it, or LISTEN/NOTIFY, saves); polling every %s instead saves %.2f", po.AttributableCUHoursMonth, target, po.IntervalCUHoursMonth)
 	}
 	s += fmt.Sprintf(". The rule refuses what exceeds one poll per %s (worker = true: DISABLE_WORKERS=true stops it)", target)
 	if po.RuleAwakeSavedSeconds < 0.01*po.AttributableSeconds {

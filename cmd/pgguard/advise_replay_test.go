@@ -56,7 +56,7 @@ type replayStep struct {
 
 // replayPlan is every connection's schedule, by application_name; the same
 // seed gives the same plan.
-func replayPlan(day, night time.Duration, reportN int) map[string][][]replayStep {
+func replayPlan(day, night, workerEvery time.Duration, reportN int) map[string][][]replayStep {
 	rng := rand.New(rand.NewPCG(31, 9))
 	plan := map[string][][]replayStep{}
 	q := func(sql string, args ...any) func(ctx context.Context, c *pgx.Conn) error {
@@ -104,7 +104,7 @@ func replayPlan(day, night time.Duration, reportN int) map[string][][]replayStep
 	}
 	plan["web-admin"] = [][]replayStep{admin}
 	var worker []replayStep
-	for at := 200 * time.Millisecond; at < day+night; at += time.Second {
+	for at := 200 * time.Millisecond; at < day+night; at += workerEvery {
 		worker = append(worker, replayStep{at, func(ctx context.Context, c *pgx.Conn) error {
 			// A worker that keeps its schedule whatever is refused: the
 			// tenants it knows, one check each.
@@ -233,7 +233,7 @@ compute_units = 0.25
 		return last
 	}
 
-	run := func(name, extraTOML string) replayRun {
+	run := func(name, extraTOML string, workerEvery time.Duration) replayRun {
 		t.Helper()
 		qlog := filepath.Join(dir, name+".jsonl")
 		cfgText := base(qlog) + "\n" + extraTOML
@@ -273,7 +273,7 @@ compute_units = 0.25
 			steps []replayStep
 		}
 		var clients []client
-		for app, conns := range replayPlan(day, night, reportN) {
+		for app, conns := range replayPlan(day, night, workerEvery, reportN) {
 			for _, steps := range conns {
 				c, err := pgx.Connect(ctx, fmt.Sprintf("postgres://app:app-pw@%s/app?sslmode=disable&application_name=%s", addr, app))
 				if err != nil {
@@ -346,7 +346,7 @@ compute_units = 0.25
 		return res
 	}
 
-	r1 := run("before", "")
+	r1 := run("before", "", time.Second)
 	a := &r1.advice
 	// The findings.
 	if len(a.CacheCandidates) == 0 || a.CacheCandidates[0].Query != sqlBranding || !strings.Contains(a.CacheCandidates[0].TOML, `query = "`+sqlBranding+`"`) {
@@ -393,7 +393,7 @@ compute_units = 0.25
 	}
 
 	// Apply the suggested rules and replay again.
-	r2 := run("after", a.TOML)
+	r2 := run("after", a.TOML, time.Second)
 	f := a.Forecast
 	predSaved := f.PrimaryQueries - f.PredictedPrimaryQueries
 	measSaved := r1.pgQueries - r2.pgQueries
@@ -419,5 +419,17 @@ compute_units = 0.25
 	}
 	if math.Abs(f.AwakeSeconds-r1.awake) > 0.1*r1.awake {
 		t.Errorf("Active Time before: advisor %.1f s, budget model %.1f s: more than 10%% apart", f.AwakeSeconds, r1.awake)
+	}
+	if os.Getenv("PGGUARD_REPLAY") == "" || poller == nil {
+		return
+	}
+	// The app's own fix: the worker polling at the rule's pace. The night
+	// is long enough for the compute to sleep between its polls.
+	every := time.Duration(float64(time.Second) * 6)
+	r3 := run("slower", "", every)
+	measured := r1.awake - r3.awake
+	t.Logf("worker polling every %s instead of 1s: Active Time %.1f s -> %.1f s, saved %.1f s; predicted saved %.1f s", every, r1.awake, r3.awake, measured, poller.IntervalSavedSeconds)
+	if math.Abs(measured-poller.IntervalSavedSeconds) > 0.1*measured {
+		t.Errorf("Active Time saved by polling every %s: predicted %.1f s, measured %.1f s: more than 10%% apart", every, poller.IntervalSavedSeconds, measured)
 	}
 }
