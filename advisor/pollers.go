@@ -89,6 +89,8 @@ func (p *pass) pollers(awake time.Duration, w *Window, chosen []int) []Poller {
 		// The rule: at most one poll per interval longer than suspend_after
 		// (its observed pace when that is slower), refusing the rest.
 		target := max(time.Duration(med), S+S/5)
+		every := int32(math.Ceil(float64(target) / float64(med))) // a whole number of its intervals
+		target = (time.Duration(every) * time.Duration(med)).Round(max(time.Duration(med)/100, time.Millisecond))
 		perHour := math.Ceil(float64(perPoll) * float64(time.Hour) / float64(target))
 		if existing, ok := p.s.LimitedApps[name]; ok {
 			po.ExistingRule = existing
@@ -110,16 +112,8 @@ func (p *pass) pollers(awake time.Duration, w *Window, chosen []int) []Poller {
 		po.RuleQueriesSaved = n
 		withRule, _ := p.awake(func(i int) bool { return !rejected[i] })
 		po.RuleAwakeSavedSeconds = (awake - withRule).Seconds()
-		// Polling every target instead: the polls that come sooner than
-		// target after the last one kept do not run.
-		kept := make([]bool, len(a.starts))
-		var lastKept int64
-		for j, st := range a.starts {
-			if j == 0 || st-lastKept >= int64(target) {
-				kept[j], lastKept = true, st
-			}
-		}
-		slower, _ := p.awake(func(i int) bool { return p.recs[i].app != app || kept[pollOf[i]] })
+		// Polling at the rule's pace instead: one poll in every "every".
+		slower, _ := p.awake(func(i int) bool { return p.recs[i].app != app || pollOf[i]%every == 0 })
 		po.IntervalSavedSeconds = (awake - slower).Seconds()
 		po.IntervalCUHoursMonth = perMonth(p.cuHours(po.IntervalSavedSeconds), w)
 		po.RuleCUHoursSavedMonth = perMonth(p.cuHours(po.RuleAwakeSavedSeconds), w)
