@@ -129,9 +129,11 @@ type Poller struct {
 	// stopping it (or LISTEN/NOTIFY) saves; per month in CU-hours.
 	AttributableSeconds      float64 `json:"attributable_awake_seconds"`
 	AttributableCUHoursMonth float64 `json:"attributable_cu_hours_per_month"`
-	// IntervalSavedSeconds is the Active Time saved had it polled at most
-	// once per suspend_after + 20% (the rule's pace) instead; per month in
+	// SuggestedIntervalSeconds is the rule's pace: a whole number of its
+	// intervals, at least suspend_after + 20%. IntervalSavedSeconds is the
+	// Active Time saved had it polled that often instead; per month in
 	// CU-hours.
+	SuggestedIntervalSeconds float64 `json:"suggested_interval_seconds"`
 	IntervalSavedSeconds float64 `json:"interval_saved_awake_seconds"`
 	IntervalCUHoursMonth float64 `json:"interval_cu_hours_saved_per_month"`
 	// Rule is the [[limits]] rule; with it, RuleQueriesSaved of its queries

@@ -89,8 +89,10 @@ func (p *pass) pollers(awake time.Duration, w *Window, chosen []int) []Poller {
 		// The rule: at most one poll per interval longer than suspend_after
 		// (its observed pace when that is slower), refusing the rest.
 		target := max(time.Duration(med), S+S/5)
-		every := int32(math.Ceil(float64(target) / float64(med))) // a whole number of its intervals
-		target = (time.Duration(every) * time.Duration(med)).Round(max(time.Duration(med)/100, time.Millisecond))
+		// A whole number of its intervals (a median a hair under the
+		// schedule's does not add one).
+		every := int32(max(math.Ceil(float64(target)/float64(med)-0.05), 1))
+		target = roundNice(time.Duration(every) * time.Duration(med))
 		perHour := math.Ceil(float64(perPoll) * float64(time.Hour) / float64(target))
 		if existing, ok := p.s.LimitedApps[name]; ok {
 			po.ExistingRule = existing
@@ -115,6 +117,7 @@ func (p *pass) pollers(awake time.Duration, w *Window, chosen []int) []Poller {
 		// Polling at the rule's pace instead: one poll in every "every".
 		slower, _ := p.awake(func(i int) bool { return p.recs[i].app != app || pollOf[i]%every == 0 })
 		po.IntervalSavedSeconds = (awake - slower).Seconds()
+		po.SuggestedIntervalSeconds = target.Seconds()
 		po.IntervalCUHoursMonth = perMonth(p.cuHours(po.IntervalSavedSeconds), w)
 		po.RuleCUHoursSavedMonth = perMonth(p.cuHours(po.RuleAwakeSavedSeconds), w)
 		po.Note = pollerNote(&po, S, target)
@@ -176,4 +179,13 @@ func pollerNote(po *Poller, S, target time.Duration) string {
 		s += "; already matched by [[limits]] rule " + po.ExistingRule
 	}
 	return s
+}
+
+// roundNice rounds d to three significant digits: 6.9999678s is 7s.
+func roundNice(d time.Duration) time.Duration {
+	if d <= 0 {
+		return d
+	}
+	unit := time.Duration(math.Pow10(max(int(math.Floor(math.Log10(float64(d))))-2, 0)))
+	return d.Round(unit)
 }

@@ -425,7 +425,7 @@ compute_units = 0.25
 	}
 	// The app's own fix: the worker polling at the rule's pace. The night
 	// is long enough for the compute to sleep between its polls.
-	every := time.Duration(float64(time.Second) * 6)
+	every := time.Duration(poller.SuggestedIntervalSeconds * float64(time.Second))
 	r3 := run("slower", "", every)
 	measured := r1.awake - r3.awake
 	t.Logf("worker polling every %s instead of 1s: Active Time %.1f s -> %.1f s, saved %.1f s; predicted saved %.1f s", every, r1.awake, r3.awake, measured, poller.IntervalSavedSeconds)
