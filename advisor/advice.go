@@ -134,8 +134,8 @@ type Poller struct {
 	// Active Time saved had it polled that often instead; per month in
 	// CU-hours.
 	SuggestedIntervalSeconds float64 `json:"suggested_interval_seconds"`
-	IntervalSavedSeconds float64 `json:"interval_saved_awake_seconds"`
-	IntervalCUHoursMonth float64 `json:"interval_cu_hours_saved_per_month"`
+	IntervalSavedSeconds     float64 `json:"interval_saved_awake_seconds"`
+	IntervalCUHoursMonth     float64 `json:"interval_cu_hours_saved_per_month"`
 	// Rule is the [[limits]] rule; with it, RuleQueriesSaved of its queries
 	// would have been refused and RuleAwakeSavedSeconds of Active Time
 	// saved (RuleCUHoursSavedMonth per month), if the application keeps
