@@ -408,6 +408,9 @@ compute_units = 0.25
 	if poller != nil {
 		t.Logf("poller: %s", poller.Note)
 	}
+	for _, sl := range a.Slow {
+		t.Logf("slow: %q from %v: %d calls, p95 %.0f ms, %.0f%% of the primary's query time", sl.Query, sl.Applications, sl.Calls, sl.P95MS, 100*sl.Share)
+	}
 	if loop != nil && loop.Parent != nil {
 		t.Logf("loop: %d loops of %.1f, parent %q (%.1f rows), %.2f ms extra per loop", loop.Loops, loop.MeanCount, loop.Parent.Query, loop.Parent.MeanRows, loop.ExtraMSPerLoop)
 	}
