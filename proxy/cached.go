@@ -208,12 +208,17 @@ func (c *client) cacheSession() *cache.Session {
 }
 
 // idleSession returns the client's session for the cache's key when
-// nothing it sent is outstanding and no transaction is open, so that an
-// answer from pgguard cannot overtake a server's. In transaction mode that
-// is a client without a server; a linked one (session mode, or pinned)
-// must be idle outside a transaction, and its session is read under the
-// server's lock (the pump follows the server's ParameterStatus into it).
+// pgguard knows that session exactly (sessionKnown), nothing it sent is
+// outstanding and no transaction is open, so that an answer from pgguard
+// cannot overtake a server's: a request leaves its server's queue only
+// once its reply is written (backend.readyForQuery). That is a client
+// without a server, or a linked one idle outside a transaction, whose
+// session is read under the server's lock (the pump follows the server's
+// ParameterStatus into it).
 func (c *client) idleSession() (*cache.Session, bool) {
+	if !c.sessionKnown() {
+		return nil, false
+	}
 	b := c.server.Load()
 	if b == nil {
 		return c.cacheSession(), true
@@ -374,13 +379,12 @@ func (f *cacheFill) add(p []byte) {
 // ReadyForQuery, so that its next query finds it; with Redis that costs a
 // miss one write, within the Redis call timeout. Only a primary's answer to
 // a whole execution outside a transaction is stored.
-func (b *backend) storeFill(r *request, status byte) {
-	f := r.fill
+func (b *backend) storeFill(f *cacheFill, failed bool, status byte) {
 	rc := b.db.p.Cache
 	switch {
 	case f.tooBig:
 		rc.TooBig(f.key)
-	case f.bad || r.failed || status != 'I' || b.upstream != "primary":
+	case f.bad || failed || status != 'I' || b.upstream != "primary":
 	default:
 		rc.Put(context.WithoutCancel(b.db.p.ctx), f.key, f.buf)
 	}
