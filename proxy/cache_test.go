@@ -347,16 +347,23 @@ func newRawConn(t *testing.T, url string) *rawConn {
 // ReadyForQuery of the last Sync or Query.
 func (s *rawConn) roundTrip(t testing.TB, msgs []byte) []byte {
 	t.Helper()
+	s.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := s.Write(msgs); err != nil {
+		t.Fatal(err)
+	}
+	return s.replies(t, msgs)
+}
+
+// replies reads every byte up to and including the ReadyForQuery of the
+// last Sync or Query of msgs, which were (or are being) written.
+func (s *rawConn) replies(t testing.TB, msgs []byte) []byte {
 	syncs := 0
 	for b := msgs; len(b) >= 5; b = b[1+int(binary.BigEndian.Uint32(b[1:])):] {
 		if b[0] == 'S' || b[0] == 'Q' {
 			syncs++
 		}
 	}
-	s.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := s.Write(msgs); err != nil {
-		t.Fatal(err)
-	}
+	s.SetReadDeadline(time.Now().Add(10 * time.Second))
 	var out []byte
 	for syncs > 0 {
 		hdr := make([]byte, 5)
