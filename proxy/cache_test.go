@@ -84,8 +84,10 @@ func cacheGuard(t testing.TB, mode string, redisURL string, rules []config.Cache
 }
 
 // TestCacheExecutesOncePerTTL runs 1,000 identical cached queries in every
-// pgx mode, in both pool modes: PostgreSQL executes each mode's first only,
-// and every answer equals a direct connection's.
+// pgx mode, in both pool modes: in transaction mode PostgreSQL executes
+// each mode's first only; in session mode, whose session state pgguard
+// does not know exactly, the cache stays out and PostgreSQL executes every
+// one. Every answer equals a direct connection's.
 func TestCacheExecutesOncePerTTL(t *testing.T) {
 	freshBranding(t)
 	modes := []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe,
@@ -115,8 +117,12 @@ func TestCacheExecutesOncePerTTL(t *testing.T) {
 					}
 				}
 				conn.Close(ctx)
-				if n := scans(t) - before; n != 1 {
-					t.Errorf("%v: PostgreSQL read the table %d times for 1,000 cached queries, want 1; cache: %+v", mode, n, rc.Status())
+				runs := int64(1)
+				if pool == "session" {
+					runs = 1000
+				}
+				if n := scans(t) - before; n != runs {
+					t.Errorf("%v: PostgreSQL read the table %d times for 1,000 cached queries, want %d; cache: %+v", mode, n, runs, rc.Status())
 				}
 			}
 		})
