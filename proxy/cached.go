@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/internal/msgread"
 	"github.com/pgguard/pgguard/querylog"
@@ -418,16 +420,25 @@ func (cc *clientCache) takeWrites() cache.Targets {
 	return cc.writes.Take()
 }
 
-// unitWrites notes what request r wrote and, when the unit of work ended
-// (status 'I'), returns what it committed for invalidation (mu held).
+// unitWrites notes what request r wrote and returns what committed, for
+// invalidation (mu held): at the end of a unit of work (status 'I') that
+// committed, or that ran a statement that may have committed on its own
+// before failing (a CALL or DO, whose writes are all tables); and, inside
+// a transaction, at a COMMIT AND CHAIN (a COMMIT whose transaction goes
+// on). A unit rolled back invalidates nothing.
 func (b *backend) unitWrites(r *request, status byte) cache.Targets {
 	if !r.writes.Empty() {
 		b.writes.Add(r.writes)
 	}
 	if status != 'I' {
-		return cache.Targets{}
+		chained := b.unitCommitted
+		b.unitCommitted = false
+		if !chained || b.writes.Empty() {
+			return cache.Targets{}
+		}
+		return b.writes.Take() // what the new transaction writes counts at its own end
 	}
-	committed := b.unitCommitted || !b.unitUndone
+	committed := b.unitCommitted || !b.unitUndone || b.writes.Targets().All
 	b.unitCommitted, b.unitUndone = false, false
 	if b.writes.Empty() || !committed {
 		b.writes.Reset()
@@ -444,6 +455,38 @@ func (b *backend) unsettledWrites() cache.Targets {
 		b.writes.Add(r.writes)
 	}
 	return b.writes.Take()
+}
+
+// orphanGrace is how long after its CancelRequest an orphaned backend is
+// taken to have ended: PostgreSQL acts on a cancel at once, in a lock wait
+// too, and the backend then finds its socket closed.
+const orphanGrace = time.Second
+
+// settleOrphan deals with writes whose connection was lost while they ran:
+// the backend may not know yet and commit later (a lock wait, a long
+// UPDATE). Their tables are invalidated and kept from being stored
+// (cache.Hold) while pgguard cancels the backend and gives it orphanGrace
+// to end; then they are invalidated again. All of it is bounded: the cancel
+// by its 5 s timeout, then the grace.
+func (b *backend) settleOrphan(writes cache.Targets) {
+	defer b.db.p.recoverPanic("settle", func() {})
+	release := b.db.p.Cache.Hold(b.db.p.ctx, b.db.name, writes)
+	defer release()
+	hc := *b.hc
+	if pc, err := pgconn.Construct(&hc); err == nil {
+		ctx, done := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := pc.CancelRequest(ctx); err != nil {
+			b.db.p.log.Warn("could not cancel a statement whose connection was lost; the tables it writes stay uncached until it is taken to have ended",
+				"database", b.db.name, "server", b.id, "err", err)
+		}
+		done()
+	}
+	t := time.NewTimer(orphanGrace)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-b.db.p.ctx.Done():
+	}
 }
 
 // invalidate makes the cache forget what committed writes touched, before

@@ -288,6 +288,7 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 	sev, code := errorFields(body)
 	if sev == "FATAL" || sev == "PANIC" || code == codeAdminShutdown {
 		b.dead.Store(true)
+		b.serverEnded = true
 	}
 	if h != nil {
 		h.failed = true

@@ -98,6 +98,9 @@ type backend struct {
 	writes        cache.Pending
 	unitCommitted bool
 	unitUndone    bool
+	// serverEnded: the server said it is closing (FATAL): its backend is
+	// gone, and nothing it ran can commit later.
+	serverEnded bool
 	// Whose unnamed statement the server holds (a client and its number).
 	unnamedOwner *client
 	unnamedGen   uint64
@@ -220,11 +223,16 @@ func (b *backend) died(err error) {
 	}
 	b.replies = b.replies[:0]
 	unsure := b.unsettledWrites()
+	running := b.queue.len() > 0 && !b.serverEnded // its backend may still commit
 	b.queue.clear()
 	b.signalAnswered()
 	c := b.unlinkLocked()
 	b.mu.Unlock()
-	b.invalidate(unsure)
+	if running && !unsure.Empty() {
+		go b.settleOrphan(unsure)
+	} else {
+		b.invalidate(unsure)
+	}
 	if c != nil {
 		b.db.linkedServerDied(b, err)
 		c.serverLost(b, err)
