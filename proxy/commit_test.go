@@ -35,9 +35,9 @@ func TestCacheCommitPoints(t *testing.T) {
 	g, _ := cacheGuard(t, "transaction", "", []config.CacheRule{brandingRule()})
 	direct := connect(t, pg.URL("app"), pgx.QueryExecModeExec)
 	reader := connect(t, g.url("app"), pgx.QueryExecModeCacheStatement)
-	writer := connect(t, g.url("app"), pgx.QueryExecModeSimpleProtocol)
 
 	t.Run("COMMIT AND CHAIN", func(t *testing.T) {
+		writer := connect(t, g.url("app"), pgx.QueryExecModeSimpleProtocol)
 		sameRow(t, "before", reader, direct, 6)
 		if _, err := writer.Exec(ctx, "BEGIN; UPDATE cache_branding SET color = '#chain' WHERE tenant_id = 6; COMMIT AND CHAIN"); err != nil {
 			t.Fatal(err)
@@ -53,6 +53,7 @@ func TestCacheCommitPoints(t *testing.T) {
 		"DO":   "DO $$BEGIN UPDATE cache_branding SET color = '#do' WHERE tenant_id = 7; COMMIT; RAISE EXCEPTION 'after the commit'; END$$",
 	} {
 		t.Run(name, func(t *testing.T) {
+			writer := connect(t, g.url("app"), pgx.QueryExecModeSimpleProtocol)
 			sameRow(t, "before", reader, direct, 7)
 			if _, err := writer.Exec(ctx, sql); err == nil {
 				t.Fatal("it did not fail")
@@ -81,14 +82,15 @@ func TestCacheOrphanedWrite(t *testing.T) {
 	if _, err := tx.Exec(ctx, "UPDATE cache_branding SET name = name WHERE tenant_id = 5"); err != nil {
 		t.Fatal(err)
 	}
-	orphan := connect(t, g.url("app"), pgx.QueryExecModeExec)
-	go orphan.Exec(ctx, "UPDATE cache_branding SET color = '#orphan' WHERE tenant_id = 5") //nolint:errcheck // it is abandoned
+	// A raw session: a driver would send a CancelRequest as it closes.
+	orphan := rawSession(t, g.url("app"))
+	sendQuery(t, orphan, "UPDATE cache_branding SET color = '#orphan' WHERE tenant_id = 5")
 	waiting := func() bool {
 		n, err := pg.QueryInt(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%#orphan%' AND wait_event_type = 'Lock'")
 		return err == nil && n == 1
 	}
 	guardtest.WaitFor(t, "the UPDATE waits for the row lock", waiting)
-	orphan.PgConn().Conn().Close() // the client leaves mid-statement
+	orphan.Close() // the client leaves mid-statement
 	time.Sleep(50 * time.Millisecond)
 	sameRow(t, "while the orphaned UPDATE waits", reader, direct, 5)
 	if err := tx.Rollback(ctx); err != nil {
