@@ -409,7 +409,7 @@ func (c *Cache) Writes(text []byte) Targets {
 	return c.analyze(text).Writes
 }
 
-// Invalidate makes every entry of database db that reads one of t's tables
+// Invalidate makes every entry of database db (a Session's Upstream) that reads one of t's tables
 // (all of them with t.All) a miss, here and on every instance sharing the
 // Redis. Call it when the transaction that made the writes has committed,
 // before its ReadyForQuery reaches the client, so that the client's next

@@ -198,7 +198,7 @@ func (c *client) cacheSession() *cache.Session {
 	if cc.sess != nil && cc.sessGen == gen {
 		return cc.sess
 	}
-	s := &cache.Session{Database: c.db.name, User: c.user, Application: c.app}
+	s := &cache.Session{Database: c.db.name, Upstream: c.db.upstreamID, User: c.user, Application: c.app}
 	for _, e := range c.want.reported {
 		s.Settings = append(s.Settings, cache.Setting{Name: e.k, Value: e.v})
 	}
@@ -470,7 +470,7 @@ const orphanGrace = time.Second
 // by its 5 s timeout, then the grace.
 func (b *backend) settleOrphan(writes cache.Targets) {
 	defer b.db.p.recoverPanic("settle", func() {})
-	release := b.db.p.Cache.Hold(b.db.p.ctx, b.db.name, writes)
+	release := b.db.p.Cache.Hold(b.db.p.ctx, b.db.upstreamID, writes)
 	defer release()
 	hc := *b.hc
 	if pc, err := pgconn.Construct(&hc); err == nil {
@@ -493,6 +493,6 @@ func (b *backend) settleOrphan(writes cache.Targets) {
 // the client hears of the commit.
 func (b *backend) invalidate(t cache.Targets) {
 	if !t.Empty() {
-		b.db.p.Cache.Invalidate(b.db.p.ctx, b.db.name, t)
+		b.db.p.Cache.Invalidate(b.db.p.ctx, b.db.upstreamID, t)
 	}
 }
