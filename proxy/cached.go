@@ -221,16 +221,32 @@ func (c *client) idleSession() (*cache.Session, bool) {
 	if !c.sessionKnown() {
 		return nil, false
 	}
-	b := c.server.Load()
-	if b == nil {
-		return c.cacheSession(), true
+	for {
+		b := c.server.Load()
+		if b == nil {
+			return c.cacheSession(), true
+		}
+		b.mu.Lock()
+		switch {
+		case b.client != c: // unlinked meanwhile: look again
+			b.mu.Unlock()
+			continue
+		case b.settling:
+			// Its last reply is written, or about to be once Redis has
+			// answered: wait for the pump to finish the request (and
+			// release the server), rather than send this to the server.
+			b.mu.Unlock()
+			b.awaitAnswered(c)
+			continue
+		}
+		idle := b.queue.len() == 0 && !b.open && b.txStatus == 'I'
+		var s *cache.Session
+		if idle {
+			s = c.cacheSession()
+		}
+		b.mu.Unlock()
+		return s, idle
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.client != c || b.queue.len() > 0 || b.open || b.txStatus != 'I' {
-		return nil, false
-	}
-	return c.cacheSession(), true
 }
 
 // fromCache looks up the execution data starts with. On a hit it answers

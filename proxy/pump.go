@@ -360,6 +360,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	}
 	inval := b.unitWrites(h, status)
 	fill, failed, last := h.fill, h.failed, b.queue.len() == 1
+	b.settling = last
 	var to *client
 	if h.kind == reqClient {
 		to = b.client
@@ -380,6 +381,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 
 	b.mu.Lock()
 	r := b.queue.pop()
+	b.settling = false
 	b.txStatus = status
 	b.act.Ready(now, b.queue.len() > 0, status != 'I')
 	b.batchDone()

@@ -98,6 +98,10 @@ type backend struct {
 	writes        cache.Pending
 	unitCommitted bool
 	unitUndone    bool
+	// settling: the pump is finishing the last outstanding request, whose
+	// ReadyForQuery came (readyForQuery); the client waits for it to leave
+	// the queue before it counts as idle (client.idleSession).
+	settling bool
 	// serverEnded: the server said it is closing (FATAL): its backend is
 	// gone, and nothing it ran can commit later.
 	serverEnded bool
