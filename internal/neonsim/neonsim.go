@@ -135,7 +135,7 @@ type Sim struct {
 	ln      net.Listener // nil while refusing connects
 	addr    string       // host:port, kept across Refuse
 	closed  bool
-	quit    chan struct{} // closed by Close: sessions waiting for a wake give up
+	quit    chan struct{}         // closed by Close: sessions waiting for a wake give up
 	conns   map[net.Conn]struct{} // accepted, not yet registered with a compute
 	wg      sync.WaitGroup
 	refused int // connects refused while refusing
