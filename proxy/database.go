@@ -70,14 +70,14 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 	if err != nil {
 		return nil, fmt.Errorf("databases.%s.primary: %w", name, err)
 	}
-	pc.DialFunc = p.dialServer
+	pc.DialFunc, pc.LookupFunc = p.dialServer, p.lookupHost
 	db := &database{name: name, p: p, primary: pc}
 	if dc.Fallback != "" {
 		fc, err := pgconn.ParseConfig(dc.Fallback)
 		if err != nil {
 			return nil, fmt.Errorf("databases.%s.fallback: %w", name, err)
 		}
-		fc.DialFunc = p.dialServer
+		fc.DialFunc, fc.LookupFunc = p.dialServer, p.lookupHost
 		db.fallback = fc
 		db.fallbackRO = fc.Copy()
 		db.fallbackRO.RuntimeParams[fallbackReadOnlyParam] = "on"
