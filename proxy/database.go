@@ -283,6 +283,7 @@ func (db *database) dialUpstream(ctx context.Context, u failover.Upstream) (*bac
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
+	dialed := time.Now() // the compute wakes when the connection arrives, not when it is ready
 	conn, err := pgconn.ConnectConfig(ctx, db.upstreamConfig(u))
 	if err != nil {
 		return nil, err
@@ -298,7 +299,7 @@ func (db *database) dialUpstream(ctx context.Context, u failover.Upstream) (*bac
 	}
 	b := newBackend(db, hc, u.String())
 	if u == failover.Primary { // a new session wakes the compute (a failed connect did not)
-		b.act = db.p.Limiter.Connected(db.name, "", time.Now())
+		b.act = db.p.Limiter.Connected(db.name, "", dialed)
 	}
 	db.mu.Lock()
 	db.params = maps.Clone(hc.ParameterStatuses)

@@ -13,8 +13,9 @@ import (
 type Ledger struct {
 	Endpoint string
 	// Awake are the awake intervals, oldest first; the last has a zero End
-	// while the compute is awake. An interval starts when a wake-up has
-	// finished (the compute is Active) and ends at the suspend.
+	// while the compute is awake. An interval starts when a wake-up begins
+	// (a starting compute is billed: the cold start counts) and ends at the
+	// suspend: suspend_after past the last activity, or when forced.
 	Awake []Interval
 	// AwakeTime is the sum of Awake up to the time of the snapshot.
 	AwakeTime time.Duration
@@ -154,14 +155,13 @@ func (c *compute) startWakeLocked(s *session) {
 	c.state = waking
 	c.woken = make(chan struct{})
 	c.led.Wakes = append(c.led.Wakes, Wake{At: now, Application: s.app, User: s.user, ColdStart: cold})
+	c.led.Awake = append(c.led.Awake, Interval{Start: now})
 	cause := s.app + "/" + s.user
 	finish := func() {
 		c.mu.Lock()
 		if c.state == waking {
-			now := time.Now()
 			c.state = awake
-			c.led.Awake = append(c.led.Awake, Interval{Start: now})
-			c.touchLocked(now)
+			c.touchLocked(time.Now())
 		}
 		close(c.woken)
 		c.mu.Unlock()
@@ -169,7 +169,6 @@ func (c *compute) startWakeLocked(s *session) {
 	}
 	if cold <= 0 {
 		c.state = awake
-		c.led.Awake = append(c.led.Awake, Interval{Start: now})
 		close(c.woken)
 		go c.notify(true, cause)
 		return
@@ -250,7 +249,7 @@ func (c *compute) check() {
 		c.mu.Unlock()
 		return
 	}
-	kill := c.suspendLocked(now)
+	kill := c.suspendLocked(c.last.Add(c.sim.opts.SuspendAfter)) // the rule's instant, not the timer's
 	c.mu.Unlock()
 	c.kill(kill)
 }
@@ -267,16 +266,17 @@ func (c *compute) suspendNow(now time.Time) {
 	c.kill(kill)
 }
 
-// suspendLocked ends the awake interval and returns the sessions to kill.
+// suspendLocked ends the awake interval at end and returns the sessions to
+// kill.
 // A compute still waking is left to finish (its sessions are not yet in).
-func (c *compute) suspendLocked(now time.Time) []*session {
+func (c *compute) suspendLocked(end time.Time) []*session {
 	if c.state != awake {
 		return nil
 	}
 	c.state = suspended
 	c.timer.Stop()
 	if n := len(c.led.Awake); n > 0 && c.led.Awake[n-1].End.IsZero() {
-		c.led.Awake[n-1].End = now
+		c.led.Awake[n-1].End = later(end, c.led.Awake[n-1].Start)
 	}
 	c.led.Suspends++
 	kill := make([]*session, 0, len(c.sessions))
@@ -352,4 +352,11 @@ func (c *compute) ledger(now time.Time) Ledger {
 	}
 	l.CUSeconds = l.AwakeTime.Seconds() * c.sim.opts.ComputeUnits
 	return l
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
