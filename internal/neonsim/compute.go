@@ -50,6 +50,10 @@ type Wake struct {
 	Application, User string
 	// ColdStart is how long that session waited.
 	ColdStart time.Duration
+	// Arrived is when that session's TCP connection was accepted: At minus
+	// Arrived is its TLS handshake and startup packet, which a client
+	// dialing at Arrived cannot tell from the compute's start.
+	Arrived time.Time
 }
 
 // Cause names the wake's session: "application_name/user".
@@ -154,7 +158,7 @@ func (c *compute) startWakeLocked(s *session) {
 	cold := c.sim.opts.ColdStart
 	c.state = waking
 	c.woken = make(chan struct{})
-	c.led.Wakes = append(c.led.Wakes, Wake{At: now, Application: s.app, User: s.user, ColdStart: cold})
+	c.led.Wakes = append(c.led.Wakes, Wake{At: now, Application: s.app, User: s.user, ColdStart: cold, Arrived: s.arrived})
 	c.led.Awake = append(c.led.Awake, Interval{Start: now})
 	cause := s.app + "/" + s.user
 	finish := func() {

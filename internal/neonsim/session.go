@@ -18,6 +18,7 @@ type session struct {
 	client    net.Conn // TLS
 	server    net.Conn // to the PostgreSQL under the compute
 	app, user string
+	arrived   time.Time // accepted
 
 	busy bool // active as the compute counts it; guarded by c.mu
 
@@ -41,6 +42,7 @@ func (s *Sim) handle(raw net.Conn) {
 		s.mu.Unlock()
 	}
 	defer forget()
+	arrived := time.Now()
 	raw.SetDeadline(time.Now().Add(30 * time.Second))
 	conn, sni, body, err := s.negotiate(raw)
 	if err != nil || body == nil {
@@ -63,7 +65,7 @@ func (s *Sim) handle(raw net.Conn) {
 		conn.Close()
 		return
 	}
-	ss := &session{sim: s, c: c, client: conn, tx: 'I', expect: 1}
+	ss := &session{sim: s, c: c, client: conn, tx: 'I', expect: 1, arrived: arrived}
 	for _, p := range fwd {
 		switch p[0] {
 		case "application_name":
