@@ -32,8 +32,9 @@ type Ledger struct {
 	// Refused counts the connections refused with an error after the
 	// endpoint was known (switches, connection limit).
 	Refused int
-	// Queries counts simple Query and extended Execute messages run.
-	Queries int64
+	// Queries counts simple Query and extended Execute messages run;
+	// SimpleQueries the first kind alone.
+	Queries, SimpleQueries int64
 	// Peak is the most sessions open at once.
 	Peak int
 }
@@ -237,10 +238,13 @@ func (c *compute) leave(s *session) {
 	}
 }
 
-// query counts a query run.
-func (c *compute) query() {
+// query counts a query run: a simple Query when simple, else an Execute.
+func (c *compute) query(simple bool) {
 	c.mu.Lock()
 	c.led.Queries++
+	if simple {
+		c.led.SimpleQueries++
+	}
 	c.mu.Unlock()
 }
 

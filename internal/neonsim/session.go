@@ -303,7 +303,7 @@ func (ss *session) sent(t byte) {
 	busy := ss.busyLocked()
 	ss.mu.Unlock()
 	if t == 'Q' || t == 'E' {
-		ss.c.query()
+		ss.c.query(t == 'Q')
 	}
 	ss.c.setBusy(ss, busy)
 }

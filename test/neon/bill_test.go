@@ -23,14 +23,17 @@ const (
 	suspend = 4 * minute
 )
 
-// tick runs f every `every` until `d` has passed (f's own time included).
+// tick runs f every `every` (f's own time included) for the ticks that
+// start within d, and returns after the last one.
 func tick(every, d time.Duration, f func()) {
 	end := time.Now().Add(d)
 	next := time.Now()
-	for time.Now().Before(end) {
+	for next.Before(end) {
 		f()
 		next = next.Add(every)
-		time.Sleep(time.Until(next))
+		if next.Before(end) {
+			time.Sleep(time.Until(next))
+		}
 	}
 }
 
