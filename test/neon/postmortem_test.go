@@ -40,8 +40,8 @@ type pmSetup struct {
 type pmResult struct {
 	setup                         pmSetup
 	dayQueries, nightQueries      int64
-	daySent                       int64 // queries the clients sent in the day phase
-	daySimple                     int64 // simple Query messages among dayQueries
+	daySent                       int64   // queries the clients sent in the day phase
+	daySimple                     int64   // simple Query messages among dayQueries
 	dayAwake, nightAwake          float64 // share of the phase
 	wakes                         int
 	workerRefused, workerAnswered int64
