@@ -328,3 +328,28 @@ func TestLimitsAndSwitches(t *testing.T) {
 		c.Close(context.Background())
 	}
 }
+
+// TestCancel: a CancelRequest (plain TCP, as libpq and pgconn send it)
+// reaches the PostgreSQL under the compute.
+func TestCancel(t *testing.T) {
+	s := start(t, Options{SuspendAfter: time.Minute})
+	c := mustConnect(t, s)
+	done := make(chan error, 1)
+	go func() {
+		_, err := query(c, "SELECT pg_sleep(10)")
+		done <- err
+	}()
+	waitFor(t, "the query to run", 5*time.Second, func() bool { return s.Endpoint(ep).Ledger().Queries == 1 })
+	time.Sleep(50 * time.Millisecond)
+	if err := c.CancelRequest(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if pgCode(err) != "57014" {
+			t.Errorf("cancelled query: %v, want 57014", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the cancel did not reach the server")
+	}
+}

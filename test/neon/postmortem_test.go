@@ -25,8 +25,8 @@ const (
 	otherPerMinute    = 35  // other endpoints: ~50,000 a day
 	workerEvery       = 1   // AvailabilityBackgroundWorker: every minute
 	otherWorkersEvery = 6   // other workers: 240 a day
-	dayMinutes        = 15  // minutes of daytime traffic replayed
-	nightMinutes      = 20  // then minutes of workers only
+	dayMinutes        = 10  // minutes of daytime traffic replayed
+	nightMinutes      = 15  // then minutes of workers only
 )
 
 // pmSetup is one column of the replay: what the three pgguard instances
@@ -201,6 +201,15 @@ func replayPostMortem(t *testing.T, s pmSetup) pmResult {
 	res.dayAwake = awakeShare(l, dayStart, dayEnd)
 	res.nightAwake = awakeShare(l, dayEnd, nightEnd)
 	res.wakes = len(l.Wakes)
+	if !s.limits { // the fleet's figure, merged in Redis by every instance's janitor each second
+		time.Sleep(1500 * time.Millisecond)
+		l := e.Ledger()
+		for i, g := range gs {
+			b := g.lim.Budget().Snapshot()
+			t.Logf("instance %d: model awake %.2fs (fleet figure: %v) against the ledger's %.2fs; the fleet bitmap has one-second resolution",
+				i, g.endpoint(t).AwakeSeconds, b.Fleet, l.AwakeTime.Seconds())
+		}
+	}
 	t.Logf("%s: day %d queries reached the compute (awake %.0f%%), night %d (awake %.0f%%), %d wake-ups; poller %d answered, %d refused; %d simple queries of %d in all",
 		s.name, res.dayQueries, 100*res.dayAwake, res.nightQueries, 100*res.nightAwake, res.wakes, res.workerAnswered, res.workerRefused, l.SimpleQueries-l0.SimpleQueries, l.Queries-l0.Queries)
 	return res

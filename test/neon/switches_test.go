@@ -49,8 +49,8 @@ var neonFailures = []neonFailure{
 // the cause is named in the failover state, and traffic returns to the
 // primary when the switch clears.
 func TestNeonFailuresFailover(t *testing.T) {
+	t.Parallel()
 	guardtest.EachNet(t, func(t *testing.T, n guardtest.Net) {
-		guardtest.CheckGoroutines(t)
 		sim := startSim(t, neonsim.Options{SuspendAfter: time.Minute})
 		cfg := baseConfig(primaryURL(t, sim, n), time.Minute)
 		cfg.Databases["app"].Fallback = pg.URL("app")
@@ -90,6 +90,17 @@ func TestNeonFailuresFailover(t *testing.T) {
 				t.Errorf("%s: upstream %q, primary's last error %q; want fallback and one of %q", f.name, ps.Upstream, ps.Failover.Primary.LastError, f.reasons)
 			}
 			t.Logf("%s: on the fallback; primary's last error: %s", f.name, ps.Failover.Primary.LastError)
+			// Failback probes of the refusing primary wake nothing.
+			l0 := sim.Endpoint(ep).Ledger()
+			wakes := len(l0.Wakes)
+			if f.name == "refused" {
+				time.Sleep(4 * cfg.Failover.ProbeMaxInterval.Duration) // refused at TCP: the ledger sees nothing
+			} else {
+				guardtest.WaitFor(t, "two failback probes refused", func() bool { return sim.Endpoint(ep).Ledger().Refused >= l0.Refused+2 })
+			}
+			if w := len(sim.Endpoint(ep).Ledger().Wakes); w != wakes {
+				t.Errorf("%s: failback probes woke the compute: %d -> %d wake-ups", f.name, wakes, w)
+			}
 			f.set(sim, false)
 			guardtest.WaitFor(t, f.name+" cleared: traffic back on the primary", func() bool { return g.pool(t).Upstream == "primary" })
 			onPrimary(f.name + " cleared")
@@ -101,7 +112,7 @@ func TestNeonFailuresFailover(t *testing.T) {
 // with Neon's reason in the message, and the next query after the switch
 // clears succeeds.
 func TestNeonFailuresNoFallback(t *testing.T) {
-	guardtest.CheckGoroutines(t)
+	t.Parallel()
 	sim := startSim(t, neonsim.Options{SuspendAfter: time.Minute})
 	g := startGuard(t, baseConfig(primaryURL(t, sim, guardtest.Direct), time.Minute), sim)
 	ctx := context.Background()
