@@ -52,7 +52,9 @@ import (
 )
 
 // Neon's texts for the refusals the simulator answers with (SQLSTATE XX000,
-// severity ERROR, as Neon's proxy sends them).
+// severity ERROR, as Neon's proxy sends them). MsgProjectSuspended is
+// modeled: Neon documents no exact text for it, and clients (pgguard's
+// failover classifier among them) match "project" and "suspended".
 const (
 	MsgQuotaExceeded    = "Your account or project has exceeded the compute time quota. Upgrade your plan to increase limits."
 	MsgEndpointDisabled = "The endpoint has been disabled. Enable it using Neon API and retry."

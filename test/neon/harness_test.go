@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"strconv"
 	"testing"
@@ -65,23 +66,18 @@ func startSim(t testing.TB, o neonsim.Options) *neonsim.Sim {
 // of the simulator on the split network.
 func primaryURL(t testing.TB, s *neonsim.Sim, n guardtest.Net) string {
 	t.Helper()
-	u := s.URL(ep, appUser, appSecret, "app")
+	raw := s.URL(ep, appUser, appSecret, "app")
 	if n.Relay == nil {
-		return u
+		return raw
 	}
 	r := guardtest.Relay(t, s.Addr(), *n.Relay)
 	_, port, _ := net.SplitHostPort(r.Addr())
-	_, simPort, _ := net.SplitHostPort(s.Addr())
-	return replacePort(u, simPort, port)
-}
-
-func replacePort(u, from, to string) string {
-	for i := 0; i+len(from)+1 <= len(u); i++ {
-		if u[i:i+len(from)+1] == ":"+from {
-			return u[:i+1] + to + u[i+1+len(from):]
-		}
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return u
+	u.Host = net.JoinHostPort(u.Hostname(), port)
+	return u.String()
 }
 
 // baseConfig is pgguard with suspend_after as the simulator's, a pool of 4

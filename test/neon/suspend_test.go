@@ -55,6 +55,9 @@ func TestNeverWakesOnItsOwn(t *testing.T) {
 			g.get(t, "/metrics")
 			g.get(t, "/status")
 			g.get(t, "/")
+			g.get(t, "/dashboard/state") // what the open page polls
+			g.get(t, "/dashboard/history")
+			g.get(t, "/queries")
 			g.get(t, "/healthz")
 			g.get(t, "/readyz")
 			time.Sleep(S / 4)
@@ -88,7 +91,7 @@ func TestNeverWakesOnItsOwn(t *testing.T) {
 		if !strings.Contains(strings.ReplaceAll(budget, " ", ""), `"awake_now":false`) {
 			t.Errorf("/status does not show the compute suspended: %s", budget)
 		}
-		t.Logf("idle %v (10 x suspend_after) with %d clients connected, a reload, a client login and SHOW BUDGET, /metrics /status / /healthz /readyz every %v: wake-ups caused by pgguard 0, sessions opened 0",
+		t.Logf("idle %v (10 x suspend_after) with %d clients connected, a reload, a client login and SHOW BUDGET, /metrics /status /queries /healthz /readyz and the dashboard's page, state and history every %v: wake-ups caused by pgguard 0, sessions opened 0",
 			10*S, len(clients), S/4)
 
 		// The next query, from a client idle since before the suspend, wakes
