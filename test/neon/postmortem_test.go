@@ -3,6 +3,7 @@ package neon
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -206,8 +207,14 @@ func replayPostMortem(t *testing.T, s pmSetup) pmResult {
 		l := e.Ledger()
 		for i, g := range gs {
 			b := g.lim.Budget().Snapshot()
+			model := g.endpoint(t).AwakeSeconds
 			t.Logf("instance %d: model awake %.2fs (fleet figure: %v) against the ledger's %.2fs; the fleet bitmap has one-second resolution",
-				i, g.endpoint(t).AwakeSeconds, b.Fleet, l.AwakeTime.Seconds())
+				i, model, b.Fleet, l.AwakeTime.Seconds())
+			// A bit per second: each awake period may gain up to a second
+			// at either end.
+			if tol := 0.01*l.AwakeTime.Seconds() + 2*float64(len(l.Awake)); !b.Fleet || math.Abs(model-l.AwakeTime.Seconds()) > tol {
+				t.Errorf("instance %d: fleet model %.2fs against the ledger's %.2fs (tolerance %.2fs), fleet %v", i, model, l.AwakeTime.Seconds(), tol, b.Fleet)
+			}
 		}
 	}
 	t.Logf("%s: day %d queries reached the compute (awake %.0f%%), night %d (awake %.0f%%), %d wake-ups; poller %d answered, %d refused; %d simple queries of %d in all",
