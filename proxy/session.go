@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/binary"
 	"slices"
 	"strings"
 	"sync"
@@ -371,7 +372,7 @@ func mayAffectSession(sql []byte) bool {
 		word := sql[i:j]
 		for _, kw := range sessionKeywords {
 			if len(word) == len(kw) && bytes.EqualFold(word, []byte(kw)) {
-				if kw != "select" || bytes.Contains(sql, []byte("advisory")) || containsFold(sql, "into") && containsFold(sql, "temp") {
+				if kw != "select" || bytes.Contains(sql, []byte("advisory")) || intoTemp(sql) {
 					return true
 				}
 			}
@@ -401,11 +402,26 @@ func hasSetConfig(sql []byte) bool {
 	}
 }
 
-// containsFold reports whether sql holds word (lower case, starting with a
-// letter), in any case.
-func containsFold(sql []byte, word string) bool {
-	for i := 0; i+len(word) <= len(sql); i++ {
-		if sql[i]|0x20 == word[0] && hasPrefixFold(sql[i:], word) { // word[0] is a letter
+// intoTemp reports whether sql holds both "into" and "temp", in any case
+// (SELECT ... INTO TEMP), in one pass of 4-byte words: a letter's byte
+// with 0x20 set is its lower case, and no other byte becomes one.
+func intoTemp(sql []byte) bool {
+	const (
+		fold = 0x20202020
+		into = 'i' | 'n'<<8 | 't'<<16 | 'o'<<24
+		temp = 't' | 'e'<<8 | 'm'<<16 | 'p'<<24
+	)
+	seenInto, seenTemp := false, false
+	for i := 0; i+4 <= len(sql); i++ {
+		switch binary.LittleEndian.Uint32(sql[i:]) | fold {
+		case into:
+			seenInto = true
+		case temp:
+			seenTemp = true
+		default:
+			continue
+		}
+		if seenInto && seenTemp {
 			return true
 		}
 	}
