@@ -73,6 +73,7 @@ type backend struct {
 	resetBad bool           // a reset query failed: close instead of reuse
 	syncBad  bool           // the last parameter sync failed: close instead of use
 	roGen    uint64         // read-only switch generation the server was synced for
+	roForced bool           // its last sync forced default_transaction_read_only on (mustReadOnly)
 	// profile is the session parameters b matches (client.profile); it
 	// outlives the link, so a client that comes to a server synced for
 	// itself, or for any client with the same parameters, needs no sync.
