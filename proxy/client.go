@@ -618,6 +618,7 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 		}
 		var out []byte
 		var werr error
+		wrote := 0 // bytes that reached the socket before a write error
 		if fresh {
 			var err error
 			if b, err = c.acquire(p, lead, open, slow); err != nil {
@@ -625,7 +626,7 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 			}
 			if h := c.handoff; h != nil {
 				if h.sent {
-					out, werr = h.p, h.err
+					out, werr, wrote = h.p, h.err, h.wrote
 				}
 				*h = handoff{} // drop the references to the read buffer
 			}
@@ -642,15 +643,18 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 			if out, ok = b.prepareSend(c, p, lead, open, slow); !ok {
 				continue // the transaction ended and the server went back: take another
 			}
-			_, werr = b.out.Write(out)
+			wrote, werr = b.out.Write(out)
 		}
 		if werr != nil {
 			b.drop(c)
-			if fresh && attempt < 2 {
+			if fresh && attempt < 2 && wrote == 0 {
 				// Nothing reached the server: the statements this send
 				// named mean what they meant before it.
 				c.undoStmtOps(ops)
 				continue
+			}
+			if wrote > 0 { // some of it may have run: never sent again, never called rolled back
+				return lostError(c.db, c.db.hostOf(b.upstream), "failed while this session's statements were sent", lostUnknown)
 			}
 			return c.p.clientError(errServerWrite, c.db, true)
 		}
@@ -776,6 +780,7 @@ type handoff struct {
 	start      time.Time // when the client began to wait
 	sent       bool      // Take wrote it (p is then what was written)
 	err        error     // ... and the write failed
+	wrote      int       // ... after writing this many bytes
 	waited     bool      // Take was called: the client queued for its server
 }
 
@@ -803,7 +808,7 @@ func (c *client) Take(b *backend) bool {
 	if !ok {
 		return false // b died: c's goroutine finds it unlinked
 	}
-	_, h.err = b.out.Write(out)
+	h.wrote, h.err = b.out.Write(out)
 	h.p, h.sent = out, true
 	return true
 }
@@ -1004,13 +1009,13 @@ func (c *client) sendError(e *Error) {
 	c.p.metrics.ClientRefusals.WithLabelValues(e.Code).Inc()
 }
 
-// serverLost is called by the pump when the linked server died. The client's
-// transaction is gone with it, so the session ends, as with a crashed server.
-func (c *client) serverLost(b *backend, err error) {
+// serverLost is called by the pump when the linked server died, with what
+// the client is told (lost.go). Its transaction, if any, is gone with it,
+// so the session ends, as with a crashed server.
+func (c *client) serverLost(b *backend, err error, lost *Error) {
 	e := c.closing.Load()
 	if e == nil {
-		e = fatalf(codeConnectionFailure, "server connection to %s for database %q was lost; the transaction, if any, was rolled back",
-			b.db.hostOf(b.upstream), b.db.name)
+		e = lost
 		e.Cause = err
 	}
 	c.sendError(e)

@@ -74,6 +74,9 @@ type backend struct {
 	syncBad  bool           // the last parameter sync failed: close instead of use
 	roGen    uint64         // read-only switch generation the server was synced for
 	roForced bool           // its last sync forced default_transaction_read_only on (mustReadOnly)
+	// abandoned says why pgguard closed the connection under its client
+	// ("was closed: ... pool.cancel_timeout ..."); "" when it was lost.
+	abandoned string
 	// profile is the session parameters b matches (client.profile); it
 	// outlives the link, so a client that comes to a server synced for
 	// itself, or for any client with the same parameters, needs no sync.
@@ -221,6 +224,8 @@ func (b *backend) died(err error) {
 	}
 	b.replies = b.replies[:0]
 	unsure := b.unsettledWrites()
+	outcome := b.lostOutcome()
+	why := b.abandoned
 	b.queue.clear()
 	b.signalAnswered()
 	c := b.unlinkLocked()
@@ -228,7 +233,10 @@ func (b *backend) died(err error) {
 	b.invalidate(unsure)
 	if c != nil {
 		b.db.linkedServerDied(b, err)
-		c.serverLost(b, err)
+		if why == "" {
+			why = "was lost"
+		}
+		c.serverLost(b, err, lostError(b.db, b.db.hostOf(b.upstream), why, outcome))
 	}
 	b.enter(srvClosed)
 	if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
