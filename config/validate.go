@@ -204,6 +204,8 @@ func (v *validator) pool() {
 		{"pool.client_idle_timeout", p.ClientIdleTimeout},
 		{"pool.idle_transaction_timeout", p.IdleTransactionTimeout},
 		{"pool.query_timeout", p.QueryTimeout},
+		{"pool.cancel_timeout", p.CancelTimeout},
+		{"pool.server_check_after", p.ServerCheckAfter},
 		{"pool.server_idle_timeout", p.ServerIdleTimeout},
 		{"pool.server_lifetime", p.ServerLifetime},
 		{"pool.connect_timeout", p.ConnectTimeout},

@@ -634,6 +634,9 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 		if out == nil {
 			if !b.syncParams(c) {
 				b.drop(c)
+				if c.closing.Load() != nil {
+					return errClientEOF // the server died under the sync and the client was told (serverLost)
+				}
 				if fresh && attempt < 2 {
 					continue
 				}
@@ -1013,11 +1016,11 @@ func (c *client) sendError(e *Error) {
 // the client is told (lost.go). Its transaction, if any, is gone with it,
 // so the session ends, as with a crashed server.
 func (c *client) serverLost(b *backend, err error, lost *Error) {
-	e := c.closing.Load()
-	if e == nil {
-		e = lost
-		e.Cause = err
+	lost.Cause = err
+	if !c.closing.CompareAndSwap(nil, lost) { // also stops a send under way from trying another server
+		lost = c.closing.Load()
 	}
+	e := lost
 	c.sendError(e)
 	c.conn.Close()
 }

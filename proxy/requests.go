@@ -30,6 +30,7 @@ type request struct {
 	kind          requestKind
 	announce      bool // reqParamSync: it restores startup values the client must hear of
 	timedOut      bool // reqClient: pgguard cancelled it for pool.query_timeout
+	cancelAt      time.Time // ... at this time (stall.go closes the server past pool.cancel_timeout)
 	failed        bool // an ErrorResponse answered it
 	// op is the client's statement change the request settles (its SQL
 	// DEALLOCATE of a statement it prepared with Parse): skipped if it fails.
@@ -134,7 +135,7 @@ func (b *backend) syncParams(c *client) bool {
 	sql := syncSQL(c, b, ro)
 	b.profile, b.roGen, b.roForced = c.profile(), c.p.roGen.Load(), ro
 	b.custom = append(b.custom[:0], c.want.custom...)
-	b.queue.push(request{kind: reqParamSync, announce: c.want.announce})
+	b.queue.push(request{kind: reqParamSync, announce: c.want.announce, inflightQuery: inflightQuery{start: time.Now()}})
 	b.unnamedOwner = nil           // a Query destroys the unnamed statement
 	b.act.Query(c.app, time.Now()) // the sync runs for c
 	c.want.announce = false

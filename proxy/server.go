@@ -265,13 +265,14 @@ func (b *backend) reset(c *client, discardAll bool) {
 	b.writes.Reset()
 	b.unitCommitted, b.unitUndone = false, false
 	var q []byte
+	sent := inflightQuery{start: time.Now()} // for stall.go
 	if b.txStatus != 'I' {
 		q = appendQuery(q, "ROLLBACK")
-		b.queue.push(request{kind: reqReset})
+		b.queue.push(request{kind: reqReset, inflightQuery: sent})
 	}
 	if discardAll {
 		q = appendQuery(q, "DISCARD ALL")
-		b.queue.push(request{kind: reqReset})
+		b.queue.push(request{kind: reqReset, inflightQuery: sent})
 		b.custom = nil
 		b.stmts.clear()
 		b.profile = unique.Handle[string]{}
@@ -356,7 +357,7 @@ func (b *backend) markTimedOut(c *client) bool {
 	if b.client != c || h == nil || h.kind != reqClient || h.timedOut {
 		return false
 	}
-	h.timedOut = true
+	h.timedOut, h.cancelAt = true, time.Now()
 	return true
 }
 
@@ -375,7 +376,7 @@ func (b *backend) cancelFor(c *client) {
 
 	hc := *b.hc
 	if pc, err := pgconn.Construct(&hc); err == nil {
-		ctx, done := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, done := context.WithTimeout(context.Background(), cancelDialTimeout(b.db.p.cfg.Load().Pool))
 		if err := pc.CancelRequest(ctx); err != nil {
 			b.db.p.log.Warn("cancel request failed", "database", b.db.name, "server", b.id, "err", err)
 		}

@@ -32,6 +32,8 @@ type PoolStatus struct {
 
 	// Failover is the database's failover state (upstream in use, failures, probes).
 	Failover failover.State `json:"failover"`
+	// FallbackWrites accounts the writes its fallback served (with a fallback).
+	FallbackWrites *FallbackWrites `json:"fallback_writes,omitempty"`
 }
 
 // ClientStatus describes one client session (SHOW CLIENTS).
@@ -95,6 +97,10 @@ func (p *Proxy) Pools() []PoolStatus {
 		}
 		if st.Waits > 0 {
 			ps.AvgWaitSeconds = st.WaitTotal.Seconds() / float64(st.Waits)
+		}
+		if db.fallback != nil {
+			fw := db.fbWrites.snapshot()
+			ps.FallbackWrites = &fw
 		}
 		for _, c := range clients {
 			if c.db != db {
