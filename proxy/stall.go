@@ -23,7 +23,8 @@ import (
 //     pool.cancel_timeout after the cancel: the connection is closed and
 //     its client told so (reason cancel_timeout);
 //   - any request (a client's, a parameter sync, a reset) owed for longer
-//     than pool.server_check_after: a slow query or a frozen server? The
+//     than pool.server_check_after (pgguard's own sync and reset, when that
+//     is 0: pool.connect_timeout): a slow query or a frozen server? The
 //     upstream is asked the one thing a frozen server cannot answer and a
 //     slow one can, a new connection (no query), bounded by
 //     pool.connect_timeout. If it answers (even with an error), nothing
@@ -61,16 +62,21 @@ func (b *backend) upstreamOf() failover.Upstream {
 func (db *database) checkStalls(now time.Time) {
 	pc := db.p.cfg.Load().Pool
 	checkAfter, cancelTimeout := pc.ServerCheckAfter.Duration, pc.CancelTimeout.Duration
-	if checkAfter <= 0 && cancelTimeout <= 0 {
-		return
+	ownAfter := checkAfter // pgguard's own sync and reset: always checked
+	if ownAfter <= 0 {
+		ownAfter = cancelDialTimeout(config.Pool{CancelTimeout: pc.ConnectTimeout})
 	}
 	var stalled [2]bool
 	for _, b := range db.openBackends() {
 		b.mu.Lock()
 		h := b.queue.front()
 		var owed, sinceCancel time.Duration
+		after := checkAfter
 		if h != nil {
 			owed = now.Sub(h.start)
+			if !h.forwarded() {
+				after = ownAfter
+			}
 			if h.timedOut {
 				sinceCancel = now.Sub(h.cancelAt)
 			}
@@ -83,13 +89,13 @@ func (db *database) checkStalls(now time.Time) {
 				"database", db.name, "server", b.id, "upstream", b.upstream, "cancel_timeout", cancelTimeout)
 			b.abandon(fmt.Sprintf("was closed: a query ran past pool.query_timeout = %s and the server did not end it within pool.cancel_timeout = %s of the cancel",
 				pc.QueryTimeout.Duration, cancelTimeout), "cancel_timeout")
-		case checkAfter > 0 && owed > checkAfter:
+		case after > 0 && owed > after:
 			stalled[b.upstreamOf()] = true
 		}
 	}
 	for u, st := range stalled {
 		last := time.Unix(0, db.stalls.lastOK[u].Load())
-		if st && now.Sub(last) > checkAfter {
+		if st && now.Sub(last) > ownAfter {
 			db.checkUpstream(failover.Upstream(u), "a server connection owes a reply for over pool.server_check_after")
 		}
 	}
@@ -118,8 +124,12 @@ func (db *database) checkUpstream(u failover.Upstream, why string) {
 			"database", db.name, "upstream", u, "host", db.hostOf(u.String()), "why", why,
 			"check_took", time.Since(start).Round(time.Millisecond), "err", err)
 		db.fo.Failure(u, err)
-		msg := fmt.Sprintf("stopped answering: it owed a reply for over pool.server_check_after = %s and %s did not accept a connection within pool.connect_timeout = %s",
-			pc.ServerCheckAfter.Duration, db.hostOf(u.String()), pc.ConnectTimeout.Duration)
+		owed := fmt.Sprintf("pool.server_check_after = %s", pc.ServerCheckAfter.Duration)
+		if pc.ServerCheckAfter.Duration <= 0 {
+			owed = "pool.connect_timeout (pool.server_check_after is off)"
+		}
+		msg := fmt.Sprintf("stopped answering: it owed a reply for over %s and %s did not accept a connection within pool.connect_timeout = %s",
+			owed, db.hostOf(u.String()), pc.ConnectTimeout.Duration)
 		for _, b := range db.openBackends() {
 			if b.upstreamOf() == u {
 				b.abandon(msg, "server_unresponsive")
