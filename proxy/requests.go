@@ -28,10 +28,10 @@ const (
 type request struct {
 	inflightQuery // the query log's record (client requests)
 	kind          requestKind
-	announce      bool // reqParamSync: it restores startup values the client must hear of
-	timedOut      bool // reqClient: pgguard cancelled it for pool.query_timeout
+	announce      bool      // reqParamSync: it restores startup values the client must hear of
+	timedOut      bool      // reqClient: pgguard cancelled it for pool.query_timeout
 	cancelAt      time.Time // ... at this time (stall.go closes the server past pool.cancel_timeout)
-	failed        bool // an ErrorResponse answered it
+	failed        bool      // an ErrorResponse answered it
 	// op is the client's statement change the request settles (its SQL
 	// DEALLOCATE of a statement it prepared with Parse): skipped if it fails.
 	op *stmtOp
