@@ -167,6 +167,14 @@ type Failover struct {
 	FailbackAfter Duration `toml:"failback_after"`
 	// FallbackReadOnly refuses writes with 25006 while on the fallback (fallback_read_only).
 	FallbackReadOnly bool `toml:"fallback_read_only"`
+	// SplitPolicy decides, with instances sharing limiter.redis_url, what an
+	// instance that cannot reach its primary does while another still can:
+	// "fail_over" (switch to the fallback alone) or "refuse" (answer errors,
+	// not ready, until the rest of the fleet loses the primary too) (split_policy).
+	SplitPolicy string `toml:"split_policy"`
+	// FallbackNotice sends each session a NoticeResponse the first time the
+	// fallback serves it (fallback_notice).
+	FallbackNotice bool `toml:"fallback_notice"`
 }
 
 // Limit is one [[limits]] rule.
@@ -344,6 +352,7 @@ func Default() *Config {
 			ProbeInterval:    D(5 * time.Second),
 			ProbeMaxInterval: D(5 * time.Minute),
 			FailbackAfter:    D(30 * time.Second),
+			SplitPolicy:      "fail_over",
 			FallbackReadOnly: true,
 		},
 		Limiter: Limiter{QueriesPerHourWarn: 1000},

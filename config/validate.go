@@ -250,6 +250,7 @@ func (v *validator) failover() {
 		v.bad("failover.probe_max_interval", "%s is below probe_interval (%s); want probe_interval or more", f.ProbeMaxInterval.Duration, f.ProbeInterval.Duration)
 	}
 	v.nonNegative("failover.failback_after", f.FailbackAfter)
+	v.oneOf("failover.split_policy", f.SplitPolicy, "fail_over", "refuse")
 }
 
 func (v *validator) limits() {
