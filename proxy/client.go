@@ -16,6 +16,7 @@ import (
 	"unsafe"
 
 	"github.com/pgguard/pgguard/cache"
+	"github.com/pgguard/pgguard/failover"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/pool"
 )
@@ -126,6 +127,9 @@ type client struct {
 	parked  atomic.Bool
 	parkReq atomic.Bool
 	inEpoll bool
+	// fallbackNoticed: the client was told its session is served by the
+	// fallback (failover.fallback_notice; client goroutine).
+	fallbackNoticed bool
 
 	// cached is the result cache's state (cached.go), allocated when the
 	// client first runs with [[cache]] rules: an idle session of a pgguard
@@ -630,6 +634,9 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 				}
 				*h = handoff{} // drop the references to the read buffer
 			}
+		}
+		if fresh && !c.fallbackNoticed && b.upstreamOf() == failover.Fallback {
+			c.noticeFallback()
 		}
 		if out == nil {
 			if !b.syncParams(c) {

@@ -1,10 +1,13 @@
 package proxy
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgguard/pgguard/cache/analyze"
 	"github.com/pgguard/pgguard/failover"
@@ -165,6 +168,28 @@ func (p *Proxy) closeRetiredSessions(clients []*client) {
 		c.closeWith(fatalf(codeConnectionFailure,
 			"database %q is served by its primary again: this session's server connection is to the fallback, so pgguard closed it between transactions; reconnect to continue on the primary",
 			c.db.name))
+	}
+}
+
+// noticeFallback tells the client, once per session and with
+// failover.fallback_notice on, that its statements are served by the
+// fallback: a NoticeResponse (PostgreSQL docs 55.2.6, sent at any time),
+// ahead of the replies.
+func (c *client) noticeFallback() {
+	c.fallbackNoticed = true
+	cfg := c.p.cfg.Load()
+	if !cfg.Failover.FallbackNotice {
+		return
+	}
+	mode := "read-only (failover.fallback_read_only = true)"
+	if !cfg.Failover.FallbackReadOnly {
+		mode = "read-write: writes made there are not on the primary and pgguard does not copy them"
+	}
+	n := pgproto3.NoticeResponse{Severity: "WARNING", SeverityUnlocalized: "WARNING", Code: "01000",
+		Message: fmt.Sprintf("database %q is served by its fallback %s while its primary cannot be reached: reads may be stale; it is %s",
+			c.db.name, c.db.hostOf(failover.Fallback.String()), mode)}
+	if buf, err := n.Encode(nil); err == nil {
+		c.write(buf)
 	}
 }
 
