@@ -398,6 +398,15 @@ func (m *Monitor) maxInterval() time.Duration {
 	return max(m.cfg.ProbeMaxInterval.Duration, m.probeInterval())
 }
 
+// Refusing reports whether the Monitor keeps the database off its fallback
+// while its primary is down here and up for another instance (split_policy
+// = "refuse"): clients get errors.
+func (m *Monitor) Refusing() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.hasFallback && m.Active() == Primary && m.health[Primary].down && m.refuseLocked()
+}
+
 // PrimaryDown reports whether this instance considers the primary down:
 // what it publishes to the fleet (fleet.go).
 func (m *Monitor) PrimaryDown() bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -28,6 +29,11 @@ import (
 // fallback while another still reaches the primary. Without Redis, or
 // while it is unreachable, nothing is known of the others and every
 // instance decides alone, as without a fleet.
+
+// ErrRefused wraps the dial error of a database whose instance refuses to
+// serve its fallback while other instances reach its primary
+// (split_policy = "refuse").
+var ErrRefused = errors.New("this instance cannot reach the primary while other instances can (failover.split_policy = \"refuse\")")
 
 // PublishEvery is how often an instance publishes and reads the fleet's view.
 const PublishEvery = time.Second

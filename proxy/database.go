@@ -280,6 +280,8 @@ func (db *database) dial(ctx context.Context) (*backend, error) {
 				t.Stop()
 				return nil, err
 			}
+		case db.fo.Refusing():
+			return nil, fmt.Errorf("%w: %w", failover.ErrRefused, err)
 		default:
 			return nil, err
 		}
