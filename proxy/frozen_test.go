@@ -74,27 +74,34 @@ func TestFrozenPrimary(t *testing.T) {
 	for _, tc := range []struct {
 		name         string
 		queryTimeout time.Duration
-	}{{"no query_timeout", 0}, {"query_timeout", 1500 * time.Millisecond}} {
-		t.Run(tc.name, func(t *testing.T) { frozenPrimary(t, tc.queryTimeout) })
+		checkAfter   time.Duration
+	}{
+		{"server_check_after", 0, time.Second},
+		{"query_timeout", 1500 * time.Millisecond, 0},
+		{"switch away", 0, 0}, // only the check of the primary a switch makes answers them
+	} {
+		t.Run(tc.name, func(t *testing.T) { frozenPrimary(t, tc.queryTimeout, tc.checkAfter) })
 	}
 }
 
-func frozenPrimary(t *testing.T, queryTimeout time.Duration) {
+func frozenPrimary(t *testing.T, queryTimeout, checkAfter time.Duration) {
 	primary := startCluster(t, nil)
 	fallback := startCluster(t, nil)
 	ctx := context.Background()
 	cfg := failoverConfig("transaction", primary.URL("app"), fallback.URL("app"))
 	cfg.Pool.Size = 10
 	cfg.Pool.ConnectTimeout = config.D(time.Second)
-	cfg.Pool.ServerCheckAfter = config.D(time.Second)
+	cfg.Pool.ServerCheckAfter = config.D(checkAfter)
 	cfg.Pool.CancelTimeout = config.D(time.Second)
 	cfg.Pool.QueryTimeout = config.D(queryTimeout)
-	if queryTimeout > 0 {
-		cfg.Pool.ServerCheckAfter = config.D(0) // the cancel alone must bound the wait
-	}
+	switchAway := queryTimeout == 0 && checkAfter == 0
 	cfg.Failover.FailbackAfter = config.D(time.Hour) // the thawed primary is not the subject
 	g := startGuard(t, cfg)
-	const bound = 8 * time.Second // 1 s + 1 s + ticks, with room for a loaded machine
+	bound := 8 * time.Second // 1 s + 1 s + ticks, with room for a loaded machine
+	withSync := checkAfter > 0
+	if switchAway {
+		bound = 12 * time.Second // three dials of 1 s, the switch, a check of 1 s
+	}
 
 	open := func(params map[string]string) *pgx.Conn {
 		cc, err := pgx.ParseConfig(g.url("app"))
@@ -155,9 +162,30 @@ func frozenPrimary(t *testing.T, queryTimeout time.Duration) {
 	for i, c := range idle {
 		run("idle-pooled "+strconv.Itoa(i), c, "SELECT 1")
 	}
-	run("syncing", syncing, "SELECT 1")
+	if switchAway {
+		// New clients' dials time out (connect_timeout 1 s, three times; the
+		// first may take the last idle server): pgguard switches to the
+		// fallback and checks the primary.
+		for range 2 {
+			go func() {
+				nctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+				defer cancel()
+				if conn, err := pgx.Connect(nctx, g.url("app")); err == nil {
+					conn.Exec(nctx, "SELECT 1")
+					conn.Close(ctx)
+				}
+			}()
+		}
+	}
+	if withSync { // else pgguard's check of its own sync would answer every client, not the cancel or the switch under test
+		run("syncing", syncing, "SELECT 1")
+	}
 
-	for range 7 {
+	n := 6
+	if withSync {
+		n = 7
+	}
+	for range n {
 		r := <-results
 		var pe *pgconn.PgError
 		switch {
@@ -167,7 +195,9 @@ func frozenPrimary(t *testing.T, queryTimeout time.Duration) {
 			t.Errorf("%s: no error from pgguard within %s: %v", r.who, r.took.Round(time.Millisecond), r.err)
 		case r.took > bound:
 			t.Errorf("%s: answered after %s, want within %s: %v", r.who, r.took.Round(time.Millisecond), bound, r.err)
-		case !strings.Contains(pe.Message, "pool.server_check_after") && !strings.Contains(pe.Message, "pool.cancel_timeout"):
+		case !strings.Contains(pe.Message, "pool.connect_timeout") && !strings.Contains(pe.Message, "pool.cancel_timeout"),
+			switchAway && !strings.Contains(pe.Message, "switched"),
+			queryTimeout > 0 && !strings.Contains(pe.Message, "pool.cancel_timeout"):
 			t.Errorf("%s: the error does not name the setting: %v", r.who, r.err)
 		default:
 			t.Logf("%s: answered after %s: %v", r.who, r.took.Round(time.Millisecond), r.err)
@@ -178,16 +208,27 @@ func frozenPrimary(t *testing.T, queryTimeout time.Duration) {
 	}
 	t.Logf("all answered %s after the freeze", time.Since(frozen).Round(time.Millisecond))
 
-	// New sessions are served by the fallback.
-	nctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(nctx, g.url("app"))
-	if err != nil {
-		t.Fatalf("a new client after the freeze: %v", err)
-	}
-	defer conn.Close(ctx)
-	if port, err := portOf(nctx, conn); err != nil || port != fallback.Port() {
-		t.Errorf("a new client after the freeze: port %d, %v; want the fallback's %d", port, err, fallback.Port())
+	// New sessions are served by the fallback (the first may still be handed
+	// the last idle frozen server, and be answered with an error in time).
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		nctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		port, err := func() (int, error) {
+			conn, err := pgx.Connect(nctx, g.url("app"))
+			if err != nil {
+				return 0, err
+			}
+			defer conn.Close(ctx)
+			return portOf(nctx, conn)
+		}()
+		cancel()
+		if err == nil && port == fallback.Port() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no new client served by the fallback after the freeze: port %d, %v", port, err)
+		}
+		t.Logf("a new client after the freeze: port %d, %v", port, err)
 	}
 	if queryTimeout > 0 {
 		if n := testutil.ToFloat64(g.metrics.Cancelled.WithLabelValues("query_timeout")); n < 3 {

@@ -80,7 +80,7 @@ func lostError(db *database, host, why string, o lostOutcome) *Error {
 	switch o {
 	case lostUnknown:
 		return &Error{Severity: "FATAL", Code: codeResolutionUnknown,
-			Message: prefix + " after a statement was sent and before its reply: whether it committed is unknown; pgguard did not retry it",
+			Message: prefix + "; a statement was sent and its reply never came: whether it committed is unknown; pgguard did not retry it",
 			Hint:    "check whether the transaction's changes are there before running it again"}
 	case lostRolledBack:
 		return fatalf(codeConnectionFailure, "%s; the open transaction was rolled back", prefix)

@@ -93,17 +93,22 @@ func (db *database) checkStalls(now time.Time) {
 			stalled[b.upstreamOf()] = true
 		}
 	}
+	why := fmt.Sprintf("it owed a reply for over pool.server_check_after = %s", checkAfter)
+	if checkAfter <= 0 {
+		why = fmt.Sprintf("it owed a reply to pgguard's own query for over %s (pool.connect_timeout; pool.server_check_after is off)", ownAfter)
+	}
 	for u, st := range stalled {
 		last := time.Unix(0, db.stalls.lastOK[u].Load())
 		if st && now.Sub(last) > ownAfter {
-			db.checkUpstream(failover.Upstream(u), "a server connection owes a reply for over pool.server_check_after")
+			db.checkUpstream(failover.Upstream(u), why)
 		}
 	}
 }
 
 // checkUpstream starts a check of u unless one is under way: does it
 // accept a connection within pool.connect_timeout? If not, every
-// connection to u is closed. why is for the log.
+// connection to u is closed. why, a clause, says what prompted it, in the
+// log and in what clients are told.
 func (db *database) checkUpstream(u failover.Upstream, why string) {
 	if !db.stalls.running[u].CompareAndSwap(false, true) {
 		return
@@ -124,12 +129,8 @@ func (db *database) checkUpstream(u failover.Upstream, why string) {
 			"database", db.name, "upstream", u, "host", db.hostOf(u.String()), "why", why,
 			"check_took", time.Since(start).Round(time.Millisecond), "err", err)
 		db.fo.Failure(u, err)
-		owed := fmt.Sprintf("pool.server_check_after = %s", pc.ServerCheckAfter.Duration)
-		if pc.ServerCheckAfter.Duration <= 0 {
-			owed = "pool.connect_timeout (pool.server_check_after is off)"
-		}
-		msg := fmt.Sprintf("stopped answering: it owed a reply for over %s and %s did not accept a connection within pool.connect_timeout = %s",
-			owed, db.hostOf(u.String()), pc.ConnectTimeout.Duration)
+		msg := fmt.Sprintf("stopped answering: %s and %s did not accept a connection within pool.connect_timeout = %s",
+			why, db.hostOf(u.String()), pc.ConnectTimeout.Duration)
 		for _, b := range db.openBackends() {
 			if b.upstreamOf() == u {
 				b.abandon(msg, "server_unresponsive")
@@ -157,5 +158,5 @@ func (b *backend) abandon(why, reason string) {
 // switchedAway is called when the monitor switches from u: if u does not
 // answer a connection, clients still waiting on it are answered now.
 func (db *database) switchedAway(u failover.Upstream) {
-	db.checkUpstream(u, "pgguard switched away from it")
+	db.checkUpstream(u, fmt.Sprintf("pgguard switched database %q away from it", db.name))
 }
