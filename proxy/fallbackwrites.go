@@ -73,6 +73,9 @@ func (db *database) noteFallbackWrite(q *inflightQuery) {
 	if q.sqlstate != "" || db.p.cfg.Load().Failover.FallbackReadOnly {
 		return // refused by the server, or nothing can have been written
 	}
+	if !writeTags[q.tag] && (q.text == "" || !classifier.Classify(q.text).Write) {
+		return // a read (the classifier's verdicts are cached by text)
+	}
 	var tables []string
 	if q.text != "" {
 		w := analyze.Analyze(q.text).Writes
@@ -158,8 +161,11 @@ func (p *Proxy) closeRetiredSessions(clients []*client) {
 		if c.db == nil || c.db.fallback == nil {
 			continue
 		}
+		if b := c.server.Load(); b == nil || b.upstreamOf() != failover.Fallback || c.db.active() != failover.Primary {
+			continue
+		}
 		st := c.linkState()
-		if st.b == nil || st.running || st.inTransaction || st.b.upstreamOf() != failover.Fallback || c.db.active() != failover.Primary {
+		if st.b == nil || st.running || st.inTransaction {
 			continue
 		}
 		p.metrics.ClientsReaped.WithLabelValues("failback").Inc()
