@@ -16,12 +16,16 @@ var restartKeys = map[string]bool{
 	"limiter.redis_url":     true,
 	"cache_store.redis_url": true,
 	"run.rewrite_env":       true,
+	"fleet.redis_url":       true,
+	"fleet.instance_id":     true,
+	"fleet.lease_ttl":       true,
+	"fleet.heartbeat":       true,
 }
 
 // Diff lists the dotted keys whose values differ between old and new, e.g.
 // "pool.size", "databases.app.primary", "limits.workers.burst", and the
 // subset that needs a restart: listen, http_listen, tls_cert, tls_key,
-// pool.mode, limiter.redis_url, cache_store.redis_url, run.rewrite_env, and the primary or fallback of a database
+// pool.mode, limiter.redis_url, cache_store.redis_url, run.rewrite_env, the [fleet] keys, and the primary or fallback of a database
 // present in both. An added or removed database, user or limit rule is one
 // key ("databases.NAME", "users.NAME", "limits.NAME", "cache.NAME") and is
 // live. Entries of [[users]], [[limits]] and [[cache]] are matched by name. Both lists are sorted; a nil
