@@ -32,6 +32,7 @@ import (
 	"github.com/pgguard/pgguard/admin/dashboard"
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
@@ -154,12 +155,22 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 	}
 	defer rc.Close()
 
-	p, err := proxy.New(cfg, log, m)
+	fl, err := fleet.New(cfg, log, fleet.WithRegisterer(m.Registry))
+	if err != nil {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	defer fl.Close() // after the drain: the leases are given back
+
+	p, err := proxy.New(cfg, log, m, proxy.WithFleet(fl))
 	if err != nil {
 		return err
 	}
 	p.QueryLog, p.Limiter, p.Cache = ql, lim, rc
 	reload := reloader(p, ql, lim, rc, o.path, o.getenv, log)
+	reload = alsoReconfigure(reload, p, fl)
+	var dash *dashboard.Dashboard
+	wireFleet(fl, p, lim, func() *dashboard.Dashboard { return dash }, log)
+	fl.Start()
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -174,15 +185,15 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 			p.Close()
 			return fmt.Errorf("http_listen: %w", err)
 		}
-		dash := dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc})
+		dash = dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc})
 		defer dash.Close()
-		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Dashboard: dash, ListenAddr: hln.Addr().String()}
+		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Fleet: fl, Dashboard: dash, ListenAddr: hln.Addr().String()}
 		httpSrv = &http.Server{Handler: h.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		go httpSrv.Serve(hln)
 		log.Info("http listening", "addr", hln.Addr().String())
 	}
 	console := admin.NewConsole(p, reload)
-	console.QueryLog, console.Limiter, console.Cache = ql, lim, rc
+	console.QueryLog, console.Limiter, console.Cache, console.Fleet = ql, lim, rc, fl
 	p.Console = console.Serve
 	sigs := o.sigs
 	if sigs == nil {
