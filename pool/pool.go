@@ -169,10 +169,11 @@ func (p *Pool[C]) AcquireFor(ctx context.Context, priority int, t Taker[C]) (c C
 		p.mu.Unlock()
 		return c, false, nil
 	}
-	// Open a new connection when under Size, or under Size+MaxOverflow now that
-	// this client would otherwise queue.
+	// Open a new connection when under Size, or under Size+MaxOverflow now
+	// that this client would otherwise queue; with leases, only when nobody
+	// queues already (a lease freed goes to the queue's head, by priority).
 	full := false
-	if p.total < p.opts.Size+p.opts.MaxOverflow {
+	if p.total < p.opts.Size+p.opts.MaxOverflow && (p.opts.Leases == nil || p.waiters.len() == 0) {
 		p.total++
 		p.opening++
 		p.mu.Unlock()
@@ -199,10 +200,15 @@ func (p *Pool[C]) AcquireFor(ctx context.Context, priority int, t Taker[C]) (c C
 		w.deadline = time.Now().Add(d)
 	}
 	p.stats.Waits++
+	// Queued under the cap: a lease (or room upstream) is what is missing.
+	roomy := p.total < p.opts.Size+p.opts.MaxOverflow
 	if full {
 		p.retryLaterLocked()
 	}
 	p.mu.Unlock()
+	if roomy && !full {
+		p.refill()
+	}
 	return p.wait(ctx, w)
 }
 
@@ -420,39 +426,73 @@ func (p *Pool[C]) Remove(c C) bool {
 }
 
 // refill starts a dial for the first waiter when a connection slot has
-// freed up, and reports whether it did. The dial ends with the waiter's
-// wait (its deadline or context) and on Close; without room upstream the
-// waiter goes back to the head of the queue.
+// freed up, and reports whether it tried. With leases, the lease is taken
+// first and the waiter chosen after, so it goes to the queue's head (by
+// priority) at the time it is granted. The dial ends with the waiter's
+// wait (its deadline or context) and on Close; when the upstream is full
+// the waiter goes back to the head of the queue.
 func (p *Pool[C]) refill() bool {
 	p.mu.Lock()
 	if p.closed || p.waiters.len() == 0 || p.total >= p.opts.Size+p.opts.MaxOverflow {
 		p.mu.Unlock()
 		return false
 	}
-	w := p.waiters.pop()
-	wctx, deadline := w.ctx, w.deadline
 	p.total++
 	p.opening++
+	if p.opts.Leases == nil {
+		w := p.waiters.pop()
+		p.mu.Unlock()
+		go p.dialFor(w)
+		return true
+	}
 	p.mu.Unlock()
 	go func() {
-		ctx, cancel := context.WithCancel(p.ctx)
-		if !deadline.IsZero() {
-			ctx, cancel = context.WithDeadline(p.ctx, deadline)
-		}
-		stop := context.AfterFunc(wctx, cancel)
-		c, err := p.open(ctx)
-		stop()
-		cancel()
-		if errors.Is(err, ErrFull) {
-			p.requeue(w)
+		if !p.opts.Leases.TryTake() {
+			p.mu.Lock()
+			p.total--
+			p.opening--
+			p.stats.LeaseRefusals++
+			if p.waiters.len() > 0 {
+				p.retryLaterLocked()
+			}
+			p.mu.Unlock()
 			return
 		}
-		if err != nil {
-			err = p.refillError(err, wctx, ctx)
+		p.mu.Lock()
+		w := p.waiters.pop()
+		if w == nil { // the waiters gave up meanwhile
+			p.total--
+			p.opening--
+			p.opts.Leases.Give()
+			p.mu.Unlock()
+			return
 		}
-		w.ready <- result[C]{conn: c, err: err}
+		p.mu.Unlock()
+		p.dialFor(w)
 	}()
 	return true
+}
+
+// dialFor dials for waiter w, popped from the queue and counted in total
+// (and holding its lease), and hands it the result.
+func (p *Pool[C]) dialFor(w *waiter[C]) {
+	wctx, deadline := w.ctx, w.deadline
+	ctx, cancel := context.WithCancel(p.ctx)
+	if !deadline.IsZero() {
+		ctx, cancel = context.WithDeadline(p.ctx, deadline)
+	}
+	stop := context.AfterFunc(wctx, cancel)
+	c, err := p.dial(ctx)
+	stop()
+	cancel()
+	if errors.Is(err, ErrFull) {
+		p.requeue(w)
+		return
+	}
+	if err != nil {
+		err = p.refillError(err, wctx, ctx)
+	}
+	w.ready <- result[C]{conn: c, err: err}
 }
 
 // refillError says why a dial made for a waiter failed: the pool closed, the
