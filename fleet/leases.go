@@ -199,7 +199,9 @@ func (l *Leases) write(n int64, mode string) (ok bool, err error) {
 		l.total.Store(v[1])
 		l.live.Store(v[2])
 		l.wishing.Store(v[3])
-		l.seenLive.Store(v[2])
+		if !l.static() { // in the handover, instances not yet back are missing
+			l.seenLive.Store(v[2])
+		}
 	}
 	return v[0] == 1, nil
 }
