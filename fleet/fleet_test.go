@@ -254,7 +254,9 @@ func TestHeartbeatsAndFleetSwitches(t *testing.T) {
 	}
 	flips := make(chan flip, 8)
 	a := newMember(t, r.URL(), "a", 0, func(f *Fleet) {
-		f.Describe = func() Instance { return Instance{Version: "t", Clients: 3, Pools: []Pool{{Database: "app", ServerConns: 2}}} }
+		f.Describe = func() Instance {
+			return Instance{Version: "t", Clients: 3, Pools: []Pool{{Database: "app", ServerConns: 2}}}
+		}
 	})
 	b := newMember(t, r.URL(), "b", 0, func(f *Fleet) {
 		f.Switch = func(name string, on bool, who string) { flips <- flip{name, on} }

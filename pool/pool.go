@@ -104,10 +104,12 @@ type Pool[C Conn] struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	// retryDelay is the delay before the next retry after a refusal (0: none
-	// yet); retrying is set while one is scheduled.
+	// refusing is set from a refusal (no lease, upstream full) until a dial
+	// succeeds: the queue's head is then retried after retryDelay (0: none
+	// yet), a timer armed while retryArmed.
+	refusing   bool
 	retryDelay time.Duration
-	retrying   bool
+	retryArmed bool
 
 	stats Stats
 	// waitTotal is Stats.WaitTotal, kept apart: every wait adds to it, and
@@ -201,12 +203,14 @@ func (p *Pool[C]) AcquireFor(ctx context.Context, priority int, t Taker[C]) (c C
 	}
 	p.stats.Waits++
 	// Queued under the cap: a lease (or room upstream) is what is missing.
-	roomy := p.total < p.opts.Size+p.opts.MaxOverflow
+	// Ask for it now, unless a refusal is being retried already (one try
+	// per retry delay, not one per caller).
+	ask := p.total < p.opts.Size+p.opts.MaxOverflow && !p.refusing
 	if full {
 		p.retryLaterLocked()
 	}
 	p.mu.Unlock()
-	if roomy && !full {
+	if ask {
 		p.refill()
 	}
 	return p.wait(ctx, w)
@@ -227,21 +231,23 @@ func (p *Pool[C]) open(ctx context.Context) (C, error) {
 	return p.dial(ctx)
 }
 
-// retryLaterLocked arranges a Wake after the retry delay, which doubles
-// while refusals go on (up to maxRetryDelay) and resets when a dial
-// succeeds. A released connection serves the queue meanwhile.
+// retryLaterLocked arranges one more try for the queue's head after the
+// retry delay, which doubles while refusals go on (up to maxRetryDelay) and
+// resets when a dial succeeds; each success tries for the next waiter
+// (dialFor). A released connection serves the queue meanwhile.
 func (p *Pool[C]) retryLaterLocked() {
-	if p.retrying || p.closed {
+	p.refusing = true
+	if p.retryArmed || p.closed {
 		return
 	}
-	p.retrying = true
+	p.retryArmed = true
 	d := max(p.retryDelay, minRetryDelay)
 	p.retryDelay = min(2*d, maxRetryDelay)
 	time.AfterFunc(d, func() {
 		p.mu.Lock()
-		p.retrying = false
+		p.retryArmed = false
 		p.mu.Unlock()
-		p.Wake()
+		p.refill()
 	})
 }
 
@@ -364,7 +370,7 @@ func (p *Pool[C]) dial(ctx context.Context) (C, error) {
 		return zero, err
 	}
 	p.born[any(c)] = time.Now()
-	p.retryDelay = 0
+	p.refusing, p.retryDelay = false, 0
 	p.mu.Unlock()
 	return c, nil
 }
@@ -493,6 +499,9 @@ func (p *Pool[C]) dialFor(w *waiter[C]) {
 		err = p.refillError(err, wctx, ctx)
 	}
 	w.ready <- result[C]{conn: c, err: err}
+	if err == nil {
+		p.refill() // room for this one: maybe for the next waiter too
+	}
 }
 
 // refillError says why a dial made for a waiter failed: the pool closed, the
