@@ -97,6 +97,9 @@ type View struct {
 	Mode      string         `json:"mode"`
 	Instances []Instance     `json:"instances"`
 	Totals    []DatabaseView `json:"totals"`
+	// Switches are the fleet-wide switch values last read ("on"/"off"),
+	// for the switches flipped fleet-wide at least once.
+	Switches map[string]string `json:"switches"`
 }
 
 // DatabaseView is one database's totals over the live instances.
@@ -117,7 +120,7 @@ type DatabaseView struct {
 // them per database. Without Redis, or while it is unreachable, it lists
 // this instance alone.
 func (f *Fleet) View(ctx context.Context) View {
-	v := View{Self: f.id, Mode: f.Mode()}
+	v := View{Self: f.id, Mode: f.Mode(), Switches: f.Switches()}
 	me := f.self()
 	if f.up() {
 		v.Instances = f.readInstances(ctx)

@@ -168,9 +168,8 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 	p.QueryLog, p.Limiter, p.Cache = ql, lim, rc
 	reload := reloader(p, ql, lim, rc, o.path, o.getenv, log)
 	reload = alsoReconfigure(reload, p, fl)
-	var dash *dashboard.Dashboard
+	var dash *dashboard.Dashboard // set below with http_listen, before fl.Start
 	wireFleet(fl, p, lim, func() *dashboard.Dashboard { return dash }, log)
-	fl.Start()
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -185,7 +184,7 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 			p.Close()
 			return fmt.Errorf("http_listen: %w", err)
 		}
-		dash = dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc})
+		dash = dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Fleet: fl})
 		defer dash.Close()
 		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Fleet: fl, Dashboard: dash, ListenAddr: hln.Addr().String()}
 		httpSrv = &http.Server{Handler: h.Handler(), ReadHeaderTimeout: 10 * time.Second}
@@ -195,6 +194,7 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 	console := admin.NewConsole(p, reload)
 	console.QueryLog, console.Limiter, console.Cache, console.Fleet = ql, lim, rc, fl
 	p.Console = console.Serve
+	fl.Start() // before clients: a late starter applies the fleet's switches first
 	sigs := o.sigs
 	if sigs == nil {
 		own := make(chan os.Signal, 4)
