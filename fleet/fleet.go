@@ -154,12 +154,21 @@ func (f *Fleet) Reconfigure(cfg *config.Config) {
 	}
 }
 
-// Start connects to Redis (if any) and starts the loop.
+// Start connects to Redis (if any), registers this instance's leases,
+// publishes its first heartbeat and applies the fleet-wide switches (an
+// instance that starts later picks them up before it serves), then starts
+// the loop.
 func (f *Fleet) Start() {
 	if f.link == nil {
 		return
 	}
 	f.link.Start()
+	if f.up() {
+		for _, l := range f.allLeases() {
+			l.sync()
+		}
+		f.beat()
+	}
 	f.wg.Add(1)
 	go f.loop()
 }
@@ -236,8 +245,7 @@ func (f *Fleet) loop() {
 	renew, beat := renewEvery(cfg.LeaseTTL.Duration), cfg.Heartbeat.Duration
 	t := time.NewTicker(min(renew, beat))
 	defer t.Stop()
-	var lastRenew, lastBeat time.Time
-	f.beat() // a late starter picks the fleet's switches up at once
+	lastRenew, lastBeat := time.Now(), time.Now()
 	for {
 		select {
 		case <-f.stop:
