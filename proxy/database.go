@@ -95,7 +95,7 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 	context.AfterFunc(p.ctx, db.fo.Close)
 	db.setActiveMetric(failover.Primary)
 	opts := pool.Options[*backend]{Dial: db.dial, Retire: db.retire}
-	if p.fleet != nil {
+	if p.fleet != nil && dc.FleetMaxConnections > 0 { // without a cap the pool works as ever
 		db.lease = p.fleet.Leases(name, fmt.Sprintf("%s:%d", pc.Host, pc.Port))
 		opts.Leases = db.lease
 	}

@@ -14,13 +14,14 @@ import (
 // may flip here. dash may be nil (no http_listen): no qps and p95 then.
 func wireFleet(fl *fleet.Fleet, p *proxy.Proxy, lim *limiter.Limiter, dash func() *dashboard.Dashboard, log *slog.Logger) {
 	fl.Describe = func() fleet.Instance {
-		in := fleet.Instance{Version: version, ReadOnly: p.ReadOnly(), WorkersDisabled: lim.WorkersDisabled(), Clients: len(p.Clients())}
+		in := fleet.Instance{Version: version, ReadOnly: p.ReadOnly(), WorkersDisabled: lim.WorkersDisabled()}
 		for _, ps := range p.Pools() {
+			clients := ps.ClientsActive + ps.ClientsWaiting + ps.ClientsIdle
+			in.Clients += clients
 			in.Waiting += ps.ClientsWaiting
 			in.Pools = append(in.Pools, fleet.Pool{Database: ps.Database,
 				ServerConns: ps.ServersActive + ps.ServersIdle + ps.ServersOpening,
-				Clients:     ps.ClientsActive + ps.ClientsWaiting + ps.ClientsIdle, Waiting: ps.ClientsWaiting,
-				UpstreamRefusals: ps.UpstreamFull})
+				Clients:     clients, Waiting: ps.ClientsWaiting, UpstreamRefusals: ps.UpstreamFull})
 		}
 		if d := dash(); d != nil {
 			pt := d.Latest()
