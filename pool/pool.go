@@ -172,10 +172,12 @@ func (p *Pool[C]) AcquireFor(ctx context.Context, priority int, t Taker[C]) (c C
 		return c, false, nil
 	}
 	// Open a new connection when under Size, or under Size+MaxOverflow now
-	// that this client would otherwise queue; with leases, only when nobody
-	// queues already (a lease freed goes to the queue's head, by priority).
+	// that this client would otherwise queue; not while refusals are being
+	// retried (no room upstream: one try per retry delay, not one per
+	// caller); with leases, only when nobody queues already (a lease freed
+	// goes to the queue's head, by priority).
 	full := false
-	if p.total < p.opts.Size+p.opts.MaxOverflow && (p.opts.Leases == nil || p.waiters.len() == 0) {
+	if p.total < p.opts.Size+p.opts.MaxOverflow && !p.refusing && (p.opts.Leases == nil || p.waiters.len() == 0) {
 		p.total++
 		p.opening++
 		p.mu.Unlock()
@@ -203,11 +205,12 @@ func (p *Pool[C]) AcquireFor(ctx context.Context, priority int, t Taker[C]) (c C
 	}
 	p.stats.Waits++
 	// Queued under the cap: a lease (or room upstream) is what is missing.
-	// Ask for it now, unless a refusal is being retried already (one try
-	// per retry delay, not one per caller).
-	ask := p.total < p.opts.Size+p.opts.MaxOverflow && !p.refusing
-	if full {
+	// Ask for it now, or, while refusals last, at the next retry.
+	ask := false
+	if roomy := p.total < p.opts.Size+p.opts.MaxOverflow; full || roomy && p.refusing {
 		p.retryLaterLocked()
+	} else {
+		ask = roomy
 	}
 	p.mu.Unlock()
 	if ask {

@@ -463,6 +463,11 @@ path = ""
 	if refusals == 0 {
 		t.Fatal("the upstream never refused a connection: the test did not test")
 	}
+	// One try per retry delay (20 ms doubling to 250 ms), not one per
+	// transaction: a full Neon is not to be hammered with logins.
+	if refusals > 60 {
+		t.Errorf("%v refused dials in 3s: the pool retries too eagerly", refusals)
+	}
 	if in.served.Load() == 0 {
 		t.Fatal("nobody was served")
 	}
