@@ -162,7 +162,18 @@ func (l *Leases) limit() int64 {
 // came back less than a lease TTL ago, when instances that have not yet
 // found it again may still hold their static shares unseen.
 func (l *Leases) static() bool {
-	return !l.f.up() || time.Now().UnixNano() < l.handoverUntil.Load()
+	if !l.f.up() {
+		return true
+	}
+	h := l.handoverUntil.Load()
+	if h == 0 { // the common case, on every release: no clock read
+		return false
+	}
+	if time.Now().UnixNano() < h {
+		return true
+	}
+	l.handoverUntil.CompareAndSwap(h, 0)
+	return false
 }
 
 // staticShare is fleet_static_share, else the cap divided by the fleet size

@@ -254,16 +254,6 @@ func (p *Pool[C]) retryLaterLocked() {
 	})
 }
 
-// Wake opens connections for queued callers while there is room under the
-// pool's cap (each still needs its lease).
-func (p *Pool[C]) Wake() {
-	p.mu.Lock()
-	n := p.waiters.len()
-	p.mu.Unlock()
-	for ; n > 0 && p.refill(); n-- {
-	}
-}
-
 // requeue puts a waiter whose connection could not open for want of room
 // back at the head of its priority, unless its wait is over (then it gets
 // why), and tries again later.
