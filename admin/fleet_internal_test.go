@@ -14,4 +14,3 @@ func TestCutFleet(t *testing.T) {
 		}
 	}
 }
-
