@@ -48,6 +48,7 @@ var metrics = map[string]string{
 	"pgguard_fleet_instances":               "gauge",
 	"pgguard_fleet_redis_up":                "gauge",
 	"pgguard_fleet_lease_refusals_total":    "counter",
+	"pgguard_panics_total":                  "counter",
 }
 
 const (
@@ -205,7 +206,7 @@ func TestAlertRules(t *testing.T) {
 	}
 	for _, want := range []string{
 		"PgguardQueryP95High", "PgguardServerConnectionsHigh", "PgguardApplicationQueryRateHigh",
-		"PgguardNeonBudgetHigh", "PgguardOnFallback", "PgguardReadOnly", "PgguardQueryLogDropping", "PgguardNoUpstream",
+		"PgguardNeonBudgetHigh", "PgguardOnFallback", "PgguardReadOnly", "PgguardQueryLogDropping", "PgguardNoUpstream", "PgguardPanics",
 		"PgguardFleetConnectionsHigh", "PgguardFleetStaticShare", "PgguardUpstreamFull",
 	} {
 		if !names[want] {
