@@ -49,9 +49,13 @@ type database struct {
 	backends map[*backend]struct{}
 	// stmtKeys give statement texts their keys on servers (stale.go).
 	stmtKeys stmtKeys
+	// stalls are the checks of upstreams owing replies (stall.go).
+	stalls stallWatch
+	// fbWrites accounts writes served by a writable fallback (fallbackwrites.go).
+	fbWrites fallbackWrites
 
 	// Pre-resolved metric children, so the hot path does no label lookups.
-	queryDur prometheus.Observer
+	queryDur [2]prometheus.Observer // by the upstream that answered (failover.Upstream)
 	poolWait prometheus.Observer
 	queries  prometheus.Counter
 	servers  atomic.Int64 // open server connections, for SHOW POOLS and metrics
@@ -87,7 +91,9 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 		db.fallbackRO = fc.Copy()
 		db.fallbackRO.RuntimeParams[fallbackReadOnlyParam] = "on"
 	}
-	db.queryDur = p.metrics.QueryDuration.WithLabelValues(name, "primary")
+	for _, u := range []failover.Upstream{failover.Primary, failover.Fallback} {
+		db.queryDur[u] = p.metrics.QueryDuration.WithLabelValues(name, u.String())
+	}
 	db.poolWait = p.metrics.PoolWait.WithLabelValues(name)
 	db.queries = p.metrics.Queries.WithLabelValues(name, "")
 	db.fo = failover.New(p.cfg.Load().Failover, db.fallback != nil, db.probe, p.log.With("database", name), nil)
@@ -113,11 +119,17 @@ func (db *database) configure(cfg *config.Config) {
 	db.fo.Configure(cfg.Failover)
 }
 
-// switched is the monitor's OnSwitch hook: metrics only (the WARN line is the
-// monitor's). Retire does the draining.
+// switched is the monitor's OnSwitch hook: metrics (the WARN line is the
+// monitor's), and a check that the primary left behind still answers
+// (stall.go). Retire does the draining.
 func (db *database) switched(sw failover.Switch) {
 	db.setActiveMetric(sw.To)
 	db.p.metrics.Switches.WithLabelValues(db.name).Inc()
+	if sw.To == failover.Fallback {
+		db.switchedAway(failover.Primary)
+	} else {
+		db.failedBack()
+	}
 }
 
 // setActiveMetric sets pgguard_upstream_active: 1 for u, 0 for the other.
@@ -281,6 +293,8 @@ func (db *database) dial(ctx context.Context) (*backend, error) {
 				t.Stop()
 				return nil, err
 			}
+		case db.fo.Refusing():
+			return nil, fmt.Errorf("%w: %w", failover.ErrRefused, err)
 		default:
 			return nil, err
 		}

@@ -32,6 +32,7 @@ import (
 	"github.com/pgguard/pgguard/admin/dashboard"
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/failover"
 	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
@@ -169,6 +170,17 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 		return err
 	}
 	p.QueryLog, p.Limiter, p.Cache, p.LookupHost = ql, lim, rc, o.lookupHost
+	fleetURL := cfg.Limiter.RedisURL
+	if suspendRedis {
+		fleetURL = ""
+	}
+	foFleet, err := failover.NewFleet(fleetURL, "limiter.redis_url", log.With("component", "failover"), m.Registry)
+	if err != nil {
+		p.Close()
+		return fmt.Errorf("failover: %w", err)
+	}
+	defer foFleet.Close()
+	foFleet.Start(p.Monitors)
 	reload := reloader(p, ql, lim, rc, o.path, o.getenv, log)
 	reload = alsoReconfigure(reload, p, fl)
 	var dash *dashboard.Dashboard // set below with http_listen, before fl.Start
