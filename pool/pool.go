@@ -256,7 +256,8 @@ func (p *Pool[C]) retryLaterLocked() {
 
 // requeue puts a waiter whose connection could not open for want of room
 // back at the head of its priority, unless its wait is over (then it gets
-// why), and tries again later.
+// why) or a connection went idle meanwhile (then it gets that), and tries
+// again later.
 func (p *Pool[C]) requeue(w *waiter[C]) {
 	p.mu.Lock()
 	var err error
@@ -272,6 +273,14 @@ func (p *Pool[C]) requeue(w *waiter[C]) {
 	if err != nil {
 		p.mu.Unlock()
 		w.ready <- result[C]{err: err}
+		return
+	}
+	// A connection released while this waiter was out of the queue went
+	// idle: it is the waiter's.
+	if c, ok := p.popIdleLocked(); ok {
+		p.mu.Unlock()
+		taken := w.taker != nil && w.taker.Take(c)
+		w.ready <- result[C]{conn: c, taken: taken}
 		return
 	}
 	p.waiters.pushFront(w)
