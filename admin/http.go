@@ -24,6 +24,7 @@ import (
 	"github.com/pgguard/pgguard/advisor"
 	"github.com/pgguard/pgguard/auth"
 	"github.com/pgguard/pgguard/cache"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
@@ -45,6 +46,8 @@ type HTTP struct {
 	Cache *cache.Cache
 	// Advisor, when set, serves GET /advice.
 	Advisor *advisor.Analyzer
+	// Fleet, when set, serves GET /fleet and fleet-wide switch flips (?fleet=1).
+	Fleet *fleet.Fleet
 	// StatusExtra, when set, adds more sections to /status.
 	StatusExtra func() map[string]any
 	// Dashboard, when set, serves the live page at / and its JSON.
@@ -73,6 +76,9 @@ func (h *HTTP) Handler() http.Handler {
 	csrf := http.NewCrossOriginProtection()
 	h.mux.Handle("POST /read-only", csrf.Handler(http.HandlerFunc(h.readOnly)))
 	h.mux.Handle("POST /switches/{name}", csrf.Handler(http.HandlerFunc(h.setSwitch)))
+	if h.Fleet != nil {
+		h.mux.Handle("GET /fleet", h.private(http.HandlerFunc(h.fleetView)))
+	}
 	if h.Limiter != nil {
 		h.mux.Handle("POST /disable-workers", csrf.Handler(http.HandlerFunc(h.disableWorkers)))
 	}
@@ -109,8 +115,13 @@ func (h *HTTP) Handle(pattern string, handler http.Handler) {
 }
 
 func (h *HTTP) readyz(w http.ResponseWriter, r *http.Request) {
+	degraded := h.Proxy.Degraded()
 	if !h.Proxy.Ready() {
-		http.Error(w, "not ready: no upstream can serve", http.StatusServiceUnavailable)
+		http.Error(w, strings.Join(append([]string{"not ready: no upstream can serve"}, degraded...), "\n"), http.StatusServiceUnavailable)
+		return
+	}
+	if len(degraded) > 0 {
+		io.WriteString(w, "ready, degraded:\n"+strings.Join(degraded, "\n")+"\n")
 		return
 	}
 	io.WriteString(w, "ready\n")
@@ -217,6 +228,10 @@ func (h *HTTP) readOnly(w http.ResponseWriter, r *http.Request) {
 	}
 	on, ok := onOff(w, r)
 	if !ok {
+		return
+	}
+	if wantsFleet(r) {
+		h.flipFleet(w, r, "read_only", on, user)
 		return
 	}
 	h.Proxy.SetReadOnly(on, "http:"+user)

@@ -59,6 +59,8 @@ type Config struct {
 	CacheStore CacheStore `toml:"cache_store"`
 	// Run configures `pgguard run -- COMMAND` ([run]).
 	Run Run `toml:"run"`
+	// Fleet configures leases, heartbeats and fleet-wide switches ([fleet]).
+	Fleet Fleet `toml:"fleet"`
 
 	// src records where each value came from (file line or environment
 	// variable) so Validate can point at it; set by Load, nil otherwise.
@@ -73,6 +75,14 @@ type Database struct {
 	Fallback string `toml:"fallback"`
 	// PoolSize, when non-zero, overrides pool.size for this database (pool_size).
 	PoolSize int `toml:"pool_size"`
+	// FleetMaxConnections caps the server connections to this primary
+	// across every pgguard on the fleet's Redis; 0 is no fleet cap
+	// (fleet_max_connections; env PGGUARD_FLEET_MAX_CONNECTIONS).
+	FleetMaxConnections int `toml:"fleet_max_connections"`
+	// FleetStaticShare is what this instance may hold of the fleet cap
+	// while Redis is unreachable; 0: the cap divided by the last fleet size
+	// seen (fleet_static_share).
+	FleetStaticShare int `toml:"fleet_static_share"`
 }
 
 // User is one [[users]] entry.
@@ -113,6 +123,14 @@ type Pool struct {
 	IdleTransactionTimeout Duration `toml:"idle_transaction_timeout"`
 	// QueryTimeout cancels a query running longer than this (query_timeout).
 	QueryTimeout Duration `toml:"query_timeout"`
+	// CancelTimeout is how long a query cancelled for QueryTimeout may take to
+	// end; past it the server connection is closed and the client told so (cancel_timeout).
+	CancelTimeout Duration `toml:"cancel_timeout"`
+	// ServerCheckAfter: a server connection owing a reply this long makes
+	// pgguard check, by opening a connection to its upstream (no query),
+	// that the upstream still answers; if it does not within ConnectTimeout,
+	// its connections are closed and their clients told so; 0 turns it off (server_check_after).
+	ServerCheckAfter Duration `toml:"server_check_after"`
 	// ServerIdleTimeout closes server connections idle in the pool this long (server_idle_timeout).
 	ServerIdleTimeout Duration `toml:"server_idle_timeout"`
 	// ServerLifetime closes server connections older than this, with jitter, when released (server_lifetime).
@@ -159,6 +177,14 @@ type Failover struct {
 	FailbackAfter Duration `toml:"failback_after"`
 	// FallbackReadOnly refuses writes with 25006 while on the fallback (fallback_read_only).
 	FallbackReadOnly bool `toml:"fallback_read_only"`
+	// SplitPolicy decides, with instances sharing limiter.redis_url, what an
+	// instance that cannot reach its primary does while another still can:
+	// "fail_over" (switch to the fallback alone) or "refuse" (answer errors,
+	// not ready, until the rest of the fleet loses the primary too) (split_policy).
+	SplitPolicy string `toml:"split_policy"`
+	// FallbackNotice sends each session a NoticeResponse the first time the
+	// fallback serves it (fallback_notice).
+	FallbackNotice bool `toml:"fallback_notice"`
 }
 
 // Limit is one [[limits]] rule.
@@ -272,6 +298,31 @@ type Run struct {
 	RewriteEnv []string `toml:"rewrite_env"`
 }
 
+// Fleet is the [fleet] table: how this instance takes part in the fleet on
+// one Redis (connection leases, heartbeats, fleet-wide switches).
+type Fleet struct {
+	// RedisURL is the fleet's Redis; empty means limiter.redis_url (redis_url).
+	RedisURL string `toml:"redis_url"`
+	// InstanceID names this instance in leases and heartbeats; empty:
+	// FLY_MACHINE_ID, else host name and process id (instance_id).
+	InstanceID string `toml:"instance_id"`
+	// LeaseTTL is how long leases and a heartbeat outlive their last
+	// renewal: a dead instance's leases are free within it (lease_ttl).
+	LeaseTTL Duration `toml:"lease_ttl"`
+	// Heartbeat is how often the heartbeat is published and fleet-wide
+	// switches are read (heartbeat).
+	Heartbeat Duration `toml:"heartbeat"`
+}
+
+// FleetRedisURL returns the Redis of the fleet: fleet.redis_url, else
+// limiter.redis_url, else "" (no fleet: a fleet cap is a per-instance cap).
+func (c *Config) FleetRedisURL() string {
+	if c.Fleet.RedisURL != "" {
+		return c.Fleet.RedisURL
+	}
+	return c.Limiter.RedisURL
+}
+
 // Duration is a time.Duration written in TOML as a Go duration string; "0" disables.
 type Duration struct{ time.Duration }
 
@@ -312,6 +363,8 @@ func Default() *Config {
 			ClientIdleTimeout:      D(10 * time.Minute),
 			IdleTransactionTimeout: D(0),
 			QueryTimeout:           D(0),
+			CancelTimeout:          D(5 * time.Second),
+			ServerCheckAfter:       D(10 * time.Second),
 			ServerIdleTimeout:      D(60 * time.Second),
 			ServerLifetime:         D(time.Hour),
 			ConnectTimeout:         D(10 * time.Second),
@@ -334,6 +387,7 @@ func Default() *Config {
 			ProbeInterval:    D(5 * time.Second),
 			ProbeMaxInterval: D(5 * time.Minute),
 			FailbackAfter:    D(30 * time.Second),
+			SplitPolicy:      "fail_over",
 			FallbackReadOnly: true,
 		},
 		Limiter: Limiter{QueriesPerHourWarn: 1000},
@@ -348,7 +402,8 @@ func Default() *Config {
 			AlertAt:        0.8,
 			OnExhausted:    "alert",
 		},
-		Run: Run{RewriteEnv: []string{"DATABASE_URL"}},
+		Run:   Run{RewriteEnv: []string{"DATABASE_URL"}},
+		Fleet: Fleet{LeaseTTL: D(10 * time.Second), Heartbeat: D(time.Second)},
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/failover"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/pool"
 )
 
@@ -36,6 +39,9 @@ type database struct {
 	fallbackRO *pgconn.Config
 	fo         *failover.Monitor
 	pool       *pool.Pool[*backend]
+	// lease holds this database's share of its fleet cap (fleet.go); nil
+	// without a fleet.
+	lease *fleet.Leases
 
 	// params are the ParameterStatus values of the newest server connection,
 	// given to clients at login. Guarded by mu.
@@ -45,9 +51,17 @@ type database struct {
 	backends map[*backend]struct{}
 	// stmtKeys give statement texts their keys on servers (stale.go).
 	stmtKeys stmtKeys
+	// upstreamID is the primary's host, port and database name: the
+	// result cache's generations are per upstream database, so every
+	// [databases] name on it invalidates the others' entries.
+	upstreamID string
+	// stalls are the checks of upstreams owing replies (stall.go).
+	stalls stallWatch
+	// fbWrites accounts writes served by a writable fallback (fallbackwrites.go).
+	fbWrites fallbackWrites
 
 	// Pre-resolved metric children, so the hot path does no label lookups.
-	queryDur prometheus.Observer
+	queryDur [2]prometheus.Observer // by the upstream that answered (failover.Upstream)
 	poolWait prometheus.Observer
 	queries  prometheus.Counter
 	servers  atomic.Int64 // open server connections, for SHOW POOLS and metrics
@@ -58,6 +72,12 @@ type database struct {
 	xacts       atomic.Uint64
 	queryCount  atomic.Uint64
 	nextSrvID   atomic.Uint64
+	fullLogged  atomic.Int64 // Unix ns of the last "upstream full" line (fleet.go)
+}
+
+// upstreamID names the database a connection config reaches.
+func upstreamID(pc *pgconn.Config) string {
+	return strings.ToLower(pc.Host) + ":" + strconv.Itoa(int(pc.Port)) + "/" + pc.Database
 }
 
 // fallbackReadOnlyParam makes writes on the fallback fail with 25006
@@ -70,26 +90,33 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 	if err != nil {
 		return nil, fmt.Errorf("databases.%s.primary: %w", name, err)
 	}
-	pc.DialFunc = p.dialServer
-	db := &database{name: name, p: p, primary: pc}
+	pc.DialFunc, pc.LookupFunc = p.dialServer, p.lookupHost
+	db := &database{name: name, p: p, primary: pc, upstreamID: upstreamID(pc)}
 	if dc.Fallback != "" {
 		fc, err := pgconn.ParseConfig(dc.Fallback)
 		if err != nil {
 			return nil, fmt.Errorf("databases.%s.fallback: %w", name, err)
 		}
-		fc.DialFunc = p.dialServer
+		fc.DialFunc, fc.LookupFunc = p.dialServer, p.lookupHost
 		db.fallback = fc
 		db.fallbackRO = fc.Copy()
 		db.fallbackRO.RuntimeParams[fallbackReadOnlyParam] = "on"
 	}
-	db.queryDur = p.metrics.QueryDuration.WithLabelValues(name, "primary")
+	for _, u := range []failover.Upstream{failover.Primary, failover.Fallback} {
+		db.queryDur[u] = p.metrics.QueryDuration.WithLabelValues(name, u.String())
+	}
 	db.poolWait = p.metrics.PoolWait.WithLabelValues(name)
 	db.queries = p.metrics.Queries.WithLabelValues(name, "")
 	db.fo = failover.New(p.cfg.Load().Failover, db.fallback != nil, db.probe, p.log.With("database", name), nil)
 	db.fo.OnSwitch = db.switched
 	context.AfterFunc(p.ctx, db.fo.Close)
 	db.setActiveMetric(failover.Primary)
-	db.pool = pool.New(pool.Options[*backend]{Dial: db.dial, Retire: db.retire})
+	opts := pool.Options[*backend]{Dial: db.dial, Retire: db.retire}
+	if p.fleet != nil && dc.FleetMaxConnections > 0 { // without a cap the pool works as ever
+		db.lease = p.fleet.Leases(name, fmt.Sprintf("%s:%d", pc.Host, pc.Port))
+		opts.Leases = db.lease
+	}
+	db.pool = pool.New(opts)
 	db.configure(p.cfg.Load())
 	return db, nil
 }
@@ -103,11 +130,17 @@ func (db *database) configure(cfg *config.Config) {
 	db.fo.Configure(cfg.Failover)
 }
 
-// switched is the monitor's OnSwitch hook: metrics only (the WARN line is the
-// monitor's). Retire does the draining.
+// switched is the monitor's OnSwitch hook: metrics (the WARN line is the
+// monitor's), and a check that the primary left behind still answers
+// (stall.go). Retire does the draining.
 func (db *database) switched(sw failover.Switch) {
 	db.setActiveMetric(sw.To)
 	db.p.metrics.Switches.WithLabelValues(db.name).Inc()
+	if sw.To == failover.Fallback {
+		db.switchedAway(failover.Primary)
+	} else {
+		db.failedBack()
+	}
 }
 
 // setActiveMetric sets pgguard_upstream_active: 1 for u, 0 for the other.
@@ -130,7 +163,7 @@ func (db *database) setActiveMetric(u failover.Upstream) {
 // retire is the pool's Retire hook: a connection to the upstream not in use
 // is closed when released or found idle, instead of being reused.
 func (db *database) retire(b *backend) bool {
-	return b.upstream != db.active().String()
+	return b.upstream != db.active().String() || db.overLeases()
 }
 
 // upstreamConfig returns the pgconn config for u.
@@ -256,6 +289,9 @@ func (db *database) dial(ctx context.Context) (*backend, error) {
 		if ctx.Err() != nil { // pgguard is closing, or the client gave up waiting: says nothing of the upstream
 			return nil, err
 		}
+		if full := db.upstreamFull(err); full != nil { // the client queues, the pool retries
+			return nil, full
+		}
 		db.fo.Failure(u, err)
 		switch {
 		case db.fo.Active() != u:
@@ -268,6 +304,8 @@ func (db *database) dial(ctx context.Context) (*backend, error) {
 				t.Stop()
 				return nil, err
 			}
+		case db.fo.Refusing():
+			return nil, fmt.Errorf("%w: %w", failover.ErrRefused, err)
 		default:
 			return nil, err
 		}
@@ -283,6 +321,7 @@ func (db *database) dialUpstream(ctx context.Context, u failover.Upstream) (*bac
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
+	dialed := time.Now() // the compute wakes when the connection arrives, not when it is ready
 	conn, err := pgconn.ConnectConfig(ctx, db.upstreamConfig(u))
 	if err != nil {
 		return nil, err
@@ -298,7 +337,7 @@ func (db *database) dialUpstream(ctx context.Context, u failover.Upstream) (*bac
 	}
 	b := newBackend(db, hc, u.String())
 	if u == failover.Primary { // a new session wakes the compute (a failed connect did not)
-		b.act = db.p.Limiter.Connected(db.name, "", time.Now())
+		b.act = db.p.Limiter.Connected(db.name, "", dialed)
 	}
 	db.mu.Lock()
 	db.params = maps.Clone(hc.ParameterStatuses)

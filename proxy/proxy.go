@@ -27,6 +27,7 @@ import (
 
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/querylog"
@@ -55,6 +56,14 @@ type Proxy struct {
 	// Cache, when set, answers the queries [[cache]] rules choose and
 	// learns of every write (set before Serve).
 	Cache *cache.Cache
+	// LookupHost, when set, resolves upstream host names instead of DNS
+	// (set before Serve): tests and `pgguard demo -neon` point Neon-style
+	// names (ep-x.us-east-2.aws.neon.tech) at a simulator, keeping the name
+	// for TLS SNI and certificate checks.
+	LookupHost func(ctx context.Context, host string) ([]string, error)
+
+	// fleet, when set (WithFleet), holds the leases of fleet caps.
+	fleet *fleet.Fleet
 
 	ctx    context.Context // ends on Close: aborts waits and dials
 	cancel context.CancelFunc
@@ -79,7 +88,7 @@ type Proxy struct {
 }
 
 // New builds a proxy for cfg. Nothing connects upstream until a client asks.
-func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*Proxy, error) {
+func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics, opts ...Option) (*Proxy, error) {
 	p := &Proxy{
 		log:      log,
 		metrics:  m,
@@ -88,6 +97,9 @@ func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*Proxy, erro
 		bytesIn:  m.Bytes.WithLabelValues("client_to_server"),
 		bytesOut: m.Bytes.WithLabelValues("server_to_client"),
 		started:  time.Now(),
+	}
+	for _, o := range opts {
+		o(p)
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.parker.p = p
@@ -291,10 +303,12 @@ func (p *Proxy) janitor() {
 		case now := <-t.C:
 			clients = p.appendClients(clients[:0])
 			p.reapIdleClients(now, clients)
+			p.closeRetiredSessions(clients)
 			clear(clients)
 			mem.tick(now, p.accepted.Load()+p.parks.Load()+p.gone.Load())
 			for _, db := range p.databases() {
 				db.pool.Sweep(now)
+				db.checkStalls(now)
 			}
 		}
 	}
@@ -311,7 +325,7 @@ func (p *Proxy) reapIdleClients(now time.Time, clients []*client) {
 		switch {
 		case st.running:
 			if d := now.Sub(st.since); pc.QueryTimeout.Duration > 0 && d > pc.QueryTimeout.Duration && st.b.markTimedOut(c) {
-				p.metrics.ClientsReaped.WithLabelValues("query_timeout").Inc()
+				p.metrics.Cancelled.WithLabelValues("query_timeout").Inc() // the session goes on: not a closed client
 				p.log.Warn("cancelling a query past pool.query_timeout", "client", c.id, "application_name", c.app, "running", d.Round(time.Millisecond))
 				go st.b.cancelFor(c)
 			}

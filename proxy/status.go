@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 	"time"
 
@@ -10,21 +11,26 @@ import (
 
 // PoolStatus describes one database's pool (SHOW POOLS, /status).
 type PoolStatus struct {
-	Database       string  `json:"database"`
-	Upstream       string  `json:"upstream"`
-	UpstreamHost   string  `json:"upstream_host"`
-	Mode           string  `json:"pool_mode"`
-	ClientsActive  int     `json:"cl_active"`
-	ClientsWaiting int     `json:"cl_waiting"`
-	ClientsIdle    int     `json:"cl_idle"`
-	ServersActive  int     `json:"sv_active"`
-	ServersIdle    int     `json:"sv_idle"`
-	ServersOpening int     `json:"sv_opening"`
-	Size           int     `json:"pool_size"`
-	MaxOverflow    int     `json:"max_overflow"`
-	Dials          uint64  `json:"dials"`
-	DialErrors     uint64  `json:"dial_errors"`
-	WaitTimeouts   uint64  `json:"wait_timeouts"`
+	Database       string `json:"database"`
+	Upstream       string `json:"upstream"`
+	UpstreamHost   string `json:"upstream_host"`
+	Mode           string `json:"pool_mode"`
+	ClientsActive  int    `json:"cl_active"`
+	ClientsWaiting int    `json:"cl_waiting"`
+	ClientsIdle    int    `json:"cl_idle"`
+	ServersActive  int    `json:"sv_active"`
+	ServersIdle    int    `json:"sv_idle"`
+	ServersOpening int    `json:"sv_opening"`
+	Size           int    `json:"pool_size"`
+	MaxOverflow    int    `json:"max_overflow"`
+	Dials          uint64 `json:"dials"`
+	DialErrors     uint64 `json:"dial_errors"`
+	WaitTimeouts   uint64 `json:"wait_timeouts"`
+	// UpstreamFull counts dials the upstream refused as full (53300), retried
+	// while the client queued; LeaseRefusals connections not opened for
+	// want of a lease of the fleet cap.
+	UpstreamFull   uint64  `json:"upstream_full"`
+	LeaseRefusals  uint64  `json:"lease_refusals"`
 	Waits          uint64  `json:"waits"`
 	Transactions   uint64  `json:"total_xact_count"`
 	Queries        uint64  `json:"total_query_count"`
@@ -32,6 +38,8 @@ type PoolStatus struct {
 
 	// Failover is the database's failover state (upstream in use, failures, probes).
 	Failover failover.State `json:"failover"`
+	// FallbackWrites accounts the writes its fallback served (with a fallback).
+	FallbackWrites *FallbackWrites `json:"fallback_writes,omitempty"`
 }
 
 // ClientStatus describes one client session (SHOW CLIENTS).
@@ -91,10 +99,15 @@ func (p *Proxy) Pools() []PoolStatus {
 			ServersActive: st.Active, ServersIdle: st.Idle, ServersOpening: st.Opening,
 			Size: st.Size, MaxOverflow: st.MaxOverflow,
 			Dials: st.Dials, DialErrors: st.DialErrors, WaitTimeouts: st.WaitTimeouts, Waits: st.Waits,
+			UpstreamFull: st.UpstreamFull, LeaseRefusals: st.LeaseRefusals,
 			Transactions: db.xacts.Load(), Queries: db.queryCount.Load(),
 		}
 		if st.Waits > 0 {
 			ps.AvgWaitSeconds = st.WaitTotal.Seconds() / float64(st.Waits)
+		}
+		if db.fallback != nil {
+			fw := db.fbWrites.snapshot()
+			ps.FallbackWrites = &fw
 		}
 		for _, c := range clients {
 			if c.db != db {
@@ -191,6 +204,38 @@ func (p *Proxy) leaks() []ClientStatus {
 			out = append(out, cs)
 		}
 	}
+	return out
+}
+
+// Monitors returns each database's failover monitor by name, for the
+// fleet view (failover.Fleet.Start).
+func (p *Proxy) Monitors() map[string]*failover.Monitor {
+	out := map[string]*failover.Monitor{}
+	for _, db := range p.databases() {
+		out[db.name] = db.fo
+	}
+	return out
+}
+
+// Degraded lists, per database, why it is served in a degraded way: by its
+// fallback, or refusing while the rest of the fleet reaches its primary
+// (failover.split_policy). /readyz shows them.
+func (p *Proxy) Degraded() []string {
+	var out []string
+	for _, db := range p.databases() {
+		st := db.fo.State()
+		switch {
+		case st.Isolated && st.Active == failover.Primary:
+			out = append(out, fmt.Sprintf("database %q: this instance cannot reach its primary while %d other instances can; it answers errors (failover.split_policy = %q)",
+				db.name, st.Peers.Up, st.SplitPolicy))
+		case st.Isolated:
+			out = append(out, fmt.Sprintf("database %q: this instance cannot reach its primary while %d other instances can; it serves the fallback (failover.split_policy = %q)",
+				db.name, st.Peers.Up, st.SplitPolicy))
+		case db.active() == failover.Fallback:
+			out = append(out, fmt.Sprintf("database %q is served by its fallback", db.name))
+		}
+	}
+	slices.Sort(out)
 	return out
 }
 

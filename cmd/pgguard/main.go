@@ -6,7 +6,7 @@
 //	pgguard check [-config FILE]                  validate a config and print it, passwords masked
 //	pgguard health [-config FILE]                 exit 0 when /readyz answers 200 (container health checks)
 //	pgguard version                               print the version, commit and Go version
-//	pgguard demo                                  throwaway local PostgreSQL with pgguard in front
+//	pgguard demo [-neon]                          throwaway local PostgreSQL with pgguard in front (-neon: behind a simulated Neon endpoint)
 //	pgguard advise [-config FILE] [-json] FILE... the advisor's findings from query log files (advise.go)
 package main
 
@@ -34,6 +34,8 @@ import (
 	"github.com/pgguard/pgguard/advisor"
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/failover"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
@@ -64,6 +66,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if cmd == "advise" { // its own flags
 		return advise(args, stdout, stderr)
 	}
+	if cmd == "demo" {
+		return demo(args, stdout, stderr)
+	}
 	fs := flag.NewFlagSet("pgguard", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "config file (default: $PGGUARD_CONFIG, else ./pgguard.toml if present, else built-in defaults and the environment)")
@@ -84,8 +89,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprint(stdout, cfg.Masked())
 		return 0
-	case "demo":
-		return demo(stdout, stderr)
 	case "run":
 		return runCommand(*path, fs.Args(), stdout, stderr)
 	case "":
@@ -125,6 +128,8 @@ type serveOptions struct {
 	// sigs delivers SIGHUP (reload) and SIGINT/SIGTERM (drain; a second one
 	// closes everything at once); nil: serveWith subscribes to them itself.
 	sigs <-chan os.Signal
+	// lookupHost resolves upstream host names (Proxy.LookupHost); nil: DNS.
+	lookupHost func(ctx context.Context, host string) ([]string, error)
 }
 
 // serveWith runs pgguard until a signal on o.sigs drains it.
@@ -159,14 +164,34 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 	}
 	defer rc.Close()
 
-	p, err := proxy.New(cfg, log, m)
+	fl, err := fleet.New(cfg, log, fleet.WithRegisterer(m.Registry))
+	if err != nil {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	defer fl.Close() // after the drain: the leases are given back
+
+	p, err := proxy.New(cfg, log, m, proxy.WithFleet(fl))
 	if err != nil {
 		return err
 	}
-	p.QueryLog, p.Limiter, p.Cache = ql, lim, rc
+	p.QueryLog, p.Limiter, p.Cache, p.LookupHost = ql, lim, rc, o.lookupHost
+	fleetURL := cfg.Limiter.RedisURL
+	if suspendRedis {
+		fleetURL = ""
+	}
+	foFleet, err := failover.NewFleet(fleetURL, "limiter.redis_url", log.With("component", "failover"), m.Registry)
+	if err != nil {
+		p.Close()
+		return fmt.Errorf("failover: %w", err)
+	}
+	defer foFleet.Close()
+	foFleet.Start(p.Monitors)
 	adv := advisor.New(advisor.Options{})
 	ql.SetObserver(adv.Observe)
 	reload := reloader(p, ql, lim, rc, o.path, o.getenv, log)
+	reload = alsoReconfigure(reload, p, fl)
+	var dash *dashboard.Dashboard // set below with http_listen, before fl.Start
+	wireFleet(fl, p, lim, func() *dashboard.Dashboard { return dash }, log)
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -181,17 +206,18 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 			p.Close()
 			return fmt.Errorf("http_listen: %w", err)
 		}
-		dash := dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc})
+		dash = dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Fleet: fl})
 		defer dash.Close()
-		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Advisor: adv, Dashboard: dash, ListenAddr: hln.Addr().String()}
+		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Fleet: fl, Advisor: adv, Dashboard: dash, ListenAddr: hln.Addr().String()}
 		httpSrv = &http.Server{Handler: h.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		go httpSrv.Serve(hln)
 		log.Info("http listening", "addr", hln.Addr().String())
 	}
 	console := admin.NewConsole(p, reload)
-	console.QueryLog, console.Limiter, console.Cache = ql, lim, rc
+	console.QueryLog, console.Limiter, console.Cache, console.Fleet = ql, lim, rc, fl
 	console.Views["advice"] = console.AdviceView(adv)
 	p.Console = console.Serve
+	fl.Start() // before clients: a late starter applies the fleet's switches first
 	sigs := o.sigs
 	if sigs == nil {
 		own := make(chan os.Signal, 4)
