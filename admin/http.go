@@ -44,7 +44,7 @@ type HTTP struct {
 	Limiter *limiter.Limiter
 	// Cache, when set, adds "cache" to /status and serves POST /cache/reset.
 	Cache *cache.Cache
-	// Advisor, when set, serves GET /advice.
+	// Advisor serves GET /advice; nil answers that the advisor is off.
 	Advisor *advisor.Analyzer
 	// Fleet, when set, serves GET /fleet and fleet-wide switch flips (?fleet=1).
 	Fleet *fleet.Fleet
@@ -90,9 +90,7 @@ func (h *HTTP) Handler() http.Handler {
 		h.mux.Handle("POST /queries/reset", csrf.Handler(h.adminOnly(q)))
 		h.mux.Handle("DELETE /queries", csrf.Handler(h.adminOnly(q)))
 	}
-	if h.Advisor != nil {
-		h.mux.Handle("GET /advice", h.private(http.HandlerFunc(h.advice)))
-	}
+	h.mux.Handle("GET /advice", h.private(http.HandlerFunc(h.advice))) // a nil Advisor says it is off
 	if d := h.Dashboard; d != nil {
 		h.mux.Handle("GET /{$}", h.private(d.Page()))
 		h.mux.Handle("GET /dashboard/assets/", d.Assets())

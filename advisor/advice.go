@@ -18,6 +18,9 @@ type Advice struct {
 	Forecast Forecast `json:"forecast"`
 	// TOML holds every suggested rule, ready to paste into the config.
 	TOML string `json:"toml"`
+	// Off, when set, says why there are no findings: the live advisor is
+	// turned off.
+	Off string `json:"off,omitempty"`
 }
 
 // Window is the span of traffic the findings read.

@@ -165,6 +165,13 @@ func (a *Analyzer) Add(e Entry) {
 	r.db = intern(&a.dbIx, &a.dbs, e.Database, maxDBs)
 	a.seen++
 	if len(a.ring) < a.capacity {
+		if len(a.ring) == cap(a.ring) {
+			// Grow by doubling but never past the bound (append's own
+			// growth would overshoot it, memory a sidecar cannot spare).
+			grown := make([]rec, len(a.ring), min(2*cap(a.ring), a.capacity))
+			copy(grown, a.ring)
+			a.ring = grown
+		}
 		a.ring = append(a.ring, r)
 		return
 	}

@@ -178,3 +178,20 @@ func TestLoopsNotPageLoads(t *testing.T) {
 		}
 	}
 }
+
+// TestRingBounded: the ring never holds (or allocates) more than its bound,
+// and an advisor turned off says so instead of reporting no findings.
+func TestRingBounded(t *testing.T) {
+	a := New(Options{MaxRecords: 5000})
+	for i := range 12000 {
+		a.Add(Entry{Time: time.Unix(int64(i), 0), Fingerprint: 1, Query: "SELECT 1", Primary: true})
+	}
+	if len(a.ring) != 5000 || cap(a.ring) != 5000 {
+		t.Fatalf("ring len %d cap %d, want 5000", len(a.ring), cap(a.ring))
+	}
+	var off *Analyzer
+	adv := off.Advise(Settings{})
+	if _, rows := adv.Rows(); adv.Off == "" || len(rows) != 1 || !strings.Contains(rows[0][2], "querylog.advisor_records") {
+		t.Fatalf("a nil advisor's advice: %+v", adv)
+	}
+}

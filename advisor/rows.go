@@ -13,6 +13,10 @@ func (a *Advice) Rows() (columns []string, rows [][]string) {
 	add := func(kind, subject, evidence, change string) {
 		rows = append(rows, []string{kind, subject, evidence, change})
 	}
+	if a.Off != "" {
+		add("off", "", a.Off, "querylog.advisor_records = 50000")
+		return columns, rows
+	}
 	w := &a.Window
 	add("window", fmt.Sprintf("%d queries over %.0f s", w.Queries, w.Seconds),
 		fmt.Sprintf("%d on the primary (%.1f s of query time); modeled Active Time %.0f s, %d wake-ups (suspend_after %s)%s",

@@ -163,6 +163,10 @@ type QueryLog struct {
 	LogParameters bool `toml:"log_parameters"`
 	// MaxShapes caps the per-fingerprint statistics kept in memory (max_shapes).
 	MaxShapes int `toml:"max_shapes"`
+	// AdvisorRecords bounds the recent queries the advisor keeps (48 bytes
+	// each) to compute SHOW ADVICE and GET /advice; 0 turns the live advisor
+	// off (advisor_records).
+	AdvisorRecords int `toml:"advisor_records"`
 }
 
 // Failover is the [failover] table.
@@ -381,6 +385,9 @@ func Default() *Config {
 			Path:      "stderr",
 			Slow:      D(500 * time.Millisecond),
 			MaxShapes: 5000,
+			// 2.4 MB at most: a sidecar's budget is 16 MB. Half a day of the
+			// seeds' traffic (195,000 queries a day).
+			AdvisorRecords: 50_000,
 		},
 		Failover: Failover{
 			FailureThreshold: 3,

@@ -246,6 +246,7 @@ func (v *validator) queryLog() {
 	q := v.c.QueryLog
 	v.nonNegative("querylog.slow", q.Slow)
 	v.atLeast("querylog.max_shapes", q.MaxShapes, 1)
+	v.atLeast("querylog.advisor_records", q.AdvisorRecords, 0)
 }
 
 func (v *validator) failover() {

@@ -186,8 +186,11 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 	}
 	defer foFleet.Close()
 	foFleet.Start(p.Monitors)
-	adv := advisor.New(advisor.Options{})
-	ql.SetObserver(adv.Observe)
+	var adv *advisor.Analyzer
+	if n := cfg.QueryLog.AdvisorRecords; n > 0 {
+		adv = advisor.New(advisor.Options{MaxRecords: n})
+		ql.SetObserver(adv.Observe)
+	}
 	reload := reloader(p, ql, lim, rc, o.path, o.getenv, log)
 	reload = alsoReconfigure(reload, p, fl)
 	var dash *dashboard.Dashboard // set below with http_listen, before fl.Start
