@@ -41,6 +41,7 @@ func (c *Config) Validate() error {
 	v.cache()
 	v.cacheStore()
 	v.run()
+	v.notify()
 	return v.ps.err()
 }
 

@@ -45,6 +45,8 @@ type database struct {
 	backends map[*backend]struct{}
 	// stmtKeys give statement texts their keys on servers (stale.go).
 	stmtKeys stmtKeys
+	// listen serves transaction-mode clients' LISTEN (listen.go).
+	listen *listener
 
 	// Pre-resolved metric children, so the hot path does no label lookups.
 	queryDur prometheus.Observer
@@ -72,6 +74,7 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 	}
 	pc.DialFunc = p.dialServer
 	db := &database{name: name, p: p, primary: pc}
+	db.listen = newListener(db)
 	if dc.Fallback != "" {
 		fc, err := pgconn.ParseConfig(dc.Fallback)
 		if err != nil {
@@ -108,6 +111,7 @@ func (db *database) configure(cfg *config.Config) {
 func (db *database) switched(sw failover.Switch) {
 	db.setActiveMetric(sw.To)
 	db.p.metrics.Switches.WithLabelValues(db.name).Inc()
+	db.listen.retire() // it listens on the upstream left behind
 }
 
 // setActiveMetric sets pgguard_upstream_active: 1 for u, 0 for the other.

@@ -108,6 +108,7 @@ func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*Proxy, erro
 	}
 	p.setReadOnlyMetric(cfg.ReadOnly)
 	m.Registry.MustRegister(&stateCollector{p: p})
+	m.Registry.MustRegister(listenCollector{p: p})
 	return p, nil
 }
 
@@ -328,7 +329,7 @@ func (p *Proxy) reapIdleClients(now time.Time, clients []*client) {
 			p.warnLeak(c, idle, pc.LeakWarnAfter.Duration, "holding a server connection while idle")
 			fallthrough
 		default:
-			if limit := pc.ClientIdleTimeout.Duration; limit > 0 && idle > limit && c.currentState() != stateWaiting {
+			if limit := pc.ClientIdleTimeout.Duration; limit > 0 && idle > limit && c.currentState() != stateWaiting && !c.listening() {
 				p.metrics.ClientsReaped.WithLabelValues("client_idle_timeout").Inc()
 				c.closeWith(fatalf(codeIdleSession,
 					"terminating connection due to idle-session timeout: idle for %s, over pool.client_idle_timeout = %s", idle.Round(time.Millisecond), limit))
@@ -440,6 +441,7 @@ func (p *Proxy) Close() {
 	}
 	p.parker.stop()
 	for _, db := range p.databases() {
+		db.listen.close()
 		db.pool.Close()
 	}
 }
