@@ -1,0 +1,276 @@
+package proxy_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgguard/pgguard/internal/guardtest"
+)
+
+// listenBackends counts PostgreSQL backends that listen (their last
+// statement a LISTEN): pgguard's listening connection, and clients pinned
+// to a server by one.
+func listenBackends(t testing.TB) int {
+	t.Helper()
+	n, err := pg.QueryInt(context.Background(),
+		"SELECT count(*) FROM pg_stat_activity WHERE usename = 'tester' AND query ILIKE 'LISTEN%'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int(n)
+}
+
+// waitNote waits up to d for a notification on conn.
+func waitNote(conn *pgx.Conn, d time.Duration) (*pgconn.Notification, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return conn.WaitForNotification(ctx)
+}
+
+// execTag runs sql and returns its command tag or its SQLSTATE.
+func execTag(conn *pgx.Conn, sql string) string {
+	tag, err := conn.Exec(context.Background(), sql)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return "ERROR " + pe.Code
+	}
+	if err != nil {
+		return "ERROR " + err.Error()
+	}
+	return tag.String()
+}
+
+// TestListenAnswersLikeServer replays LISTEN statements in every
+// transaction state through pgguard and directly: the replies match, and
+// the client is not pinned.
+func TestListenAnswersLikeServer(t *testing.T) {
+	guardtest.CheckGoroutines(t)
+	g := startGuard(t, testConfig("transaction"))
+	ctx := context.Background()
+	seq := []string{
+		"LISTEN a", "UNLISTEN a", "UNLISTEN *", "LISTEN a; LISTEN b",
+		"BEGIN", "LISTEN c", "UNLISTEN c", "COMMIT",
+		"BEGIN", "SELECT 1/0", "LISTEN d", "ROLLBACK",
+		"listen \"Mixed Case\"", "UNLISTEN nobody",
+	}
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
+		via := connect(t, g.url("app"), mode)
+		direct := connect(t, pg.URL("app"), mode)
+		for _, sql := range seq {
+			got, want := execTag(via, sql), execTag(direct, sql)
+			if got != want {
+				t.Errorf("%v %q: pgguard %q, direct %q", mode, sql, got, want)
+			}
+		}
+		var pinned string
+		for _, c := range g.Clients() {
+			pinned += c.Pinned
+		}
+		if pinned != "" {
+			t.Errorf("a LISTEN pinned the client: %q", pinned)
+		}
+		via.Close(ctx)
+	}
+}
+
+// TestListenTransactional checks that a LISTEN takes effect when its
+// transaction commits, never when it rolls back, and that a client's own
+// NOTIFY reaches it; the server holds one listening backend.
+func TestListenTransactional(t *testing.T) {
+	guardtest.EachNet(t, func(t *testing.T, n guardtest.Net) {
+		cfg := testConfig("transaction")
+		n.Route(t, cfg)
+		g := startGuard(t, cfg)
+		ctx := context.Background()
+		a := connect(t, g.url("app"), pgx.QueryExecModeSimpleProtocol)
+		b := connect(t, g.url("app"), pgx.QueryExecModeExec)
+		for _, sql := range []string{"BEGIN", "LISTEN rolled", "ROLLBACK", "BEGIN", "LISTEN committed", "COMMIT", "LISTEN own"} {
+			if _, err := a.Exec(ctx, sql); err != nil {
+				t.Fatalf("%s: %v", sql, err)
+			}
+		}
+		for _, sql := range []string{"NOTIFY rolled, 'x'", "BEGIN", "NOTIFY committed, 'rolled back'", "ROLLBACK", "NOTIFY committed, 'one'"} {
+			if _, err := b.Exec(ctx, sql); err != nil {
+				t.Fatalf("%s: %v", sql, err)
+			}
+		}
+		if _, err := a.Exec(ctx, "SELECT pg_notify('own', 'mine')"); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for len(got) < 2 {
+			nt, err := waitNote(a, 5*time.Second)
+			if err != nil {
+				t.Fatalf("after %v: %v", got, err)
+			}
+			got = append(got, nt.Channel+":"+nt.Payload)
+		}
+		if strings.Join(got, " ") != "committed:one own:mine" {
+			t.Errorf("notifications %v, want committed:one own:mine", got)
+		}
+		if nt, err := waitNote(a, 200*time.Millisecond); err == nil {
+			t.Errorf("unexpected notification %s:%s", nt.Channel, nt.Payload)
+		}
+		if n := listenBackends(t); n != 1 {
+			t.Errorf("%d listening backends, want 1", n)
+		}
+	})
+}
+
+// TestListenGap terminates the listening backend: nothing reconnects by
+// itself; the next query re-establishes it, every subscriber is told of
+// the gap, and delivery resumes.
+func TestListenGap(t *testing.T) {
+	cfg := testConfig("transaction")
+	g := startGuard(t, cfg)
+	ctx := context.Background()
+	sub := connect(t, g.url("app"), pgx.QueryExecModeSimpleProtocol)
+	var notices []string
+	var mu sync.Mutex
+	cc, _ := pgx.ParseConfig(g.url("app"))
+	cc.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+		mu.Lock()
+		notices = append(notices, n.Severity+" "+n.Message)
+		mu.Unlock()
+	}
+	sub2, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub2.Close(ctx)
+	for _, c := range []*pgx.Conn{sub, sub2} {
+		if _, err := c.Exec(ctx, "LISTEN gap"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := pg.QueryInt(ctx, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'tester' AND query ILIKE 'LISTEN%'"); err != nil {
+		t.Fatal(err)
+	}
+	guardtest.WaitFor(t, "the listener to notice", func() bool {
+		ls := g.Listeners()
+		return len(ls) == 1 && ls[0].State == "down"
+	})
+	time.Sleep(300 * time.Millisecond)
+	if n := listenBackends(t); n != 0 {
+		t.Fatalf("%d listening backends during the gap: pgguard reconnected by itself", n)
+	}
+	if err := pg.Exec(ctx, "NOTIFY gap, 'lost'"); err != nil { // nobody listens: lost, as for a direct client
+		t.Fatal(err)
+	}
+	other := connect(t, g.url("app"), pgx.QueryExecModeSimpleProtocol)
+	if _, err := other.Exec(ctx, "NOTIFY gap, 'after'"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*pgx.Conn{sub, sub2} {
+		nt, err := waitNote(c, 5*time.Second)
+		if err != nil || nt.Payload != "after" {
+			t.Fatalf("after the gap: %v %v", nt, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(notices) != 1 || !strings.Contains(notices[0], `channel "gap"`) || !strings.HasPrefix(notices[0], "WARNING") {
+		t.Errorf("gap notices %q", notices)
+	}
+	if ls := g.Listeners(); len(ls) != 1 || ls[0].Gaps != 1 || ls[0].State != "listening" {
+		t.Errorf("listeners %+v", ls)
+	}
+	if n := listenBackends(t); n != 1 {
+		t.Errorf("%d listening backends, want 1", n)
+	}
+}
+
+// TestListenSlowSubscriber: a client that LISTENs and stops reading is cut
+// at notify.client_buffer, while another keeps receiving every notification.
+func TestListenSlowSubscriber(t *testing.T) {
+	cfg := testConfig("transaction")
+	cfg.Notify.ClientBuffer = 256 << 10
+	g := startGuard(t, cfg)
+	ctx := context.Background()
+
+	// The slow one never reads again after its LISTEN; its socket buffer
+	// is small, so pgguard's buffer fills.
+	pc, err := pgconn.ParseConfig(g.url("app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+			return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		}}
+		return d.DialContext(ctx, network, addr)
+	}
+	slow, err := pgconn.ConnectConfig(ctx, pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := slow.Exec(ctx, "LISTEN flood").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	hc, err := slow.Hijack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hc.Conn.Close()
+
+	fast := connect(t, g.url("app"), pgx.QueryExecModeSimpleProtocol)
+	if _, err := fast.Exec(ctx, "LISTEN flood"); err != nil {
+		t.Fatal(err)
+	}
+	sender := connect(t, g.url("app"), pgx.QueryExecModeSimpleProtocol)
+	payload := strings.Repeat("x", 7900)
+	const total = 1000 // 7.9 MB: past the slow client's buffer and what the kernel holds for it (4 MB)
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; i < total; i++ {
+			if _, err := sender.Exec(ctx, fmt.Sprintf("NOTIFY flood, '%d %s'", i, payload)); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for i := 0; i < total; i++ {
+		nt, err := waitNote(fast, 10*time.Second)
+		if err != nil {
+			t.Fatalf("fast subscriber, notification %d: %v", i, err)
+		}
+		if want := fmt.Sprintf("%d ", i); !strings.HasPrefix(nt.Payload, want) {
+			t.Fatalf("fast subscriber got %.10q, want %q...", nt.Payload, want)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// The slow client's socket holds an error naming the setting, then EOF.
+	hc.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	fe := pgproto3.NewFrontend(hc.Conn, hc.Conn)
+	var last string
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			break
+		}
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+			last = e.Code + " " + e.Message
+		}
+	}
+	if !strings.Contains(last, "notify.client_buffer") || !strings.HasPrefix(last, "54000") {
+		t.Errorf("slow client's last error %q", last)
+	}
+	ls := g.Listeners()
+	if len(ls) != 1 || ls[0].Subscribers != 1 || ls[0].Dropped == 0 {
+		t.Errorf("listeners %+v", ls)
+	}
+}
