@@ -41,6 +41,10 @@ type subscriber struct {
 	c *client
 	l *listener
 
+	// LISTEN statements the client prepared, by name; pgguard answers for
+	// them (client goroutine).
+	stmts map[string]heldStmt
+
 	// Guarded by l.mu.
 	channels map[string]struct{} // committed subscriptions
 	staged   []listenOp          // in the open transaction block, in order
@@ -119,6 +123,154 @@ func parseListenOps(sql string) []listenOp {
 	return ops
 }
 
+
+// listenExchange is a LISTEN exchange at the front of a client's input: a
+// Query of LISTEN statements, or an extended-protocol batch up to its Sync
+// whose every message is about a LISTEN statement pgguard holds (Parse of
+// one, Bind, Describe, Execute and Close of it and its unnamed portal).
+type listenExchange struct {
+	ops   []listenOp  // statements executed, in order
+	defs  []listenDef // statements the batch defines or closes, in order
+	reply []byte      // the server's replies, but for the final ReadyForQuery
+	last  byte        // 'Q' or 'S'
+	n     int         // bytes it spans
+}
+
+// listenDef is a named LISTEN statement a Parse defines (ops) or a Close
+// closes (nil ops).
+type listenDef struct {
+	name string
+	ops  []listenOp
+}
+
+// heldStmt is a LISTEN statement a client prepared, which pgguard holds
+// (no server has it): its statements, and for the unnamed one the
+// client's unnamedGen when it was parsed.
+type heldStmt struct {
+	ops []listenOp
+	gen uint64
+}
+
+// scanListen looks for a LISTEN exchange at the front of data, whose first
+// message is whole; ok false when there is none, more when one may be
+// still arriving.
+func (c *client) scanListen(data []byte) (ex listenExchange, ok, more bool) {
+	if data[0] == 'Q' {
+		n := 1 + int(binary.BigEndian.Uint32(data[1:]))
+		ops, ok := listenOps(queryText(data[5:n]))
+		if !ok {
+			return ex, false, false
+		}
+		for _, op := range ops {
+			ex.reply = appendTag(ex.reply, op.tag())
+		}
+		return listenExchange{ops: ops, reply: ex.reply, last: 'Q', n: n}, true, false
+	}
+	var portal []listenOp // the unnamed portal's statement, once bound
+	lookup := func(name []byte) []listenOp {
+		for i := len(ex.defs) - 1; i >= 0; i-- {
+			if ex.defs[i].name == string(name) {
+				return ex.defs[i].ops
+			}
+		}
+		return c.heldStmt(name)
+	}
+	for pos := 0; ; {
+		if len(data)-pos < 5 {
+			return ex, false, pos > 0
+		}
+		typ := data[pos]
+		end := pos + 1 + int(binary.BigEndian.Uint32(data[pos+1:]))
+		if end > len(data) {
+			return ex, false, pos > 0 && end-pos <= 64<<10
+		}
+		body := data[pos+5 : end]
+		pos = end
+		switch typ {
+		case 'P':
+			name, rest, ok := cbytes(body)
+			if !ok {
+				return ex, false, false
+			}
+			ops, ok := listenOps(queryText(rest))
+			if !ok || len(ops) != 1 {
+				return ex, false, false
+			}
+			ex.defs = append(ex.defs, listenDef{string(name), ops})
+			ex.reply = append(ex.reply, '1', 0, 0, 0, 4)
+		case 'B':
+			name, rest, ok := cbytes(body)
+			stmt, _, ok2 := cbytes(rest)
+			if !ok || !ok2 || len(name) > 0 {
+				return ex, false, false
+			}
+			if portal = lookup(stmt); portal == nil {
+				return ex, false, false
+			}
+			ex.reply = append(ex.reply, '2', 0, 0, 0, 4)
+		case 'D', 'C':
+			if len(body) < 2 {
+				return ex, false, false
+			}
+			name, _, ok := cbytes(body[1:])
+			switch {
+			case !ok:
+				return ex, false, false
+			case body[0] == 'S' && lookup(name) != nil:
+				if typ == 'C' {
+					ex.defs = append(ex.defs, listenDef{name: string(name)})
+				}
+			case body[0] == 'P' && len(name) == 0 && portal != nil:
+				if typ == 'C' {
+					portal = nil
+				}
+			default:
+				return ex, false, false
+			}
+			switch {
+			case typ == 'C':
+				ex.reply = append(ex.reply, '3', 0, 0, 0, 4)
+			case body[0] == 'S':
+				ex.reply = append(ex.reply, 't', 0, 0, 0, 6, 0, 0, 'n', 0, 0, 0, 4) // no parameters, no rows
+			default:
+				ex.reply = append(ex.reply, 'n', 0, 0, 0, 4)
+			}
+		case 'E':
+			if len(body) < 1 || body[0] != 0 || portal == nil {
+				return ex, false, false
+			}
+			ex.ops = append(ex.ops, portal...)
+			ex.reply = appendTag(ex.reply, portal[0].tag())
+		case 'S':
+			ex.last, ex.n = 'S', end
+			return ex, true, false
+		default:
+			return ex, false, false
+		}
+	}
+}
+
+// heldStmt returns the LISTEN statement of c's named name pgguard holds,
+// or nil. The unnamed one counts while the client has parsed no other.
+func (c *client) heldStmt(name []byte) []listenOp {
+	s := c.listen.Load()
+	if s == nil {
+		return nil
+	}
+	h, ok := s.stmts[string(name)]
+	if !ok || len(name) == 0 && (c.unnamed != nil || h.gen != c.unnamedGen) {
+		return nil
+	}
+	return h.ops
+}
+
+// mayListen reports whether a message of type typ at the start of a batch
+// may begin a LISTEN exchange: a Query or Parse, or any message of a
+// client that holds LISTEN statements.
+func (c *client) mayListen(typ byte) bool {
+	return typ == 'Q' || typ == 'P' || c.listen.Load() != nil && (typ == 'B' || typ == 'D' || typ == 'C' || typ == 'E')
+}
+
 func (op listenOp) tag() string {
 	if op.unlisten {
 		return "UNLISTEN"
@@ -126,89 +278,19 @@ func (op listenOp) tag() string {
 	return "LISTEN"
 }
 
-// listenExchange is one LISTEN/UNLISTEN exchange found at the front of a
-// client's input: a Query, or an extended-protocol batch of one statement
-// (Parse of the unnamed statement, then Bind, Describe, Execute, up to Sync).
-type listenExchange struct {
-	ops  []listenOp
-	msgs []byte // the message types, in order
-	n    int    // bytes it spans
-}
-
-// scanListen looks for a LISTEN exchange at the front of data, whose
-// first message is whole; ok false when there is none, more when a
-// LISTEN's Parse came and the rest of its batch has not.
-func scanListen(data []byte) (ex listenExchange, ok, more bool) {
-	pos := 0
-	for {
-		if len(data)-pos < 5 {
-			return ex, false, ex.ops != nil
-		}
-		typ := data[pos]
-		end := pos + 1 + int(binary.BigEndian.Uint32(data[pos+1:]))
-		if end > len(data) {
-			return ex, false, ex.ops != nil && end-pos <= 64<<10
-		}
-		body := data[pos+5 : end]
-		first := pos == 0
-		pos = end
-		switch {
-		case first && typ == 'Q':
-			ops, ok := listenOps(queryText(body))
-			return listenExchange{ops: ops, msgs: []byte{'Q'}, n: end}, ok, false
-		case first && typ == 'P':
-			name, rest, ok := cbytes(body)
-			if !ok || len(name) > 0 {
-				return ex, false, false
-			}
-			ops, ok := listenOps(queryText(rest))
-			if !ok || len(ops) != 1 {
-				return ex, false, false
-			}
-			ex.ops = ops
-		case first:
-			return ex, false, false
-		case typ == 'B':
-			portal, rest, ok := cbytes(body)
-			stmt, _, ok2 := cbytes(rest)
-			if !ok || !ok2 || len(portal) > 0 || len(stmt) > 0 {
-				return ex, false, false
-			}
-		case typ == 'D':
-			if len(body) < 2 || body[1] != 0 {
-				return ex, false, false
-			}
-		case typ == 'E':
-			if len(body) < 1 || body[0] != 0 {
-				return ex, false, false
-			}
-		case typ == 'S':
-			ex.msgs = append(ex.msgs, typ)
-			ex.n = end
-			return ex, true, false
-		default:
-			return ex, false, false
-		}
-		ex.msgs = append(ex.msgs, typ)
-		if typ == 'D' {
-			ex.msgs = append(ex.msgs, body[0]) // what it describes
-		}
-	}
-}
-
 // listenStatement answers a LISTEN exchange at the front of data (a
 // transaction-mode client, nothing unanswered before it) and returns the
 // bytes it consumed: 0 when data does not start with one, or pgguard
 // leaves it to a server (pinned clients that never used the listener,
-// pipelined replies outstanding); -1 when it may be one still arriving.
+// pipelined replies outstanding); -1 when one may be still arriving.
 func (c *client) listenStatement(data []byte) int {
 	if !c.p.cfg.Load().Notify.Pooled || c.skip > 0 || !isSyncPoint(c.lastTyp) {
 		return 0
 	}
-	ex, ok, more := scanListen(data)
+	ex, ok, more := c.scanListen(data)
 	if !ok {
 		if more {
-			return -1 // a LISTEN's Parse: the rest of its batch is on its way
+			return -1
 		}
 		return 0
 	}
@@ -227,57 +309,46 @@ func (c *client) listenStatement(data []byte) int {
 		}
 		b.mu.Unlock()
 	}
-	var out []byte
+	var e *Error
 	if status == 'E' {
-		out = listenReply(out, ex, status, errorf("25P02", "current transaction is aborted, commands ignored until end of transaction block"))
+		e = errorf("25P02", "current transaction is aborted, commands ignored until end of transaction block")
 	} else if err := c.db.listen.apply(c, ex.ops, status != 'I', linked && status != 'I'); err != nil {
-		e := errorf(codeConnectionFailure, "could not LISTEN: %v", err)
+		e = errorf(codeConnectionFailure, "could not LISTEN: %v", err)
 		e.Cause = err
 		c.p.log.Warn("LISTEN failed", "client", c.id, "database", c.db.name, "err", err)
-		out = listenReply(out, ex, status, e)
+	}
+	var out []byte
+	if e != nil {
+		out = e.encode(out)
 	} else {
-		out = listenReply(out, ex, status, nil)
+		out = ex.reply
+		if s := c.listen.Load(); s != nil && len(ex.defs) > 0 {
+			s.define(ex.defs, c.unnamedGen)
+			for _, d := range ex.defs {
+				if d.name == "" {
+					c.unnamed, c.unnamedEff = nil, nil // its unnamed statement is the LISTEN pgguard holds
+				}
+			}
+		}
 	}
-	c.write(out)
-	c.lastTyp = ex.msgs[len(ex.msgs)-1]
-	if c.lastTyp != 'Q' {
-		c.lastTyp = 'S'
-		c.unnamed, c.unnamedEff = nil, nil // a LISTEN no server holds
-	}
+	c.write(append(out, 'Z', 0, 0, 0, 5, status))
+	c.lastTyp = ex.last
 	return ex.n
 }
 
-// listenReply appends what a server answers to ex: with e, its error (and
-// the rest of an extended batch skipped to Sync).
-func listenReply(out []byte, ex listenExchange, status byte, e *Error) []byte {
-	if e != nil {
-		out = e.encode(out)
-		return append(out, 'Z', 0, 0, 0, 5, status)
-	}
-	for i := 0; i < len(ex.msgs); i++ {
-		switch ex.msgs[i] {
-		case 'Q':
-			for _, op := range ex.ops {
-				out = appendTag(out, op.tag())
-			}
-			out = append(out, 'Z', 0, 0, 0, 5, status)
-		case 'P':
-			out = append(out, '1', 0, 0, 0, 4)
-		case 'B':
-			out = append(out, '2', 0, 0, 0, 4)
-		case 'D':
-			i++
-			if ex.msgs[i] == 'S' {
-				out = append(out, 't', 0, 0, 0, 6, 0, 0) // no parameters
-			}
-			out = append(out, 'n', 0, 0, 0, 4) // NoData
-		case 'E':
-			out = appendTag(out, ex.ops[0].tag())
-		case 'S':
-			out = append(out, 'Z', 0, 0, 0, 5, status)
+// define records the LISTEN statements an exchange prepared or closed
+// (client goroutine).
+func (s *subscriber) define(defs []listenDef, unnamedGen uint64) {
+	for _, d := range defs {
+		if d.ops == nil {
+			delete(s.stmts, d.name)
+			continue
 		}
+		if s.stmts == nil {
+			s.stmts = map[string]heldStmt{}
+		}
+		s.stmts[d.name] = heldStmt{ops: d.ops, gen: unnamedGen}
 	}
-	return out
 }
 
 // appendTag appends a CommandComplete.
@@ -541,6 +612,9 @@ func (s *subscriber) cutOff(limit int) {
 		"terminating connection: more than notify.client_buffer = %d bytes of notifications were waiting for this client to read them; read notifications promptly, or raise notify.client_buffer", limit))
 }
 
+// writeChunk bounds one write of notifications.
+const writeChunk = 32 << 10
+
 // write is the writer goroutine: it delivers what is pending while the
 // client's stream is free, deciding under the socket's write lock, so it
 // never comes between the pieces of a server's reply.
@@ -555,7 +629,20 @@ func (s *subscriber) write() {
 				s.writing = false
 				return nil
 			}
-			buf, s.pending, s.pendingMsgs = s.pending, nil, 0
+			// Whole messages, a bounded piece at a time: what the client
+			// has not taken stays counted as undelivered.
+			n := 0
+			for n < len(s.pending) && n < writeChunk {
+				if s.pending[n] == 'A' {
+					s.pendingMsgs--
+				}
+				n += 1 + int(binary.BigEndian.Uint32(s.pending[n+1:]))
+			}
+			buf = s.pending[:n:n]
+			s.pending = s.pending[n:]
+			if len(s.pending) == 0 {
+				s.pending, s.pendingMsgs = nil, 0
+			}
 			s.inflight = len(buf)
 			return buf
 		})
