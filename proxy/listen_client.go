@@ -241,8 +241,10 @@ func (c *client) scanListen(data []byte) (ex listenExchange, ok, more bool) {
 			}
 			ex.ops = append(ex.ops, portal...)
 			ex.reply = appendTag(ex.reply, portal[0].tag())
-		case 'S':
-			ex.last, ex.n = 'S', end
+		case 'S', 'H':
+			// Flush: asyncpg prepares with Parse, Describe, Flush, then
+			// binds and executes in a batch of its own.
+			ex.last, ex.n = typ, end
 			return ex, true, false
 		default:
 			return ex, false, false
@@ -284,7 +286,9 @@ func (op listenOp) tag() string {
 // leaves it to a server (pinned clients that never used the listener,
 // pipelined replies outstanding); -1 when one may be still arriving.
 func (c *client) listenStatement(data []byte) int {
-	if !c.p.cfg.Load().Notify.Pooled || c.skip > 0 || !isSyncPoint(c.lastTyp) {
+	// At a sync point, or after a Flush that ended a LISTEN exchange (a
+	// client's Flush that reached a server keeps it linked, open).
+	if !c.p.cfg.Load().Notify.Pooled || c.skip > 0 || !isSyncPoint(c.lastTyp) && c.lastTyp != 'H' {
 		return 0
 	}
 	ex, ok, more := c.scanListen(data)
@@ -309,6 +313,9 @@ func (c *client) listenStatement(data []byte) int {
 		}
 		b.mu.Unlock()
 	}
+	if status == 'E' && ex.last == 'H' {
+		return 0 // the server fails it and skips to the Sync, as it should
+	}
 	var e *Error
 	if status == 'E' {
 		e = errorf("25P02", "current transaction is aborted, commands ignored until end of transaction block")
@@ -331,8 +338,16 @@ func (c *client) listenStatement(data []byte) int {
 			}
 		}
 	}
-	c.write(append(out, 'Z', 0, 0, 0, 5, status))
+	if ex.last != 'H' {
+		out = append(out, 'Z', 0, 0, 0, 5, status)
+	} else if e != nil {
+		c.discarding = true // the rest of the batch is skipped to its Sync
+	}
+	c.write(out)
 	c.lastTyp = ex.last
+	if c.discarding {
+		return c.discard(data, ex.n)
+	}
 	return ex.n
 }
 
