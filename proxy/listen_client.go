@@ -123,7 +123,6 @@ func parseListenOps(sql string) []listenOp {
 	return ops
 }
 
-
 // listenExchange is a LISTEN exchange at the front of a client's input: a
 // Query of LISTEN statements, or an extended-protocol batch up to its Sync
 // whose every message is about a LISTEN statement pgguard holds (Parse of
