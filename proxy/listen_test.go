@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/internal/guardtest"
 )
 
@@ -131,8 +132,11 @@ func TestListenTransactional(t *testing.T) {
 // TestListenGap terminates the listening backend: nothing reconnects by
 // itself; the next query re-establishes it, every subscriber is told of
 // the gap, and delivery resumes.
-func TestListenGap(t *testing.T) {
+func TestListenGap(t *testing.T) { guardtest.EachNet(t, listenGap) }
+
+func listenGap(t *testing.T, n guardtest.Net) {
 	cfg := testConfig("transaction")
+	n.Route(t, cfg)
 	g := startGuard(t, cfg)
 	ctx := context.Background()
 	sub := connect(t, g.url("app"), pgx.QueryExecModeSimpleProtocol)
@@ -272,5 +276,160 @@ func TestListenSlowSubscriber(t *testing.T) {
 	ls := g.Listeners()
 	if len(ls) != 1 || ls[0].Subscribers != 1 || ls[0].Dropped == 0 {
 		t.Errorf("listeners %+v", ls)
+	}
+}
+
+// TestListenExtendedLikeServer replays LISTEN over the extended protocol
+// (ExecParams: Parse/Bind/Describe/Execute/Sync; Prepare, ExecPrepared and
+// Deallocate of named and unnamed statements; in and out of transaction
+// blocks, aborted ones included) through pgguard and directly: the replies
+// match, and what pgguard answered for takes effect.
+func TestListenExtendedLikeServer(t *testing.T) {
+	g := startGuard(t, testConfig("transaction"))
+	ctx := context.Background()
+	run := func(conn *pgconn.PgConn) []string {
+		var out []string
+		say := func(what string, err error) {
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) {
+				what += " ERROR " + pe.Code
+			} else if err != nil {
+				what += " ERROR " + err.Error()
+			}
+			out = append(out, what)
+		}
+		params := func(sql string) {
+			res := conn.ExecParams(ctx, sql, nil, nil, nil, nil).Read()
+			say(sql+": "+res.CommandTag.String(), res.Err)
+		}
+		simple := func(sql string) {
+			_, err := conn.Exec(ctx, sql).ReadAll()
+			say(sql, err)
+		}
+		prepared := func(name, sql string) {
+			sd, err := conn.Prepare(ctx, name, sql, nil)
+			if err == nil {
+				say(fmt.Sprintf("prepare %q %s: %d params %d fields", name, sql, len(sd.ParamOIDs), len(sd.Fields)), nil)
+			} else {
+				say(fmt.Sprintf("prepare %q %s", name, sql), err)
+			}
+			res := conn.ExecPrepared(ctx, name, nil, nil, nil).Read()
+			say(fmt.Sprintf("exec %q: %s", name, res.CommandTag), res.Err)
+		}
+		params("LISTEN a")
+		prepared("l1", "LISTEN b")
+		prepared("", "UNLISTEN a")
+		res := conn.ExecPrepared(ctx, "l1", nil, nil, nil).Read()
+		say("exec l1 again: "+res.CommandTag.String(), res.Err)
+		say("deallocate l1", conn.Deallocate(ctx, "l1"))
+		simple("BEGIN")
+		params("LISTEN c")
+		prepared("l2", "UNLISTEN c")
+		simple("COMMIT")
+		simple("BEGIN")
+		simple("SELECT 1/0")
+		params("LISTEN d")
+		simple("ROLLBACK")
+		params("SELECT 1")
+		return out
+	}
+	var notes []string
+	vc, err := pgconn.ParseConfig(g.url("app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vc.OnNotification = func(_ *pgconn.PgConn, n *pgconn.Notification) { notes = append(notes, n.Channel+":"+n.Payload) }
+	via, err := pgconn.ConnectConfig(ctx, vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer via.Close(ctx)
+	direct, err := pgconn.Connect(ctx, pg.URL("app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(ctx)
+	got, want := run(via), run(direct)
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("through pgguard:\n%s\ndirect:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for _, c := range g.Clients() {
+		if c.Pinned != "" {
+			t.Errorf("client %d pinned: %s", c.ID, c.Pinned)
+		}
+	}
+	// What took effect: b only (a unlistened, c unlistened in its block, d never).
+	if err := pg.Exec(ctx, "NOTIFY a, '1'; NOTIFY c, '2'; NOTIFY d, '3'; NOTIFY b, '4'"); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := via.WaitForNotification(wctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	via.Exec(ctx, "SELECT 1").ReadAll() // takes in anything that came after
+	if strings.Join(notes, " ") != "b:4" {
+		t.Errorf("notifications %v, want b:4 only", notes)
+	}
+	t.Logf("transcript:\n%s", strings.Join(got, "\n"))
+	if ls := g.Listeners(); len(ls) != 1 || ls[0].Channel != "b" {
+		t.Errorf("listeners %+v, want channel b only", ls)
+	}
+}
+
+// TestListenParkedAndScheduled: a subscriber idle long enough to park (and
+// past client_idle_timeout: listening is not idling) gets notifications at
+// once; with notify.reconnect_every the listening connection comes back
+// after pg_terminate_backend without any query, and the parked subscriber
+// hears of the gap.
+func TestListenParkedAndScheduled(t *testing.T) {
+	guardtest.CheckGoroutines(t)
+	cfg := testConfig("transaction")
+	cfg.Pool.ClientIdleTimeout = config.D(2 * time.Second)
+	cfg.Notify.ReconnectEvery = config.D(300 * time.Millisecond)
+	g := startGuard(t, cfg)
+	ctx := context.Background()
+	var mu sync.Mutex
+	var notices []string
+	cc, _ := pgx.ParseConfig(g.url("app"))
+	cc.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+		mu.Lock()
+		notices = append(notices, n.Message)
+		mu.Unlock()
+	}
+	sub, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close(ctx)
+	if _, err := sub.Exec(ctx, "LISTEN parked"); err != nil {
+		t.Fatal(err)
+	}
+	guardtest.WaitFor(t, "the subscriber to park", func() bool { return serving() == 0 })
+	time.Sleep(2500 * time.Millisecond) // past client_idle_timeout
+	if err := pg.Exec(ctx, "NOTIFY parked, 'one'"); err != nil {
+		t.Fatal(err)
+	}
+	if nt, err := waitNote(sub, 5*time.Second); err != nil || nt.Payload != "one" {
+		t.Fatalf("parked subscriber: %v %v", nt, err)
+	}
+	if _, err := pg.QueryInt(ctx, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'tester' AND query ILIKE 'LISTEN%'"); err != nil {
+		t.Fatal(err)
+	}
+	guardtest.WaitFor(t, "the scheduled reconnect", func() bool {
+		ls := g.Listeners()
+		return len(ls) == 1 && ls[0].Gaps == 1 && ls[0].State == "listening"
+	})
+	if err := pg.Exec(ctx, "NOTIFY parked, 'two'"); err != nil {
+		t.Fatal(err)
+	}
+	if nt, err := waitNote(sub, 5*time.Second); err != nil || nt.Payload != "two" {
+		t.Fatalf("after the scheduled reconnect: %v %v", nt, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(notices) != 1 || !strings.Contains(notices[0], `"parked"`) {
+		t.Errorf("notices %q", notices)
 	}
 }
