@@ -56,6 +56,9 @@ type State struct {
 	Budget       *limiter.BudgetStatus `json:"budget,omitempty"`
 	// Cache is the result cache, when [[cache]] rules are configured.
 	Cache *cache.Status `json:"cache,omitempty"`
+	// Listeners are the channels transaction-mode clients LISTEN to
+	// through pgguard (SHOW LISTENERS).
+	Listeners []proxy.ListenerStatus `json:"listeners"`
 	// Leaks are sessions holding a server idle past pool.leak_warn_after.
 	Leaks                []proxy.ClientStatus `json:"leaks"`
 	LeakWarnAfterSeconds float64              `json:"leak_warn_after_seconds"`
@@ -125,6 +128,7 @@ func (d *Dashboard) state(now time.Time, switches []Switch, since int64) State {
 	if st.Leaks == nil {
 		st.Leaks = []proxy.ClientStatus{}
 	}
+	st.Listeners = nonNil(p.Listeners())
 	waitNow := readHists(d.o.Metrics.PoolWait, "database")
 	waitBase := d.s.waitBase()
 	for _, pool := range ps.Pools {
