@@ -720,6 +720,16 @@ func (c *client) listenSettle(committed bool) {
 	}
 }
 
+// listenDiscarded follows c's DISCARD ALL, which UNLISTENs everything
+// (b.mu held; never in a transaction block).
+func (c *client) listenDiscarded() {
+	if s := c.listen.Load(); s != nil {
+		s.l.mu.Lock()
+		s.l.unsubscribeLocked(s, "")
+		s.l.mu.Unlock()
+	}
+}
+
 // leaveListener forgets c's subscriptions (disconnect).
 func (c *client) leaveListener() {
 	if s := c.listen.Load(); s != nil {

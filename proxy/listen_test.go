@@ -376,6 +376,13 @@ func TestListenExtendedLikeServer(t *testing.T) {
 	if ls := g.Listeners(); len(ls) != 1 || ls[0].Channel != "b" {
 		t.Errorf("listeners %+v, want channel b only", ls)
 	}
+	// DISCARD ALL includes UNLISTEN *.
+	if _, err := via.Exec(ctx, "DISCARD ALL").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	if ls := g.Listeners(); len(ls) != 1 || ls[0].Channel != "" || ls[0].State != "closed" {
+		t.Errorf("after DISCARD ALL: listeners %+v, want none", ls)
+	}
 }
 
 // TestListenParkedAndScheduled: a subscriber idle long enough to park (and
