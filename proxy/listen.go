@@ -116,35 +116,36 @@ func (l *listener) beforeQuery() {
 	l.ensure(l.db.p.ctx)
 }
 
-// ensure returns once the connection is up, or an attempt failed; it
-// starts an attempt when none is under way.
+// ensure returns once the connection is up with every channel LISTENed,
+// or an attempt failed; it starts an attempt when none is under way.
 func (l *listener) ensure(ctx context.Context) error {
 	l.mu.Lock()
+	waited := false
 	for {
-		if l.conn != nil || l.closed {
+		switch {
+		case l.closed:
 			l.mu.Unlock()
 			return nil
-		}
-		if l.restoring == nil {
-			if time.Since(l.lastFail) < restoreBackoff {
-				l.mu.Unlock()
-				return fmt.Errorf("the listening connection for database %q could not be opened less than %s ago", l.db.name, restoreBackoff)
-			}
-			l.restoring = make(chan struct{})
-			go l.restore()
-		}
-		ch := l.restoring
-		l.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		l.mu.Lock()
-		if l.conn == nil && l.restoring == nil {
+		case l.restoring != nil:
+			ch := l.restoring
 			l.mu.Unlock()
-			return fmt.Errorf("could not open the listening connection for database %q", l.db.name)
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			l.mu.Lock()
+			waited = true
+			continue
+		case l.conn != nil:
+			l.mu.Unlock()
+			return nil
+		case waited || time.Since(l.lastFail) < restoreBackoff:
+			l.mu.Unlock()
+			return fmt.Errorf("could not open the listening connection for database %q (retried %s after a failure)", l.db.name, restoreBackoff)
 		}
+		l.restoring = make(chan struct{})
+		go l.restore()
 	}
 }
 
@@ -213,9 +214,16 @@ func (l *listener) open() error {
 	l.mu.Unlock()
 
 	if cmd != nil {
+		wait := max(l.db.p.cfg.Load().Pool.ConnectTimeout.Duration, 10*time.Second)
+		t := time.NewTimer(wait)
+		defer t.Stop()
 		select {
 		case <-cmd.done:
+		case <-t.C:
+			lc.conn.Close() // a frozen server: the reader ends the command
+			<-cmd.done
 		case <-ctx.Done():
+			lc.conn.Close()
 			return ctx.Err()
 		}
 		if cmd.err != nil {
@@ -330,7 +338,9 @@ func (l *listener) lost(lc *listenConn, err error) {
 		subscribed = subscribed || ch.refs() > 0
 	}
 	if subscribed && !l.closed {
-		l.downSince, l.downWhy = time.Now(), err.Error()
+		if l.downSince.IsZero() { // else a gap goes on: an attempt to end it failed
+			l.downSince, l.downWhy = time.Now(), err.Error()
+		}
 		l.needed.Store(true)
 		l.scheduleLocked()
 	}
@@ -446,13 +456,21 @@ func (l *listener) channelDroppedLocked(ch *channel) {
 		return
 	}
 	delete(l.channels, ch.name)
-	if l.conn == nil {
+	if len(l.channels) == 0 {
+		// Nothing to listen to: no connection, no gap, nothing to restore.
+		l.needed.Store(false)
+		l.downSince = time.Time{}
+		if l.retry != nil {
+			l.retry.Stop()
+			l.retry = nil
+		}
+		if lc := l.conn; lc != nil {
+			l.conn = nil // lost() then finds it gone
+			lc.conn.Close()
+		}
 		return
 	}
-	if len(l.channels) == 0 {
-		lc := l.conn
-		l.conn = nil // lost() then finds it gone: no gap
-		lc.conn.Close()
+	if l.conn == nil {
 		return
 	}
 	if ch.listen != nil {
