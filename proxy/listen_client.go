@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -402,6 +403,8 @@ func (l *listener) apply(c *client, ops []listenOp, inTx, busy bool) error {
 			l.unsubscribeLocked(s, op.channel)
 		}
 	}
+	// A channel UNLISTENed later in the same statements is not waited for.
+	need = slices.DeleteFunc(need, func(ch *channel) bool { return l.channels[ch.name] != ch })
 	if len(need) == 0 {
 		l.mu.Unlock()
 		return nil

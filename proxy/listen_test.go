@@ -1,7 +1,9 @@
 package proxy_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -447,5 +449,102 @@ func TestListenParkedAndScheduled(t *testing.T) {
 	defer mu.Unlock()
 	if len(notices) != 1 || !strings.Contains(notices[0], `"parked"`) {
 		t.Errorf("notices %q", notices)
+	}
+}
+
+// TestListenChunking sends LISTEN exchanges (a Query; psycopg's
+// Parse/Bind/Describe/Execute/Sync; asyncpg's Parse/Describe/Flush then
+// Bind/Execute/Sync of a named statement) cut in two at every byte, the
+// pieces apart: the replies are the same bytes as for the whole exchange.
+func TestListenChunking(t *testing.T) {
+	g := startGuard(t, testConfig("transaction"))
+	ctx := context.Background()
+	msg := func(typ byte, parts ...string) []byte {
+		body := strings.Join(parts, "")
+		b := []byte{typ, 0, 0, 0, 0}
+		b = append(b, body...)
+		binary.BigEndian.PutUint32(b[1:], uint32(len(b)-1))
+		return b
+	}
+	cat := func(ms ...[]byte) []byte {
+		var out []byte
+		for _, m := range ms {
+			out = append(out, m...)
+		}
+		return out
+	}
+	// Each exchange is a function of the cut, so a named statement gets a
+	// name of its own each time (a Parse of a name in use fails).
+	exchanges := map[string]func(cut int) [][]byte{
+		"query": func(int) [][]byte { return [][]byte{msg('Q', "LISTEN q1; UNLISTEN q1\x00")} },
+		"psycopg": func(int) [][]byte {
+			return [][]byte{cat(msg('P', "\x00LISTEN p1\x00\x00\x00"), msg('B', "\x00\x00\x00\x00\x00\x00\x00\x00"),
+				msg('D', "P\x00"), msg('E', "\x00\x00\x00\x00\x00"), msg('S'))}
+		},
+		"asyncpg": func(cut int) [][]byte {
+			name := fmt.Sprintf("s%03d\x00", cut)
+			return [][]byte{cat(msg('P', name, "LISTEN a1\x00\x00\x00"), msg('D', "S", name), msg('H')),
+				cat(msg('B', "\x00", name, "\x00\x00\x00\x00\x00\x00"), msg('E', "\x00\x00\x00\x00\x00"), msg('S'))}
+		},
+	}
+	// send writes each part, the last one cut at cut (0: whole), and reads
+	// want[i] bytes of reply to part i (nil: until ReadyForQuery or a pause).
+	send := func(conn net.Conn, parts [][]byte, cut int, want []int) [][]byte {
+		var replies [][]byte
+		buf := make([]byte, 4096)
+		for i, p := range parts {
+			if i == len(parts)-1 && cut > 0 {
+				conn.Write(p[:cut])
+				time.Sleep(2 * time.Millisecond)
+				conn.Write(p[cut:])
+			} else {
+				conn.Write(p)
+			}
+			var got []byte
+			for {
+				d := 300 * time.Millisecond
+				if want != nil {
+					d = 5 * time.Second
+				}
+				conn.SetReadDeadline(time.Now().Add(d))
+				n, err := conn.Read(buf)
+				got = append(got, buf[:n]...)
+				if err != nil || want != nil && len(got) >= want[i] || want == nil && len(got) > 6 && got[len(got)-6] == 'Z' {
+					break
+				}
+			}
+			replies = append(replies, got)
+		}
+		return replies
+	}
+	for name, exchange := range exchanges {
+		conn, err := pgconn.Connect(ctx, g.url("app"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hc, err := conn.Hijack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hc.Conn.Close()
+		want := send(hc.Conn, exchange(0), 0, nil)
+		if !bytes.Contains(bytes.Join(want, nil), []byte("LISTEN\x00")) {
+			t.Fatalf("%s: reply %q has no LISTEN", name, want)
+		}
+		var lens []int
+		for _, w := range want {
+			lens = append(lens, len(w))
+		}
+		parts := exchange(1)
+		for cut := 1; cut < len(parts[len(parts)-1]); cut++ {
+			if got := send(hc.Conn, exchange(cut), cut, lens); !bytes.Equal(bytes.Join(got, nil), bytes.Join(want, nil)) {
+				t.Fatalf("%s cut at %d: %q, want %q", name, cut, got, want)
+			}
+		}
+	}
+	for _, c := range g.Clients() {
+		if c.Pinned != "" {
+			t.Errorf("client %d pinned: %s", c.ID, c.Pinned)
+		}
 	}
 }
