@@ -46,7 +46,7 @@ func TestMetricsHealthReady(t *testing.T) {
 			t.Errorf("/metrics lacks %s", name)
 		}
 	}
-	for _, want := range []string{`pgguard_client_connections{state="active"}`, `pgguard_upstream_active{database="app",upstream="primary"} 1`, "pgguard_read_only 0"} {
+	for _, want := range []string{`pgguard_client_connections{state="active"}`, `pgguard_upstream_active{database="app",upstream="primary"} 1`, "pgguard_read_only 0", `pgguard_panics_total{side="client"} 0`, `pgguard_panics_total{side="server"} 0`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

@@ -21,11 +21,14 @@ import (
 // clients), single-client latency over direct, resident memory fresh and
 // after a 10-client load (and how much of it is anonymous: the rest maps the
 // binary's file, shared and reclaimable), and the resident memory each idle
-// session adds (slope from 1,000 to 3,000 sessions).
+// session adds (slope from 1,000 to 3,000 sessions). Beside them runs the
+// floor relay (bench/floorrelay): the cheapest pooled relay, the cost no
+// pooler goes under on this kernel.
 func TestSidecarCost(t *testing.T) {
 	skipUnlessBench(t)
 	e := setup(t) // its pgguard has the query log off
 	logged := startGuardProc(t, e.pg, guardOpts{queryLogPath: "stderr"})
+	floor := startFloorRelay(t, e.pg)
 	rounds := envInt("PGGUARD_BENCH_ROUNDS", 3)
 	secs := strconv.Itoa(envInt("PGGUARD_BENCH_SECONDS", 10))
 	type target struct {
@@ -36,6 +39,7 @@ func TestSidecarCost(t *testing.T) {
 		{"pgbouncer", e.bouncer.URL("bench"), e.bouncer.Pid()},
 		{"pgguard default", logged.url("bench"), logged.pid()},
 		{"pgguard log off", e.guard.url("bench"), e.guard.pid()},
+		{"floor relay", floor.url("bench"), floor.pid()},
 	}
 	fresh := map[string]memUse{}
 	for _, tg := range targets {
@@ -87,6 +91,10 @@ func TestSidecarCost(t *testing.T) {
 	t.Logf("  limit (direct, 10 clients): %.0f tps; direct single-client latency %.0f µs", limitTPS, direct1Lat)
 	for _, g := range []string{"pgguard default", "pgguard log off"} {
 		t.Logf("  %s / pgbouncer: CPU per transaction x%.2f, tps x%.3f", g, b(g, cpuPerTx)/b("pgbouncer", cpuPerTx), b(g, tps)/b("pgbouncer", tps))
+	}
+	for _, p := range []string{"pgbouncer", "pgguard default", "pgguard log off"} {
+		t.Logf("  %s / floor relay: CPU per transaction x%.2f, single-client overhead %.0f µs against %.0f µs", p,
+			b(p, cpuPerTx)/b("floor relay", cpuPerTx), median(single[p], lat)-direct1Lat, median(single["floor relay"], lat)-direct1Lat)
 	}
 	t.Logf("  query log on / off: CPU per transaction x%.3f", b("pgguard default", cpuPerTx)/b("pgguard log off", cpuPerTx))
 }

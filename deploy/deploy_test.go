@@ -39,6 +39,7 @@ var metrics = map[string]string{
 	"pgguard_limiter_delayed_total":         "counter",
 	"pgguard_application_queries_per_hour":  "gauge",
 	"pgguard_workers_disabled":              "gauge",
+	"pgguard_panics_total":                  "counter",
 }
 
 const (
@@ -196,7 +197,7 @@ func TestAlertRules(t *testing.T) {
 	}
 	for _, want := range []string{
 		"PgguardQueryP95High", "PgguardServerConnectionsHigh", "PgguardApplicationQueryRateHigh",
-		"PgguardNeonBudgetHigh", "PgguardOnFallback", "PgguardReadOnly", "PgguardQueryLogDropping", "PgguardNoUpstream",
+		"PgguardNeonBudgetHigh", "PgguardOnFallback", "PgguardReadOnly", "PgguardQueryLogDropping", "PgguardNoUpstream", "PgguardPanics",
 	} {
 		if !names[want] {
 			t.Errorf("no alert %s", want)

@@ -103,6 +103,10 @@ func New() *Metrics {
 	}
 	r.MustRegister(m.Panics, m.QueryDuration, m.Queries, m.QueryErrors, m.PoolWait, m.PoolMax,
 		m.UpstreamActive, m.Switches, m.ReadOnly, m.Bytes, m.ClientRefusals, m.ClientsReaped, m.ClientsPinned, m.LeakWarnings)
+	// Exported at 0 from the start, so that an alert on its increase sees
+	// the first panic (a series born at 1 has no increase to rate).
+	m.Panics.WithLabelValues("client")
+	m.Panics.WithLabelValues("server")
 	return m
 }
 

@@ -40,6 +40,8 @@ command -v node >/dev/null || missing+=(nodejs)
 # Headless Chromium for the dashboard's browser test (admin/dashboard).
 { command -v chromium || command -v chromium-browser; } >/dev/null || missing+=(chromium)
 command -v npm >/dev/null || missing+=(npm)
+# promtool, for deploy/'s alert rule unit tests.
+command -v promtool >/dev/null || missing+=(prometheus)
 command -v make >/dev/null || missing+=(make)
 command -v file >/dev/null || missing+=(file)
 command -v podman >/dev/null || missing+=(podman)
