@@ -423,6 +423,17 @@ func (l *listener) reportGapLocked(gap time.Duration) {
 	}
 }
 
+// connected reports whether the listening connection is open, and to
+// which upstream.
+func (l *listener) connected() (upstream string, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn == nil {
+		return "", false
+	}
+	return l.conn.upstream, true
+}
+
 // retire closes the connection (its upstream is no longer in use); it is
 // re-established on the active upstream before the next query.
 func (l *listener) retire() {

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/internal/guardtest"
@@ -191,6 +192,27 @@ func listenGap(t *testing.T, n guardtest.Net) {
 	}
 	if ls := g.Listeners(); len(ls) != 1 || ls[0].Gaps != 1 || ls[0].State != "listening" {
 		t.Errorf("listeners %+v", ls)
+	}
+	metrics := []string{"pgguard_listen_gaps_total", "pgguard_listen_connections", "pgguard_notifications_delivered_total", "pgguard_server_connections"}
+	want := `
+# HELP pgguard_listen_connections Listening server connections by database (1 while it listens for transaction-mode clients' LISTEN).
+# TYPE pgguard_listen_connections gauge
+pgguard_listen_connections{database="app"} 1
+# HELP pgguard_listen_gaps_total Times the listening connection was re-established after the upstream closed it (notifications sent meanwhile were lost).
+# TYPE pgguard_listen_gaps_total counter
+pgguard_listen_gaps_total{database="app"} 1
+# HELP pgguard_notifications_delivered_total Notifications queued to subscribed clients (one per client).
+# TYPE pgguard_notifications_delivered_total counter
+pgguard_notifications_delivered_total{database="app"} 2
+`
+	if err := testutil.GatherAndCompare(g.metrics.Registry, strings.NewReader(want), metrics[:3]...); err != nil {
+		t.Error(err)
+	}
+	if n, err := testutil.GatherAndCount(g.metrics.Registry, metrics[3]); err != nil || n == 0 {
+		t.Errorf("pgguard_server_connections: %d series, %v", n, err)
+	}
+	if !strings.Contains(scrape(t, g), `pgguard_server_connections{database="app",state="listening",upstream="primary"} 1`) {
+		t.Errorf("no listening server connection in pgguard_server_connections")
 	}
 	if n := listenBackends(t); n != 1 {
 		t.Errorf("%d listening backends, want 1", n)
@@ -548,3 +570,4 @@ func TestListenChunking(t *testing.T) {
 		}
 	}
 }
+

@@ -452,7 +452,7 @@ type stateCollector struct{ p *Proxy }
 
 var (
 	clientsDesc     = prometheus.NewDesc("pgguard_client_connections", "Client connections by state (login, idle, waiting, active).", []string{"state"}, nil)
-	serversDesc     = prometheus.NewDesc("pgguard_server_connections", "Server connections by database, upstream and state (opening, idle, active, syncing, resetting, cancelling).", []string{"database", "upstream", "state"}, nil)
+	serversDesc     = prometheus.NewDesc("pgguard_server_connections", "Server connections by database, upstream and state (opening, idle, active, syncing, resetting, cancelling, listening).", []string{"database", "upstream", "state"}, nil)
 	transitionsDesc = prometheus.NewDesc("pgguard_server_state_transitions_total", "Server connection state changes by database, from and to (from \"new\": a connection opened).", []string{"database", "from", "to"}, nil)
 )
 
@@ -472,6 +472,9 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, db := range s.p.databases() {
 		ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(db.pool.Stats().Opening), db.name, db.upstreamName(), "opening")
+		if upstream, ok := db.listen.connected(); ok { // the listening connection (listen.go), outside the pool
+			ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, 1, db.name, upstream, "listening")
+		}
 		for u, upstream := range []string{"primary", "fallback"} {
 			if u == 1 && db.fallback == nil {
 				continue
