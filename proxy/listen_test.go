@@ -570,4 +570,3 @@ func TestListenChunking(t *testing.T) {
 		}
 	}
 }
-
