@@ -313,7 +313,7 @@ func (c *client) process() error {
 				continue
 			}
 		}
-		if transaction && from == pos && c.mayListen(typ) {
+		if transaction && from == pos && c.mayListen(typ, body) {
 			n := c.listenStatement(data[pos:]) // LISTEN, UNLISTEN (listen_client.go)
 			if n < 0 {
 				break // the rest of its batch is on its way

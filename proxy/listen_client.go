@@ -69,6 +69,9 @@ func listenKeyword(sql []byte) bool {
 	for i < len(sql) && (sql[i] == ' ' || sql[i] == '\t' || sql[i] == '\n' || sql[i] == '\r') {
 		i++
 	}
+	if i == len(sql) || sql[i]|0x20 != 'l' && sql[i]|0x20 != 'u' {
+		return false
+	}
 	word := sql[i:]
 	if len(word) > 8 {
 		word = word[:8]
@@ -83,12 +86,15 @@ var listenTexts = struct {
 	m map[string][]listenOp
 }{m: map[string][]listenOp{}}
 
-// listenOps returns the statements of sql when every one is a LISTEN or
+// listenOps returns the statements of the SQL text at the front of body
+// (a Query's, or a Parse's after the name) when every one is a LISTEN or
 // UNLISTEN; false for anything else (which goes to a server as before).
-func listenOps(sql []byte) ([]listenOp, bool) {
-	if !listenKeyword(sql) {
+// Other texts cost a look at their first word.
+func listenOps(body []byte) ([]listenOp, bool) {
+	if !listenKeyword(body) {
 		return nil, false
 	}
+	sql := queryText(body)
 	listenTexts.Lock()
 	ops, ok := listenTexts.m[string(sql)]
 	listenTexts.Unlock()
@@ -157,7 +163,7 @@ type heldStmt struct {
 func (c *client) scanListen(data []byte) (ex listenExchange, ok, more bool) {
 	if data[0] == 'Q' {
 		n := 1 + int(binary.BigEndian.Uint32(data[1:]))
-		ops, ok := listenOps(queryText(data[5:n]))
+		ops, ok := listenOps(data[5:n])
 		if !ok {
 			return ex, false, false
 		}
@@ -192,7 +198,7 @@ func (c *client) scanListen(data []byte) (ex listenExchange, ok, more bool) {
 			if !ok {
 				return ex, false, false
 			}
-			ops, ok := listenOps(queryText(rest))
+			ops, ok := listenOps(rest)
 			if !ok || len(ops) != 1 {
 				return ex, false, false
 			}
@@ -267,10 +273,20 @@ func (c *client) heldStmt(name []byte) []listenOp {
 }
 
 // mayListen reports whether a message of type typ at the start of a batch
-// may begin a LISTEN exchange: a Query or Parse, or any message of a
-// client that holds LISTEN statements.
-func (c *client) mayListen(typ byte) bool {
-	return typ == 'Q' || typ == 'P' || c.listen.Load() != nil && (typ == 'B' || typ == 'D' || typ == 'C' || typ == 'E')
+// may begin a LISTEN exchange: a Query or Parse whose text starts with
+// LISTEN or UNLISTEN, or any message of a client that holds LISTEN
+// statements. It is all a statement that is not one costs.
+func (c *client) mayListen(typ byte, body []byte) bool {
+	switch typ {
+	case 'Q':
+		return listenKeyword(body)
+	case 'P':
+		i := bytes.IndexByte(body, 0)
+		return i >= 0 && listenKeyword(body[i+1:])
+	case 'B', 'D', 'C', 'E':
+		return c.listen.Load() != nil
+	}
+	return false
 }
 
 func (op listenOp) tag() string {
