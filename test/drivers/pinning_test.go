@@ -121,7 +121,6 @@ func TestPinnedSessionFeatures(t *testing.T) {
 		listenAcrossTransactions(t, ctx, g, listener)
 	})
 
-
 	t.Run("advisory lock", func(t *testing.T) {
 		before := pinnedCount(t, g, "session advisory lock")
 		holder := session(t)
