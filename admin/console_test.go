@@ -130,6 +130,17 @@ func TestConsoleLimiterViews(t *testing.T) {
 	if v := budget.row(t, "key", "poller worker")["value"]; !strings.Contains(v, "by transactions 1m30s, queries 30s") {
 		t.Errorf("SHOW BUDGET poller worker = %q", v)
 	}
+	// The endpoint row: awake (30 s since the commit, suspend_after 5m),
+	// woken by worker's connection.
+	var ep []string
+	for _, r := range budget.rows {
+		if strings.HasPrefix(r[0], "endpoint ") {
+			ep = r
+		}
+	}
+	if ep == nil || !strings.Contains(ep[1], "awake now") || !strings.Contains(ep[1], "last woken "+t0.UTC().Format(time.RFC3339)+" by worker") {
+		t.Errorf("SHOW BUDGET endpoint row %q", ep)
+	}
 
 	pollers := mustExec(t, con, "SHOW POLLERS")
 	if !slices.Equal(pollers.cols, []string{"application_name", "endpoint", "queries", "median_gap", "max_gap", "awake", "awake_pct", "keeps_awake", "window",

@@ -72,7 +72,7 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 	if err != nil {
 		return nil, fmt.Errorf("databases.%s.primary: %w", name, err)
 	}
-	pc.DialFunc = p.dialServer
+	pc.DialFunc, pc.LookupFunc = p.dialServer, p.lookupHost
 	db := &database{name: name, p: p, primary: pc}
 	db.listen = newListener(db)
 	if dc.Fallback != "" {
@@ -80,7 +80,7 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 		if err != nil {
 			return nil, fmt.Errorf("databases.%s.fallback: %w", name, err)
 		}
-		fc.DialFunc = p.dialServer
+		fc.DialFunc, fc.LookupFunc = p.dialServer, p.lookupHost
 		db.fallback = fc
 		db.fallbackRO = fc.Copy()
 		db.fallbackRO.RuntimeParams[fallbackReadOnlyParam] = "on"
@@ -287,6 +287,7 @@ func (db *database) dialUpstream(ctx context.Context, u failover.Upstream) (*bac
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
+	dialed := time.Now() // the compute wakes when the connection arrives, not when it is ready
 	conn, err := pgconn.ConnectConfig(ctx, db.upstreamConfig(u))
 	if err != nil {
 		return nil, err
@@ -302,7 +303,7 @@ func (db *database) dialUpstream(ctx context.Context, u failover.Upstream) (*bac
 	}
 	b := newBackend(db, hc, u.String())
 	if u == failover.Primary { // a new session wakes the compute (a failed connect did not)
-		b.act = db.p.Limiter.Connected(db.name, "", time.Now())
+		b.act = db.p.Limiter.Connected(db.name, "", dialed)
 	}
 	db.mu.Lock()
 	db.params = maps.Clone(hc.ParameterStatuses)

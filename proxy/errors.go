@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -129,6 +130,12 @@ func (p *Proxy) clientError(err error, db *database, fatal bool) *Error {
 			Message: fmt.Sprintf("upstream %s for database %q presented a TLS certificate pgguard does not trust: %v",
 				db.upstreamHost(), db.name, certErr.Err),
 			Hint: "check the URL's sslmode and sslrootcert, and that pgguard's CA bundle (/etc/ssl/certs/ca-certificates.crt) holds the server's CA"}
+	case errors.Is(err, syscall.ECONNREFUSED) && db != nil:
+		// Not a timeout: nothing listens there (a Neon proxy refusing, a
+		// fallback that is down).
+		return &Error{Severity: sev, Code: codeConnectionFailure, Cause: err,
+			Message: fmt.Sprintf("upstream %s for database %q refused the connection: connection refused (nothing listens there)",
+				db.upstreamHost(), db.name)}
 	case errors.As(err, &connErr), errors.As(err, &netErr), errors.Is(err, context.DeadlineExceeded):
 		host := "?"
 		if db != nil {

@@ -55,6 +55,11 @@ type Proxy struct {
 	// Cache, when set, answers the queries [[cache]] rules choose and
 	// learns of every write (set before Serve).
 	Cache *cache.Cache
+	// LookupHost, when set, resolves upstream host names instead of DNS
+	// (set before Serve): tests and `pgguard demo -neon` point Neon-style
+	// names (ep-x.us-east-2.aws.neon.tech) at a simulator, keeping the name
+	// for TLS SNI and certificate checks.
+	LookupHost func(ctx context.Context, host string) ([]string, error)
 
 	ctx    context.Context // ends on Close: aborts waits and dials
 	cancel context.CancelFunc

@@ -392,7 +392,8 @@
       h('div', {class: 'legend small muted'}, h('i', {class: 's0'}), 'used', h('i', {class: 's0'}), 'projected (dashed)',
         limit ? [h('i', {class: 's1'}), 'alert_at', h('i', {class: 'sr'}), 'monthly_cu_hours'] : ' · no monthly_cu_hours: guard off'));
     if (b.endpoints.length) out.push(h('ul', {class: 'plain small'}, b.endpoints.map((e) =>
-      h('li', null, e.endpoint + ': awake ' + dur(e.awake_seconds) + ' this month' + (e.awake_now ? ' · awake now' : ' · asleep')))));
+      h('li', {'data-endpoint': e.endpoint}, e.endpoint + ': awake ' + dur(e.awake_seconds) + ' this month' + (e.awake_now ? ' · awake now' : ' · suspended') +
+        (e.last_wake ? ' · last woken ' + new Date(e.last_wake).toLocaleTimeString() + ' by ' + (e.last_wake_by || '(new connection)') : '')))));
     return out;
   }
 
