@@ -53,6 +53,11 @@ func TestConsoleShowViews(t *testing.T) {
 	if strings.Contains(cfg, appPass) || strings.Contains(cfg, adminPass) || strings.Contains(cfg, pg.Password()) || !strings.Contains(cfg, "****") {
 		t.Errorf("SHOW CONFIG does not mask passwords:\n%s", cfg)
 	}
+
+	fo := mustExec(t, con, "SHOW FAILOVER")
+	if f := fo.row(t, "database", "app"); f["upstream"] != "primary" || f["serving"] != "true" || f["switches"] != "0" || f["fallback_writes"] != "" {
+		t.Errorf("SHOW FAILOVER: %v", f)
+	}
 }
 
 func TestConsoleShowQueries(t *testing.T) {

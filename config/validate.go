@@ -205,6 +205,8 @@ func (v *validator) pool() {
 		{"pool.client_idle_timeout", p.ClientIdleTimeout},
 		{"pool.idle_transaction_timeout", p.IdleTransactionTimeout},
 		{"pool.query_timeout", p.QueryTimeout},
+		{"pool.cancel_timeout", p.CancelTimeout},
+		{"pool.server_check_after", p.ServerCheckAfter},
 		{"pool.server_idle_timeout", p.ServerIdleTimeout},
 		{"pool.server_lifetime", p.ServerLifetime},
 		{"pool.connect_timeout", p.ConnectTimeout},
@@ -249,6 +251,7 @@ func (v *validator) failover() {
 		v.bad("failover.probe_max_interval", "%s is below probe_interval (%s); want probe_interval or more", f.ProbeMaxInterval.Duration, f.ProbeInterval.Duration)
 	}
 	v.nonNegative("failover.failback_after", f.FailbackAfter)
+	v.oneOf("failover.split_policy", f.SplitPolicy, "fail_over", "refuse")
 }
 
 func (v *validator) limits() {

@@ -45,11 +45,15 @@ type database struct {
 	backends map[*backend]struct{}
 	// stmtKeys give statement texts their keys on servers (stale.go).
 	stmtKeys stmtKeys
+	// stalls are the checks of upstreams owing replies (stall.go).
+	stalls stallWatch
+	// fbWrites accounts writes served by a writable fallback (fallbackwrites.go).
+	fbWrites fallbackWrites
 	// listen serves transaction-mode clients' LISTEN (listen.go).
 	listen *listener
 
 	// Pre-resolved metric children, so the hot path does no label lookups.
-	queryDur prometheus.Observer
+	queryDur [2]prometheus.Observer // by the upstream that answered (failover.Upstream)
 	poolWait prometheus.Observer
 	queries  prometheus.Counter
 	servers  atomic.Int64 // open server connections, for SHOW POOLS and metrics
@@ -85,7 +89,9 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 		db.fallbackRO = fc.Copy()
 		db.fallbackRO.RuntimeParams[fallbackReadOnlyParam] = "on"
 	}
-	db.queryDur = p.metrics.QueryDuration.WithLabelValues(name, "primary")
+	for _, u := range []failover.Upstream{failover.Primary, failover.Fallback} {
+		db.queryDur[u] = p.metrics.QueryDuration.WithLabelValues(name, u.String())
+	}
 	db.poolWait = p.metrics.PoolWait.WithLabelValues(name)
 	db.queries = p.metrics.Queries.WithLabelValues(name, "")
 	db.fo = failover.New(p.cfg.Load().Failover, db.fallback != nil, db.probe, p.log.With("database", name), nil)
@@ -106,11 +112,17 @@ func (db *database) configure(cfg *config.Config) {
 	db.fo.Configure(cfg.Failover)
 }
 
-// switched is the monitor's OnSwitch hook: metrics only (the WARN line is the
-// monitor's). Retire does the draining.
+// switched is the monitor's OnSwitch hook: metrics (the WARN line is the
+// monitor's), and a check that the primary left behind still answers
+// (stall.go). Retire does the draining.
 func (db *database) switched(sw failover.Switch) {
 	db.setActiveMetric(sw.To)
 	db.p.metrics.Switches.WithLabelValues(db.name).Inc()
+	if sw.To == failover.Fallback {
+		db.switchedAway(failover.Primary)
+	} else {
+		db.failedBack()
+	}
 	db.listen.retire() // it listens on the upstream left behind
 }
 
@@ -272,6 +284,8 @@ func (db *database) dial(ctx context.Context) (*backend, error) {
 				t.Stop()
 				return nil, err
 			}
+		case db.fo.Refusing():
+			return nil, fmt.Errorf("%w: %w", failover.ErrRefused, err)
 		default:
 			return nil, err
 		}

@@ -73,6 +73,10 @@ type backend struct {
 	resetBad bool           // a reset query failed: close instead of reuse
 	syncBad  bool           // the last parameter sync failed: close instead of use
 	roGen    uint64         // read-only switch generation the server was synced for
+	roForced bool           // its last sync forced default_transaction_read_only on (mustReadOnly)
+	// abandoned says why pgguard closed the connection under its client
+	// ("was closed: ... pool.cancel_timeout ..."); "" when it was lost.
+	abandoned string
 	// profile is the session parameters b matches (client.profile); it
 	// outlives the link, so a client that comes to a server synced for
 	// itself, or for any client with the same parameters, needs no sync.
@@ -220,6 +224,8 @@ func (b *backend) died(err error) {
 	}
 	b.replies = b.replies[:0]
 	unsure := b.unsettledWrites()
+	outcome := b.lostOutcome()
+	why := b.abandoned
 	b.queue.clear()
 	b.signalAnswered()
 	c := b.unlinkLocked()
@@ -227,7 +233,10 @@ func (b *backend) died(err error) {
 	b.invalidate(unsure)
 	if c != nil {
 		b.db.linkedServerDied(b, err)
-		c.serverLost(b, err)
+		if why == "" {
+			why = "was lost"
+		}
+		c.serverLost(b, err, lostError(b.db, b.db.hostOf(b.upstream), why, outcome))
 	}
 	b.enter(srvClosed)
 	if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
@@ -256,13 +265,14 @@ func (b *backend) reset(c *client, discardAll bool) {
 	b.writes.Reset()
 	b.unitCommitted, b.unitUndone = false, false
 	var q []byte
+	sent := inflightQuery{start: time.Now()} // for stall.go
 	if b.txStatus != 'I' {
 		q = appendQuery(q, "ROLLBACK")
-		b.queue.push(request{kind: reqReset})
+		b.queue.push(request{kind: reqReset, inflightQuery: sent})
 	}
 	if discardAll {
 		q = appendQuery(q, "DISCARD ALL")
-		b.queue.push(request{kind: reqReset})
+		b.queue.push(request{kind: reqReset, inflightQuery: sent})
 		b.custom = nil
 		b.stmts.clear()
 		b.profile = unique.Handle[string]{}
@@ -350,7 +360,7 @@ func (b *backend) markTimedOut(c *client) bool {
 	if b.client != c || h == nil || h.kind != reqClient || h.timedOut {
 		return false
 	}
-	h.timedOut = true
+	h.timedOut, h.cancelAt = true, time.Now()
 	return true
 }
 
@@ -369,7 +379,7 @@ func (b *backend) cancelFor(c *client) {
 
 	hc := *b.hc
 	if pc, err := pgconn.Construct(&hc); err == nil {
-		ctx, done := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, done := context.WithTimeout(context.Background(), cancelDialTimeout(b.db.p.cfg.Load().Pool))
 		if err := pc.CancelRequest(ctx); err != nil {
 			b.db.p.log.Warn("cancel request failed", "database", b.db.name, "server", b.id, "err", err)
 		}

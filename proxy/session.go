@@ -243,6 +243,9 @@ func syncSQL(c *client, b *backend, readOnly bool) string {
 		}
 	}
 	for _, e := range c.want.custom {
+		if readOnly && (e.k == "transaction_read_only" || e.k == readOnlyParam) {
+			continue // the client's own read-write wish does not count here
+		}
 		if v, _ := b.custom.get(e.k); v != e.v {
 			add(e.v)
 		}

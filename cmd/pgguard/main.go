@@ -32,6 +32,7 @@ import (
 	"github.com/pgguard/pgguard/admin/dashboard"
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/failover"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
@@ -162,6 +163,17 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 		return err
 	}
 	p.QueryLog, p.Limiter, p.Cache, p.LookupHost = ql, lim, rc, o.lookupHost
+	fleetURL := cfg.Limiter.RedisURL
+	if suspendRedis {
+		fleetURL = ""
+	}
+	fleet, err := failover.NewFleet(fleetURL, "limiter.redis_url", log.With("component", "failover"), m.Registry)
+	if err != nil {
+		p.Close()
+		return fmt.Errorf("failover: %w", err)
+	}
+	defer fleet.Close()
+	fleet.Start(p.Monitors)
 	reload := reloader(p, ql, lim, rc, o.path, o.getenv, log)
 
 	ln, err := net.Listen("tcp", cfg.Listen)

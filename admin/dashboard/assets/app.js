@@ -123,6 +123,8 @@
     for (const p of st.pools) {
       if (p.failover.active === 'fallback') out.push(badge('warn', p.database + ' on fallback'));
       if (!p.failover.serving) out.push(badge('bad', p.database + ': upstream down'));
+      if (p.failover.isolated) out.push(badge('bad', p.database + ': only this instance cannot reach the primary', p.failover.peers.peers_up + ' other instance(s) can; split_policy = ' + p.failover.split_policy));
+      if (p.fallback_writes && p.fallback_writes.total) out.push(badge('warn', p.database + ': ' + num(p.fallback_writes.total) + ' write(s) on the fallback', 'not on the primary; pgguard does not reconcile them'));
     }
     const b = st.budget;
     if (b && b.exhausted) out.push(badge('bad', 'budget exhausted', 'on_exhausted = ' + b.on_exhausted));
@@ -162,6 +164,8 @@
         (fo.primary.consecutive_failures ? ' · primary failures ' + fo.primary.consecutive_failures : '') +
         (fo.next_probe ? ' · next probe ' + clock(Date.parse(fo.next_probe)) : '')),
       fo.primary.last_error ? h('div', {class: 'small muted'}, 'last primary error: ' + fo.primary.last_error) : null,
+      p.fallback_writes && p.fallback_writes.total ? h('div', {class: 'small'}, 'writes served by the fallback (not on the primary, not reconciled): ' +
+        Object.entries(p.fallback_writes.tables || {}).map(([t, n]) => t + ' ' + num(n)).join(' · ')) : null,
       recent.length ? h('ul', {class: 'plain small'}, recent) : null);
   }
 
