@@ -370,6 +370,9 @@ func (c *client) process() error {
 				slow = true // a statement the client prepared with Parse (rewriter.deallocate)
 				c.stmtOpState = stmtOpsOpen
 			}
+			if !transaction && e != nil && e.dealloc != "" {
+				delete(c.stmts, e.dealloc) // session mode: the server's statement table, as the guard knows it
+			}
 			c.stmtOpsSynced()
 			c.unnamedSeen = 2
 			if cached {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +47,10 @@ type database struct {
 	backends map[*backend]struct{}
 	// stmtKeys give statement texts their keys on servers (stale.go).
 	stmtKeys stmtKeys
+	// upstreamID is the primary's host, port and database name: the
+	// result cache's generations are per upstream database, so every
+	// [databases] name on it invalidates the others' entries.
+	upstreamID string
 	// stalls are the checks of upstreams owing replies (stall.go).
 	stalls stallWatch
 	// fbWrites accounts writes served by a writable fallback (fallbackwrites.go).
@@ -66,6 +72,11 @@ type database struct {
 	nextSrvID   atomic.Uint64
 }
 
+// upstreamID names the database a connection config reaches.
+func upstreamID(pc *pgconn.Config) string {
+	return strings.ToLower(pc.Host) + ":" + strconv.Itoa(int(pc.Port)) + "/" + pc.Database
+}
+
 // fallbackReadOnlyParam makes writes on the fallback fail with 25006
 // (PostgreSQL docs 20.11.1). It is given at connect, so RESET ALL and
 // DISCARD ALL keep it.
@@ -77,7 +88,7 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 		return nil, fmt.Errorf("databases.%s.primary: %w", name, err)
 	}
 	pc.DialFunc, pc.LookupFunc = p.dialServer, p.lookupHost
-	db := &database{name: name, p: p, primary: pc}
+	db := &database{name: name, p: p, primary: pc, upstreamID: upstreamID(pc)}
 	db.listen = newListener(db)
 	if dc.Fallback != "" {
 		fc, err := pgconn.ParseConfig(dc.Fallback)

@@ -293,6 +293,7 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 	sev, code := errorFields(body)
 	if sev == "FATAL" || sev == "PANIC" || code == codeAdminShutdown {
 		b.dead.Store(true)
+		b.serverEnded = true
 	}
 	if h != nil {
 		h.failed = true
@@ -340,6 +341,13 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 // server's state, forwards the message if the request was the client's,
 // and returns the server to the pool when a transaction-mode client's
 // transaction is over (after the client's bytes are written).
+//
+// The request leaves the queue only once everything it owes the client is
+// done: its commit invalidated, its miss stored and, when it is the last
+// one outstanding, its ReadyForQuery written. Until then the client is not
+// idle (client.idleSession) and keeps this server, so nothing it sent
+// later, a hit or a query on another server, is answered before it,
+// however long Redis takes.
 func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	status := byte('I')
 	if len(msg) == 6 {
@@ -347,22 +355,44 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	}
 	now := time.Now()
 	b.mu.Lock()
-	if b.queue.len() == 0 {
+	h := b.queue.front()
+	if h == nil {
 		b.mu.Unlock()
 		b.db.p.log.Error("server sent a ReadyForQuery nobody asked for; closing the connection", "database", b.db.name, "server", b.id)
 		b.dead.Store(true)
 		b.conn.Close()
 		return
 	}
+	inval := b.unitWrites(h, status)
+	fill, failed, last := h.fill, h.failed, b.queue.len() == 1
+	b.settling = last
+	var to *client
+	if h.kind == reqClient {
+		to = b.client
+	}
+	b.mu.Unlock()
+	b.invalidate(inval) // before the client hears of the commit
+	if fill != nil {
+		b.storeFill(fill, failed, status) // before the client can ask again
+	}
+	if inRead {
+		b.fwd.pass(to, msg)
+	} else {
+		b.fwd.put(to, msg)
+	}
+	if last && to != nil {
+		b.fwd.flush() // the client has every reply before it may count as idle
+	}
+
+	b.mu.Lock()
 	r := b.queue.pop()
-	inval := b.unitWrites(&r, status)
+	b.settling = false
 	b.txStatus = status
 	b.act.Ready(now, b.queue.len() > 0, status != 'I')
 	b.batchDone()
 	if next := b.queue.front(); next != nil && next.start.Before(now) {
 		next.start = now // pipelined: the next one starts when this one ends
 	}
-	var to *client
 	next := numServerStates // none
 	switch r.kind {
 	case reqParamSync:
@@ -385,8 +415,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		if status == 'I' {
 			b.unitDone()
 		}
-		to = b.client
-		if c := to; c != nil && b.queue.len() == 0 && !b.open && status == 'I' && c.pooling == poolTransaction && !c.pinned.Load() {
+		if c := b.client; c != nil && b.queue.len() == 0 && !b.open && status == 'I' && c.pooling == poolTransaction && !c.pinned.Load() {
 			b.unlinkLocked()
 			next = srvIdle
 		}
@@ -395,24 +424,14 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	b.signalAnswered()
 	b.refreshBulk()
 	b.mu.Unlock()
-	b.invalidate(inval) // before the client hears of the commit
-	if r.fill != nil {
-		b.storeFill(&r, status) // before the client can ask again
-	}
-	if inRead {
-		b.fwd.pass(to, msg)
-	} else {
-		b.fwd.put(to, msg)
-	}
 	if next != numServerStates {
-		// Back in the pool before the client reads its reply: the query it
-		// sends next finds this server idle, instead of racing its release
-		// (a sequential client keeps its server, and its parameters).
+		// Back in the pool as soon as the client has its reply: the query
+		// it sends next finds this server idle (a sequential client keeps
+		// its server, and its parameters), or still linked to it.
 		if r.kind == reqClient {
 			b.db.xacts.Add(1)
 		}
 		b.enter(next)
-		b.fwd.flush()
 	}
 	if r.kind == reqClient && r.query {
 		b.report(r.inflightQuery, now)

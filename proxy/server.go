@@ -102,6 +102,13 @@ type backend struct {
 	writes        cache.Pending
 	unitCommitted bool
 	unitUndone    bool
+	// settling: the pump is finishing the last outstanding request, whose
+	// ReadyForQuery came (readyForQuery); the client waits for it to leave
+	// the queue before it counts as idle (client.idleSession).
+	settling bool
+	// serverEnded: the server said it is closing (FATAL): its backend is
+	// gone, and nothing it ran can commit later.
+	serverEnded bool
 	// Whose unnamed statement the server holds (a client and its number).
 	unnamedOwner *client
 	unnamedGen   uint64
@@ -225,12 +232,17 @@ func (b *backend) died(err error) {
 	b.replies = b.replies[:0]
 	unsure := b.unsettledWrites()
 	outcome := b.lostOutcome()
+	running := outcome == lostUnknown && !b.serverEnded // its backend may still commit
 	why := b.abandoned
 	b.queue.clear()
 	b.signalAnswered()
 	c := b.unlinkLocked()
 	b.mu.Unlock()
-	b.invalidate(unsure)
+	if running && !unsure.Empty() {
+		go b.settleOrphan(unsure)
+	} else {
+		b.invalidate(unsure)
+	}
 	if c != nil {
 		b.db.linkedServerDied(b, err)
 		if why == "" {
