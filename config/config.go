@@ -59,6 +59,8 @@ type Config struct {
 	CacheStore CacheStore `toml:"cache_store"`
 	// Run configures `pgguard run -- COMMAND` ([run]).
 	Run Run `toml:"run"`
+	// Fleet configures leases, heartbeats and fleet-wide switches ([fleet]).
+	Fleet Fleet `toml:"fleet"`
 	// Notify configures LISTEN/NOTIFY under transaction pooling ([notify]).
 	Notify Notify `toml:"notify"`
 
@@ -75,6 +77,14 @@ type Database struct {
 	Fallback string `toml:"fallback"`
 	// PoolSize, when non-zero, overrides pool.size for this database (pool_size).
 	PoolSize int `toml:"pool_size"`
+	// FleetMaxConnections caps the server connections to this primary
+	// across every pgguard on the fleet's Redis; 0 is no fleet cap
+	// (fleet_max_connections; env PGGUARD_FLEET_MAX_CONNECTIONS).
+	FleetMaxConnections int `toml:"fleet_max_connections"`
+	// FleetStaticShare is what this instance may hold of the fleet cap
+	// while Redis is unreachable; 0: the cap divided by the last fleet size
+	// seen (fleet_static_share).
+	FleetStaticShare int `toml:"fleet_static_share"`
 }
 
 // User is one [[users]] entry.
@@ -290,6 +300,31 @@ type Run struct {
 	RewriteEnv []string `toml:"rewrite_env"`
 }
 
+// Fleet is the [fleet] table: how this instance takes part in the fleet on
+// one Redis (connection leases, heartbeats, fleet-wide switches).
+type Fleet struct {
+	// RedisURL is the fleet's Redis; empty means limiter.redis_url (redis_url).
+	RedisURL string `toml:"redis_url"`
+	// InstanceID names this instance in leases and heartbeats; empty:
+	// FLY_MACHINE_ID, else host name and process id (instance_id).
+	InstanceID string `toml:"instance_id"`
+	// LeaseTTL is how long leases and a heartbeat outlive their last
+	// renewal: a dead instance's leases are free within it (lease_ttl).
+	LeaseTTL Duration `toml:"lease_ttl"`
+	// Heartbeat is how often the heartbeat is published and fleet-wide
+	// switches are read (heartbeat).
+	Heartbeat Duration `toml:"heartbeat"`
+}
+
+// FleetRedisURL returns the Redis of the fleet: fleet.redis_url, else
+// limiter.redis_url, else "" (no fleet: a fleet cap is a per-instance cap).
+func (c *Config) FleetRedisURL() string {
+	if c.Fleet.RedisURL != "" {
+		return c.Fleet.RedisURL
+	}
+	return c.Limiter.RedisURL
+}
+
 // Duration is a time.Duration written in TOML as a Go duration string; "0" disables.
 type Duration struct{ time.Duration }
 
@@ -370,7 +405,8 @@ func Default() *Config {
 			AlertAt:        0.8,
 			OnExhausted:    "alert",
 		},
-		Run: Run{RewriteEnv: []string{"DATABASE_URL"}},
+		Run:   Run{RewriteEnv: []string{"DATABASE_URL"}},
+		Fleet: Fleet{LeaseTTL: D(10 * time.Second), Heartbeat: D(time.Second)},
 	}
 }
 

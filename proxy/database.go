@@ -15,6 +15,7 @@ import (
 
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/failover"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/pool"
 )
 
@@ -38,6 +39,9 @@ type database struct {
 	fallbackRO *pgconn.Config
 	fo         *failover.Monitor
 	pool       *pool.Pool[*backend]
+	// lease holds this database's share of its fleet cap (fleet.go); nil
+	// without a fleet.
+	lease *fleet.Leases
 
 	// params are the ParameterStatus values of the newest server connection,
 	// given to clients at login. Guarded by mu.
@@ -70,6 +74,7 @@ type database struct {
 	xacts       atomic.Uint64
 	queryCount  atomic.Uint64
 	nextSrvID   atomic.Uint64
+	fullLogged  atomic.Int64 // Unix ns of the last "upstream full" line (fleet.go)
 }
 
 // upstreamID names the database a connection config reaches.
@@ -109,7 +114,12 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 	db.fo.OnSwitch = db.switched
 	context.AfterFunc(p.ctx, db.fo.Close)
 	db.setActiveMetric(failover.Primary)
-	db.pool = pool.New(pool.Options[*backend]{Dial: db.dial, Retire: db.retire})
+	opts := pool.Options[*backend]{Dial: db.dial, Retire: db.retire}
+	if p.fleet != nil && dc.FleetMaxConnections > 0 { // without a cap the pool works as ever
+		db.lease = p.fleet.Leases(name, fmt.Sprintf("%s:%d", pc.Host, pc.Port))
+		opts.Leases = db.lease
+	}
+	db.pool = pool.New(opts)
 	db.configure(p.cfg.Load())
 	return db, nil
 }
@@ -157,7 +167,7 @@ func (db *database) setActiveMetric(u failover.Upstream) {
 // retire is the pool's Retire hook: a connection to the upstream not in use
 // is closed when released or found idle, instead of being reused.
 func (db *database) retire(b *backend) bool {
-	return b.upstream != db.active().String()
+	return b.upstream != db.active().String() || db.overLeases()
 }
 
 // upstreamConfig returns the pgconn config for u.
@@ -282,6 +292,9 @@ func (db *database) dial(ctx context.Context) (*backend, error) {
 		}
 		if ctx.Err() != nil { // pgguard is closing, or the client gave up waiting: says nothing of the upstream
 			return nil, err
+		}
+		if full := db.upstreamFull(err); full != nil { // the client queues, the pool retries
+			return nil, full
 		}
 		db.fo.Failure(u, err)
 		switch {
