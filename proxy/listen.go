@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgguard/pgguard/failover"
@@ -96,6 +97,8 @@ type listenConn struct {
 	upstream string
 	since    time.Time
 	cmds     []*listenCmd // awaiting their ReadyForQuery, oldest first (listener.mu)
+	leased   bool         // holds a lease of the fleet cap, given back once it ends
+	gave     atomic.Bool
 }
 
 // restoreBackoff spaces attempts after a failed one, so queries to an
@@ -171,23 +174,23 @@ func (l *listener) open() error {
 	ctx, cancel := context.WithCancel(l.db.p.ctx)
 	defer cancel()
 	u := l.db.active()
-	pc, err := l.db.connect(ctx, u)
-	if err != nil {
-		return err
+	// On the primary it holds a lease of the fleet cap, as a pool's
+	// connection does: the cap counts it (and the pool keeps one fewer).
+	leased := u == failover.Primary && l.db.lease != nil
+	if leased && !l.db.lease.TryTake() {
+		return fmt.Errorf("the fleet's fleet_max_connections for database %q is reached: no lease for the listening connection", l.db.name)
 	}
-	if err := pc.SyncConn(ctx); err != nil {
-		pc.Close(context.Background())
-		return err
-	}
-	hc, err := pc.Hijack()
+	hc, err := l.dial(ctx, u)
 	if err != nil {
-		pc.Close(context.Background())
+		if leased {
+			l.db.lease.Give()
+		}
 		return err
 	}
 	if u == failover.Primary {
 		l.db.p.Limiter.ObserveConnect(l.db.name, listenerApp, time.Now())
 	}
-	lc := &listenConn{conn: hc.Conn, fe: hc.Frontend, pid: hc.PID, upstream: u.String(), since: time.Now()}
+	lc := &listenConn{conn: hc.Conn, fe: hc.Frontend, pid: hc.PID, upstream: u.String(), since: time.Now(), leased: leased}
 	go l.read(lc)
 
 	l.mu.Lock()
@@ -251,6 +254,25 @@ func (l *listener) open() error {
 	l.mu.Unlock()
 	l.db.p.log.Info("listening connection open", "database", l.db.name, "upstream", lc.upstream, "backend_pid", lc.pid, "channels", len(names))
 	return nil
+}
+
+// dial opens, authenticates and hijacks a connection to u, as the pool's
+// are opened.
+func (l *listener) dial(ctx context.Context, u failover.Upstream) (*pgconn.HijackedConn, error) {
+	pc, err := l.db.connect(ctx, u)
+	if err != nil {
+		return nil, err
+	}
+	if err := pc.SyncConn(ctx); err != nil {
+		pc.Close(context.Background())
+		return nil, err
+	}
+	hc, err := pc.Hijack()
+	if err != nil {
+		pc.Close(context.Background())
+		return nil, err
+	}
+	return hc, nil
 }
 
 // listenerApp is the application the budget model books the listening
@@ -321,6 +343,9 @@ func (l *listener) read(lc *listenConn) {
 // lost handles the end of lc: commands fail, channels are no longer
 // listened, and a gap starts unless pgguard closed it.
 func (l *listener) lost(lc *listenConn, err error) {
+	if lc.leased && lc.gave.CompareAndSwap(false, true) {
+		l.db.lease.Give()
+	}
 	l.mu.Lock()
 	for _, cmd := range lc.cmds {
 		cmd.err = fmt.Errorf("the listening connection ended: %w", err)

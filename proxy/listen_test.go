@@ -19,7 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/internal/guardtest"
+	"github.com/pgguard/pgguard/metrics"
+	"github.com/pgguard/pgguard/proxy"
 )
 
 // listenBackends counts PostgreSQL backends that listen (their last
@@ -568,5 +571,66 @@ func TestListenChunking(t *testing.T) {
 		if c.Pinned != "" {
 			t.Errorf("client %d pinned: %s", c.ID, c.Pinned)
 		}
+	}
+}
+
+// TestListenFleetCap: the listening connection holds a lease of the fleet
+// cap (here a per-instance cap: no Redis), so the pool's connections and
+// it never pass fleet_max_connections together.
+func TestListenFleetCap(t *testing.T) {
+	cfg := testConfig("transaction")
+	cfg.Pool.Size = 4
+	cfg.Databases["app"].FleetMaxConnections = 2
+	f, err := fleet.New(cfg, guardtest.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New()
+	p, err := proxy.New(cfg, guardtest.Logger(), m, proxy.WithFleet(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &guard{Proxy: p, addr: guardtest.Serve(t, p), metrics: m}
+	ctx := context.Background()
+	sub := connect(t, g.url("app"), pgx.QueryExecModeSimpleProtocol)
+	if _, err := sub.Exec(ctx, "LISTEN capped"); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	peak := 0
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			peak = max(peak, backendsOf(t))
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	for i := 0; i < 4; i++ {
+		c := connect(t, g.url("app"), pgx.QueryExecModeSimpleProtocol)
+		wg.Go(func() {
+			if _, err := c.Exec(ctx, fmt.Sprintf("SELECT pg_sleep(0.2); NOTIFY capped, '%d'", i)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	<-stopped
+	for i := 0; i < 4; i++ {
+		if _, err := waitNote(sub, 5*time.Second); err != nil {
+			t.Fatalf("notification %d: %v", i, err)
+		}
+	}
+	if peak > 2 {
+		t.Errorf("%d server connections at the peak, over fleet_max_connections = 2", peak)
+	}
+	if n := listenBackends(t); n != 1 {
+		t.Errorf("%d listening backends, want 1", n)
 	}
 }
