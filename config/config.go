@@ -61,6 +61,8 @@ type Config struct {
 	Run Run `toml:"run"`
 	// Fleet configures leases, heartbeats and fleet-wide switches ([fleet]).
 	Fleet Fleet `toml:"fleet"`
+	// Notify configures LISTEN/NOTIFY under transaction pooling ([notify]).
+	Notify Notify `toml:"notify"`
 
 	// src records where each value came from (file line or environment
 	// variable) so Validate can point at it; set by Load, nil otherwise.
@@ -398,6 +400,7 @@ func Default() *Config {
 			FallbackReadOnly: true,
 		},
 		Limiter: Limiter{QueriesPerHourWarn: 1000},
+		Notify:  Notify{Pooled: true, ClientBuffer: 1 << 20},
 		CacheStore: CacheStore{
 			LocalMaxBytes: 4 << 20, // within the default memory_limit (32 MiB) with room to spare
 			DegradedTTL:   D(5 * time.Second),

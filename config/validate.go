@@ -42,6 +42,7 @@ func (c *Config) Validate() error {
 	v.cacheStore()
 	v.run()
 	v.fleet()
+	v.notify()
 	return v.ps.err()
 }
 

@@ -132,6 +132,10 @@ type client struct {
 	// fallback (failover.fallback_notice; client goroutine).
 	fallbackNoticed bool
 
+	// listen is the client's part in its database's listener
+	// (listen_client.go), set when it first LISTENs in transaction mode.
+	listen atomic.Pointer[subscriber]
+
 	// cached is the result cache's state (cached.go), allocated when the
 	// client first runs with [[cache]] rules: an idle session of a pgguard
 	// without rules does not carry it.
@@ -309,6 +313,17 @@ func (c *client) process() error {
 				c.refuse(e, 1)
 			}
 			if n > 0 { // answered from the cache, or refused
+				pos += n
+				from = pos
+				continue
+			}
+		}
+		if transaction && from == pos && c.mayListen(typ, body) {
+			n := c.listenStatement(data[pos:]) // LISTEN, UNLISTEN (listen_client.go)
+			if n < 0 {
+				break // the rest of its batch is on its way
+			}
+			if n > 0 {
 				pos += n
 				from = pos
 				continue
@@ -608,6 +623,7 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 	if len(p) == 0 {
 		return nil
 	}
+	c.db.listen.beforeQuery() // a listening connection the upstream closed comes back first
 	open := c.skip > 0 || !isSyncPoint(c.lastTyp)
 	ops := len(c.stmtOps)
 	for attempt := 0; ; attempt++ {
@@ -1071,6 +1087,7 @@ func (c *client) disconnect(cause error) {
 	if b := c.server.Load(); b != nil {
 		b.reset(c, c.pooling == poolSession || c.pinned.Load())
 	}
+	c.leaveListener()
 	if c.buf != nil {
 		putReadBuf(c.buf)
 		c.buf = nil

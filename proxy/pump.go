@@ -28,6 +28,10 @@ type serverReader struct {
 	// fill collects the reply for the result cache (the head request's
 	// miss), set with bulkTo.
 	fill *cacheFill
+	// quiet is a listening client this read left idle, as of quietGen of
+	// its sends: its notifications may go out after the flush (noteQuiet).
+	quiet    *subscriber
+	quietGen uint64
 }
 
 // output gathers what one read forwards, so that a read passed on
@@ -160,6 +164,7 @@ func (b *backend) relay(data []byte) {
 		pos = len(data)
 	}
 	b.fwd.flush()
+	b.quietFlushed()
 }
 
 // begin starts a message whose body did not arrive whole: hdr is its
@@ -415,6 +420,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 			next = srvIdle
 		}
 	}
+	b.noteQuiet(to, status)
 	b.signalAnswered()
 	b.refreshBulk()
 	b.mu.Unlock()

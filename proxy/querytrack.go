@@ -111,6 +111,9 @@ func (b *backend) commandComplete(h *request, body []byte) {
 	case "DISCARD ALL", "DEALLOCATE ALL":
 		b.stmtsDropped()
 	}
+	if string(tag) == "DISCARD ALL" && b.client != nil {
+		b.client.listenDiscarded() // it includes UNLISTEN *
+	}
 	// For the result cache: did the unit's writes commit? (See unitWrites.)
 	b.unitUndone = string(tag) == "ROLLBACK"
 	b.unitCommitted = b.unitCommitted || string(tag) == "COMMIT"

@@ -166,6 +166,7 @@ func (b *backend) prepareSend(c *client, p []byte, lead int, open, slow bool) ([
 		return nil, false
 	}
 	c.applyEffects(b)
+	c.listenSending()
 	out := p
 	max := c.p.cfg.Load().Pool.MaxPreparedStatements
 	var hidden []hiddenQuery

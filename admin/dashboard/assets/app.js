@@ -109,6 +109,8 @@
     $('#cache').hidden = !st.cache;
     redraw('apps', st.applications, apps);
     redraw('pollers', st.applications, pollers);
+    redraw('listeners', st.listeners, listeners);
+    $('#listeners').hidden = !(st.listeners && st.listeners.length);
     redraw('leaks', {l: st.leaks, after: st.leak_warn_after_seconds}, (d) => leaks(d.l, d.after));
     $('#updated').textContent = 'updated ' + clock(now) + ' · up ' + dur(st.uptime_seconds);
     $('#footer').textContent = 'Server time for this update: ' + (serverMS === null ? '?' : serverMS.toFixed(2) + ' ms') +
@@ -375,6 +377,20 @@
       h('tbody', null, rows)),
     h('p', {class: 'small muted'}, 'Entries ' + where + '; in process: ' + num(c.local_entries) + ' entries, ' + num(c.local_bytes) + ' of ' + num(c.local_max_bytes) + ' bytes' +
       (c.pending_invalidations ? '; ' + num(c.pending_invalidations) + ' invalidations wait for Redis' : '') + '.')];
+  }
+
+  // listeners shows the channels clients LISTEN to through pgguard's
+  // listening connection (SHOW LISTENERS); hidden while there are none.
+  function listeners(list) {
+    if (!list || !list.length) return [];
+    const rows = list.map((l) => h('tr', {'data-channel': l.channel},
+      h('td', null, l.database), h('td', null, l.channel || '-'), h('td', null, num(l.subscribers)),
+      h('td', null, num(l.received)), h('td', null, num(l.delivered)),
+      h('td', null, l.dropped ? badge('bad', num(l.dropped), 'dropped with clients cut off past notify.client_buffer') : '0'),
+      h('td', null, l.state === 'down' ? badge('warn', 'down ' + dur(l.down_seconds), 're-established before the next query') : l.state),
+      h('td', null, num(l.gaps))));
+    return [h('table', null, h('thead', null, h('tr', null, ['Database', 'Channel', 'Subscribers', 'Received', 'Delivered', 'Dropped', 'Listener', 'Gaps'].map((t) => h('th', null, t)))),
+      h('tbody', null, rows))];
   }
 
   function pollers(a) {
