@@ -18,6 +18,7 @@ import (
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/pool"
+	"github.com/pgguard/pgguard/route"
 )
 
 type poolMode uint8
@@ -601,6 +602,10 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 	}
 	open := c.skip > 0 || !isSyncPoint(c.lastTyp)
 	ops := len(c.stmtOps)
+	var work route.Chunk // what p means for routing (replica.go)
+	if c.db.rs != nil {
+		work = c.classifySend(p, lead, open)
+	}
 	for attempt := 0; ; attempt++ {
 		b := c.server.Load()
 		fresh := b == nil
@@ -620,7 +625,7 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 		var werr error
 		if fresh {
 			var err error
-			if b, err = c.acquire(p, lead, open, slow); err != nil {
+			if b, err = c.acquireFor(work, p, lead, open, slow); err != nil {
 				return err
 			}
 			if h := c.handoff; h != nil {
@@ -629,6 +634,9 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 				}
 				*h = handoff{} // drop the references to the read buffer
 			}
+		}
+		if work.MayWrite() && b.db.rs != nil {
+			b.wrote.Store(true) // before the server can answer
 		}
 		if out == nil {
 			if !b.syncParams(c) {

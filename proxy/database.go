@@ -36,6 +36,10 @@ type database struct {
 	fallbackRO *pgconn.Config
 	fo         *failover.Monitor
 	pool       *pool.Pool[*backend]
+	// rs are the read replicas (replica.go); nil without. replicaOf is set
+	// on a replica's own database instead: the primary's.
+	rs        *replicaSet
+	replicaOf *database
 
 	// params are the ParameterStatus values of the newest server connection,
 	// given to clients at login. Guarded by mu.
@@ -90,6 +94,11 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 	context.AfterFunc(p.ctx, db.fo.Close)
 	db.setActiveMetric(failover.Primary)
 	db.pool = pool.New(pool.Options[*backend]{Dial: db.dial, Retire: db.retire})
+	if len(dc.Replicas) > 0 {
+		if db.rs, err = newReplicaSet(p, db, dc); err != nil {
+			return nil, err
+		}
+	}
 	db.configure(p.cfg.Load())
 	return db, nil
 }
@@ -101,6 +110,7 @@ func (db *database) configure(cfg *config.Config) {
 		cfg.Pool.ServerIdleTimeout.Duration, jitter(cfg.Pool.ServerLifetime.Duration))
 	db.p.metrics.PoolMax.WithLabelValues(db.name).Set(float64(size + cfg.Pool.MaxOverflow))
 	db.fo.Configure(cfg.Failover)
+	db.rs.configure(cfg)
 }
 
 // switched is the monitor's OnSwitch hook: metrics only (the WARN line is the
@@ -130,6 +140,9 @@ func (db *database) setActiveMetric(u failover.Upstream) {
 // retire is the pool's Retire hook: a connection to the upstream not in use
 // is closed when released or found idle, instead of being reused.
 func (db *database) retire(b *backend) bool {
+	if db.replicaOf != nil {
+		return false
+	}
 	return b.upstream != db.active().String()
 }
 
@@ -296,8 +309,12 @@ func (db *database) dialUpstream(ctx context.Context, u failover.Upstream) (*bac
 		conn.Close(context.Background())
 		return nil, err
 	}
-	b := newBackend(db, hc, u.String())
-	if u == failover.Primary { // a new session wakes the compute (a failed connect did not)
+	upstream := u.String()
+	if db.replicaOf != nil {
+		upstream = replicaUpstream
+	}
+	b := newBackend(db, hc, upstream)
+	if u == failover.Primary && db.replicaOf == nil { // a new session wakes the compute (a failed connect did not)
 		b.act = db.p.Limiter.Connected(db.name, "", time.Now())
 	}
 	db.mu.Lock()

@@ -76,6 +76,7 @@ type Proxy struct {
 
 	bytesIn, bytesOut prometheus.Counter
 	started           time.Time
+	routes            proxyRoutes // read replica routing (replica.go)
 }
 
 // New builds a proxy for cfg. Nothing connects upstream until a client asks.
@@ -295,6 +296,7 @@ func (p *Proxy) janitor() {
 			mem.tick(now, p.accepted.Load()+p.parks.Load()+p.gone.Load())
 			for _, db := range p.databases() {
 				db.pool.Sweep(now)
+				db.eachReplica(func(r *database) { r.pool.Sweep(now) })
 			}
 		}
 	}
@@ -441,6 +443,7 @@ func (p *Proxy) Close() {
 	p.parker.stop()
 	for _, db := range p.databases() {
 		db.pool.Close()
+		db.eachReplica(func(r *database) { r.pool.Close() })
 	}
 }
 
@@ -478,6 +481,7 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(db.srvStates[u][st].Load()), db.name, upstream, st.String())
 			}
 		}
+		db.collectReplicas(ch)
 		for from := range db.transitions {
 			for to := range db.transitions[from] {
 				n := db.transitions[from][to].Load()

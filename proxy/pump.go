@@ -229,6 +229,9 @@ func (b *backend) refreshBulk() {
 	b.rd.fill = nil
 	if h != nil && !h.forwarded() {
 		b.rd.bulkTo = nil
+		if h.probe != nil {
+			b.rd.fill = &h.probe.fill
+		}
 		return
 	}
 	if h != nil {
@@ -359,6 +362,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	}
 	var to *client
 	next := numServerStates // none
+	position := false       // the unit's commit position is asked for (holdForPosition)
 	switch r.kind {
 	case reqParamSync:
 		b.unitAborted = false // the sync's own errors are not the client's
@@ -384,12 +388,27 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		if c := to; c != nil && b.queue.len() == 0 && !b.open && status == 'I' && c.pooling == poolTransaction && !c.pinned.Load() {
 			b.unlinkLocked()
 			next = srvIdle
+			if position = b.holdForPosition(c, msg); position {
+				to, next = nil, numServerStates
+			}
+		}
+	case reqProbe:
+		if pr := r.probe; pr.held != nil {
+			next = srvIdle
+			if status != 'I' || r.failed {
+				next = srvClosed
+			}
 		}
 	}
 	b.signalAnswered()
 	b.refreshBulk()
 	b.mu.Unlock()
 	b.invalidate(inval) // before the client hears of the commit
+	if r.kind == reqProbe && r.probe.held != nil {
+		b.positionLearned(r.probe) // before the client hears of the commit
+		to, msg, inRead = r.probe.client, r.probe.held, false
+		b.db.xacts.Add(1)
+	}
 	if r.fill != nil {
 		b.storeFill(&r, status) // before the client can ask again
 	}
@@ -407,6 +426,12 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		}
 		b.enter(next)
 		b.fwd.flush()
+	}
+	if position {
+		b.fwd.flush()
+		if _, err := b.out.Write(appendQuery(nil, positionSQL)); err != nil {
+			b.conn.Close() // the pump's read fails: died gives the client its ReadyForQuery
+		}
 	}
 	if r.kind == reqClient && r.query {
 		b.report(r.inflightQuery, now)

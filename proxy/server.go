@@ -53,11 +53,12 @@ type backend struct {
 	out      *sock                // writes (linked client, resets) on conn
 	in       sockReader           // the pump's reads of out
 	hc       *pgconn.HijackedConn // pid, secret and config for CancelRequest
-	upstream string               // "primary" or "fallback"
+	upstream string               // "primary", "fallback" or "replica"
 	created  time.Time
 	act      *limiter.Activity // the budget model's view of it; nil on the fallback or without a limiter
 
 	dead     atomic.Bool  // the server is closing or closed: never hand it out
+	wrote    atomic.Bool  // the unit of work under way may have written (read-your-writes, replica.go)
 	lastUsed atomic.Int64 // unix nanos of the last link, for SHOW SERVERS
 
 	// Guarded by mu.
@@ -220,11 +221,16 @@ func (b *backend) died(err error) {
 	}
 	b.replies = b.replies[:0]
 	unsure := b.unsettledWrites()
+	b.releaseHeld()
+	owed := b.owesClient()
 	b.queue.clear()
 	b.signalAnswered()
 	c := b.unlinkLocked()
 	b.mu.Unlock()
 	b.invalidate(unsure)
+	if c != nil && !owed && b.db.replicaOf != nil {
+		c = nil // a replica lost while pgguard measured it: the client goes to the primary
+	}
 	if c != nil {
 		b.db.linkedServerDied(b, err)
 		c.serverLost(b, err)
