@@ -449,10 +449,12 @@ func (pr *probe) values() []route.LSN {
 	return nil
 }
 
-// positionSQL is the primary's position after a commit: the insert
-// position, which is past the commit record even with synchronous_commit
-// off (pg_current_wal_lsn, the write position, may not be yet).
-const positionSQL = "SELECT pg_catalog.pg_current_wal_insert_lsn()"
+// positionSQL is the primary's position after a commit: the WAL write
+// position, past the commit record once the commit's reply came with
+// synchronous_commit on (Neon's default). The insert position would be
+// safe with it off too, but on an idle primary it can point past the last
+// record (a page header), which no replica replays until more WAL comes.
+const positionSQL = "SELECT pg_catalog.pg_current_wal_lsn()"
 
 // holdForPosition is called by the pump (mu held) at the ReadyForQuery that
 // ends a transaction-mode client's unit of work on the primary, when the

@@ -41,7 +41,7 @@ func waitReplayed(t *testing.T, sb *localpg.Cluster) {
 	t.Helper()
 	ctx := context.Background()
 	var lsn string
-	if err := pgScalar(ctx, pg.SuperURL("app"), "SELECT pg_current_wal_insert_lsn()::text", &lsn); err != nil {
+	if err := pgScalar(ctx, pg.SuperURL("app"), "SELECT pg_current_wal_lsn()::text", &lsn); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(20 * time.Second)
@@ -215,6 +215,11 @@ func TestReplicaRoutes(t *testing.T) {
 	}
 }
 
+// syncCommit makes a client's commits wait for their WAL to be flushed (and
+// so sent to the standby), as on Neon: localpg runs synchronous_commit off,
+// which leaves a commit's WAL to the WAL writer's next round (200ms).
+const syncCommit = "&options=-c%20synchronous_commit%3Don"
+
 // rywRounds writes a row and reads it back n times: writes through w,
 // reads through r; it returns how many reads missed their own write.
 func rywRounds(t *testing.T, w, r *pgx.Conn, table string, n int) (misses int) {
@@ -250,8 +255,10 @@ func TestReadYourWrites(t *testing.T) {
 	g := startGuard(t, cfg)
 	const rounds = 200
 
+	t0 := time.Now()
+	defer func() { t.Logf("phases: %v", time.Since(t0)) }()
 	direct := connect(t, sb.URL("app"), pgx.QueryExecModeCacheStatement)
-	primary := connect(t, pg.URL("app"), pgx.QueryExecModeCacheStatement)
+	primary := connect(t, pg.URL("app")+syncCommit, pgx.QueryExecModeCacheStatement)
 	if m := rywRounds(t, primary, direct, "rr_ryw", rounds); m == 0 {
 		t.Errorf("reads on the delayed standby directly: 0 of %d missed; the test proves nothing", rounds)
 	} else {
@@ -261,11 +268,14 @@ func TestReadYourWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitReplayed(t, sb)
+	t.Logf("direct done %v", time.Since(t0))
 	r0, _ := sb.SeqScans(ctx, "rr_ryw")
-	c := connect(t, g.url("app"), pgx.QueryExecModeCacheStatement)
+	t.Logf("scans done %v", time.Since(t0))
+	c := connect(t, g.url("app")+syncCommit, pgx.QueryExecModeCacheStatement)
 	if m := rywRounds(t, c, c, "rr_ryw", rounds); m != 0 {
 		t.Errorf("through pgguard: %d of %d reads missed their session's write", m, rounds)
 	}
+	t.Logf("guard done %v", time.Since(t0))
 	r1, _ := sb.SeqScans(ctx, "rr_ryw")
 	t.Logf("through pgguard: %d of %d reads ran on the replica (after waiting for its replay)", r1-r0, rounds)
 	if r1-r0 < rounds/2 {
@@ -296,7 +306,7 @@ func TestReadYourWritesAcrossInstances(t *testing.T) {
 	cfg.Limiter.RedisURL = r.URL()
 	a, b := startGuard(t, cfg), startGuard(t, cfg)
 	const rounds = 200
-	ca := connect(t, a.url("app"), pgx.QueryExecModeCacheStatement)
+	ca := connect(t, a.url("app")+syncCommit, pgx.QueryExecModeCacheStatement)
 	cb := connect(t, b.url("app"), pgx.QueryExecModeCacheStatement)
 	r0, _ := sb.SeqScans(ctx, "rr_fleet")
 	if m := rywRounds(t, ca, cb, "rr_fleet", rounds); m != 0 {
