@@ -128,6 +128,10 @@ type client struct {
 	parkReq atomic.Bool
 	inEpoll bool
 
+	// rerun is a send a failed replica never answered, to run again
+	// (rerun.go); set by the pump, taken by the client goroutine.
+	rerun atomic.Pointer[[]byte]
+
 	// cached is the result cache's state (cached.go), allocated when the
 	// client first runs with [[cache]] rules: an idle session of a pgguard
 	// without rules does not carry it.
@@ -155,6 +159,13 @@ func (c *client) serve() {
 	})
 	for {
 		if err := c.fill(); err != nil {
+			if c.rerunRequested(err) {
+				if err := c.runAgain(); err != nil {
+					c.disconnect(err)
+					return
+				}
+				continue
+			}
 			if c.parkRequested(err) {
 				if c.canPark() && c.p.parker.park(c) {
 					return
@@ -649,6 +660,9 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 			var ok bool
 			if out, ok = b.prepareSend(c, p, lead, open, slow); !ok {
 				continue // the transaction ended and the server went back: take another
+			}
+			if b.db.replicaOf != nil {
+				b.armRerun(c, p, fresh && lead == 0 && !open)
 			}
 			_, werr = b.out.Write(out)
 		}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"sync/atomic"
 	"time"
 )
 
@@ -37,6 +38,10 @@ type output struct {
 	to     *client
 	direct []byte // a run of the current read buffer
 	buf    []byte // copies, once the run is broken
+	// flushes counts writes to clients and last is the latest one's
+	// client, so a replica's reply can be known not to have started (rerun.go).
+	flushes atomic.Uint64
+	last    atomic.Pointer[client]
 }
 
 // pass adds p, a piece of the current read buffer (not copied while the
@@ -81,14 +86,24 @@ func (o *output) put(to *client, p []byte) {
 	o.buf = append(o.buf, p...)
 }
 
+// flushed counts a write to o.to.
+func (o *output) flushed() {
+	o.flushes.Add(1)
+	if o.last.Load() != o.to {
+		o.last.Store(o.to)
+	}
+}
+
 // flush writes what was gathered.
 func (o *output) flush() {
 	switch {
 	case o.to == nil:
 	case o.direct != nil:
 		o.to.write(o.direct)
+		o.flushed()
 	case len(o.buf) > 0:
 		o.to.write(o.buf)
+		o.flushed()
 	}
 	o.direct = nil
 	if cap(o.buf) > 64<<10 {
@@ -200,6 +215,8 @@ func (b *backend) message(msg []byte, inRead bool) {
 	case typ == 'Z':
 		b.readyForQuery(msg, inRead)
 		return
+	case typ == 'N' && b.db.replicaOf != nil && b.shutdownNotice(msg[5:]):
+		return // the replica is going: the client's work is run again (rerun.go)
 	case inspectServer(typ):
 		b.mu.Lock()
 		to, repl = b.inspect(typ, msg[5:])
@@ -291,6 +308,9 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 	sev, code := errorFields(body)
 	if sev == "FATAL" || sev == "PANIC" || code == codeAdminShutdown {
 		b.dead.Store(true)
+		if b.rerunArmed() {
+			return nil, nil // the replica is going: the client's work is run again (rerun.go)
+		}
 	}
 	if h != nil {
 		h.failed = true

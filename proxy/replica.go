@@ -512,6 +512,7 @@ type replicaMetrics struct {
 	rywFallbacks prometheus.Counter
 	rywWait      prometheus.Observer
 	positions    prometheus.Counter
+	reruns       prometheus.Counter
 	db           string
 }
 
@@ -525,6 +526,7 @@ func newReplicaMetrics(p *Proxy, db string) replicaMetrics {
 		rywFallbacks: rm.rywFallbacks.WithLabelValues(db),
 		rywWait:      rm.rywWait.WithLabelValues(db),
 		positions:    rm.positions.WithLabelValues(db),
+		reruns:       rm.reruns.WithLabelValues(db),
 		db:           db,
 	}
 }
@@ -544,6 +546,7 @@ type routeMetricVecs struct {
 	rywFallbacks *prometheus.CounterVec
 	rywWait      *prometheus.HistogramVec
 	positions    *prometheus.CounterVec
+	reruns       *prometheus.CounterVec
 	redisUp      prometheus.Gauge
 }
 
@@ -563,10 +566,12 @@ func (p *Proxy) routeMetrics() *routeMetricVecs {
 				Help: "How long reads waited for a replica to replay their scope's writes.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 12)}, []string{"database"}),
 			positions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pgguard_ryw_positions_total",
 				Help: "Commit positions learned on the primary after writing transactions (one round trip each)."}, []string{"database"}),
+			reruns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pgguard_replica_reruns_total",
+				Help: "Work sent to a replica that failed before answering, run again (on the primary, or another replica)."}, []string{"database"}),
 			redisUp: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pgguard_ryw_redis_up",
 				Help: "1 while read-your-writes positions are shared through Redis."}),
 		}
-		p.metrics.Registry.MustRegister(m.decisions, m.rywWaits, m.rywFallbacks, m.rywWait, m.positions, m.redisUp)
+		p.metrics.Registry.MustRegister(m.decisions, m.rywWaits, m.rywFallbacks, m.rywWait, m.positions, m.reruns, m.redisUp)
 		r.m = m
 		cfg := p.cfg.Load()
 		if s := cfg.Replica.RYWScope; cfg.Limiter.RedisURL == "" || s != "user" && s != "application" {

@@ -102,6 +102,11 @@ type backend struct {
 	// Whose unnamed statement the server holds (a client and its number).
 	unnamedOwner *client
 	unnamedGen   uint64
+	// rerun is a replica-routed send that may be run again on the primary
+	// if the replica fails before its reply starts (rerun.go); rerunMark
+	// is fwd.flushes when it was sent.
+	rerun     []byte
+	rerunMark uint64
 
 	// Owned by the pump goroutine.
 	rd  serverReader
@@ -223,6 +228,7 @@ func (b *backend) died(err error) {
 	unsure := b.unsettledWrites()
 	b.releaseHeld()
 	owed := b.owesClient()
+	rerun := b.takeRerun(owed)
 	b.queue.clear()
 	b.signalAnswered()
 	c := b.unlinkLocked()
@@ -230,6 +236,11 @@ func (b *backend) died(err error) {
 	b.invalidate(unsure)
 	if c != nil && !owed && b.db.replicaOf != nil {
 		c = nil // a replica lost while pgguard measured it: the client goes to the primary
+	}
+	if c != nil && rerun != nil {
+		b.db.linkedServerDied(b, err)
+		c.requestRerun(rerun)
+		c = nil
 	}
 	if c != nil {
 		b.db.linkedServerDied(b, err)
