@@ -366,6 +366,7 @@ func Default() *Config {
 			RYWScope:    "session",
 			RYWWait:     D(200 * time.Millisecond),
 			MaxLagBytes: 16 << 20,
+			MaxLag:      D(10 * time.Second),
 		},
 	}
 }

@@ -39,6 +39,9 @@ type Replica struct {
 	// behind the newest primary position pgguard has seen; 0: no bound
 	// (max_lag_bytes).
 	MaxLagBytes int64 `toml:"max_lag_bytes"`
+	// MaxLag skips a replica whose last replayed commit is older than this
+	// while it has WAL left to replay; "0": no bound (max_lag).
+	MaxLag Duration `toml:"max_lag"`
 }
 
 // ReplicaOn reports whether database name has replicas to route to.
@@ -96,6 +99,7 @@ func (v *validator) replicas() {
 	v.atLeast("replica.pool_size", p.PoolSize, 1)
 	v.oneOf("replica.ryw_scope", p.RYWScope, "session", "user", "application", "off")
 	v.nonNegative("replica.ryw_wait", p.RYWWait)
+	v.nonNegative("replica.max_lag", p.MaxLag)
 	if p.MaxLagBytes < 0 {
 		v.bad("replica.max_lag_bytes", "%d is negative; want 0 (no bound) or more", p.MaxLagBytes)
 	}

@@ -49,12 +49,14 @@ type replicaSet struct {
 
 // replica is one read replica.
 type replica struct {
-	db       *database
-	replayed atomic.Uint64 // newest replay position measured
-	received atomic.Uint64 // newest receive position measured
-	measured atomic.Int64  // unix nanos of that measurement
-	lagging  atomic.Bool   // the last measurement was past replica.max_lag_bytes
-	lag      atomic.Int64  // bytes behind at the last measurement
+	db        *database
+	replayed  atomic.Uint64 // newest replay position measured
+	received  atomic.Uint64 // newest receive position measured
+	measured  atomic.Int64  // unix nanos of that measurement
+	lagging   atomic.Bool   // the last measurement was past replica.max_lag_bytes
+	lag       atomic.Int64  // bytes behind at the last measurement
+	lagMillis atomic.Int64  // age of its last replayed commit then, while behind
+	caughtUp  atomic.Int64  // unix nanos of the last measurement that found nothing left to replay
 }
 
 // replicaUpstream is the upstream label of replica connections.
@@ -363,8 +365,13 @@ func (c *client) giveBackOrClose(b *backend) {
 	b.enter(srvIdle)
 }
 
-// replaySQL measures a replica; NULLs (a server not in recovery) read as 0.
-const replaySQL = "SELECT pg_catalog.pg_last_wal_replay_lsn(), pg_catalog.pg_last_wal_receive_lsn()"
+// replaySQL measures a replica: how far it replayed and received, and how
+// many milliseconds old its last replayed commit is while it has received
+// WAL it has not replayed (0 when it is caught up: an idle primary is no
+// lag). NULLs (a server not in recovery) read as 0.
+const replaySQL = "SELECT pg_catalog.pg_last_wal_replay_lsn(), pg_catalog.pg_last_wal_receive_lsn(), " +
+	"CASE WHEN pg_catalog.pg_last_wal_receive_lsn() > pg_catalog.pg_last_wal_replay_lsn() " +
+	"THEN (extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp()) * 1000)::bigint ELSE 0 END"
 
 // measureReplay asks replica server b, linked to c, how far it has
 // replayed, and records it in r. It reports false when b failed.
@@ -383,11 +390,25 @@ func (b *backend) measureReplay(c *client, r *replica, cfg *config.Config) bool 
 	}
 	b.awaitAnswered(c)
 	vals := pr.values()
-	if len(vals) != 2 || vals[0] == 0 {
-		return false // not a standby, or the query failed
+	if len(vals) != 3 {
+		return false // the query failed
+	}
+	replay, _ := route.ParseLSN(vals[0])
+	recv, _ := route.ParseLSN(vals[1])
+	behind, err := strconv.ParseInt(vals[2], 10, 64)
+	if replay == 0 {
+		return false // not a standby
+	}
+	now := time.Now()
+	switch {
+	case recv <= replay:
+		r.caughtUp.Store(now.UnixNano())
+	case err != nil: // behind, and no commit replayed since it started: since when it was last caught up
+		if t := r.caughtUp.Load(); t != 0 {
+			behind = now.Sub(time.Unix(0, t)).Milliseconds()
+		}
 	}
 	rs := b.db.replicaOf.rs
-	replay, recv := vals[0], vals[1]
 	for old := r.replayed.Load(); uint64(replay) > old && !r.replayed.CompareAndSwap(old, uint64(replay)); old = r.replayed.Load() {
 	}
 	r.received.Store(uint64(recv))
@@ -397,8 +418,10 @@ func (b *backend) measureReplay(c *client, r *replica, cfg *config.Config) bool 
 		lag = int64(head - replay)
 	}
 	r.lag.Store(lag)
-	r.lagging.Store(cfg.Replica.MaxLagBytes > 0 && lag > cfg.Replica.MaxLagBytes)
-	r.measured.Store(time.Now().UnixNano())
+	r.lagMillis.Store(behind)
+	r.lagging.Store(cfg.Replica.MaxLagBytes > 0 && lag > cfg.Replica.MaxLagBytes ||
+		cfg.Replica.MaxLag.Duration > 0 && time.Duration(behind)*time.Millisecond > cfg.Replica.MaxLag.Duration)
+	r.measured.Store(now.UnixNano())
 	return true
 }
 
@@ -414,8 +437,8 @@ type probe struct {
 	scope  string
 }
 
-// values reads the probe's row as pg_lsn values (0 for NULL or junk).
-func (pr *probe) values() []route.LSN {
+// values reads the probe's row as text ("" for NULL).
+func (pr *probe) values() []string {
 	buf := pr.fill.buf
 	if pr.fill.bad {
 		return nil
@@ -432,17 +455,16 @@ func (pr *probe) values() []route.LSN {
 		}
 		cols := int(binary.BigEndian.Uint16(msg[5:]))
 		body := msg[7:]
-		out := make([]route.LSN, 0, cols)
+		out := make([]string, 0, cols)
 		for i := 0; i < cols && len(body) >= 4; i++ {
 			l := int32(binary.BigEndian.Uint32(body))
 			body = body[4:]
 			if l < 0 || int(l) > len(body) {
-				out = append(out, 0)
+				out = append(out, "")
 				continue
 			}
-			v, _ := route.ParseLSN(string(body[:l]))
+			out = append(out, string(body[:l]))
 			body = body[l:]
-			out = append(out, v)
 		}
 		return out
 	}
@@ -485,7 +507,7 @@ func (b *backend) positionLearned(pr *probe) {
 	rs := b.db.rs
 	var lsn route.LSN
 	if v := pr.values(); len(v) == 1 {
-		lsn = v[0]
+		lsn, _ = route.ParseLSN(v[0])
 	}
 	for old := rs.primaryLSN.Load(); uint64(lsn) > old && !rs.primaryLSN.CompareAndSwap(old, uint64(lsn)); old = rs.primaryLSN.Load() {
 	}
@@ -608,6 +630,7 @@ func (db *database) collectReplicas(ch chan<- prometheus.Metric) {
 		}
 		id := strconv.Itoa(i)
 		ch <- prometheus.MustNewConstMetric(replicaLagDesc, prometheus.GaugeValue, float64(r.lag.Load()), db.name, id)
+		ch <- prometheus.MustNewConstMetric(replicaLagSecondsDesc, prometheus.GaugeValue, float64(r.lagMillis.Load())/1000, db.name, id)
 		up := 0.0
 		if r.db.fo.Serving() {
 			up = 1
@@ -620,8 +643,9 @@ func (db *database) collectReplicas(ch chan<- prometheus.Metric) {
 }
 
 var (
-	replicaLagDesc = prometheus.NewDesc("pgguard_replica_lag_bytes", "WAL bytes a replica's replay was behind at its last measurement (taken on connections reads opened).", []string{"database", "replica"}, nil)
-	replicaUpDesc  = prometheus.NewDesc("pgguard_replica_up", "1 while a replica serves (its dials and connections do not fail).", []string{"database", "replica"}, nil)
+	replicaLagDesc        = prometheus.NewDesc("pgguard_replica_lag_bytes", "WAL bytes a replica's replay was behind at its last measurement (taken on connections reads opened).", []string{"database", "replica"}, nil)
+	replicaLagSecondsDesc = prometheus.NewDesc("pgguard_replica_lag_seconds", "Age of a replica's last replayed commit while it had WAL left to replay, at its last measurement.", []string{"database", "replica"}, nil)
+	replicaUpDesc         = prometheus.NewDesc("pgguard_replica_up", "1 while a replica serves (its dials and connections do not fail).", []string{"database", "replica"}, nil)
 )
 
 // replicaPools are SHOW POOLS rows for the replicas of db.

@@ -319,32 +319,43 @@ func TestReadYourWritesAcrossInstances(t *testing.T) {
 	}
 }
 
-// TestReplicaLagBound: a replica further behind than max_lag_bytes is
-// skipped: reads go to the primary.
+// TestReplicaLagBound: a replica further behind than max_lag is skipped:
+// reads go to the primary.
 func TestReplicaLagBound(t *testing.T) {
 	ctx := context.Background()
 	if err := pg.Exec(ctx, "DROP TABLE IF EXISTS rr_lag; CREATE TABLE rr_lag (id int, pad text); GRANT ALL ON rr_lag TO tester"); err != nil {
 		t.Fatal(err)
 	}
-	sb := startStandby(t, map[string]string{"recovery_min_apply_delay": "1h"})
-	cfg := replicaConfig(sb, "read_only")
-	cfg.Replica.MaxLagBytes = 64 << 10
-	cfg.Replica.RYWScope = "off"
-	g := startGuard(t, cfg)
-	// The standby receives but does not apply: 1 MB of WAL behind.
-	if err := pg.Exec(ctx, "INSERT INTO rr_lag SELECT g, repeat('x', 1000) FROM generate_series(1, 1000) g"); err != nil {
+	sb := startStandby(t, nil)
+	if err := pg.Exec(ctx, "INSERT INTO rr_lag VALUES (0, '')"); err != nil { // a commit the standby replays
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond) // streamed to the standby
-	c := connect(t, g.url("app"), pgx.QueryExecModeCacheStatement)
+	waitReplayed(t, sb)
+	// From now on the standby receives commits but applies them an hour late.
+	for _, sql := range []string{"ALTER SYSTEM SET recovery_min_apply_delay = '1h'", "SELECT pg_reload_conf()"} {
+		if err := sb.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := replicaConfig(sb, "read_only")
+	cfg.Replica.MaxLag = config.D(time.Second)
+	g := startGuard(t, cfg)
+	time.Sleep(1100 * time.Millisecond) // the standby's last applied commit gets old
+	// The standby receives the commit but does not apply it for an hour.
+	w := connect(t, g.url("app")+syncCommit, pgx.QueryExecModeCacheStatement)
+	if _, err := w.Exec(ctx, "INSERT INTO rr_lag SELECT g, repeat('x', 1000) FROM generate_series(1, 1000) g"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // streamed
+	c := connect(t, g.url("app"), pgx.QueryExecModeCacheStatement) // another session: no write of its own to wait for
 	p0, _ := pg.SeqScans(ctx, "rr_lag")
 	for i := 0; i < 5; i++ {
 		var n int
 		if err := c.QueryRow(ctx, "SELECT count(*) FROM rr_lag").Scan(&n); err != nil {
 			t.Fatal(err)
 		}
-		if n != 1000 {
-			t.Errorf("read %d rows; want 1000 (the primary's)", n)
+		if n != 1001 {
+			t.Errorf("read %d rows; want 1001 (the primary's)", n)
 		}
 	}
 	p1, _ := pg.SeqScans(ctx, "rr_lag")
