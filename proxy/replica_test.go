@@ -346,7 +346,7 @@ func TestReplicaLagBound(t *testing.T) {
 	if _, err := w.Exec(ctx, "INSERT INTO rr_lag SELECT g, repeat('x', 1000) FROM generate_series(1, 1000) g"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond) // streamed
+	time.Sleep(200 * time.Millisecond)                             // streamed
 	c := connect(t, g.url("app"), pgx.QueryExecModeCacheStatement) // another session: no write of its own to wait for
 	p0, _ := pg.SeqScans(ctx, "rr_lag")
 	for i := 0; i < 5; i++ {
