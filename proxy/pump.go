@@ -42,6 +42,9 @@ type output struct {
 	// client, so a replica's reply can be known not to have started (rerun.go).
 	flushes atomic.Uint64
 	last    atomic.Pointer[client]
+	// hold keeps a re-runnable replica reply back across reads, up to
+	// holdMax, until its ReadyForQuery (rerun.go).
+	hold bool
 }
 
 // pass adds p, a piece of the current read buffer (not copied while the
@@ -174,7 +177,7 @@ func (b *backend) relay(data []byte) {
 		b.begin(data[pos:pos+5], data[pos+5:], true)
 		pos = len(data)
 	}
-	b.fwd.flush()
+	b.fwd.flushRead()
 }
 
 // begin starts a message whose body did not arrive whole: hdr is its
@@ -244,6 +247,7 @@ func (b *backend) message(msg []byte, inRead bool) {
 func (b *backend) refreshBulk() {
 	h := b.queue.front()
 	b.rd.fill = nil
+	b.fwd.hold = h != nil && h.kind == reqClient && len(b.rerun) > 0
 	if h != nil && !h.forwarded() {
 		b.rd.bulkTo = nil
 		if h.probe != nil {
@@ -400,6 +404,9 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	case reqClient:
 		if r.op != nil && r.failed {
 			r.op.skipped = true
+		}
+		if len(b.rerun) > 0 && b.queue.len() == 0 {
+			b.rerun = b.rerun[:0] // answered: the reply goes out
 		}
 		if status == 'I' {
 			b.unitDone()

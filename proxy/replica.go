@@ -49,14 +49,14 @@ type replicaSet struct {
 
 // replica is one read replica.
 type replica struct {
-	db        *database
-	replayed  atomic.Uint64 // newest replay position measured
-	received  atomic.Uint64 // newest receive position measured
-	measured  atomic.Int64  // unix nanos of that measurement
-	lagging   atomic.Bool   // the last measurement was past replica.max_lag_bytes
-	lag       atomic.Int64  // bytes behind at the last measurement
-	lagMillis atomic.Int64  // age of its last replayed commit then, while behind
-	caughtUp  atomic.Int64  // unix nanos of the last measurement that found nothing left to replay
+	db          *database
+	replayed    atomic.Uint64 // newest replay position measured
+	received    atomic.Uint64 // newest receive position measured
+	measured    atomic.Int64  // unix nanos of that measurement
+	lagging     atomic.Bool   // the last measurement was past replica.max_lag_bytes
+	lag         atomic.Int64  // bytes behind at the last measurement
+	lagMillis   atomic.Int64  // age of its last replayed commit then, while behind
+	behindSince atomic.Int64  // unix nanos of the first measurement that found WAL left to replay, since caught up
 }
 
 // replicaUpstream is the upstream label of replica connections.
@@ -402,11 +402,10 @@ func (b *backend) measureReplay(c *client, r *replica, cfg *config.Config) bool 
 	now := time.Now()
 	switch {
 	case recv <= replay:
-		r.caughtUp.Store(now.UnixNano())
-	case err != nil: // behind, and no commit replayed since it started: since when it was last caught up
-		if t := r.caughtUp.Load(); t != 0 {
-			behind = now.Sub(time.Unix(0, t)).Milliseconds()
-		}
+		r.behindSince.Store(0)
+	case err != nil: // behind, and no commit replayed since it started: behind since it was first found so
+		r.behindSince.CompareAndSwap(0, now.UnixNano())
+		behind = now.Sub(time.Unix(0, r.behindSince.Load())).Milliseconds()
 	}
 	rs := b.db.replicaOf.rs
 	for old := r.replayed.Load(); uint64(replay) > old && !r.replayed.CompareAndSwap(old, uint64(replay)); old = r.replayed.Load() {
@@ -601,7 +600,7 @@ func (p *Proxy) routeMetrics() *routeMetricVecs {
 		}
 		r.stop = make(chan struct{})
 		l, err := redislink.New(cfg.Limiter.RedisURL, redislink.Options{
-			Key: "limiter.redis_url", Timeout: 100 * time.Millisecond, RetryMin: time.Second, RetryMax: 30 * time.Second,
+			Key: "limiter.redis_url", Timeout: 100 * time.Millisecond, RetryMin: 250 * time.Millisecond, RetryMax: 10 * time.Second,
 			Log: p.log, Gauge: m.redisUp, Stop: r.stop,
 			DownMsg: "redis unreachable: read-your-writes holds per instance until it returns",
 			BackMsg: "redis reachable again: read-your-writes holds fleet-wide",

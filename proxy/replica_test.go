@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/internal/guardtest"
 	"github.com/pgguard/pgguard/internal/localpg"
 )
 
@@ -305,6 +306,11 @@ func TestReadYourWritesAcrossInstances(t *testing.T) {
 	cfg.Replica.RYWScope = "user"
 	cfg.Limiter.RedisURL = r.URL()
 	a, b := startGuard(t, cfg), startGuard(t, cfg)
+	for _, g := range []*guard{a, b} {
+		guardtest.WaitFor(t, "positions shared through Redis", func() bool {
+			return strings.Contains(metricsText(t, g), "pgguard_ryw_redis_up{} 1")
+		})
+	}
 	const rounds = 200
 	ca := connect(t, a.url("app")+syncCommit, pgx.QueryExecModeCacheStatement)
 	cb := connect(t, b.url("app"), pgx.QueryExecModeCacheStatement)
@@ -327,7 +333,7 @@ func TestReplicaLagBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	sb := startStandby(t, nil)
-	if err := pg.Exec(ctx, "INSERT INTO rr_lag VALUES (0, '')"); err != nil { // a commit the standby replays
+	if err := pg.Exec(ctx, "SET synchronous_commit = on; INSERT INTO rr_lag VALUES (0, '')"); err != nil { // a commit the standby replays
 		t.Fatal(err)
 	}
 	waitReplayed(t, sb)
@@ -436,7 +442,7 @@ func metricsText(t *testing.T, g *guard) string {
 				}
 				fmt.Fprintf(&b, "%s=%q", l.GetName(), l.GetValue())
 			}
-			b.WriteString("}\n")
+			fmt.Fprintf(&b, "} %v\n", m.GetGauge().GetValue()+m.GetCounter().GetValue())
 		}
 	}
 	return b.String()

@@ -59,7 +59,7 @@ func (b *backend) rerunArmed() bool {
 	// A flush since the send is the last client's reply finishing, unless
 	// it went to this client.
 	quiet := b.fwd.flushes.Load() == b.rerunMark || b.fwd.last.Load() != b.client
-	return len(b.rerun) > 0 && b.client != nil && quiet && (b.fwd.to != b.client || b.fwd.direct == nil && len(b.fwd.buf) == 0)
+	return len(b.rerun) > 0 && b.client != nil && quiet
 }
 
 // shutdownNotice reports whether a replica's NoticeResponse announces its
@@ -76,6 +76,24 @@ func (b *backend) shutdownNotice(body []byte) bool {
 	return b.rerunArmed()
 }
 
+// holdMax bounds the reply a re-runnable replica unit holds back: past it
+// the reply streams, and a failure is the client's to see.
+const holdMax = 64 << 10
+
+// flushRead ends a read's forwarding: it writes what was gathered, unless
+// a re-runnable replica reply is being held back (copied out of the read
+// buffer, which the next read reuses).
+func (o *output) flushRead() {
+	if o.hold && o.to != nil && len(o.buf)+len(o.direct) <= holdMax {
+		if o.direct != nil {
+			o.buf = append(o.buf, o.direct...)
+			o.direct = nil
+		}
+		return
+	}
+	o.flush()
+}
+
 // takeRerun returns the send to run again after b died, if any (mu held).
 func (b *backend) takeRerun(owed bool) []byte {
 	if !owed || !b.rerunArmed() {
@@ -83,6 +101,7 @@ func (b *backend) takeRerun(owed bool) []byte {
 	}
 	p := b.rerun
 	b.rerun = nil
+	b.fwd.direct, b.fwd.buf, b.fwd.to = nil, b.fwd.buf[:0], nil // the held reply is dropped
 	return p
 }
 
