@@ -131,6 +131,8 @@ type client struct {
 	// rerun is a send a failed replica never answered, to run again
 	// (rerun.go); set by the pump, taken by the client goroutine.
 	rerun atomic.Pointer[[]byte]
+	// toPrimary: the send being run again goes to the primary (client goroutine).
+	toPrimary bool
 
 	// cached is the result cache's state (cached.go), allocated when the
 	// client first runs with [[cache]] rules: an idle session of a pgguard
@@ -662,7 +664,7 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 				continue // the transaction ended and the server went back: take another
 			}
 			if b.db.replicaOf != nil {
-				b.armRerun(c, p, fresh && lead == 0 && !open)
+				b.armRerun(c, p, fresh && lead == 0 && !open, work.OutsideTransaction())
 			}
 			_, werr = b.out.Write(out)
 		}

@@ -338,6 +338,9 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 	if b.client == nil {
 		return nil, nil
 	}
+	if b.replicaRefused(h, code, body) {
+		return nil, nil // run again on the primary (rerun.go)
+	}
 	b.unitAborted, b.unitUndone = true, true
 	if e := b.duplicateError(code); e != nil {
 		return b.client, e // the client's name for the statement that exists
@@ -387,6 +390,8 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	var to *client
 	next := numServerStates // none
 	position := false       // the unit's commit position is asked for (holdForPosition)
+	var again []byte        // a replica refused the unit: it runs again (rerun.go)
+	var againFor *client
 	switch r.kind {
 	case reqParamSync:
 		b.unitAborted = false // the sync's own errors are not the client's
@@ -405,6 +410,14 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		if r.op != nil && r.failed {
 			r.op.skipped = true
 		}
+		if r.refused != nil {
+			if c := b.client; c != nil && b.queue.len() == 0 && !b.open && status == 'I' && c.pooling == poolTransaction && !c.pinned.Load() {
+				again, againFor = b.rerun, c
+				b.rerun = nil
+			} else {
+				b.fwd.put(b.client, r.refused) // it cannot run again: the client sees the error
+			}
+		}
 		if len(b.rerun) > 0 && b.queue.len() == 0 {
 			b.rerun = b.rerun[:0] // answered: the reply goes out
 		}
@@ -418,6 +431,9 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 			if position = b.holdForPosition(c, msg); position {
 				to, next = nil, numServerStates
 			}
+		}
+		if again != nil {
+			to = nil // its ReadyForQuery comes from the primary
 		}
 	case reqProbe:
 		if pr := r.probe; pr.held != nil {
@@ -453,6 +469,9 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		}
 		b.enter(next)
 		b.fwd.flush()
+	}
+	if again != nil {
+		againFor.requestRerun(again) // b is back in the pool
 	}
 	if position {
 		b.fwd.flush()

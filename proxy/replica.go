@@ -248,7 +248,9 @@ func (c *client) acquireFor(ch route.Chunk, p []byte, lead int, open, slow bool)
 		return c.acquire(p, lead, open, slow)
 	}
 	cfg := c.p.cfg.Load()
-	in := route.Input{ReadOnly: ch.ReplicaEligible() && c.routedToReplicas(cfg), Now: time.Now(),
+	again := c.toPrimary // a replica failed or refused this work: the primary runs it
+	c.toPrimary = false
+	in := route.Input{ReadOnly: ch.ReplicaEligible() && c.routedToReplicas(cfg) && !again, Now: time.Now(),
 		Remeasure: remeasureAfter, Seed: rs.next.Add(1)}
 	scope := ""
 	if in.ReadOnly {

@@ -447,3 +447,39 @@ func metricsText(t *testing.T, g *guard) string {
 	}
 	return b.String()
 }
+
+// TestReplicaConflictRerun: a read the replica cancels for a recovery
+// conflict (40001) before its reply started is run again on the primary:
+// the client gets an answer, not the error.
+func TestReplicaConflictRerun(t *testing.T) {
+	ctx := context.Background()
+	if err := pg.Exec(ctx, "DROP TABLE IF EXISTS rr_conflict; CREATE TABLE rr_conflict (id int); INSERT INTO rr_conflict VALUES (1); GRANT ALL ON rr_conflict TO tester"); err != nil {
+		t.Fatal(err)
+	}
+	sb := startStandby(t, map[string]string{"max_standby_streaming_delay": "0"})
+	waitReplayed(t, sb)
+	cfg := replicaConfig(sb, "read_only")
+	cfg.Replica.RYWScope = "off"
+	g := startGuard(t, cfg)
+	c := connect(t, g.url("app"), pgx.QueryExecModeCacheStatement)
+	done := make(chan error, 1)
+	var n int64
+	go func() {
+		// Long enough to hold its lock on rr_conflict when the primary takes
+		// an exclusive one.
+		done <- c.QueryRow(ctx, "SELECT count(*) FROM rr_conflict, generate_series(1, 15000000) g").Scan(&n)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if err := pg.Exec(ctx, "SET synchronous_commit = on; TRUNCATE rr_conflict"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the read failed: %v", err)
+	}
+	if !strings.Contains(metricsText(t, g), `pgguard_replica_reruns_total{database="app"} 1`) {
+		t.Errorf("the read was not run again (n = %d):\n%s", n, metricsText(t, g))
+	}
+	if n != 0 {
+		t.Errorf("count %d; want 0: the primary's answer after TRUNCATE", n)
+	}
+}

@@ -37,6 +37,10 @@ type request struct {
 	op *stmtOp
 	// probe collects the row of a reqProbe.
 	probe *probe
+	// refused: a replica refused the client's work (25006, 40001) before
+	// its reply started; it runs again on the primary (rerun.go), and the
+	// error (kept here) reaches the client only if it cannot.
+	refused []byte
 }
 
 // forwarded reports whether the request's replies go to the client.

@@ -17,7 +17,7 @@ import (
 // is the client's to see, as with the primary.
 
 // armRerun keeps p as b's re-runnable send when ok, else forgets any.
-func (b *backend) armRerun(c *client, p []byte, ok bool) {
+func (b *backend) armRerun(c *client, p []byte, ok, auto bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !ok || len(p) > handoffMax || c.skip > 0 || b.client != c || !rerunnable(p) {
@@ -26,6 +26,7 @@ func (b *backend) armRerun(c *client, p []byte, ok bool) {
 	}
 	b.rerun = append(b.rerun[:0], p...)
 	b.rerunMark = b.fwd.flushes.Load()
+	b.rerunAuto = auto
 }
 
 // rerunnable reports whether processing p twice means what processing it
@@ -94,6 +95,21 @@ func (o *output) flushRead() {
 	o.flush()
 }
 
+// replicaRefused decides on an ErrorResponse of a replica (mu held, on the
+// pump): a statement it refuses as a write (25006) or cancels for a
+// recovery conflict (40001), in work outside a transaction block whose reply
+// has not started, is run again on the primary. The reply held so far is
+// dropped and the error kept in r, in case it cannot be.
+func (b *backend) replicaRefused(r *request, code string, msg []byte) bool {
+	if b.db.replicaOf == nil || code != codeReadOnlyTx && code != codeSerializationFailure ||
+		r == nil || r.kind != reqClient || !b.rerunAuto || !b.rerunArmed() {
+		return false
+	}
+	b.fwd.direct, b.fwd.buf = nil, b.fwd.buf[:0]
+	r.refused = appendMsg(nil, 'E', string(msg))
+	return true
+}
+
 // takeRerun returns the send to run again after b died, if any (mu held).
 func (b *backend) takeRerun(owed bool) []byte {
 	if !owed || !b.rerunArmed() {
@@ -137,6 +153,7 @@ func (c *client) runAgain() error {
 	copy(c.buf[len(p):], c.buf[:c.w])
 	copy(c.buf, p)
 	c.w += len(p)
+	c.toPrimary = true
 	c.db.rs.m.reruns.Inc()
 	return c.process()
 }

@@ -107,6 +107,7 @@ type backend struct {
 	// is fwd.flushes when it was sent.
 	rerun     []byte
 	rerunMark uint64
+	rerunAuto bool // ... and it runs outside a transaction block
 
 	// Owned by the pump goroutine.
 	rd  serverReader

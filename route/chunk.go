@@ -58,6 +58,10 @@ func (c *Chunk) ReplicaEligible() bool {
 	return c.reads && !c.writes && c.tx != txReadWrite
 }
 
+// OutsideTransaction reports whether the chunk leaves no transaction block
+// open of its own making: its statements run in implicit transactions.
+func (c *Chunk) OutsideTransaction() bool { return c.tx == txNone }
+
 // MayWrite reports whether the chunk may write on the primary (read-your-
 // writes then learns its commit position).
 func (c *Chunk) MayWrite() bool { return c.writes }
