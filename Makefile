@@ -39,9 +39,10 @@ deps:
 test: deps
 	$(GO) test -count=1 -timeout 20m ./...
 
-# A throwaway PostgreSQL with pgguard in front; Ctrl-C removes it.
+# A throwaway PostgreSQL with pgguard in front; Ctrl-C removes it. NEON=1
+# puts a simulated Neon endpoint in between (scale-to-zero, cold starts).
 demo: deps
-	$(GO) run ./cmd/pgguard demo
+	$(GO) run ./cmd/pgguard demo $(if $(NEON),-neon)
 
 # pgbench through a direct connection, PgBouncer and pgguard, same run (bench/).
 bench: deps

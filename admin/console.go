@@ -192,7 +192,7 @@ func cutAssign(s string) (name, value string, ok bool) {
 }
 
 func (c *Console) viewNames() []string {
-	names := []string{"pools", "clients", "servers", "stats", "config"}
+	names := []string{"pools", "clients", "servers", "stats", "config", "failover"}
 	if c.QueryLog != nil {
 		names = append(names, "queries")
 	}
@@ -223,6 +223,8 @@ func (c *Console) view(name string) (Table, bool) {
 		return statsTable(c.proxy.Pools()), true
 	case "config":
 		return configTable(c.proxy.Config().Masked()), true
+	case "failover":
+		return failoverTable(c.proxy.Pools()), true
 	}
 	if c.QueryLog != nil && name == "queries" {
 		return queriesTable(c.QueryLog.Stats(), "total"), true

@@ -53,6 +53,11 @@ func TestConsoleShowViews(t *testing.T) {
 	if strings.Contains(cfg, appPass) || strings.Contains(cfg, adminPass) || strings.Contains(cfg, pg.Password()) || !strings.Contains(cfg, "****") {
 		t.Errorf("SHOW CONFIG does not mask passwords:\n%s", cfg)
 	}
+
+	fo := mustExec(t, con, "SHOW FAILOVER")
+	if f := fo.row(t, "database", "app"); f["upstream"] != "primary" || f["serving"] != "true" || f["switches"] != "0" || f["fallback_writes"] != "" {
+		t.Errorf("SHOW FAILOVER: %v", f)
+	}
 }
 
 func TestConsoleShowQueries(t *testing.T) {
@@ -129,6 +134,17 @@ func TestConsoleLimiterViews(t *testing.T) {
 
 	if v := budget.row(t, "key", "poller worker")["value"]; !strings.Contains(v, "by transactions 1m30s, queries 30s") {
 		t.Errorf("SHOW BUDGET poller worker = %q", v)
+	}
+	// The endpoint row: awake (30 s since the commit, suspend_after 5m),
+	// woken by worker's connection.
+	var ep []string
+	for _, r := range budget.rows {
+		if strings.HasPrefix(r[0], "endpoint ") {
+			ep = r
+		}
+	}
+	if ep == nil || !strings.Contains(ep[1], "awake now") || !strings.Contains(ep[1], "last woken "+t0.UTC().Format(time.RFC3339)+" by worker") {
+		t.Errorf("SHOW BUDGET endpoint row %q", ep)
 	}
 
 	pollers := mustExec(t, con, "SHOW POLLERS")

@@ -103,8 +103,13 @@ func (h *HTTP) Handle(pattern string, handler http.Handler) {
 }
 
 func (h *HTTP) readyz(w http.ResponseWriter, r *http.Request) {
+	degraded := h.Proxy.Degraded()
 	if !h.Proxy.Ready() {
-		http.Error(w, "not ready: no upstream can serve", http.StatusServiceUnavailable)
+		http.Error(w, strings.Join(append([]string{"not ready: no upstream can serve"}, degraded...), "\n"), http.StatusServiceUnavailable)
+		return
+	}
+	if len(degraded) > 0 {
+		io.WriteString(w, "ready, degraded:\n"+strings.Join(degraded, "\n")+"\n")
 		return
 	}
 	io.WriteString(w, "ready\n")

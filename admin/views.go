@@ -92,6 +92,11 @@ func budgetTable(l *limiter.Limiter) Table {
 		v := secs(e.AwakeSeconds).String() + " awake this month"
 		if e.AwakeNow {
 			v += ", awake now"
+		} else {
+			v += ", suspended now"
+		}
+		if !e.LastWake.IsZero() {
+			v += ", last woken " + e.LastWake.UTC().Format(time.RFC3339) + " by " + wakeCause(e.LastWakeBy)
 		}
 		add("endpoint "+e.Endpoint, v)
 	}
@@ -105,6 +110,17 @@ func budgetTable(l *limiter.Limiter) Table {
 		add("poller "+p.Application, v)
 	}
 	return t
+}
+
+// wakeCause names the application of a wake-up for people.
+func wakeCause(app string) string {
+	switch app {
+	case "":
+		return "(a new server connection, no client yet)"
+	case limiter.NoApplication:
+		return "(no client: a server connection nobody used)"
+	}
+	return app
 }
 
 // pollersTable is SHOW POLLERS: each application's activity pattern on the

@@ -86,6 +86,7 @@ type Cache struct {
 	lru   *lru
 	local *localGens
 	pend  pending     // invalidations Redis has not seen yet
+	held  holds       // tables of writes whose outcome is unknown (Hold)
 	redis *redisStore // nil without a Redis URL or with SUSPEND_REDIS
 	mode  string      // "off", "suspended" or "redis" (then see redis.up)
 
@@ -372,6 +373,9 @@ func (c *Cache) Put(ctx context.Context, k *Key, reply []byte) bool {
 	if !observed || k.fleet != c.fleet() {
 		return false // no generations read, or not those in force now
 	}
+	if c.held.any(k.fields) {
+		return false // a write to its tables may yet commit (Hold)
+	}
 	ttl := r.ttl
 	if c.capped() {
 		ttl = min(ttl, time.Duration(c.degradedTTL.Load()))
@@ -405,7 +409,7 @@ func (c *Cache) Writes(text []byte) Targets {
 	return c.analyze(text).Writes
 }
 
-// Invalidate makes every entry of database db that reads one of t's tables
+// Invalidate makes every entry of database db (a Session's Upstream) that reads one of t's tables
 // (all of them with t.All) a miss, here and on every instance sharing the
 // Redis. Call it when the transaction that made the writes has committed,
 // before its ReadyForQuery reaches the client, so that the client's next
@@ -416,17 +420,21 @@ func (c *Cache) Invalidate(ctx context.Context, db string, t Targets) {
 	if c == nil || t.Empty() || !c.Enabled() {
 		return
 	}
-	var fields []string
-	if t.All {
-		fields = []string{tableField(db, fieldAll)}
-	} else {
-		fields = make([]string, len(t.Tables))
-		for i, tb := range t.Tables {
-			fields[i] = tableField(db, tb)
-		}
-	}
+	fields := c.targetFields(db, t)
 	c.m.invalidations.WithLabelValues(db).Add(float64(len(fields)))
 	c.bump(ctx, db, fields)
+}
+
+// targetFields are the generation fields of t's tables of db.
+func (c *Cache) targetFields(db string, t Targets) []string {
+	if t.All {
+		return []string{tableField(db, fieldAll)}
+	}
+	fields := make([]string, len(t.Tables))
+	for i, tb := range t.Tables {
+		fields[i] = tableField(db, tb)
+	}
+	return fields
 }
 
 // Reset forgets every entry, here and, through Redis, on every instance

@@ -139,6 +139,11 @@ func validReply(b []byte) bool {
 		case state != 0 && typ == 'D':
 			state = 'D'
 		case state != 0 && typ == 'C':
+			// A SELECT's tag: anything else ran another statement than
+			// the one its key names (a name the client reused).
+			if n < 4+len("SELECT ") || string(b[5:5+len("SELECT ")]) != "SELECT " {
+				return false
+			}
 			state = 0
 		default:
 			return false

@@ -15,6 +15,11 @@ import (
 type Session struct {
 	// Database and User are what the client connected to and as.
 	Database, User string
+	// Upstream identifies the database the statements run on (the
+	// server's host, port and database name): generations, and so
+	// invalidations, are per upstream, shared by every name that reaches
+	// it. Empty: Database.
+	Upstream string
 	// Application is its application_name (rules match on it; it is not
 	// part of the key).
 	Application string
@@ -145,12 +150,16 @@ func newKey(r *Rule, s *Session, st *Statement, info *analyze.Info) (*Key, bool)
 			writeUint(h, uint64(uint16(f)))
 		}
 	}
-	k := &Key{rule: r, db: s.Database, tables: tablesOf(r, info), described: described}
+	up := s.Upstream
+	if up == "" {
+		up = s.Database
+	}
+	k := &Key{rule: r, db: up, tables: tablesOf(r, info), described: described}
 	h.Sum(k.digest[:0])
 	k.fields = make([]string, 0, 3+len(k.tables))
-	k.fields = append(k.fields, fieldEpoch, fieldReset, tableField(s.Database, fieldAll))
+	k.fields = append(k.fields, fieldEpoch, fieldReset, tableField(up, fieldAll))
 	for _, t := range k.tables {
-		k.fields = append(k.fields, tableField(s.Database, t))
+		k.fields = append(k.fields, tableField(up, t))
 	}
 	return k, true
 }

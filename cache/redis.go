@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,7 +41,46 @@ func redisEntryKey(digest [32]byte) string { return redisPrefix + "e:" + hex.Enc
 // meanwhile are written (back).
 type redisStore struct {
 	*redislink.Link
-	log *slog.Logger
+	log   *slog.Logger
+	watch genWatch
+}
+
+// genWatch remembers the highest generation this instance has seen of each
+// field under the current epoch. Generations only grow; one found lower
+// means Redis went back in time (restored from a snapshot, or failed over
+// to a replica that lagged), and entries stored since could match again.
+type genWatch struct {
+	mu    sync.Mutex
+	epoch uint64
+	max   map[string]uint64 // guarded by mu
+}
+
+// maxWatched bounds the fields remembered; past it the watch starts over.
+const maxWatched = 100_000
+
+// observe records gens of fields (fields[0] the epoch) and reports whether
+// one is older than seen before under the same epoch.
+func (w *genWatch) observe(fields []string, gens []uint64) (older bool) {
+	if len(fields) == 0 || fields[0] != fieldEpoch || len(gens) != len(fields) {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if gens[0] != w.epoch || w.max == nil || len(w.max) > maxWatched {
+		w.epoch, w.max = gens[0], map[string]uint64{}
+	}
+	for i := 1; i < len(fields); i++ {
+		f, g := fields[i], gens[i]
+		if seen, ok := w.max[f]; ok && g < seen {
+			older = true
+		} else if !ok || g > seen {
+			w.max[f] = g
+		}
+	}
+	if older {
+		w.max = nil
+	}
+	return older
 }
 
 // newRedisStore links to rawURL; down runs as an outage starts, back in the
@@ -55,7 +95,7 @@ func newRedisStore(rawURL string, log *slog.Logger, o options, gauge prometheus.
 	if err != nil {
 		return nil, err
 	}
-	return &redisStore{l, log}, nil
+	return &redisStore{Link: l, log: log}, nil
 }
 
 // bounded returns ctx with the call timeout; an error of a call made with
@@ -108,6 +148,12 @@ func (s *redisStore) fetch(ctx context.Context, fields []string, digest [32]byte
 			return nil, nil, errNoEpoch
 		}
 	}
+	if s.watch.observe(fields, gens) {
+		if err := s.rewound(ctx); err != nil {
+			return nil, nil, err
+		}
+		return nil, nil, errNoEpoch
+	}
 	if withEntry {
 		b, err := get.Bytes()
 		if err == nil {
@@ -143,11 +189,36 @@ func (s *redisStore) bump(ctx context.Context, fields []string) error {
 	defer cancel()
 	pipe := s.C.Pipeline()
 	pipe.HSetNX(cctx, redisGensKey, fieldEpoch, newEpoch())
-	for _, f := range fields {
-		pipe.HIncrBy(cctx, redisGensKey, f, 1)
+	incrs := make([]*redis.IntCmd, len(fields))
+	for i, f := range fields {
+		incrs[i] = pipe.HIncrBy(cctx, redisGensKey, f, 1)
 	}
-	_, err := pipe.Exec(cctx)
-	return s.Failed(ctx, err)
+	epoch := pipe.HGet(cctx, redisGensKey, fieldEpoch)
+	if _, err := pipe.Exec(cctx); err != nil {
+		return s.Failed(ctx, err)
+	}
+	// The new values count as seen: a Redis that later answers lower ones
+	// went back in time (genWatch).
+	seen := append([]string{fieldEpoch}, fields...)
+	gens := make([]uint64, len(seen))
+	gens[0], _ = epoch.Uint64()
+	for i, c := range incrs {
+		gens[i+1] = uint64(c.Val())
+	}
+	if s.watch.observe(seen, gens) {
+		return s.rewound(ctx)
+	}
+	return nil
+}
+
+// rewound starts a new epoch after Redis went back in time (genWatch): it
+// makes every entry stored under the old one a miss, here and on every
+// instance.
+func (s *redisStore) rewound(ctx context.Context) error {
+	s.log.Warn("cache generations are older than this instance has seen (redis restored, or failed over to a lagging replica); starting a new epoch: every entry is forgotten")
+	cctx, cancel := s.bounded(ctx)
+	defer cancel()
+	return s.Failed(ctx, s.C.HSet(cctx, redisGensKey, fieldEpoch, newEpoch()).Err())
 }
 
 // newEpoch returns a random epoch; 0 is never one.

@@ -72,7 +72,9 @@ func compileRule(rc config.CacheRule, st *ruleState) *Rule {
 		r.fingerprint, _ = config.ParseFingerprint(rc.Fingerprint)
 	}
 	for _, t := range rc.Tables {
-		r.tables = append(r.tables, string(querylog.ZeroNumbers(nil, []byte(strings.TrimSpace(t)))))
+		if name, err := config.TableName(t); err == nil { // Validate refused the others
+			r.tables = append(r.tables, string(querylog.ZeroNumbers(nil, []byte(name))))
+		}
 	}
 	return r
 }

@@ -166,3 +166,22 @@ func TestCacheDiffAndMask(t *testing.T) {
 		t.Errorf("CacheRedisURL = %q", CacheRedisURL)
 	}
 }
+
+// TestTableName: a rule's tables resolve as PostgreSQL resolves
+// identifiers (issue 24, finding 6), and catalogs are refused.
+func TestTableName(t *testing.T) {
+	for in, want := range map[string]string{
+		"tenants": "tenants", "Tenants": "tenants", "public.X": "x", ` app.public.orders `: "orders",
+		`"Tenants"`: "Tenants", `public."My ""Table"""`: `My "Table"`, "orders_2024$": "orders_2024$",
+		"": "!", "a b": "!", "public.": "!", `"x`: "!", "a.b.c.d": "!", "pg_stat_activity": "!",
+		"pg_catalog.whatever": "!", "information_schema.tables": "!", "1t": "!",
+	} {
+		got, err := TableName(in)
+		if err != nil {
+			got = "!"
+		}
+		if got != want {
+			t.Errorf("TableName(%q) = %q (%v), want %q", in, got, err, want)
+		}
+	}
+}

@@ -125,6 +125,14 @@ type Pool struct {
 	IdleTransactionTimeout Duration `toml:"idle_transaction_timeout"`
 	// QueryTimeout cancels a query running longer than this (query_timeout).
 	QueryTimeout Duration `toml:"query_timeout"`
+	// CancelTimeout is how long a query cancelled for QueryTimeout may take to
+	// end; past it the server connection is closed and the client told so (cancel_timeout).
+	CancelTimeout Duration `toml:"cancel_timeout"`
+	// ServerCheckAfter: a server connection owing a reply this long makes
+	// pgguard check, by opening a connection to its upstream (no query),
+	// that the upstream still answers; if it does not within ConnectTimeout,
+	// its connections are closed and their clients told so; 0 turns it off (server_check_after).
+	ServerCheckAfter Duration `toml:"server_check_after"`
 	// ServerIdleTimeout closes server connections idle in the pool this long (server_idle_timeout).
 	ServerIdleTimeout Duration `toml:"server_idle_timeout"`
 	// ServerLifetime closes server connections older than this, with jitter, when released (server_lifetime).
@@ -171,6 +179,14 @@ type Failover struct {
 	FailbackAfter Duration `toml:"failback_after"`
 	// FallbackReadOnly refuses writes with 25006 while on the fallback (fallback_read_only).
 	FallbackReadOnly bool `toml:"fallback_read_only"`
+	// SplitPolicy decides, with instances sharing limiter.redis_url, what an
+	// instance that cannot reach its primary does while another still can:
+	// "fail_over" (switch to the fallback alone) or "refuse" (answer errors,
+	// not ready, until the rest of the fleet loses the primary too) (split_policy).
+	SplitPolicy string `toml:"split_policy"`
+	// FallbackNotice sends each session a NoticeResponse the first time the
+	// fallback serves it (fallback_notice).
+	FallbackNotice bool `toml:"fallback_notice"`
 }
 
 // Limit is one [[limits]] rule.
@@ -324,6 +340,8 @@ func Default() *Config {
 			ClientIdleTimeout:      D(10 * time.Minute),
 			IdleTransactionTimeout: D(0),
 			QueryTimeout:           D(0),
+			CancelTimeout:          D(5 * time.Second),
+			ServerCheckAfter:       D(10 * time.Second),
 			ServerIdleTimeout:      D(60 * time.Second),
 			ServerLifetime:         D(time.Hour),
 			ConnectTimeout:         D(10 * time.Second),
@@ -346,6 +364,7 @@ func Default() *Config {
 			ProbeInterval:    D(5 * time.Second),
 			ProbeMaxInterval: D(5 * time.Minute),
 			FailbackAfter:    D(30 * time.Second),
+			SplitPolicy:      "fail_over",
 			FallbackReadOnly: true,
 		},
 		Limiter: Limiter{QueriesPerHourWarn: 1000},

@@ -205,6 +205,8 @@ func (v *validator) pool() {
 		{"pool.client_idle_timeout", p.ClientIdleTimeout},
 		{"pool.idle_transaction_timeout", p.IdleTransactionTimeout},
 		{"pool.query_timeout", p.QueryTimeout},
+		{"pool.cancel_timeout", p.CancelTimeout},
+		{"pool.server_check_after", p.ServerCheckAfter},
 		{"pool.server_idle_timeout", p.ServerIdleTimeout},
 		{"pool.server_lifetime", p.ServerLifetime},
 		{"pool.connect_timeout", p.ConnectTimeout},
@@ -249,6 +251,7 @@ func (v *validator) failover() {
 		v.bad("failover.probe_max_interval", "%s is below probe_interval (%s); want probe_interval or more", f.ProbeMaxInterval.Duration, f.ProbeInterval.Duration)
 	}
 	v.nonNegative("failover.failback_after", f.FailbackAfter)
+	v.oneOf("failover.split_policy", f.SplitPolicy, "fail_over", "refuse")
 }
 
 func (v *validator) limits() {
@@ -354,8 +357,8 @@ func (v *validator) cache() {
 		}
 		v.atLeast(key+".max_entry_bytes", r.MaxEntryBytes, 1)
 		for _, t := range r.Tables {
-			if strings.TrimSpace(t) == "" {
-				v.bad(key+".tables", "holds an empty name; want table names such as \"tenants\"")
+			if _, err := TableName(t); err != nil {
+				v.bad(key+".tables", "%v", err)
 			}
 		}
 		for _, f := range r.TrustedFunctions {
@@ -497,4 +500,83 @@ func unwrapPathErr(err error) error {
 		return pe.Err
 	}
 	return err
+}
+
+// TableName returns the relation a [[cache]] rule's tables entry names, as
+// PostgreSQL resolves the identifier: unquoted parts fold to lower case,
+// "quoted" ones keep theirs; a schema is dropped (the cache knows tables by
+// their bare name, see cache/analyze). System catalogs and statistics views
+// are refused: their contents change without a write pgguard sees.
+func TableName(s string) (string, error) {
+	var parts []string
+	rest := strings.TrimSpace(s)
+	for {
+		var part string
+		switch {
+		case strings.HasPrefix(rest, `"`):
+			end := 1
+			var b strings.Builder
+			for {
+				i := strings.IndexByte(rest[end:], '"')
+				if i < 0 {
+					return "", fmt.Errorf("%q: unterminated quoted identifier", s)
+				}
+				b.WriteString(rest[end : end+i])
+				end += i + 1
+				if !strings.HasPrefix(rest[end:], `"`) {
+					break
+				}
+				b.WriteByte('"') // "" inside quotes
+				end++
+			}
+			part, rest = b.String(), rest[end:]
+			if part == "" {
+				return "", fmt.Errorf("%q: empty quoted identifier", s)
+			}
+		default:
+			i := strings.IndexByte(rest, '.')
+			if i < 0 {
+				i = len(rest)
+			}
+			part, rest = rest[:i], rest[i:]
+			if !plainIdent(part) {
+				return "", fmt.Errorf("%q is not a table name; want a name such as \"tenants\", \"public.tenants\" or \"\\\"Tenants\\\"\" (quoted to keep its case)", s)
+			}
+			part = strings.ToLower(part)
+		}
+		parts = append(parts, part)
+		if rest == "" {
+			break
+		}
+		if !strings.HasPrefix(rest, ".") || len(parts) == 3 {
+			return "", fmt.Errorf("%q is not a table name", s)
+		}
+		rest = rest[1:]
+	}
+	rel := parts[len(parts)-1]
+	if len(parts) > 1 {
+		if schema := parts[len(parts)-2]; schema == "pg_catalog" || schema == "information_schema" {
+			return "", fmt.Errorf("%q is a system catalog or view: the cache cannot follow its changes", s)
+		}
+	}
+	if strings.HasPrefix(rel, "pg_") {
+		return "", fmt.Errorf("%q is a system catalog or statistics view (pg_*): the cache cannot follow its changes", s)
+	}
+	return rel, nil
+}
+
+// plainIdent reports whether s is an unquoted SQL identifier.
+func plainIdent(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, r := range s {
+		switch {
+		case r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r > 127:
+		case i > 0 && (r >= '0' && r <= '9' || r == '$'):
+		default:
+			return false
+		}
+	}
+	return true
 }

@@ -124,6 +124,8 @@ type Monitor struct {
 	next         time.Time     // when the next probe is due; zero when none
 	healthySince time.Time     // first of the unbroken run of successful probes
 	closed       bool
+	peers        PeerView // what the other instances sharing the Redis see of the primary (fleet.go)
+	isolated     bool     // this instance cannot reach the primary while another can (logged once per episode)
 }
 
 // health is what real traffic and probes said lately about one upstream.
@@ -221,14 +223,20 @@ func (m *Monitor) fail(u Upstream, err error, lost bool) {
 	}
 	reason := fmt.Sprintf("%d consecutive failures of the %s (failover.failure_threshold = %d); last: %s",
 		h.fails, u, m.threshold(), h.lastError)
-	if u == Primary && m.hasFallback {
+	if u == Primary && m.hasFallback && !m.refuseLocked() {
 		m.switchLocked(Fallback, reason)
+		m.noteIsolationLocked()
 		return
 	}
 	h.down = true
-	if u == Primary {
+	switch {
+	case u == Primary && m.hasFallback: // refuseLocked
+		m.log.Warn("this instance cannot reach the primary but other instances can: it answers errors instead of serving the fallback (failover.split_policy = \"refuse\")",
+			"reason", reason, "peers_up", m.peers.Up, "peers_down", m.peers.Down)
+		m.noteIsolationLocked()
+	case u == Primary:
 		m.log.Warn("the primary cannot serve and there is no fallback: no upstream can serve", "reason", reason)
-	} else {
+	default:
 		m.log.Warn("the fallback cannot serve either: no upstream can serve", "reason", reason)
 	}
 	m.startProbingLocked()
@@ -261,11 +269,16 @@ func (m *Monitor) switchLocked(to Upstream, reason string) {
 	m.switches++
 	sw := Switch{From: from, To: to, Reason: reason, At: now}
 	m.recent = append([]Switch{sw}, m.recent[:min(len(m.recent), maxRecent-1)]...)
-	m.health[to].fails, m.health[to].down, m.health[to].lastLost = 0, false, time.Time{}
+	refusing := to == Primary && m.health[Primary].down // split_policy = "refuse": it stays down
+	m.health[to].fails, m.health[to].down, m.health[to].lastLost = 0, refusing, time.Time{}
 	if to == Fallback {
 		m.health[Primary].down = true
 		m.startProbingLocked()
 		m.log.Warn("upstream switch: the primary cannot serve; new server connections go to the fallback",
+			"from", from, "to", to, "reason", reason)
+	} else if refusing {
+		m.health[Fallback].fails, m.health[Fallback].down = 0, false
+		m.log.Warn("upstream switch: back to the primary, which this instance cannot reach: its clients get errors while other instances serve it; fallback connections drain",
 			"from", from, "to", to, "reason", reason)
 	} else {
 		m.health[Fallback].fails, m.health[Fallback].down = 0, false
@@ -347,10 +360,11 @@ func (m *Monitor) tick(gen uint64) {
 		return
 	}
 	m.interval = m.probeInterval()
-	if !m.hasFallback {
+	if !m.hasFallback || m.Active() == Primary { // no fallback, or refusing (split_policy)
 		m.health[Primary].fails, m.health[Primary].down = 0, false
 		m.stopProbingLocked()
 		m.log.Info("the primary answers probes again: it can serve", "upstream", Primary)
+		m.noteIsolationLocked()
 		return
 	}
 	after := max(m.cfg.FailbackAfter.Duration, 0)
@@ -363,6 +377,7 @@ func (m *Monitor) tick(gen uint64) {
 	}
 	healthy := now.Sub(m.healthySince)
 	if healthy >= after {
+		m.health[Primary].fails, m.health[Primary].down = 0, false
 		m.switchLocked(Primary, fmt.Sprintf("every probe of the primary succeeded for %s (failover.failback_after = %s)",
 			healthy.Round(time.Millisecond), after))
 		return
@@ -381,6 +396,70 @@ func (m *Monitor) probeInterval() time.Duration {
 
 func (m *Monitor) maxInterval() time.Duration {
 	return max(m.cfg.ProbeMaxInterval.Duration, m.probeInterval())
+}
+
+// Refusing reports whether the Monitor keeps the database off its fallback
+// while its primary is down here and up for another instance (split_policy
+// = "refuse"): clients get errors.
+func (m *Monitor) Refusing() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.hasFallback && m.Active() == Primary && m.health[Primary].down && m.refuseLocked()
+}
+
+// PrimaryDown reports whether this instance considers the primary down:
+// what it publishes to the fleet (fleet.go).
+func (m *Monitor) PrimaryDown() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.health[Primary].down
+}
+
+// SetPeers gives the Monitor what the other instances sharing the Redis
+// see of the primary (Fleet calls it every PublishEvery). With
+// failover.split_policy = "refuse" it is acted on at once: an instance
+// on its fallback while another instance reaches the primary goes back
+// to answering errors, and one refusing goes to its fallback once no
+// other instance reaches the primary either.
+func (m *Monitor) SetPeers(v PeerView) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.peers = v
+	if m.closed || !m.hasFallback {
+		m.noteIsolationLocked()
+		return
+	}
+	down := m.health[Primary].down
+	switch refuse := m.refuseLocked(); {
+	case m.Active() == Fallback && down && refuse:
+		m.switchLocked(Primary, fmt.Sprintf("this instance cannot reach the primary but %d other instances can: answering errors instead of serving the fallback (failover.split_policy = \"refuse\")", v.Up))
+	case m.Active() == Primary && down && !refuse:
+		m.switchLocked(Fallback, "no other instance reaches the primary either (failover.split_policy = \"refuse\")")
+	}
+	m.noteIsolationLocked()
+}
+
+// refuseLocked reports whether this instance must answer errors rather
+// than serve its fallback: split_policy is "refuse" and another instance
+// reaches the primary, by a recent view.
+func (m *Monitor) refuseLocked() bool {
+	return m.cfg.SplitPolicy == "refuse" && m.peers.fresh(m.clock.Now()) && m.peers.Up > 0
+}
+
+// noteIsolationLocked logs when this instance starts or stops being the
+// only one that cannot reach the primary.
+func (m *Monitor) noteIsolationLocked() {
+	iso := m.health[Primary].down && m.peers.fresh(m.clock.Now()) && m.peers.Up > 0
+	if iso == m.isolated {
+		return
+	}
+	m.isolated = iso
+	if iso {
+		m.log.Warn("this instance cannot reach the primary but other instances sharing the Redis can: check this instance's network path to it",
+			"peers_up", m.peers.Up, "peers_down", m.peers.Down, "active", m.Active(), "split_policy", m.cfg.SplitPolicy)
+	} else {
+		m.log.Info("this instance is no longer alone in not reaching the primary", "primary_down", m.health[Primary].down, "peers_up", m.peers.Up)
+	}
 }
 
 // State is a snapshot of a Monitor, for /status.
@@ -406,6 +485,13 @@ type State struct {
 	ProbeIntervalSeconds float64 `json:"probe_interval_seconds,omitempty"`
 	// PrimaryHealthySince starts the current run of successful probes.
 	PrimaryHealthySince time.Time `json:"primary_healthy_since,omitzero"`
+	// Peers is what the other instances sharing the Redis see of the
+	// primary (Known false without one).
+	Peers PeerView `json:"peers"`
+	// Isolated: this instance cannot reach the primary while another can.
+	Isolated bool `json:"isolated"`
+	// SplitPolicy is failover.split_policy.
+	SplitPolicy string `json:"split_policy,omitempty"`
 }
 
 // UpstreamState describes one upstream in a State.
@@ -434,6 +520,9 @@ func (m *Monitor) State() State {
 		Switches:            m.switches,
 		NextProbe:           m.next,
 		PrimaryHealthySince: m.healthySince,
+		Peers:               m.peers,
+		Isolated:            m.isolated,
+		SplitPolicy:         m.cfg.SplitPolicy,
 	}
 	if m.hasFallback {
 		f := up(m.health[Fallback])

@@ -150,6 +150,7 @@ func (b *Budget) merge(database string, segs []segment, now time.Time) {
 	S := b.suspend()
 	for i := range segs {
 		sg := &segs[i]
+		c.noteWake(sg)
 		c.add(sg.a, sg.b, S, b.redis != nil)
 		if sg.app != "" {
 			c.pollerFor(sg.app).add(sg, S)
@@ -321,6 +322,12 @@ type EndpointStatus struct {
 	AwakeSeconds float64   `json:"awake_seconds"`        // this month
 	AwakeNow     bool      `json:"awake_now"`            // activity within suspend_after, or under way
 	LastActive   time.Time `json:"last_active,omitzero"` // end of the latest activity (now while some is under way)
+	// LastWake is when the model last saw the compute wake (activity after
+	// a gap over suspend_after, or the first seen), and LastWakeBy the
+	// application whose activity woke it: NoApplication for a server
+	// connection no client used, "" while not yet known.
+	LastWake   time.Time `json:"last_wake,omitzero"`
+	LastWakeBy string    `json:"last_wake_by,omitempty"`
 }
 
 // Snapshot returns the budget figures now. Nil-safe.
@@ -350,6 +357,7 @@ func (b *Budget) Snapshot() BudgetStatus {
 		st.Fleet = st.Fleet || !c.fleetAt.IsZero() && b.redis != nil && b.redis.Up.Load()
 		st.Endpoints = append(st.Endpoints, EndpointStatus{
 			Endpoint: c.key, AwakeSeconds: a.Seconds(), LastActive: c.last, AwakeNow: c.awakeAt(now),
+			LastWake: c.lastWake, LastWakeBy: c.lastWakeBy,
 		})
 	}
 	sort.Slice(st.Endpoints, func(i, j int) bool { return st.Endpoints[i].Endpoint < st.Endpoints[j].Endpoint })
@@ -404,6 +412,9 @@ type compute struct {
 	last    time.Time     // end of the latest activity
 	pollers map[string]*poller
 
+	lastWake   time.Time // start of the latest activity that found the compute asleep
+	lastWakeBy string    // its application; "" until a client claims a new connection's wake
+
 	pending    []span        // awake spans not yet merged into Redis
 	fleetAwake time.Duration // fleet-wide awake this month, read at fleetAt
 	localAt    time.Duration // this instance's figure at fleetAt
@@ -412,6 +423,19 @@ type compute struct {
 
 // span is an interval [a, b).
 type span struct{ a, b time.Time }
+
+// noteWake records sg as the compute's latest wake-up when it starts while
+// the model has the compute asleep. A new server connection's instant comes
+// first without an application; the segment that books it to one (at the
+// same instant, Activity.Query or attributeConn) names the cause.
+func (c *compute) noteWake(sg *segment) {
+	switch {
+	case sg.a.Equal(c.lastWake) && c.lastWakeBy == "":
+		c.lastWakeBy = sg.app
+	case sg.a.After(c.lastWake) && !c.awakeAt(sg.a):
+		c.lastWake, c.lastWakeBy = sg.a, sg.app
+	}
+}
 
 // add records activity from a to b: the compute is awake from a until
 // suspend_after past b. Spans may arrive in any order; overlaps count once.

@@ -331,3 +331,56 @@ func TestEndpointKey(t *testing.T) {
 		}
 	}
 }
+
+// TestLastWake: the model names the application whose activity found the
+// compute asleep, a new connection's wake booked to its first client, and
+// NoApplication for a connection no client used.
+func TestLastWake(t *testing.T) {
+	clk := newFakeClock(day0)
+	cfg := config.Default()
+	cfg.Budget.SuspendAfter = config.D(time.Minute)
+	l, _, _ := testLimiter(t, cfg, clk)
+	endpoint := func() EndpointStatus {
+		t.Helper()
+		eps := l.Budget().Snapshot().Endpoints
+		if len(eps) != 1 {
+			t.Fatalf("%d endpoints", len(eps))
+		}
+		return eps[0]
+	}
+	a := l.Connected("app", "", day0)
+	if e := endpoint(); !e.LastWake.Equal(day0) || e.LastWakeBy != "" || !e.AwakeNow {
+		t.Errorf("after connect: %+v", e)
+	}
+	clk.Set(day0.Add(10 * time.Millisecond))
+	a.Query("web", clk.Now())
+	a.Ready(clk.Now(), false, false)
+	if e := endpoint(); !e.LastWake.Equal(day0) || e.LastWakeBy != "web" {
+		t.Errorf("the connection's first client: %+v", e)
+	}
+	// A query within suspend_after wakes nothing; one after a longer gap does.
+	clk.Set(day0.Add(50 * time.Second))
+	a.Query("poller", clk.Now())
+	a.Ready(clk.Now(), false, false)
+	if e := endpoint(); e.LastWakeBy != "web" {
+		t.Errorf("a query while awake took the wake: %+v", e)
+	}
+	at := day0.Add(5 * time.Minute)
+	clk.Set(at)
+	if endpoint().AwakeNow {
+		t.Error("awake 4 minutes after the last query, with suspend_after = 1m")
+	}
+	a.Query("poller", at)
+	a.Ready(at, false, false)
+	if e := endpoint(); !e.LastWake.Equal(at) || e.LastWakeBy != "poller" {
+		t.Errorf("after a gap: %+v", e)
+	}
+	// A connection no client uses is booked to NoApplication.
+	at = day0.Add(10 * time.Minute)
+	clk.Set(at)
+	l.Connected("app", "", at)
+	clk.Set(at.Add(2 * connGrace))
+	if e := endpoint(); !e.LastWake.Equal(at) || e.LastWakeBy != NoApplication {
+		t.Errorf("unused connection: %+v", e)
+	}
+}

@@ -27,6 +27,8 @@ type Metrics struct {
 	Bytes          *prometheus.CounterVec // direction
 	ClientRefusals *prometheus.CounterVec // sqlstate: connections refused before or at login
 	ClientsReaped  *prometheus.CounterVec // reason
+	Cancelled      *prometheus.CounterVec // reason: queries pgguard cancelled
+	FallbackWrites *prometheus.CounterVec // database, table
 	ClientsPinned  *prometheus.CounterVec // reason
 	LeakWarnings   *prometheus.CounterVec // application
 	Panics         *prometheus.CounterVec // side: client or server
@@ -94,15 +96,23 @@ func New() *Metrics {
 		}, []string{"application"}),
 		ClientsReaped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgguard_clients_closed_total",
-			Help: "Client sessions closed by pgguard, by reason (client_idle_timeout, idle_transaction_timeout, login_timeout, shutdown, kill).",
+			Help: "Client sessions closed by pgguard, by reason (client_idle_timeout, idle_transaction_timeout, login_timeout, shutdown, kill, cancel_timeout, server_unresponsive, failback).",
 		}, []string{"reason"}),
+		Cancelled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgguard_queries_cancelled_total",
+			Help: "Queries pgguard sent a CancelRequest for, by reason (query_timeout); the session goes on.",
+		}, []string{"reason"}),
+		FallbackWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgguard_fallback_writes_total",
+			Help: "Statements that wrote on a writable fallback (failover.fallback_read_only = false), by database and table; these rows are not on the primary and pgguard does not reconcile them.",
+		}, []string{"database", "table"}),
 		Panics: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgguard_panics_total",
 			Help: "Internal errors (panics) in a connection's goroutine; that connection was closed and the process served on. By side: client or server.",
 		}, []string{"side"}),
 	}
 	r.MustRegister(m.Panics, m.QueryDuration, m.Queries, m.QueryErrors, m.PoolWait, m.PoolMax,
-		m.UpstreamActive, m.Switches, m.ReadOnly, m.Bytes, m.ClientRefusals, m.ClientsReaped, m.ClientsPinned, m.LeakWarnings)
+		m.UpstreamActive, m.Switches, m.ReadOnly, m.Bytes, m.ClientRefusals, m.ClientsReaped, m.Cancelled, m.FallbackWrites, m.ClientsPinned, m.LeakWarnings)
 	// Exported at 0 from the start, so that an alert on its increase sees
 	// the first panic (a series born at 1 has no increase to rate).
 	m.Panics.WithLabelValues("client")

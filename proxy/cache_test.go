@@ -84,8 +84,10 @@ func cacheGuard(t testing.TB, mode string, redisURL string, rules []config.Cache
 }
 
 // TestCacheExecutesOncePerTTL runs 1,000 identical cached queries in every
-// pgx mode, in both pool modes: PostgreSQL executes each mode's first only,
-// and every answer equals a direct connection's.
+// pgx mode, in both pool modes: in transaction mode PostgreSQL executes
+// each mode's first only; in session mode, whose session state pgguard
+// does not know exactly, the cache stays out and PostgreSQL executes every
+// one. Every answer equals a direct connection's.
 func TestCacheExecutesOncePerTTL(t *testing.T) {
 	freshBranding(t)
 	modes := []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe,
@@ -115,8 +117,12 @@ func TestCacheExecutesOncePerTTL(t *testing.T) {
 					}
 				}
 				conn.Close(ctx)
-				if n := scans(t) - before; n != 1 {
-					t.Errorf("%v: PostgreSQL read the table %d times for 1,000 cached queries, want 1; cache: %+v", mode, n, rc.Status())
+				runs := int64(1)
+				if pool == "session" {
+					runs = 1000
+				}
+				if n := scans(t) - before; n != runs {
+					t.Errorf("%v: PostgreSQL read the table %d times for 1,000 cached queries, want %d; cache: %+v", mode, n, runs, rc.Status())
 				}
 			}
 		})
@@ -347,16 +353,23 @@ func newRawConn(t *testing.T, url string) *rawConn {
 // ReadyForQuery of the last Sync or Query.
 func (s *rawConn) roundTrip(t testing.TB, msgs []byte) []byte {
 	t.Helper()
+	s.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := s.Write(msgs); err != nil {
+		t.Fatal(err)
+	}
+	return s.replies(t, msgs)
+}
+
+// replies reads every byte up to and including the ReadyForQuery of the
+// last Sync or Query of msgs, which were (or are being) written.
+func (s *rawConn) replies(t testing.TB, msgs []byte) []byte {
 	syncs := 0
 	for b := msgs; len(b) >= 5; b = b[1+int(binary.BigEndian.Uint32(b[1:])):] {
 		if b[0] == 'S' || b[0] == 'Q' {
 			syncs++
 		}
 	}
-	s.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := s.Write(msgs); err != nil {
-		t.Fatal(err)
-	}
+	s.SetReadDeadline(time.Now().Add(10 * time.Second))
 	var out []byte
 	for syncs > 0 {
 		hdr := make([]byte, 5)

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/internal/msgread"
 	"github.com/pgguard/pgguard/querylog"
@@ -196,7 +198,7 @@ func (c *client) cacheSession() *cache.Session {
 	if cc.sess != nil && cc.sessGen == gen {
 		return cc.sess
 	}
-	s := &cache.Session{Database: c.db.name, User: c.user, Application: c.app}
+	s := &cache.Session{Database: c.db.name, Upstream: c.db.upstreamID, User: c.user, Application: c.app}
 	for _, e := range c.want.reported {
 		s.Settings = append(s.Settings, cache.Setting{Name: e.k, Value: e.v})
 	}
@@ -208,22 +210,43 @@ func (c *client) cacheSession() *cache.Session {
 }
 
 // idleSession returns the client's session for the cache's key when
-// nothing it sent is outstanding and no transaction is open, so that an
-// answer from pgguard cannot overtake a server's. In transaction mode that
-// is a client without a server; a linked one (session mode, or pinned)
-// must be idle outside a transaction, and its session is read under the
-// server's lock (the pump follows the server's ParameterStatus into it).
+// pgguard knows that session exactly (sessionKnown), nothing it sent is
+// outstanding and no transaction is open, so that an answer from pgguard
+// cannot overtake a server's: a request leaves its server's queue only
+// once its reply is written (backend.readyForQuery). That is a client
+// without a server, or a linked one idle outside a transaction, whose
+// session is read under the server's lock (the pump follows the server's
+// ParameterStatus into it).
 func (c *client) idleSession() (*cache.Session, bool) {
-	b := c.server.Load()
-	if b == nil {
-		return c.cacheSession(), true
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.client != c || b.queue.len() > 0 || b.open || b.txStatus != 'I' {
+	if !c.sessionKnown() {
 		return nil, false
 	}
-	return c.cacheSession(), true
+	for {
+		b := c.server.Load()
+		if b == nil {
+			return c.cacheSession(), true
+		}
+		b.mu.Lock()
+		switch {
+		case b.client != c: // unlinked meanwhile: look again
+			b.mu.Unlock()
+			continue
+		case b.settling:
+			// Its last reply is written, or about to be once Redis has
+			// answered: wait for the pump to finish the request (and
+			// release the server), rather than send this to the server.
+			b.mu.Unlock()
+			b.awaitAnswered(c)
+			continue
+		}
+		idle := b.queue.len() == 0 && !b.open && b.txStatus == 'I'
+		var s *cache.Session
+		if idle {
+			s = c.cacheSession()
+		}
+		b.mu.Unlock()
+		return s, idle
+	}
 }
 
 // fromCache looks up the execution data starts with. On a hit it answers
@@ -374,13 +397,12 @@ func (f *cacheFill) add(p []byte) {
 // ReadyForQuery, so that its next query finds it; with Redis that costs a
 // miss one write, within the Redis call timeout. Only a primary's answer to
 // a whole execution outside a transaction is stored.
-func (b *backend) storeFill(r *request, status byte) {
-	f := r.fill
+func (b *backend) storeFill(f *cacheFill, failed bool, status byte) {
 	rc := b.db.p.Cache
 	switch {
 	case f.tooBig:
 		rc.TooBig(f.key)
-	case f.bad || r.failed || status != 'I' || b.upstream != "primary":
+	case f.bad || failed || status != 'I' || b.upstream != "primary":
 	default:
 		rc.Put(context.WithoutCancel(b.db.p.ctx), f.key, f.buf)
 	}
@@ -414,16 +436,25 @@ func (cc *clientCache) takeWrites() cache.Targets {
 	return cc.writes.Take()
 }
 
-// unitWrites notes what request r wrote and, when the unit of work ended
-// (status 'I'), returns what it committed for invalidation (mu held).
+// unitWrites notes what request r wrote and returns what committed, for
+// invalidation (mu held): at the end of a unit of work (status 'I') that
+// committed, or that ran a statement that may have committed on its own
+// before failing (a CALL or DO, whose writes are all tables); and, inside
+// a transaction, at a COMMIT AND CHAIN (a COMMIT whose transaction goes
+// on). A unit rolled back invalidates nothing.
 func (b *backend) unitWrites(r *request, status byte) cache.Targets {
 	if !r.writes.Empty() {
 		b.writes.Add(r.writes)
 	}
 	if status != 'I' {
-		return cache.Targets{}
+		chained := b.unitCommitted
+		b.unitCommitted = false
+		if !chained || b.writes.Empty() {
+			return cache.Targets{}
+		}
+		return b.writes.Take() // what the new transaction writes counts at its own end
 	}
-	committed := b.unitCommitted || !b.unitUndone
+	committed := b.unitCommitted || !b.unitUndone || b.writes.Targets().All
 	b.unitCommitted, b.unitUndone = false, false
 	if b.writes.Empty() || !committed {
 		b.writes.Reset()
@@ -442,10 +473,42 @@ func (b *backend) unsettledWrites() cache.Targets {
 	return b.writes.Take()
 }
 
+// orphanGrace is how long after its CancelRequest an orphaned backend is
+// taken to have ended: PostgreSQL acts on a cancel at once, in a lock wait
+// too, and the backend then finds its socket closed.
+const orphanGrace = time.Second
+
+// settleOrphan deals with writes whose connection was lost while they ran:
+// the backend may not know yet and commit later (a lock wait, a long
+// UPDATE). Their tables are invalidated and kept from being stored
+// (cache.Hold) while pgguard cancels the backend and gives it orphanGrace
+// to end; then they are invalidated again. All of it is bounded: the cancel
+// by its 5 s timeout, then the grace.
+func (b *backend) settleOrphan(writes cache.Targets) {
+	defer b.db.p.recoverPanic("settle", func() {})
+	release := b.db.p.Cache.Hold(b.db.p.ctx, b.db.upstreamID, writes)
+	defer release()
+	hc := *b.hc
+	if pc, err := pgconn.Construct(&hc); err == nil {
+		ctx, done := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := pc.CancelRequest(ctx); err != nil {
+			b.db.p.log.Warn("could not cancel a statement whose connection was lost; the tables it writes stay uncached until it is taken to have ended",
+				"database", b.db.name, "server", b.id, "err", err)
+		}
+		done()
+	}
+	t := time.NewTimer(orphanGrace)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-b.db.p.ctx.Done():
+	}
+}
+
 // invalidate makes the cache forget what committed writes touched, before
 // the client hears of the commit.
 func (b *backend) invalidate(t cache.Targets) {
 	if !t.Empty() {
-		b.db.p.Cache.Invalidate(b.db.p.ctx, b.db.name, t)
+		b.db.p.Cache.Invalidate(b.db.p.ctx, b.db.upstreamID, t)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"unsafe"
 
 	"github.com/pgguard/pgguard/cache"
+	"github.com/pgguard/pgguard/failover"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/pool"
 	"github.com/pgguard/pgguard/route"
@@ -127,6 +128,9 @@ type client struct {
 	parked  atomic.Bool
 	parkReq atomic.Bool
 	inEpoll bool
+	// fallbackNoticed: the client was told its session is served by the
+	// fallback (failover.fallback_notice; client goroutine).
+	fallbackNoticed bool
 
 	// rerun is a send a failed replica never answered, to run again
 	// (rerun.go); set by the pump, taken by the client goroutine.
@@ -364,6 +368,9 @@ func (c *client) process() error {
 			if transaction && e != nil && e.dealloc != "" && c.stmts[e.dealloc] != nil {
 				slow = true // a statement the client prepared with Parse (rewriter.deallocate)
 				c.stmtOpState = stmtOpsOpen
+			}
+			if !transaction && e != nil && e.dealloc != "" {
+				delete(c.stmts, e.dealloc) // session mode: the server's statement table, as the guard knows it
 			}
 			c.stmtOpsSynced()
 			c.unnamedSeen = 2
@@ -636,6 +643,7 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 		}
 		var out []byte
 		var werr error
+		wrote := 0 // bytes that reached the socket before a write error
 		if fresh {
 			var err error
 			if b, err = c.acquireFor(work, p, lead, open, slow); err != nil {
@@ -643,7 +651,7 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 			}
 			if h := c.handoff; h != nil {
 				if h.sent {
-					out, werr = h.p, h.err
+					out, werr, wrote = h.p, h.err, h.wrote
 				}
 				*h = handoff{} // drop the references to the read buffer
 			}
@@ -651,9 +659,15 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 		if work.MayWrite() && b.db.rs != nil {
 			b.wrote.Store(true) // before the server can answer
 		}
+		if fresh && !c.fallbackNoticed && b.upstreamOf() == failover.Fallback {
+			c.noticeFallback()
+		}
 		if out == nil {
 			if !b.syncParams(c) {
 				b.drop(c)
+				if c.closing.Load() != nil {
+					return errClientEOF // the server died under the sync and the client was told (serverLost)
+				}
 				if fresh && attempt < 2 {
 					continue
 				}
@@ -666,15 +680,18 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 			if b.db.replicaOf != nil {
 				b.armRerun(c, p, fresh && lead == 0 && !open, work.OutsideTransaction())
 			}
-			_, werr = b.out.Write(out)
+			wrote, werr = b.out.Write(out)
 		}
 		if werr != nil {
 			b.drop(c)
-			if fresh && attempt < 2 {
+			if fresh && attempt < 2 && wrote == 0 {
 				// Nothing reached the server: the statements this send
 				// named mean what they meant before it.
 				c.undoStmtOps(ops)
 				continue
+			}
+			if wrote > 0 { // some of it may have run: never sent again, never called rolled back
+				return lostError(c.db, c.db.hostOf(b.upstream), "failed while this session's statements were sent", lostUnknown)
 			}
 			return c.p.clientError(errServerWrite, c.db, true)
 		}
@@ -800,6 +817,7 @@ type handoff struct {
 	start      time.Time // when the client began to wait
 	sent       bool      // Take wrote it (p is then what was written)
 	err        error     // ... and the write failed
+	wrote      int       // ... after writing this many bytes
 	waited     bool      // Take was called: the client queued for its server
 }
 
@@ -827,7 +845,7 @@ func (c *client) Take(b *backend) bool {
 	if !ok {
 		return false // b died: c's goroutine finds it unlinked
 	}
-	_, h.err = b.out.Write(out)
+	h.wrote, h.err = b.out.Write(out)
 	h.p, h.sent = out, true
 	return true
 }
@@ -1028,15 +1046,15 @@ func (c *client) sendError(e *Error) {
 	c.p.metrics.ClientRefusals.WithLabelValues(e.Code).Inc()
 }
 
-// serverLost is called by the pump when the linked server died. The client's
-// transaction is gone with it, so the session ends, as with a crashed server.
-func (c *client) serverLost(b *backend, err error) {
-	e := c.closing.Load()
-	if e == nil {
-		e = fatalf(codeConnectionFailure, "server connection to %s for database %q was lost; the transaction, if any, was rolled back",
-			b.db.hostOf(b.upstream), b.db.name)
-		e.Cause = err
+// serverLost is called by the pump when the linked server died, with what
+// the client is told (lost.go). Its transaction, if any, is gone with it,
+// so the session ends, as with a crashed server.
+func (c *client) serverLost(b *backend, err error, lost *Error) {
+	lost.Cause = err
+	if !c.closing.CompareAndSwap(nil, lost) { // also stops a send under way from trying another server
+		lost = c.closing.Load()
 	}
+	e := lost
 	c.sendError(e)
 	c.conn.Close()
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,9 +51,17 @@ type database struct {
 	backends map[*backend]struct{}
 	// stmtKeys give statement texts their keys on servers (stale.go).
 	stmtKeys stmtKeys
+	// upstreamID is the primary's host, port and database name: the
+	// result cache's generations are per upstream database, so every
+	// [databases] name on it invalidates the others' entries.
+	upstreamID string
+	// stalls are the checks of upstreams owing replies (stall.go).
+	stalls stallWatch
+	// fbWrites accounts writes served by a writable fallback (fallbackwrites.go).
+	fbWrites fallbackWrites
 
 	// Pre-resolved metric children, so the hot path does no label lookups.
-	queryDur prometheus.Observer
+	queryDur [2]prometheus.Observer // by the upstream that answered (failover.Upstream)
 	poolWait prometheus.Observer
 	queries  prometheus.Counter
 	servers  atomic.Int64 // open server connections, for SHOW POOLS and metrics
@@ -64,6 +74,11 @@ type database struct {
 	nextSrvID   atomic.Uint64
 }
 
+// upstreamID names the database a connection config reaches.
+func upstreamID(pc *pgconn.Config) string {
+	return strings.ToLower(pc.Host) + ":" + strconv.Itoa(int(pc.Port)) + "/" + pc.Database
+}
+
 // fallbackReadOnlyParam makes writes on the fallback fail with 25006
 // (PostgreSQL docs 20.11.1). It is given at connect, so RESET ALL and
 // DISCARD ALL keep it.
@@ -74,19 +89,21 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 	if err != nil {
 		return nil, fmt.Errorf("databases.%s.primary: %w", name, err)
 	}
-	pc.DialFunc = p.dialServer
-	db := &database{name: name, p: p, primary: pc}
+	pc.DialFunc, pc.LookupFunc = p.dialServer, p.lookupHost
+	db := &database{name: name, p: p, primary: pc, upstreamID: upstreamID(pc)}
 	if dc.Fallback != "" {
 		fc, err := pgconn.ParseConfig(dc.Fallback)
 		if err != nil {
 			return nil, fmt.Errorf("databases.%s.fallback: %w", name, err)
 		}
-		fc.DialFunc = p.dialServer
+		fc.DialFunc, fc.LookupFunc = p.dialServer, p.lookupHost
 		db.fallback = fc
 		db.fallbackRO = fc.Copy()
 		db.fallbackRO.RuntimeParams[fallbackReadOnlyParam] = "on"
 	}
-	db.queryDur = p.metrics.QueryDuration.WithLabelValues(name, "primary")
+	for _, u := range []failover.Upstream{failover.Primary, failover.Fallback} {
+		db.queryDur[u] = p.metrics.QueryDuration.WithLabelValues(name, u.String())
+	}
 	db.poolWait = p.metrics.PoolWait.WithLabelValues(name)
 	db.queries = p.metrics.Queries.WithLabelValues(name, "")
 	db.fo = failover.New(p.cfg.Load().Failover, db.fallback != nil, db.probe, p.log.With("database", name), nil)
@@ -113,11 +130,17 @@ func (db *database) configure(cfg *config.Config) {
 	db.rs.configure(cfg)
 }
 
-// switched is the monitor's OnSwitch hook: metrics only (the WARN line is the
-// monitor's). Retire does the draining.
+// switched is the monitor's OnSwitch hook: metrics (the WARN line is the
+// monitor's), and a check that the primary left behind still answers
+// (stall.go). Retire does the draining.
 func (db *database) switched(sw failover.Switch) {
 	db.setActiveMetric(sw.To)
 	db.p.metrics.Switches.WithLabelValues(db.name).Inc()
+	if sw.To == failover.Fallback {
+		db.switchedAway(failover.Primary)
+	} else {
+		db.failedBack()
+	}
 }
 
 // setActiveMetric sets pgguard_upstream_active: 1 for u, 0 for the other.
@@ -281,6 +304,8 @@ func (db *database) dial(ctx context.Context) (*backend, error) {
 				t.Stop()
 				return nil, err
 			}
+		case db.fo.Refusing():
+			return nil, fmt.Errorf("%w: %w", failover.ErrRefused, err)
 		default:
 			return nil, err
 		}
@@ -296,6 +321,7 @@ func (db *database) dialUpstream(ctx context.Context, u failover.Upstream) (*bac
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
+	dialed := time.Now() // the compute wakes when the connection arrives, not when it is ready
 	conn, err := pgconn.ConnectConfig(ctx, db.upstreamConfig(u))
 	if err != nil {
 		return nil, err
@@ -315,7 +341,7 @@ func (db *database) dialUpstream(ctx context.Context, u failover.Upstream) (*bac
 	}
 	b := newBackend(db, hc, upstream)
 	if u == failover.Primary && db.replicaOf == nil { // a new session wakes the compute (a failed connect did not)
-		b.act = db.p.Limiter.Connected(db.name, "", time.Now())
+		b.act = db.p.Limiter.Connected(db.name, "", dialed)
 	}
 	db.mu.Lock()
 	db.params = maps.Clone(hc.ParameterStatuses)

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgguard/pgguard/failover"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/pool"
 )
@@ -118,6 +120,11 @@ func (p *Proxy) clientError(err error, db *database, fatal bool) *Error {
 		return &Error{Severity: sev, Code: codeConnectionFailure, Cause: err,
 			Message: fmt.Sprintf("could not apply this session's parameters (its SET values and startup options) on a server connection for database %q; the server's error is in pgguard's log", db.nameOr()),
 			Hint:    "check the values this session SETs or passes in options=-c"}
+	case errors.Is(err, failover.ErrRefused):
+		return &Error{Severity: sev, Code: codeConnectionFailure, Cause: err,
+			Message: fmt.Sprintf("this pgguard instance cannot reach the primary %s of database %q while other instances sharing the Redis can: it answers errors rather than serve the fallback's possibly stale data (failover.split_policy = \"refuse\")",
+				db.hostOf("primary"), db.nameOr()),
+			Hint: "retry, or connect through another instance; set failover.split_policy = \"fail_over\" to serve the fallback instead"}
 	case errors.Is(err, pool.ErrClosed):
 		return &Error{Severity: "FATAL", Code: codeAdminShutdown, Cause: err, Message: "pgguard is shutting down"}
 	case errors.As(err, &pgErr) && db != nil:
@@ -130,6 +137,12 @@ func (p *Proxy) clientError(err error, db *database, fatal bool) *Error {
 			Message: fmt.Sprintf("upstream %s for database %q presented a TLS certificate pgguard does not trust: %v",
 				db.upstreamHost(), db.name, certErr.Err),
 			Hint: "check the URL's sslmode and sslrootcert, and that pgguard's CA bundle (/etc/ssl/certs/ca-certificates.crt) holds the server's CA"}
+	case errors.Is(err, syscall.ECONNREFUSED) && db != nil:
+		// Not a timeout: nothing listens there (a Neon proxy refusing, a
+		// fallback that is down).
+		return &Error{Severity: sev, Code: codeConnectionFailure, Cause: err,
+			Message: fmt.Sprintf("upstream %s for database %q refused the connection: connection refused (nothing listens there)",
+				db.upstreamHost(), db.name)}
 	case errors.As(err, &connErr), errors.As(err, &netErr), errors.Is(err, context.DeadlineExceeded):
 		host := "?"
 		if db != nil {

@@ -96,8 +96,8 @@ wait:
 		}
 	}
 	took := time.Since(start)
-	if pgCode(err) != "08006" {
-		t.Fatalf("query on the partitioned upstream: %v, want 08006", err)
+	if pgCode(err) != "08007" { // it was running: whether it committed is unknown
+		t.Fatalf("query on the partitioned upstream: %v, want 08007", err)
 	}
 	t.Logf("partition noticed after %s (server_tcp_user_timeout 3s): %q; %d queries of another client served meanwhile",
 		took.Round(100*time.Millisecond), pgMessage(err), served)

@@ -55,6 +55,11 @@ type Proxy struct {
 	// Cache, when set, answers the queries [[cache]] rules choose and
 	// learns of every write (set before Serve).
 	Cache *cache.Cache
+	// LookupHost, when set, resolves upstream host names instead of DNS
+	// (set before Serve): tests and `pgguard demo -neon` point Neon-style
+	// names (ep-x.us-east-2.aws.neon.tech) at a simulator, keeping the name
+	// for TLS SNI and certificate checks.
+	LookupHost func(ctx context.Context, host string) ([]string, error)
 
 	ctx    context.Context // ends on Close: aborts waits and dials
 	cancel context.CancelFunc
@@ -292,10 +297,12 @@ func (p *Proxy) janitor() {
 		case now := <-t.C:
 			clients = p.appendClients(clients[:0])
 			p.reapIdleClients(now, clients)
+			p.closeRetiredSessions(clients)
 			clear(clients)
 			mem.tick(now, p.accepted.Load()+p.parks.Load()+p.gone.Load())
 			for _, db := range p.databases() {
 				db.pool.Sweep(now)
+				db.checkStalls(now)
 				db.eachReplica(func(r *database) { r.pool.Sweep(now) })
 			}
 		}
@@ -313,7 +320,7 @@ func (p *Proxy) reapIdleClients(now time.Time, clients []*client) {
 		switch {
 		case st.running:
 			if d := now.Sub(st.since); pc.QueryTimeout.Duration > 0 && d > pc.QueryTimeout.Duration && st.b.markTimedOut(c) {
-				p.metrics.ClientsReaped.WithLabelValues("query_timeout").Inc()
+				p.metrics.Cancelled.WithLabelValues("query_timeout").Inc() // the session goes on: not a closed client
 				p.log.Warn("cancelling a query past pool.query_timeout", "client", c.id, "application_name", c.app, "running", d.Round(time.Millisecond))
 				go st.b.cancelFor(c)
 			}

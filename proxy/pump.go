@@ -312,6 +312,7 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 	sev, code := errorFields(body)
 	if sev == "FATAL" || sev == "PANIC" || code == codeAdminShutdown {
 		b.dead.Store(true)
+		b.serverEnded = true
 		if b.rerunArmed() {
 			return nil, nil // the replica is going: the client's work is run again (rerun.go)
 		}
@@ -365,6 +366,13 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 // server's state, forwards the message if the request was the client's,
 // and returns the server to the pool when a transaction-mode client's
 // transaction is over (after the client's bytes are written).
+//
+// The request leaves the queue only once everything it owes the client is
+// done: its commit invalidated, its miss stored and, when it is the last
+// one outstanding, its ReadyForQuery written. Until then the client is not
+// idle (client.idleSession) and keeps this server, so nothing it sent
+// later, a hit or a query on another server, is answered before it,
+// however long Redis takes.
 func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	status := byte('I')
 	if len(msg) == 6 {
@@ -372,26 +380,79 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	}
 	now := time.Now()
 	b.mu.Lock()
-	if b.queue.len() == 0 {
+	h := b.queue.front()
+	if h == nil {
 		b.mu.Unlock()
 		b.db.p.log.Error("server sent a ReadyForQuery nobody asked for; closing the connection", "database", b.db.name, "server", b.id)
 		b.dead.Store(true)
 		b.conn.Close()
 		return
 	}
+	inval := b.unitWrites(h, status)
+	fill, failed, last := h.fill, h.failed, b.queue.len() == 1
+	b.settling = last
+	var to *client
+	// Read replicas (replica.go, rerun.go): the end of a unit that may
+	// have written waits for its commit position (hold); a unit a replica
+	// refused runs again on the primary (again), or its error goes first.
+	var refused []byte
+	var probe *probe
+	hold, again := false, false
+	switch h.kind {
+	case reqClient:
+		to = b.client
+		c := b.client
+		ends := c != nil && last && !b.open && status == 'I' && c.pooling == poolTransaction && !c.pinned.Load()
+		switch {
+		case h.refused != nil && ends:
+			again, to = true, nil
+		case h.refused != nil:
+			refused = h.refused
+		case ends && b.wantsPosition():
+			hold, to = true, nil
+		}
+		if last && !again && len(b.rerun) > 0 {
+			b.rerun = b.rerun[:0] // answered: the reply goes out
+		}
+	case reqProbe:
+		if probe = h.probe; probe.held != nil {
+			to, msg, inRead = probe.client, probe.held, false
+		}
+	}
+	b.mu.Unlock()
+	b.invalidate(inval) // before the client hears of the commit
+	if fill != nil {
+		b.storeFill(fill, failed, status) // before the client can ask again
+	}
+	if probe != nil && probe.held != nil {
+		b.positionLearned(probe) // before the client hears of the commit
+	}
+	if refused != nil {
+		b.fwd.put(to, refused)
+	}
+	if inRead {
+		b.fwd.pass(to, msg)
+	} else {
+		b.fwd.put(to, msg)
+	}
+	if last && to != nil {
+		b.fwd.flush() // the client has every reply before it may count as idle
+	}
+
+	b.mu.Lock()
 	r := b.queue.pop()
-	inval := b.unitWrites(&r, status)
+	b.settling = false
 	b.txStatus = status
 	b.act.Ready(now, b.queue.len() > 0, status != 'I')
 	b.batchDone()
 	if next := b.queue.front(); next != nil && next.start.Before(now) {
 		next.start = now // pipelined: the next one starts when this one ends
 	}
-	var to *client
 	next := numServerStates // none
-	position := false       // the unit's commit position is asked for (holdForPosition)
-	var again []byte        // a replica refused the unit: it runs again (rerun.go)
+	position := false       // the position query is to be written
+	var late *client        // a held ReadyForQuery goes to it after all
 	var againFor *client
+	var againSend []byte
 	switch r.kind {
 	case reqParamSync:
 		b.unitAborted = false // the sync's own errors are not the client's
@@ -410,33 +471,29 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		if r.op != nil && r.failed {
 			r.op.skipped = true
 		}
-		if r.refused != nil {
-			if c := b.client; c != nil && b.queue.len() == 0 && !b.open && status == 'I' && c.pooling == poolTransaction && !c.pinned.Load() {
-				again, againFor = b.rerun, c
-				b.rerun = nil
-			} else {
-				b.fwd.put(b.client, r.refused) // it cannot run again: the client sees the error
-			}
-		}
-		if len(b.rerun) > 0 && b.queue.len() == 0 {
-			b.rerun = b.rerun[:0] // answered: the reply goes out
-		}
 		if status == 'I' {
 			b.unitDone()
 		}
-		to = b.client
-		if c := to; c != nil && b.queue.len() == 0 && !b.open && status == 'I' && c.pooling == poolTransaction && !c.pinned.Load() {
+		c := b.client
+		if c != nil && b.queue.len() == 0 && !b.open && status == 'I' && c.pooling == poolTransaction && !c.pinned.Load() {
 			b.unlinkLocked()
 			next = srvIdle
-			if position = b.holdForPosition(c, msg); position {
-				to, next = nil, numServerStates
+			switch {
+			case again:
+				againFor, againSend = c, b.rerun
+				b.rerun = nil
+			case hold:
+				if position = b.holdForPosition(c, msg); position {
+					next = numServerStates
+				} else {
+					late = c
+				}
 			}
-		}
-		if again != nil {
-			to = nil // its ReadyForQuery comes from the primary
+		} else if hold || again {
+			late = c // the client sent more meanwhile: it keeps its server and has its reply now
 		}
 	case reqProbe:
-		if pr := r.probe; pr.held != nil {
+		if r.probe.held != nil {
 			next = srvIdle
 			if status != 'I' || r.failed {
 				next = srvClosed
@@ -446,35 +503,26 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	b.signalAnswered()
 	b.refreshBulk()
 	b.mu.Unlock()
-	b.invalidate(inval) // before the client hears of the commit
-	if r.kind == reqProbe && r.probe.held != nil {
-		b.positionLearned(r.probe) // before the client hears of the commit
-		to, msg, inRead = r.probe.client, r.probe.held, false
-		b.db.xacts.Add(1)
-	}
-	if r.fill != nil {
-		b.storeFill(&r, status) // before the client can ask again
-	}
-	if inRead {
-		b.fwd.pass(to, msg)
-	} else {
-		b.fwd.put(to, msg)
+	if late != nil {
+		if again {
+			b.fwd.put(late, r.refused)
+		}
+		b.fwd.put(late, msg)
+		b.fwd.flush()
 	}
 	if next != numServerStates {
-		// Back in the pool before the client reads its reply: the query it
-		// sends next finds this server idle, instead of racing its release
-		// (a sequential client keeps its server, and its parameters).
-		if r.kind == reqClient {
+		// Back in the pool as soon as the client has its reply: the query
+		// it sends next finds this server idle (a sequential client keeps
+		// its server, and its parameters), or still linked to it.
+		if r.kind == reqClient || r.kind == reqProbe && r.probe.held != nil {
 			b.db.xacts.Add(1)
 		}
 		b.enter(next)
-		b.fwd.flush()
 	}
-	if again != nil {
-		againFor.requestRerun(again) // b is back in the pool
+	if againFor != nil {
+		againFor.requestRerun(againSend) // b is back in the pool
 	}
 	if position {
-		b.fwd.flush()
 		if _, err := b.out.Write(appendQuery(nil, positionSQL)); err != nil {
 			b.conn.Close() // the pump's read fails: died gives the client its ReadyForQuery
 		}

@@ -77,7 +77,10 @@ func newPair(p *Proxy, db *database, mode poolMode) *pair {
 	c := &client{p: p, db: db, conn: cc, out: newSock(cc), pooling: mode}
 	c.want = newSessionWant(map[string]string{"application_name": "startup-app"})
 	b.link(c)
-	b.profile, b.roGen = c.profile(), p.roGen.Load()
+	b.profile, b.roGen, b.roForced = c.profile(), p.roGen.Load(), b.mustReadOnly()
+	if b.roForced { // as a sync would have left it
+		b.params[readOnlyParam] = "on"
+	}
 	return &pair{b: b, c: c, toClient: cc, toServer: sc}
 }
 

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/pgguard/pgguard/cache"
+	"github.com/pgguard/pgguard/failover"
 	"github.com/pgguard/pgguard/querylog"
 )
 
@@ -62,6 +63,9 @@ func (c *client) syncPoint(q pendingQuery) {
 func (c *client) intern(text []byte) string {
 	ql := c.p.QueryLog
 	if ql == nil {
+		if c.db.fallbackWritable() { // for the account of writes on the fallback
+			return string(querylog.ZeroNumbers(c.zeroed[:0], text))
+		}
 		return ""
 	}
 	if !ql.LogParameters() {
@@ -108,9 +112,13 @@ func commandTag(tag []byte) (word string, rows int64) {
 func (b *backend) report(q inflightQuery, now time.Time) {
 	d := now.Sub(q.start)
 	db := b.db
-	db.queryDur.Observe(d.Seconds())
+	u := b.upstreamOf()
+	db.queryDur[u].Observe(d.Seconds())
 	if q.sqlstate != "" {
 		db.p.metrics.QueryErrors.WithLabelValues(db.name, q.sqlstate).Inc()
+	}
+	if u == failover.Fallback {
+		db.noteFallbackWrite(&q)
 	}
 	c := q.client
 	if db.p.QueryLog == nil || q.text == "" {

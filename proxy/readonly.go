@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 
+	"github.com/pgguard/pgguard/failover"
 	"github.com/pgguard/pgguard/querylog"
 	"github.com/pgguard/pgguard/readonly"
 )
@@ -12,6 +13,18 @@ import (
 // the switch is judged by that statement's text. The second layer,
 // default_transaction_read_only on every server transaction, is applied with
 // the session parameters (syncSQL).
+
+// mustReadOnly reports whether server b must refuse writes itself, whatever
+// its client asked for (startup parameters, options=-c, SET): the kill
+// switch is on, the budget's on_exhausted = "read_only" acts, or b is a
+// connection to the fallback while failover.fallback_read_only is on. Its
+// syncs then force default_transaction_read_only on (syncSQL), and a
+// server that reports it off is synced again before its next transaction.
+func (b *backend) mustReadOnly() bool {
+	cfg := b.db.p.cfg.Load()
+	return cfg.ReadOnly || b.upstream == failover.Fallback.String() && cfg.Failover.FallbackReadOnly ||
+		b.db.p.Limiter.Budget().Action() == "read_only"
+}
 
 // classifier is shared by all clients; its cache is bounded.
 var classifier = readonly.New(16384)

@@ -82,7 +82,8 @@ func newReplicaSet(p *Proxy, primary *database, dc *config.Database) (*replicaSe
 		}
 		pc.DialFunc = p.dialServer
 		db := &database{name: primary.name, p: p, primary: pc, replicaOf: primary}
-		db.queryDur = p.metrics.QueryDuration.WithLabelValues(primary.name, replicaUpstream)
+		d := p.metrics.QueryDuration.WithLabelValues(primary.name, replicaUpstream)
+		db.queryDur = [2]prometheus.Observer{d, d} // its backends count as failover.Primary of their own database
 		db.poolWait = p.metrics.PoolWait.WithLabelValues(primary.name)
 		db.queries = p.metrics.Queries.WithLabelValues(primary.name, "")
 		db.fo = failover.New(p.cfg.Load().Failover, false, db.probe, p.log.With("database", primary.name, "replica", i), nil)
@@ -479,11 +480,17 @@ func (pr *probe) values() []string {
 // record (a page header), which no replica replays until more WAL comes.
 const positionSQL = "SELECT pg_catalog.pg_current_wal_lsn()"
 
+// wantsPosition reports whether the unit of work ending on b may have
+// written and read-your-writes wants its commit position (mu held).
+func (b *backend) wantsPosition() bool {
+	return b.db.rs != nil && b.wrote.Load() && b.db.p.cfg.Load().Replica.RYWScope != "off"
+}
+
 // holdForPosition is called by the pump (mu held) at the ReadyForQuery that
-// ends a transaction-mode client's unit of work on the primary, when the
-// unit may have written and read-your-writes is on: it queues the position
-// query and keeps the client's ReadyForQuery until its answer. It reports
-// whether it did; the pump then writes positionSQL.
+// ends a transaction-mode client's unit of work on the primary, when
+// wantsPosition said so: it queues the position query, which keeps the
+// client's ReadyForQuery (msg) until its answer. It reports whether it
+// did; the pump then writes positionSQL.
 func (b *backend) holdForPosition(c *client, msg []byte) bool {
 	rs := b.db.rs
 	if rs == nil || !b.wrote.Load() {

@@ -29,9 +29,10 @@ const (
 type request struct {
 	inflightQuery // the query log's record (client requests)
 	kind          requestKind
-	announce      bool // reqParamSync: it restores startup values the client must hear of
-	timedOut      bool // reqClient: pgguard cancelled it for pool.query_timeout
-	failed        bool // an ErrorResponse answered it
+	announce      bool      // reqParamSync: it restores startup values the client must hear of
+	timedOut      bool      // reqClient: pgguard cancelled it for pool.query_timeout
+	cancelAt      time.Time // ... at this time (stall.go closes the server past pool.cancel_timeout)
+	failed        bool      // an ErrorResponse answered it
 	// op is the client's statement change the request settles (its SQL
 	// DEALLOCATE of a statement it prepared with Parse): skipped if it fails.
 	op *stmtOp
@@ -104,13 +105,22 @@ func (q *requestQueue) clear() {
 
 // needsSync reports whether b's session parameters must be brought in line
 // with c's before c's next message (mu held): b was last synced for other
-// values than c's, or the read-only switch flipped while no transaction is
-// open. Never while replies are outstanding.
+// values than c's, or, while no transaction is open, the read-only switch
+// flipped, b must now be read-only or no longer, or b must be read-only and
+// reported default_transaction_read_only off (a function's set_config).
+// Never while replies are outstanding.
 func (b *backend) needsSync(c *client) bool {
 	if b.queue.len() > 0 {
 		return false
 	}
-	return b.profile != c.profile() || b.roGen != c.p.roGen.Load() && b.txStatus == 'I'
+	if b.profile != c.profile() {
+		return true
+	}
+	if b.txStatus != 'I' {
+		return false
+	}
+	ro := b.mustReadOnly()
+	return b.roGen != c.p.roGen.Load() || b.roForced != ro || ro && b.params[readOnlyParam] != "on"
 }
 
 // inSync reports whether b can run c's next message without a sync query
@@ -120,10 +130,11 @@ func (b *backend) inSync(c *client) bool {
 	if !b.needsSync(c) {
 		return true
 	}
-	if syncSQL(c, b, c.p.cfg.Load().ReadOnly) != "" {
+	ro := b.mustReadOnly()
+	if syncSQL(c, b, ro) != "" {
 		return false
 	}
-	b.profile, b.roGen = c.profile(), c.p.roGen.Load()
+	b.profile, b.roGen, b.roForced = c.profile(), c.p.roGen.Load(), ro
 	return true
 }
 
@@ -137,10 +148,11 @@ func (b *backend) syncParams(c *client) bool {
 		b.mu.Unlock()
 		return true
 	}
-	sql := syncSQL(c, b, c.p.cfg.Load().ReadOnly)
-	b.profile, b.roGen = c.profile(), c.p.roGen.Load()
+	ro := b.mustReadOnly()
+	sql := syncSQL(c, b, ro)
+	b.profile, b.roGen, b.roForced = c.profile(), c.p.roGen.Load(), ro
 	b.custom = append(b.custom[:0], c.want.custom...)
-	b.queue.push(request{kind: reqParamSync, announce: c.want.announce})
+	b.queue.push(request{kind: reqParamSync, announce: c.want.announce, inflightQuery: inflightQuery{start: time.Now()}})
 	b.unnamedOwner = nil           // a Query destroys the unnamed statement
 	b.act.Query(c.app, time.Now()) // the sync runs for c
 	c.want.announce = false

@@ -31,10 +31,15 @@ func (b *backend) armRerun(c *client, p []byte, ok, auto bool) {
 
 // rerunnable reports whether processing p twice means what processing it
 // once does: it prepares or closes no named statement (whose fate the
-// client's statement bookkeeping already recorded).
+// client's statement bookkeeping already recorded). It must also be one
+// unit (one sync point): a reply held back is then all of p's.
 func rerunnable(p []byte) bool {
+	syncs := 0
 	for pos := 0; len(p)-pos >= 5; {
 		typ := p[pos]
+		if isSyncPoint(typ) {
+			syncs++
+		}
 		end := pos + 5 + bodyLen(p[pos+1:])
 		if end > len(p) {
 			return false
@@ -50,7 +55,7 @@ func rerunnable(p []byte) bool {
 			return false
 		}
 	}
-	return true
+	return syncs == 1
 }
 
 // rerunArmed reports whether b's client work can still be run again: it

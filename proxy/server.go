@@ -74,6 +74,10 @@ type backend struct {
 	resetBad bool           // a reset query failed: close instead of reuse
 	syncBad  bool           // the last parameter sync failed: close instead of use
 	roGen    uint64         // read-only switch generation the server was synced for
+	roForced bool           // its last sync forced default_transaction_read_only on (mustReadOnly)
+	// abandoned says why pgguard closed the connection under its client
+	// ("was closed: ... pool.cancel_timeout ..."); "" when it was lost.
+	abandoned string
 	// profile is the session parameters b matches (client.profile); it
 	// outlives the link, so a client that comes to a server synced for
 	// itself, or for any client with the same parameters, needs no sync.
@@ -99,6 +103,13 @@ type backend struct {
 	writes        cache.Pending
 	unitCommitted bool
 	unitUndone    bool
+	// settling: the pump is finishing the last outstanding request, whose
+	// ReadyForQuery came (readyForQuery); the client waits for it to leave
+	// the queue before it counts as idle (client.idleSession).
+	settling bool
+	// serverEnded: the server said it is closing (FATAL): its backend is
+	// gone, and nothing it ran can commit later.
+	serverEnded bool
 	// Whose unnamed statement the server holds (a client and its number).
 	unnamedOwner *client
 	unnamedGen   uint64
@@ -230,11 +241,18 @@ func (b *backend) died(err error) {
 	b.releaseHeld()
 	owed := b.owesClient()
 	rerun := b.takeRerun(owed)
+	outcome := b.lostOutcome()
+	running := outcome == lostUnknown && !b.serverEnded // its backend may still commit
+	why := b.abandoned
 	b.queue.clear()
 	b.signalAnswered()
 	c := b.unlinkLocked()
 	b.mu.Unlock()
-	b.invalidate(unsure)
+	if running && !unsure.Empty() {
+		go b.settleOrphan(unsure)
+	} else {
+		b.invalidate(unsure)
+	}
 	if c != nil && !owed && b.db.replicaOf != nil {
 		c = nil // a replica lost while pgguard measured it: the client goes to the primary
 	}
@@ -245,7 +263,10 @@ func (b *backend) died(err error) {
 	}
 	if c != nil {
 		b.db.linkedServerDied(b, err)
-		c.serverLost(b, err)
+		if why == "" {
+			why = "was lost"
+		}
+		c.serverLost(b, err, lostError(b.db, b.db.hostOf(b.upstream), why, outcome))
 	}
 	b.enter(srvClosed)
 	if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
@@ -274,13 +295,14 @@ func (b *backend) reset(c *client, discardAll bool) {
 	b.writes.Reset()
 	b.unitCommitted, b.unitUndone = false, false
 	var q []byte
+	sent := inflightQuery{start: time.Now()} // for stall.go
 	if b.txStatus != 'I' {
 		q = appendQuery(q, "ROLLBACK")
-		b.queue.push(request{kind: reqReset})
+		b.queue.push(request{kind: reqReset, inflightQuery: sent})
 	}
 	if discardAll {
 		q = appendQuery(q, "DISCARD ALL")
-		b.queue.push(request{kind: reqReset})
+		b.queue.push(request{kind: reqReset, inflightQuery: sent})
 		b.custom = nil
 		b.stmts.clear()
 		b.profile = unique.Handle[string]{}
@@ -365,7 +387,7 @@ func (b *backend) markTimedOut(c *client) bool {
 	if b.client != c || h == nil || h.kind != reqClient || h.timedOut {
 		return false
 	}
-	h.timedOut = true
+	h.timedOut, h.cancelAt = true, time.Now()
 	return true
 }
 
@@ -384,7 +406,7 @@ func (b *backend) cancelFor(c *client) {
 
 	hc := *b.hc
 	if pc, err := pgconn.Construct(&hc); err == nil {
-		ctx, done := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, done := context.WithTimeout(context.Background(), cancelDialTimeout(b.db.p.cfg.Load().Pool))
 		if err := pc.CancelRequest(ctx); err != nil {
 			b.db.p.log.Warn("cancel request failed", "database", b.db.name, "server", b.id, "err", err)
 		}

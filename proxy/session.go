@@ -2,12 +2,15 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/binary"
 	"slices"
 	"strings"
 	"sync"
 	"unique"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // Session state under transaction pooling: a client's session parameters
@@ -243,6 +246,9 @@ func syncSQL(c *client, b *backend, readOnly bool) string {
 		}
 	}
 	for _, e := range c.want.custom {
+		if readOnly && (e.k == "transaction_read_only" || e.k == readOnlyParam) {
+			continue // the client's own read-write wish does not count here
+		}
 		if v, _ := b.custom.get(e.k); v != e.v {
 			add(e.v)
 		}
@@ -253,6 +259,19 @@ func syncSQL(c *client, b *backend, readOnly bool) string {
 		}
 	}
 	return sb.String()
+}
+
+// sessionKnown reports whether what pgguard knows of c's session (want,
+// its prepared statements) is all the session is: in transaction mode,
+// where every statement whose effect pgguard cannot follow pins the client
+// (effect.pin), a client not pinned. A session-mode client's server keeps
+// whatever the client did to it (temporary objects, settings changed
+// inside functions), so its state is not known exactly. Only a known
+// session may share answers (the result cache); an unknown one is never
+// handed on to another client either (it keeps its server, which is reset
+// with DISCARD ALL when it leaves).
+func (c *client) sessionKnown() bool {
+	return c.pooling == poolTransaction && !c.pinned.Load()
 }
 
 // profile is c's session parameters (want) as one comparable value,
@@ -314,7 +333,7 @@ const maxEffects = 4096
 // sessionKeywords start statements with session-level effects (or name the
 // functions that have them); a text with none of them is skipped unparsed.
 var sessionKeywords = []string{"set", "reset", "discard", "deallocate", "prepare", "listen",
-	"declare", "create", "advisory", "select", "alter", "drop"}
+	"declare", "create", "advisory", "select", "alter", "drop", "do", "call"}
 
 // statementEffect returns what sql does to session state, or nil.
 func statementEffect(sql []byte) *effect {
@@ -339,8 +358,12 @@ func statementEffect(sql []byte) *effect {
 
 // mayAffectSession is a cheap filter: does any statement in sql begin with a
 // session-level keyword, or name an advisory lock function? "select" counts
-// only with "advisory" or "set_config" in the text.
+// only with "advisory" or "into" in the text; set_config anywhere, in any
+// case, always counts (a WITH, a FROM set_config(...), a subquery).
 func mayAffectSession(sql []byte) bool {
+	if hasSetConfig(sql) {
+		return true
+	}
 	for i := 0; i < len(sql); {
 		for i < len(sql) && (sql[i] == ' ' || sql[i] == '\n' || sql[i] == '\t' || sql[i] == '\r' || sql[i] == ';' || sql[i] == '(') {
 			i++
@@ -352,7 +375,7 @@ func mayAffectSession(sql []byte) bool {
 		word := sql[i:j]
 		for _, kw := range sessionKeywords {
 			if len(word) == len(kw) && bytes.EqualFold(word, []byte(kw)) {
-				if kw != "select" || bytes.Contains(sql, []byte("advisory")) || bytes.Contains(sql, []byte("set_config")) {
+				if kw != "select" || bytes.Contains(sql, []byte("advisory")) || intoTemp(sql) {
 					return true
 				}
 			}
@@ -366,6 +389,61 @@ func mayAffectSession(sql []byte) bool {
 	return false
 }
 
+// hasSetConfig reports whether sql names set_config, in any case: found by
+// its underscore, which few texts have, so most texts cost one scan.
+func hasSetConfig(sql []byte) bool {
+	for i := 0; ; {
+		j := bytes.IndexByte(sql[i:], '_')
+		if j < 0 {
+			return false
+		}
+		i += j
+		if i >= 3 && len(sql)-i >= 7 && hasPrefixFold(sql[i-3:], "set_config") {
+			return true
+		}
+		i++
+	}
+}
+
+// intoTemp reports whether sql holds both "into" and "temp", in any case
+// (SELECT ... INTO TEMP), in one pass of 4-byte words: a letter's byte
+// with 0x20 set is its lower case, and no other byte becomes one.
+func intoTemp(sql []byte) bool {
+	const (
+		fold = 0x20202020
+		into = 'i' | 'n'<<8 | 't'<<16 | 'o'<<24
+		temp = 't' | 'e'<<8 | 'm'<<16 | 'p'<<24
+	)
+	seenInto, seenTemp := false, false
+	for i := 0; i+4 <= len(sql); i++ {
+		switch binary.LittleEndian.Uint32(sql[i:]) | fold {
+		case into:
+			seenInto = true
+		case temp:
+			seenTemp = true
+		default:
+			continue
+		}
+		if seenInto && seenTemp {
+			return true
+		}
+	}
+	return false
+}
+
+// hasPrefixFold reports whether b starts with word (lower case ASCII), in any case.
+func hasPrefixFold(b []byte, word string) bool {
+	if len(b) < len(word) {
+		return false
+	}
+	for i := 0; i < len(word); i++ {
+		if c := b[i]; c != word[i] && (c < 'A' || c > 'Z' || c|0x20 != word[i]) {
+			return false
+		}
+	}
+	return true
+}
+
 func parseEffect(sql string) *effect {
 	tree, err := pg_query.Parse(sql)
 	if err != nil {
@@ -376,12 +454,29 @@ func parseEffect(sql string) *effect {
 	if (strings.Contains(lower, "pg_advisory_lock") || strings.Contains(lower, "pg_try_advisory_lock")) && !strings.Contains(lower, "_xact_") {
 		e.pin = "session advisory lock"
 	}
+	if strings.Contains(lower, "set_config") {
+		// Calls pgguard can follow (a constant SELECT set_config(...)
+		// target) are tracked; any other, wherever it is, pins.
+		calls, followed := countSetConfig(tree), 0
+		for _, raw := range tree.Stmts {
+			if sel := raw.Stmt.GetSelectStmt(); sel != nil {
+				followed += e.setConfigCalls(sel)
+			}
+		}
+		if calls > followed && e.pin == "" {
+			e.pin = "set_config where pgguard cannot follow it"
+		}
+	}
+	if e.pin == "" && tempObject(tree) {
+		e.pin = "temporary table"
+	}
 	for _, raw := range tree.Stmts {
 		n := raw.Stmt
-		if sel := n.GetSelectStmt(); sel != nil && strings.Contains(lower, "set_config") {
-			e.setConfigCalls(sel)
-		}
 		switch {
+		case n.GetDoStmt() != nil:
+			e.pin = "DO block (may change session state pgguard cannot see)"
+		case n.GetCallStmt() != nil:
+			e.pin = "CALL (a procedure may change session state pgguard cannot see)"
 		case n.GetVariableSetStmt() != nil:
 			v := n.GetVariableSetStmt()
 			if v.IsLocal {
@@ -465,10 +560,74 @@ func deallocName(body []byte) string {
 	return ""
 }
 
+// countSetConfig counts the calls of set_config anywhere in a tree.
+func countSetConfig(tree *pg_query.ParseResult) int {
+	n := 0
+	for _, raw := range tree.Stmts {
+		visitNodes(raw.ProtoReflect(), func(m proto.Message) {
+			if f, ok := m.(*pg_query.FuncCall); ok && funcName(f) == "set_config" {
+				n++
+			}
+		})
+	}
+	return n
+}
+
+// tempObject reports whether a statement creates a relation that is
+// temporary (TEMP, or in pg_temp) anywhere: CREATE, SELECT INTO, CREATE
+// TABLE AS, a view or a sequence.
+func tempObject(tree *pg_query.ParseResult) bool {
+	found := false
+	for _, raw := range tree.Stmts {
+		visitNodes(raw.ProtoReflect(), func(m proto.Message) {
+			if rv, ok := m.(*pg_query.RangeVar); ok && (rv.GetRelpersistence() == "t" || strings.EqualFold(rv.GetSchemaname(), "pg_temp")) {
+				found = true
+			}
+		})
+	}
+	return found
+}
+
+// visitNodes calls f on m and every message below it.
+func visitNodes(m protoreflect.Message, f func(proto.Message)) {
+	if !m.IsValid() {
+		return
+	}
+	f(m.Interface())
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.Message() == nil || fd.IsMap():
+		case fd.IsList():
+			l := v.List()
+			for i := range l.Len() {
+				visitNodes(l.Get(i).Message(), f)
+			}
+		default:
+			visitNodes(v.Message(), f)
+		}
+		return true
+	})
+}
+
+func funcName(f *pg_query.FuncCall) string {
+	n := f.GetFuncname()
+	if len(n) == 0 {
+		return ""
+	}
+	return strings.ToLower(n[len(n)-1].GetString_().GetSval())
+}
+
 // setConfigCalls tracks SELECT set_config(name, value, false) of a parameter
-// PostgreSQL does not report; with arguments that are not constants the
-// value cannot be known, so the client is pinned instead.
-func (e *effect) setConfigCalls(sel *pg_query.SelectStmt) {
+// PostgreSQL does not report, and returns how many calls it followed
+// (tracked, or local and so undone at the transaction's end); with
+// arguments that are not constants the value cannot be known, so the
+// client is pinned instead.
+func (e *effect) setConfigCalls(sel *pg_query.SelectStmt) int {
+	if len(sel.GetFromClause()) > 0 || sel.GetWhereClause() != nil || sel.GetHavingClause() != nil ||
+		sel.GetLimitCount() != nil || sel.GetOp() != pg_query.SetOperation_SETOP_NONE || sel.GetWithClause() != nil {
+		return 0 // whether and how often a call runs depends on rows
+	}
+	followed := 0
 	for _, t := range sel.GetTargetList() {
 		f := t.GetResTarget().GetVal().GetFuncCall()
 		if f == nil || len(f.GetFuncname()) == 0 {
@@ -487,11 +646,13 @@ func (e *effect) setConfigCalls(sel *pg_query.SelectStmt) {
 			e.pin = "set_config with computed arguments"
 			continue
 		}
+		followed++
 		if _, reported := canonicalReported(name.GetSval()); reported || local.GetBoolval() {
 			continue
 		}
 		e.setCustom(strings.ToLower(name.GetSval()), setConfigSQL(name.GetSval(), value.GetSval()))
 	}
+	return followed
 }
 
 func (e *effect) setCustom(k, sql string) { e.params = append(e.params, kv{k, sql}) }

@@ -95,3 +95,38 @@ func TestSyncFollowsParameterProfiles(t *testing.T) {
 		t.Fatal("no sync SQL after RESET")
 	}
 }
+
+// TestStatementPins: a statement that may change session state in a way
+// pgguard cannot follow pins its client (finding 2 and 3 of issue 24);
+// one it follows does not.
+func TestStatementPins(t *testing.T) {
+	for _, c := range []struct {
+		sql string
+		pin bool
+	}{
+		{"SELECT set_config('app.tenant', 'a', false)", false},
+		{"select SET_CONFIG('app.tenant', 'a', true)", false},
+		{"SELECT * FROM set_config('app.tenant', 'a', false)", true},
+		{"SELECT set_config('app.tenant', $1, false)", true},
+		{"SELECT set_config('app.tenant', 'a', false) FROM t WHERE false", true},
+		{"WITH x AS (SELECT Set_Config('app.tenant', 'a', false)) SELECT * FROM x", true},
+		{"SELECT 1 WHERE pg_catalog.set_config('app.tenant', 'a', false) IS NOT NULL", true},
+		{"SELECT 'set_config'", false},
+		{"DO $$BEGIN PERFORM set_config('app.tenant', 'b', false); END$$", true},
+		{"do 'begin null; end'", true},
+		{"CALL p()", true},
+		{"CREATE TEMP TABLE x (a int)", true},
+		{"CREATE TABLE pg_temp.x (a int)", true},
+		{"SELECT 1 AS a INTO TEMP x", true},
+		{"select 1 as a into temporary table x", true},
+		{"CREATE TEMP VIEW v AS SELECT 1", true},
+		{"CREATE TABLE x (a int)", false},
+		{"SELECT temperature FROM t", false},
+		{"SELECT 1", false},
+	} {
+		e := statementEffect([]byte(c.sql))
+		if got := e != nil && e.pin != ""; got != c.pin {
+			t.Errorf("%q: pins %v, want %v (%+v)", c.sql, got, c.pin, e)
+		}
+	}
+}

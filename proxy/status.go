@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 	"time"
 
@@ -32,6 +33,8 @@ type PoolStatus struct {
 
 	// Failover is the database's failover state (upstream in use, failures, probes).
 	Failover failover.State `json:"failover"`
+	// FallbackWrites accounts the writes its fallback served (with a fallback).
+	FallbackWrites *FallbackWrites `json:"fallback_writes,omitempty"`
 }
 
 // ClientStatus describes one client session (SHOW CLIENTS).
@@ -95,6 +98,10 @@ func (p *Proxy) Pools() []PoolStatus {
 		}
 		if st.Waits > 0 {
 			ps.AvgWaitSeconds = st.WaitTotal.Seconds() / float64(st.Waits)
+		}
+		if db.fallback != nil {
+			fw := db.fbWrites.snapshot()
+			ps.FallbackWrites = &fw
 		}
 		for _, c := range clients {
 			if c.db != db {
@@ -194,6 +201,38 @@ func (p *Proxy) leaks() []ClientStatus {
 			out = append(out, cs)
 		}
 	}
+	return out
+}
+
+// Monitors returns each database's failover monitor by name, for the
+// fleet view (failover.Fleet.Start).
+func (p *Proxy) Monitors() map[string]*failover.Monitor {
+	out := map[string]*failover.Monitor{}
+	for _, db := range p.databases() {
+		out[db.name] = db.fo
+	}
+	return out
+}
+
+// Degraded lists, per database, why it is served in a degraded way: by its
+// fallback, or refusing while the rest of the fleet reaches its primary
+// (failover.split_policy). /readyz shows them.
+func (p *Proxy) Degraded() []string {
+	var out []string
+	for _, db := range p.databases() {
+		st := db.fo.State()
+		switch {
+		case st.Isolated && st.Active == failover.Primary:
+			out = append(out, fmt.Sprintf("database %q: this instance cannot reach its primary while %d other instances can; it answers errors (failover.split_policy = %q)",
+				db.name, st.Peers.Up, st.SplitPolicy))
+		case st.Isolated:
+			out = append(out, fmt.Sprintf("database %q: this instance cannot reach its primary while %d other instances can; it serves the fallback (failover.split_policy = %q)",
+				db.name, st.Peers.Up, st.SplitPolicy))
+		case db.active() == failover.Fallback:
+			out = append(out, fmt.Sprintf("database %q is served by its fallback", db.name))
+		}
+	}
+	slices.Sort(out)
 	return out
 }
 

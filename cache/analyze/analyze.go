@@ -171,6 +171,9 @@ func (r *reads) node(m proto.Message) bool {
 	switch n := m.(type) {
 	case *pg_query.RangeVar:
 		r.tables = append(r.tables, n.GetRelname())
+		if schema := strings.ToLower(n.GetSchemaname()); schema == "pg_catalog" || schema == "information_schema" || strings.HasPrefix(n.GetRelname(), "pg_") {
+			r.refuse("reads " + n.GetRelname() + ", a system catalog or statistics view: its contents change without a write pgguard sees")
+		}
 	case *pg_query.SelectStmt:
 		if len(n.GetLockingClause()) > 0 {
 			r.refuse("has a locking clause (FOR UPDATE/SHARE): it takes row locks")
@@ -191,7 +194,7 @@ func (r *reads) node(m proto.Message) bool {
 			r.refuse("samples a table at random (TABLESAMPLE without REPEATABLE)")
 		}
 	case *pg_query.A_Const:
-		if s := n.GetSval(); s != nil && timeLiterals[strings.ToLower(strings.TrimSpace(s.GetSval()))] {
+		if s := n.GetSval(); s != nil && IsTimeLiteral([]byte(s.GetSval())) {
 			r.refuse("uses the literal '" + s.GetSval() + "', which PostgreSQL reads as a time relative to now")
 		}
 	}

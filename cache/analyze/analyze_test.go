@@ -42,7 +42,12 @@ func TestCacheable(t *testing.T) {
 
 func TestRefused(t *testing.T) {
 	for sql, want := range map[string]string{
-		"SELECT now()":                                          "now(): its result depends on the time",
+		"SELECT now()": "now(): its result depends on the time",
+		"SELECT * FROM t WHERE d > 'tomorrow 10:00'":            "'tomorrow 10:00', which PostgreSQL reads as a time relative to now",
+		"SELECT * FROM t WHERE d < 'today 23:59:59'::timestamp": "'today 23:59:59'",
+		"SELECT * FROM pg_stat_activity":                        "pg_stat_activity, a system catalog or statistics view",
+		"SELECT * FROM pg_catalog.pg_class":                     "pg_class, a system catalog",
+		"SELECT * FROM information_schema.tables":               "tables, a system catalog",
 		"SELECT pg_catalog.now()":                               "now()",
 		"SELECT CURRENT_TIMESTAMP":                              "CURRENT_TIMESTAMP",
 		"SELECT * FROM t WHERE d > current_date":                "CURRENT_DATE",
@@ -181,7 +186,8 @@ func TestBuiltins(t *testing.T) {
 
 func TestIsTimeLiteral(t *testing.T) {
 	for s, want := range map[string]bool{"now": true, " NOW ": true, "today": true, "Yesterday": true, "tomorrow": true,
-		"epoch": false, "nowhere": false, "": false, "2024-01-01": false} {
+		"epoch": false, "nowhere": false, "": false, "2024-01-01": false,
+		"tomorrow 10:00": true, "today 23:59:59": true, "2024-01-01 10:00": false, "Yesterday allballs": true} {
 		if got := IsTimeLiteral([]byte(s)); got != want {
 			t.Errorf("IsTimeLiteral(%q) = %v", s, got)
 		}

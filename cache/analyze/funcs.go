@@ -100,18 +100,52 @@ var timeValues = map[pg_query.SQLValueFunctionOp]string{
 	pg_query.SQLValueFunctionOp_SVFOP_LOCALTIMESTAMP_N:    "LOCALTIMESTAMP",
 }
 
-// timeLiterals are the special date/time inputs relative to now
-// (PostgreSQL docs, "Special Values"). A text literal or text-format
-// parameter spelling one is refused even where it is only text: a rare
-// false refusal, never a stale time.
-var timeLiterals = map[string]bool{"now": true, "today": true, "tomorrow": true, "yesterday": true}
+// timeWords are the special date/time inputs relative to now (PostgreSQL
+// docs, "Special Values"), alone or with a time part ('tomorrow 10:00',
+// 'today 23:59:59'). A text literal or text-format parameter holding one as
+// a word is refused even where it is only text: a rare false refusal,
+// never a stale time.
+var timeWords = [...]string{"now", "today", "tomorrow", "yesterday"}
+
+// maxTimeLiteral bounds the values read for a time word: a date/time input
+// is short, and longer text costs nothing to judge.
+const maxTimeLiteral = 64
 
 // IsTimeLiteral reports whether a text value reads as a time relative to
-// now ('now', 'today', 'tomorrow', 'yesterday', any case, surrounding space
-// ignored): a statement given it as a parameter may not be cached.
+// now: one of 'now', 'today', 'tomorrow', 'yesterday' as a word of it, in
+// any case ('Tomorrow 10:00', ' now '): a statement given it as a
+// parameter may not be cached. It does not allocate.
 func IsTimeLiteral(b []byte) bool {
-	if len(b) > 16 {
+	if len(b) > maxTimeLiteral {
 		return false
 	}
-	return timeLiterals[strings.ToLower(strings.TrimSpace(string(b)))]
+	for i := 0; i < len(b); {
+		if !isLetter(b[i]) {
+			i++
+			continue
+		}
+		j := i
+		for j < len(b) && isLetter(b[j]) {
+			j++
+		}
+		for _, w := range timeWords {
+			if j-i == len(w) && foldEqual(b[i:j], w) {
+				return true
+			}
+		}
+		i = j
+	}
+	return false
+}
+
+func isLetter(c byte) bool { return c|0x20 >= 'a' && c|0x20 <= 'z' }
+
+// foldEqual reports whether b is w (lower case letters) in any case.
+func foldEqual(b []byte, w string) bool {
+	for i := range b {
+		if b[i]|0x20 != w[i] {
+			return false
+		}
+	}
+	return true
 }

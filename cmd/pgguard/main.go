@@ -6,7 +6,7 @@
 //	pgguard check [-config FILE]                  validate a config and print it, passwords masked
 //	pgguard health [-config FILE]                 exit 0 when /readyz answers 200 (container health checks)
 //	pgguard version                               print the version, commit and Go version
-//	pgguard demo                                  throwaway local PostgreSQL with pgguard in front
+//	pgguard demo [-neon]                          throwaway local PostgreSQL with pgguard in front (-neon: behind a simulated Neon endpoint)
 package main
 
 import (
@@ -32,6 +32,7 @@ import (
 	"github.com/pgguard/pgguard/admin/dashboard"
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/failover"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
@@ -59,6 +60,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
 	}
+	if cmd == "demo" {
+		return demo(args, stdout, stderr)
+	}
 	fs := flag.NewFlagSet("pgguard", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "config file (default: $PGGUARD_CONFIG, else ./pgguard.toml if present, else built-in defaults and the environment)")
@@ -79,8 +83,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprint(stdout, cfg.Masked())
 		return 0
-	case "demo":
-		return demo(stdout, stderr)
 	case "run":
 		return runCommand(*path, fs.Args(), stdout, stderr)
 	case "":
@@ -120,6 +122,8 @@ type serveOptions struct {
 	// sigs delivers SIGHUP (reload) and SIGINT/SIGTERM (drain; a second one
 	// closes everything at once); nil: serveWith subscribes to them itself.
 	sigs <-chan os.Signal
+	// lookupHost resolves upstream host names (Proxy.LookupHost); nil: DNS.
+	lookupHost func(ctx context.Context, host string) ([]string, error)
 }
 
 // serveWith runs pgguard until a signal on o.sigs drains it.
@@ -158,7 +162,18 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 	if err != nil {
 		return err
 	}
-	p.QueryLog, p.Limiter, p.Cache = ql, lim, rc
+	p.QueryLog, p.Limiter, p.Cache, p.LookupHost = ql, lim, rc, o.lookupHost
+	fleetURL := cfg.Limiter.RedisURL
+	if suspendRedis {
+		fleetURL = ""
+	}
+	fleet, err := failover.NewFleet(fleetURL, "limiter.redis_url", log.With("component", "failover"), m.Registry)
+	if err != nil {
+		p.Close()
+		return fmt.Errorf("failover: %w", err)
+	}
+	defer fleet.Close()
+	fleet.Start(p.Monitors)
 	reload := reloader(p, ql, lim, rc, o.path, o.getenv, log)
 
 	ln, err := net.Listen("tcp", cfg.Listen)

@@ -128,3 +128,10 @@ func TestEnvBool(t *testing.T) {
 		t.Errorf("SUSPEND_REDIS=maybe: %v, want an error naming it", err)
 	}
 }
+
+func TestDemoFlags(t *testing.T) {
+	var out, errb strings.Builder
+	if code := run([]string{"demo", "-no-such-flag"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "-neon") {
+		t.Errorf("demo with a bad flag: exit %d, stderr %q; want 2 and the usage naming -neon", code, errb.String())
+	}
+}

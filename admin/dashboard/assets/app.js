@@ -121,6 +121,8 @@
     for (const p of st.pools) {
       if (p.failover.active === 'fallback') out.push(badge('warn', p.database + ' on fallback'));
       if (!p.failover.serving) out.push(badge('bad', p.database + ': upstream down'));
+      if (p.failover.isolated) out.push(badge('bad', p.database + ': only this instance cannot reach the primary', p.failover.peers.peers_up + ' other instance(s) can; split_policy = ' + p.failover.split_policy));
+      if (p.fallback_writes && p.fallback_writes.total) out.push(badge('warn', p.database + ': ' + num(p.fallback_writes.total) + ' write(s) on the fallback', 'not on the primary; pgguard does not reconcile them'));
     }
     const b = st.budget;
     if (b && b.exhausted) out.push(badge('bad', 'budget exhausted', 'on_exhausted = ' + b.on_exhausted));
@@ -160,6 +162,8 @@
         (fo.primary.consecutive_failures ? ' · primary failures ' + fo.primary.consecutive_failures : '') +
         (fo.next_probe ? ' · next probe ' + clock(Date.parse(fo.next_probe)) : '')),
       fo.primary.last_error ? h('div', {class: 'small muted'}, 'last primary error: ' + fo.primary.last_error) : null,
+      p.fallback_writes && p.fallback_writes.total ? h('div', {class: 'small'}, 'writes served by the fallback (not on the primary, not reconciled): ' +
+        Object.entries(p.fallback_writes.tables || {}).map(([t, n]) => t + ' ' + num(n)).join(' · ')) : null,
       recent.length ? h('ul', {class: 'plain small'}, recent) : null);
   }
 
@@ -376,7 +380,8 @@
       h('div', {class: 'legend small muted'}, h('i', {class: 's0'}), 'used', h('i', {class: 's0'}), 'projected (dashed)',
         limit ? [h('i', {class: 's1'}), 'alert_at', h('i', {class: 'sr'}), 'monthly_cu_hours'] : ' · no monthly_cu_hours: guard off'));
     if (b.endpoints.length) out.push(h('ul', {class: 'plain small'}, b.endpoints.map((e) =>
-      h('li', null, e.endpoint + ': awake ' + dur(e.awake_seconds) + ' this month' + (e.awake_now ? ' · awake now' : ' · asleep')))));
+      h('li', {'data-endpoint': e.endpoint}, e.endpoint + ': awake ' + dur(e.awake_seconds) + ' this month' + (e.awake_now ? ' · awake now' : ' · suspended') +
+        (e.last_wake ? ' · last woken ' + new Date(e.last_wake).toLocaleTimeString() + ' by ' + (e.last_wake_by || '(new connection)') : '')))));
     return out;
   }
 
