@@ -18,22 +18,21 @@ import (
 
 // SQLSTATEs pgguard sends on its own (PostgreSQL docs, Appendix A).
 const (
-	codeAdminShutdown        = "57P01"
-	codeIdleSession          = "57P05"
-	codeIdleInTransaction    = "25P03"
-	codeQueryCanceled        = "57014"
-	codeReadOnlyTx           = "25006"
-	codeSerializationFailure = "40001"
-	codeTooManyConnections   = "53300"
-	codeConfigLimit          = "53400"
-	codeInvalidPassword      = "28P01"
-	codeInvalidAuthSpec      = "28000"
-	codeConnectionFailure    = "08006"
-	codeProtocolViolation    = "08P01"
-	codeUnknownDatabase      = "3D000"
-	codeFeatureUnsupported   = "0A000"
-	codeDuplicatePstmt       = "42P05"
-	codeInternalError        = "XX000"
+	codeAdminShutdown      = "57P01"
+	codeIdleSession        = "57P05"
+	codeIdleInTransaction  = "25P03"
+	codeQueryCanceled      = "57014"
+	codeReadOnlyTx         = "25006"
+	codeTooManyConnections = "53300"
+	codeConfigLimit        = "53400"
+	codeInvalidPassword    = "28P01"
+	codeInvalidAuthSpec    = "28000"
+	codeConnectionFailure  = "08006"
+	codeProtocolViolation  = "08P01"
+	codeUnknownDatabase    = "3D000"
+	codeFeatureUnsupported = "0A000"
+	codeDuplicatePstmt     = "42P05"
+	codeInternalError      = "XX000"
 )
 
 // Error is an error pgguard reports to a client as an ErrorResponse. Message

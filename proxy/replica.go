@@ -30,7 +30,7 @@ import (
 // what it sends and asks route.Decide for the primary or a replica.
 //
 // Read-your-writes: a transaction that may have written on the primary
-// ends with pgguard asking the same server for its WAL insert position
+// ends with pgguard asking the same server for its WAL write position
 // before the server goes back to the pool, the client's ReadyForQuery held
 // back until the answer (one round trip, plus a Redis write for the user
 // and application scopes); a read of the same scope goes to a replica only
@@ -118,12 +118,6 @@ func (db *database) eachReplica(f func(*database)) {
 	}
 }
 
-// routeWork is what one send means for routing.
-type routeWork struct {
-	chunk route.Chunk
-	sure  bool // every message was judged
-}
-
 // classifySend judges the messages of a send (p, whole messages unless
 // lead or open say otherwise) for routing and read-your-writes.
 func (c *client) classifySend(p []byte, lead int, open bool) route.Chunk {
@@ -180,17 +174,32 @@ func (c *client) classifySend(p []byte, lead int, open bool) route.Chunk {
 	return ch
 }
 
-// sessionReadOnly reports whether the client set default_transaction_read_only on.
+// sessionReadOnly reports whether the client set default_transaction_read_only
+// on: its want holds a deparsed "SET default_transaction_read_only TO on"
+// or a "set_config('default_transaction_read_only', 'on', false)".
 func (c *client) sessionReadOnly() bool {
 	sql, ok := c.want.custom.get("default_transaction_read_only")
 	if !ok {
 		return false
 	}
-	i := strings.LastIndex(strings.ToLower(sql), "default_transaction_read_only")
-	v := strings.ToLower(strings.Trim(sql[i+len("default_transaction_read_only"):], " '=,)\t\n"))
-	v = strings.TrimSuffix(strings.TrimSpace(strings.TrimSuffix(v, "false")), "',")
-	v = strings.Trim(v, " '=,)")
-	return v == "on" || v == "true" || v == "1" || v == "yes" || v == "t" || v == "y"
+	return truthySetting(sql, "default_transaction_read_only")
+}
+
+// truthySetting reads the value following name in a SET or set_config text
+// as PostgreSQL's parse_bool would: true, yes, on, 1 (or a prefix of true or yes).
+func truthySetting(sql, name string) bool {
+	l := strings.ToLower(sql)
+	i := strings.LastIndex(l, name)
+	if i < 0 {
+		return false
+	}
+	rest := strings.TrimLeft(l[i+len(name):], " '\",=\t\n")
+	rest = strings.TrimLeft(strings.TrimPrefix(rest, "to "), " '\"")
+	end := strings.IndexFunc(rest, func(r rune) bool { return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9') })
+	if end >= 0 {
+		rest = rest[:end]
+	}
+	return rest != "" && (strings.HasPrefix("true", rest) || strings.HasPrefix("yes", rest)) || rest == "on" || rest == "1"
 }
 
 // routedToReplicas reports whether c's read-only work goes to replicas: the
@@ -266,12 +275,12 @@ func (c *client) acquireFor(ch route.Chunk, p []byte, lead int, open, slow bool)
 	d := route.Decide(in)
 	if d.Replica >= 0 {
 		r := rs.list[d.Replica]
-		if b, why := c.acquireReplica(r, d, in.Need, cfg); b != nil {
+		b, why := c.acquireReplica(r, d, in.Need, cfg)
+		if b != nil {
 			rs.m.routed(replicaUpstream, "replica")
 			return b, nil
-		} else {
-			d.Why = why
 		}
+		d.Why = why
 	}
 	if in.ReadOnly {
 		rs.m.routed("primary", d.Why)

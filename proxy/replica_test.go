@@ -3,6 +3,8 @@ package proxy_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -241,6 +243,15 @@ func rywRounds(t *testing.T, w, r *pgx.Conn, table string, n int) (misses int) {
 	return misses
 }
 
+// rywRoundCount is how many write-then-read rounds the read-your-writes
+// tests run: 200, or $PGGUARD_RYW_ROUNDS (the 1,000, say).
+func rywRoundCount() int {
+	if n, err := strconv.Atoi(os.Getenv("PGGUARD_RYW_ROUNDS")); err == nil && n > 0 {
+		return n
+	}
+	return 200
+}
+
 // TestReadYourWrites: with the standby delayed, no read through pgguard
 // misses the write its session made just before; the same rounds with
 // reads on the standby directly miss.
@@ -254,7 +265,7 @@ func TestReadYourWrites(t *testing.T) {
 	cfg := replicaConfig(sb, "read_only")
 	cfg.Replica.RYWWait = config.D(2 * time.Second)
 	g := startGuard(t, cfg)
-	const rounds = 200
+	rounds := rywRoundCount()
 
 	t0 := time.Now()
 	defer func() { t.Logf("phases: %v", time.Since(t0)) }()
@@ -279,7 +290,7 @@ func TestReadYourWrites(t *testing.T) {
 	t.Logf("guard done %v", time.Since(t0))
 	r1, _ := sb.SeqScans(ctx, "rr_ryw")
 	t.Logf("through pgguard: %d of %d reads ran on the replica (after waiting for its replay)", r1-r0, rounds)
-	if r1-r0 < rounds/2 {
+	if r1-r0 < int64(rounds/2) {
 		t.Errorf("only %d of %d reads ran on the replica; want most (ryw_wait 2s, delay 30ms)", r1-r0, rounds)
 	}
 }
@@ -311,7 +322,7 @@ func TestReadYourWritesAcrossInstances(t *testing.T) {
 			return strings.Contains(metricsText(t, g), "pgguard_ryw_redis_up{} 1")
 		})
 	}
-	const rounds = 200
+	rounds := rywRoundCount()
 	ca := connect(t, a.url("app")+syncCommit, pgx.QueryExecModeCacheStatement)
 	cb := connect(t, b.url("app"), pgx.QueryExecModeCacheStatement)
 	r0, _ := sb.SeqScans(ctx, "rr_fleet")
@@ -320,7 +331,7 @@ func TestReadYourWritesAcrossInstances(t *testing.T) {
 	}
 	r1, _ := sb.SeqScans(ctx, "rr_fleet")
 	t.Logf("across instances: %d of %d reads ran on the replica", r1-r0, rounds)
-	if r1-r0 < rounds/2 {
+	if r1-r0 < int64(rounds/2) {
 		t.Errorf("only %d of %d reads ran on the replica", r1-r0, rounds)
 	}
 }

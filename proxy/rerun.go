@@ -16,6 +16,10 @@ import (
 // not an error. Once a byte of the reply has gone to the client, a failure
 // is the client's to see, as with the primary.
 
+// codeSerializationFailure is what a hot standby cancels a query with for
+// a recovery conflict (PostgreSQL docs 27.4.2).
+const codeSerializationFailure = "40001"
+
 // armRerun keeps p as b's re-runnable send when ok, else forgets any.
 func (b *backend) armRerun(c *client, p []byte, ok, auto bool) {
 	b.mu.Lock()
