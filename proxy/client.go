@@ -625,6 +625,7 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 	var work route.Chunk // what p means for routing (replica.go)
 	if c.db.rs != nil {
 		work = c.classifySend(p, lead, open)
+		c.leaveReplica(work)
 	}
 	for attempt := 0; ; attempt++ {
 		b := c.server.Load()

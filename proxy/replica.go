@@ -291,6 +291,27 @@ func (c *client) acquireFor(ch route.Chunk, p []byte, lead int, open, slow bool)
 	return c.acquire(p, lead, open, slow)
 }
 
+// leaveReplica gives back the replica server c is still linked to when its
+// unit of work there is over and what c sends now is not the replica's to
+// run: the pump forwards a unit's ReadyForQuery before it lets the server
+// go, so a quick client can find it still linked. Inside a transaction the
+// client stays (a read-only transaction refuses writes on either server).
+func (c *client) leaveReplica(work route.Chunk) {
+	b := c.server.Load()
+	if b == nil || b.db.replicaOf == nil || work.ReplicaEligible() {
+		return
+	}
+	b.awaitAnswered(c)
+	b.mu.Lock()
+	if b.client != c || b.queue.len() > 0 || b.open || b.txStatus != 'I' {
+		b.mu.Unlock()
+		return
+	}
+	b.unlinkLocked()
+	b.mu.Unlock()
+	b.enter(srvIdle)
+}
+
 // view is what Decide needs of r.
 func (r *replica) view() route.ReplicaView {
 	v := route.ReplicaView{Up: r.db.fo.Serving(), Lagging: r.lagging.Load(), Replayed: route.LSN(r.replayed.Load())}
