@@ -267,8 +267,6 @@ func TestReadYourWrites(t *testing.T) {
 	g := startGuard(t, cfg)
 	rounds := rywRoundCount()
 
-	t0 := time.Now()
-	defer func() { t.Logf("phases: %v", time.Since(t0)) }()
 	direct := connect(t, sb.URL("app"), pgx.QueryExecModeCacheStatement)
 	primary := connect(t, pg.URL("app")+syncCommit, pgx.QueryExecModeCacheStatement)
 	if m := rywRounds(t, primary, direct, "rr_ryw", rounds); m == 0 {
@@ -280,14 +278,11 @@ func TestReadYourWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitReplayed(t, sb)
-	t.Logf("direct done %v", time.Since(t0))
 	r0, _ := sb.SeqScans(ctx, "rr_ryw")
-	t.Logf("scans done %v", time.Since(t0))
 	c := connect(t, g.url("app")+syncCommit, pgx.QueryExecModeCacheStatement)
 	if m := rywRounds(t, c, c, "rr_ryw", rounds); m != 0 {
 		t.Errorf("through pgguard: %d of %d reads missed their session's write", m, rounds)
 	}
-	t.Logf("guard done %v", time.Since(t0))
 	r1, _ := sb.SeqScans(ctx, "rr_ryw")
 	t.Logf("through pgguard: %d of %d reads ran on the replica (after waiting for its replay)", r1-r0, rounds)
 	if r1-r0 < int64(rounds/2) {
