@@ -23,6 +23,7 @@ import (
 	"github.com/pgguard/pgguard/admin/dashboard"
 	"github.com/pgguard/pgguard/auth"
 	"github.com/pgguard/pgguard/cache"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
@@ -42,6 +43,8 @@ type HTTP struct {
 	Limiter *limiter.Limiter
 	// Cache, when set, adds "cache" to /status and serves POST /cache/reset.
 	Cache *cache.Cache
+	// Fleet, when set, serves GET /fleet and fleet-wide switch flips (?fleet=1).
+	Fleet *fleet.Fleet
 	// StatusExtra, when set, adds more sections to /status.
 	StatusExtra func() map[string]any
 	// Dashboard, when set, serves the live page at / and its JSON.
@@ -70,6 +73,9 @@ func (h *HTTP) Handler() http.Handler {
 	csrf := http.NewCrossOriginProtection()
 	h.mux.Handle("POST /read-only", csrf.Handler(http.HandlerFunc(h.readOnly)))
 	h.mux.Handle("POST /switches/{name}", csrf.Handler(http.HandlerFunc(h.setSwitch)))
+	if h.Fleet != nil {
+		h.mux.Handle("GET /fleet", h.private(http.HandlerFunc(h.fleetView)))
+	}
 	if h.Limiter != nil {
 		h.mux.Handle("POST /disable-workers", csrf.Handler(http.HandlerFunc(h.disableWorkers)))
 	}
@@ -216,6 +222,10 @@ func (h *HTTP) readOnly(w http.ResponseWriter, r *http.Request) {
 	}
 	on, ok := onOff(w, r)
 	if !ok {
+		return
+	}
+	if wantsFleet(r) {
+		h.flipFleet(w, r, "read_only", on, user)
 		return
 	}
 	h.Proxy.SetReadOnly(on, "http:"+user)

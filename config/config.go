@@ -64,6 +64,8 @@ type Config struct {
 	CacheStore CacheStore `toml:"cache_store"`
 	// Run configures `pgguard run -- COMMAND` ([run]).
 	Run Run `toml:"run"`
+	// Fleet configures leases, heartbeats and fleet-wide switches ([fleet]).
+	Fleet Fleet `toml:"fleet"`
 
 	// src records where each value came from (file line or environment
 	// variable) so Validate can point at it; set by Load, nil otherwise.
@@ -85,6 +87,14 @@ type Database struct {
 	// replica) or "read_only": every client's read-only transactions and
 	// single read-only statements go to a replica (replica_reads).
 	ReplicaReads string `toml:"replica_reads"`
+	// FleetMaxConnections caps the server connections to this primary
+	// across every pgguard on the fleet's Redis; 0 is no fleet cap
+	// (fleet_max_connections; env PGGUARD_FLEET_MAX_CONNECTIONS).
+	FleetMaxConnections int `toml:"fleet_max_connections"`
+	// FleetStaticShare is what this instance may hold of the fleet cap
+	// while Redis is unreachable; 0: the cap divided by the last fleet size
+	// seen (fleet_static_share).
+	FleetStaticShare int `toml:"fleet_static_share"`
 }
 
 // User is one [[users]] entry.
@@ -300,6 +310,31 @@ type Run struct {
 	RewriteEnv []string `toml:"rewrite_env"`
 }
 
+// Fleet is the [fleet] table: how this instance takes part in the fleet on
+// one Redis (connection leases, heartbeats, fleet-wide switches).
+type Fleet struct {
+	// RedisURL is the fleet's Redis; empty means limiter.redis_url (redis_url).
+	RedisURL string `toml:"redis_url"`
+	// InstanceID names this instance in leases and heartbeats; empty:
+	// FLY_MACHINE_ID, else host name and process id (instance_id).
+	InstanceID string `toml:"instance_id"`
+	// LeaseTTL is how long leases and a heartbeat outlive their last
+	// renewal: a dead instance's leases are free within it (lease_ttl).
+	LeaseTTL Duration `toml:"lease_ttl"`
+	// Heartbeat is how often the heartbeat is published and fleet-wide
+	// switches are read (heartbeat).
+	Heartbeat Duration `toml:"heartbeat"`
+}
+
+// FleetRedisURL returns the Redis of the fleet: fleet.redis_url, else
+// limiter.redis_url, else "" (no fleet: a fleet cap is a per-instance cap).
+func (c *Config) FleetRedisURL() string {
+	if c.Fleet.RedisURL != "" {
+		return c.Fleet.RedisURL
+	}
+	return c.Limiter.RedisURL
+}
+
 // Duration is a time.Duration written in TOML as a Go duration string; "0" disables.
 type Duration struct{ time.Duration }
 
@@ -379,7 +414,8 @@ func Default() *Config {
 			AlertAt:        0.8,
 			OnExhausted:    "alert",
 		},
-		Run: Run{RewriteEnv: []string{"DATABASE_URL"}},
+		Run:   Run{RewriteEnv: []string{"DATABASE_URL"}},
+		Fleet: Fleet{LeaseTTL: D(10 * time.Second), Heartbeat: D(time.Second)},
 		Replica: Replica{
 			PoolSize:    2,
 			RYWScope:    "session",

@@ -42,6 +42,7 @@ func (c *Config) Validate() error {
 	v.cache()
 	v.cacheStore()
 	v.run()
+	v.fleet()
 	return v.ps.err()
 }
 
@@ -150,6 +151,12 @@ func (v *validator) databases() {
 		}
 		if d.PoolSize < 0 {
 			v.bad(joinKey(key, "pool_size"), "%d is negative; want 0 (use pool.size) or more", d.PoolSize)
+		}
+		if d.FleetMaxConnections < 0 {
+			v.bad(joinKey(key, "fleet_max_connections"), "%d is negative; want 0 (no fleet cap) or more", d.FleetMaxConnections)
+		}
+		if d.FleetStaticShare < 0 || d.FleetMaxConnections > 0 && d.FleetStaticShare > d.FleetMaxConnections {
+			v.bad(joinKey(key, "fleet_static_share"), "%d is out of range; want 0 (the cap divided by the fleet size last seen) up to fleet_max_connections = %d", d.FleetStaticShare, d.FleetMaxConnections)
 		}
 	}
 }
@@ -579,4 +586,15 @@ func plainIdent(s string) bool {
 		}
 	}
 	return true
+}
+
+func (v *validator) fleet() {
+	f := v.c.Fleet
+	v.redisURL("fleet.redis_url", f.RedisURL)
+	if f.LeaseTTL.Duration < 100*time.Millisecond {
+		v.bad("fleet.lease_ttl", "%s is too short; want 100ms or more (10s is usual): leases are renewed every third of it", f.LeaseTTL.Duration)
+	}
+	if f.Heartbeat.Duration < 10*time.Millisecond {
+		v.bad("fleet.heartbeat", "%s is too short; want 10ms or more (1s is usual)", f.Heartbeat.Duration)
+	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/failover"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/pool"
 )
 
@@ -42,6 +43,9 @@ type database struct {
 	// on a replica's own database instead: the primary's.
 	rs        *replicaSet
 	replicaOf *database
+	// lease holds this database's share of its fleet cap (fleet.go); nil
+	// without a fleet.
+	lease *fleet.Leases
 
 	// params are the ParameterStatus values of the newest server connection,
 	// given to clients at login. Guarded by mu.
@@ -72,6 +76,7 @@ type database struct {
 	xacts       atomic.Uint64
 	queryCount  atomic.Uint64
 	nextSrvID   atomic.Uint64
+	fullLogged  atomic.Int64 // Unix ns of the last "upstream full" line (fleet.go)
 }
 
 // upstreamID names the database a connection config reaches.
@@ -110,7 +115,12 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 	db.fo.OnSwitch = db.switched
 	context.AfterFunc(p.ctx, db.fo.Close)
 	db.setActiveMetric(failover.Primary)
-	db.pool = pool.New(pool.Options[*backend]{Dial: db.dial, Retire: db.retire})
+	opts := pool.Options[*backend]{Dial: db.dial, Retire: db.retire}
+	if p.fleet != nil && dc.FleetMaxConnections > 0 { // without a cap the pool works as ever
+		db.lease = p.fleet.Leases(name, fmt.Sprintf("%s:%d", pc.Host, pc.Port))
+		opts.Leases = db.lease
+	}
+	db.pool = pool.New(opts)
 	if len(dc.Replicas) > 0 {
 		if db.rs, err = newReplicaSet(p, db, dc); err != nil {
 			return nil, err
@@ -166,7 +176,7 @@ func (db *database) retire(b *backend) bool {
 	if db.replicaOf != nil {
 		return false
 	}
-	return b.upstream != db.active().String()
+	return b.upstream != db.active().String() || db.overLeases()
 }
 
 // upstreamConfig returns the pgconn config for u.
@@ -291,6 +301,9 @@ func (db *database) dial(ctx context.Context) (*backend, error) {
 		}
 		if ctx.Err() != nil { // pgguard is closing, or the client gave up waiting: says nothing of the upstream
 			return nil, err
+		}
+		if full := db.upstreamFull(err); full != nil { // the client queues, the pool retries
+			return nil, full
 		}
 		db.fo.Failure(u, err)
 		switch {

@@ -27,6 +27,7 @@ import (
 
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/querylog"
@@ -61,6 +62,9 @@ type Proxy struct {
 	// for TLS SNI and certificate checks.
 	LookupHost func(ctx context.Context, host string) ([]string, error)
 
+	// fleet, when set (WithFleet), holds the leases of fleet caps.
+	fleet *fleet.Fleet
+
 	ctx    context.Context // ends on Close: aborts waits and dials
 	cancel context.CancelFunc
 
@@ -85,7 +89,7 @@ type Proxy struct {
 }
 
 // New builds a proxy for cfg. Nothing connects upstream until a client asks.
-func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*Proxy, error) {
+func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics, opts ...Option) (*Proxy, error) {
 	p := &Proxy{
 		log:      log,
 		metrics:  m,
@@ -94,6 +98,9 @@ func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*Proxy, erro
 		bytesIn:  m.Bytes.WithLabelValues("client_to_server"),
 		bytesOut: m.Bytes.WithLabelValues("server_to_client"),
 		started:  time.Now(),
+	}
+	for _, o := range opts {
+		o(p)
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.parker.p = p

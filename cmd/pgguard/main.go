@@ -33,6 +33,7 @@ import (
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/failover"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
@@ -158,7 +159,13 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 	}
 	defer rc.Close()
 
-	p, err := proxy.New(cfg, log, m)
+	fl, err := fleet.New(cfg, log, fleet.WithRegisterer(m.Registry))
+	if err != nil {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	defer fl.Close() // after the drain: the leases are given back
+
+	p, err := proxy.New(cfg, log, m, proxy.WithFleet(fl))
 	if err != nil {
 		return err
 	}
@@ -167,14 +174,17 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 	if suspendRedis {
 		fleetURL = ""
 	}
-	fleet, err := failover.NewFleet(fleetURL, "limiter.redis_url", log.With("component", "failover"), m.Registry)
+	foFleet, err := failover.NewFleet(fleetURL, "limiter.redis_url", log.With("component", "failover"), m.Registry)
 	if err != nil {
 		p.Close()
 		return fmt.Errorf("failover: %w", err)
 	}
-	defer fleet.Close()
-	fleet.Start(p.Monitors)
+	defer foFleet.Close()
+	foFleet.Start(p.Monitors)
 	reload := reloader(p, ql, lim, rc, o.path, o.getenv, log)
+	reload = alsoReconfigure(reload, p, fl)
+	var dash *dashboard.Dashboard // set below with http_listen, before fl.Start
+	wireFleet(fl, p, lim, func() *dashboard.Dashboard { return dash }, log)
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -189,16 +199,17 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 			p.Close()
 			return fmt.Errorf("http_listen: %w", err)
 		}
-		dash := dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc})
+		dash = dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Fleet: fl})
 		defer dash.Close()
-		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Dashboard: dash, ListenAddr: hln.Addr().String()}
+		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Fleet: fl, Dashboard: dash, ListenAddr: hln.Addr().String()}
 		httpSrv = &http.Server{Handler: h.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		go httpSrv.Serve(hln)
 		log.Info("http listening", "addr", hln.Addr().String())
 	}
 	console := admin.NewConsole(p, reload)
-	console.QueryLog, console.Limiter, console.Cache = ql, lim, rc
+	console.QueryLog, console.Limiter, console.Cache, console.Fleet = ql, lim, rc, fl
 	p.Console = console.Serve
+	fl.Start() // before clients: a late starter applies the fleet's switches first
 	sigs := o.sigs
 	if sigs == nil {
 		own := make(chan os.Signal, 4)

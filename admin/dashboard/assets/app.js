@@ -98,6 +98,8 @@
 
     $('#badges').replaceChildren(...badges(st));
     redraw('pools', st.pools, (pools) => h('div', {class: 'pools'}, pools.map(pool)));
+    redraw('fleet', st.fleet, fleetPanel);
+    $('#fleet').hidden = !st.fleet;
     redraw('switches', {sw: st.switches, redis: st.redis}, switches);
     redraw('budget', {b: st.budget, day: Math.floor(now / 3600e3)}, (d) => budget(d.b, now));
     $('#charts-title').textContent = windowS === 3600 ? 'Last hour' : 'Last ' + dur(windowS);
@@ -179,15 +181,51 @@
     return rows;
   }
 
-  // flip asks the server to change a switch; without admin credentials the
-  // server answers 401 and the form asks for them.
-  async function flip(name, on) {
+  // fleetPanel shows every live instance on the fleet's Redis, the fleet's
+  // server connections against each fleet cap (the runbook alerts at 70%),
+  // and the switches flipped fleet-wide.
+  function fleetPanel(f) {
+    if (!f) return [];
+    const out = [];
+    for (const d of f.totals) {
+      const cap = d.fleet_max_connections, pct = cap ? 100 * d.server_conns / cap : 0;
+      out.push(h('div', {class: 'fleet-db', 'data-fleet-db': d.database},
+        h('div', null, h('b', null, d.database + ' '), h('span', {'data-k': 'fleet_conns'}, num(d.server_conns)),
+          cap ? ' of fleet_max_connections ' + num(cap) + ' (' + dec(pct, 0) + '%) ' : ' server connections (no fleet cap) ',
+          cap && pct >= 70 ? badge(pct >= 100 ? 'bad' : 'warn', dec(pct, 0) + '% of the cap') : null,
+          h('span', {class: 'muted small'}, ' · ' + d.instances + ' instances · ' + num(d.clients) + ' clients · ' + num(d.waiting) + ' waiting')),
+        cap ? h('div', {class: 'bar', title: d.server_conns + ' of ' + cap},
+          h('i', {class: 'active', 'width%': pct}), h('i', {class: 'mark', 'left%': 70, title: '70%: the alert'})) : null));
+    }
+    const mode = {leases: 'leases in Redis', static: 'Redis unreachable: static shares', off: 'no Redis'}[f.mode] || f.mode;
+    out.push(h('table', null, h('thead', null, h('tr', null, ['Instance', 'Region', 'Version', 'Mode', 'Database', 'Servers', 'Leases', 'Clients', 'Waiting', 'QPS', 'p95 ms', 'Switches', 'Seen'].map((t) => h('th', null, t)))),
+      h('tbody', null, f.instances.flatMap((i) => (i.pools.length ? i.pools : [null]).map((p) => h('tr', {'data-instance': i.id},
+        h('td', null, i.id, i.id === f.self ? [' ', badge('info', 'this')] : null), h('td', null, i.fly_region || ''), h('td', {class: 'small'}, i.version),
+        h('td', null, i.fleet === 'leases' ? i.fleet : badge('warn', i.fleet)), h('td', null, p ? p.database : ''),
+        h('td', {'data-k': 'servers'}, p ? num(p.server_conns) : ''),
+        h('td', null, p && p.leases.fleet_max_connections ? p.leases.held + ' / ' + p.leases.limit + (p.leases.static ? ' static' : '') : '-'),
+        h('td', null, num(i.clients)), h('td', null, num(i.waiting)), h('td', null, dec(i.qps, 1)), h('td', null, ms(i.p95_ms)),
+        h('td', null, i.read_only ? badge('bad', 'read-only') : null, i.disable_workers ? badge('warn', 'workers off') : null),
+        h('td', {class: 'small'}, clock(Date.parse(i.seen)))))))));
+    const sw = f.switches || {};
+    out.push(h('div', {class: 'fleet-switches small'}, 'Fleet-wide (' + mode + '): ',
+      ['read_only', 'disable_workers'].map((name) => {
+        const on = sw[name] === 'on';
+        return h('span', {'data-fleet-switch': name}, name + ' ', badge(on ? 'bad' : 'ok', sw[name] ? (on ? 'ON' : 'off') : 'never set'), ' ',
+          h('button', {type: 'button', 'data-action': on ? 'off' : 'on', on: {click: () => flip(name, !on, true)}}, (on ? 'Turn off' : 'Turn on') + ' fleet-wide'), ' ');
+      })));
+    return out;
+  }
+
+  // flip asks the server to change a switch (on every instance when fleet);
+  // without admin credentials the server answers 401 and the form asks for them.
+  async function flip(name, on, fleet) {
     const msg = $('#switch-msg');
     const headers = {'X-Requested-With': 'pgguard-dashboard', 'Content-Type': 'text/plain'};
     if (auth) headers.Authorization = auth;
     let res;
     try {
-      res = await fetch(api('/switches/' + encodeURIComponent(name)), {method: 'POST', headers, body: on ? 'on' : 'off'});
+      res = await fetch(api('/switches/' + encodeURIComponent(name) + (fleet ? '?fleet=1' : '')), {method: 'POST', headers, body: on ? 'on' : 'off'});
     } catch (e) {
       msg.textContent = name + ': ' + e.message;
       return;
@@ -196,7 +234,7 @@
     if (res.status === 401) {
       const tried = auth !== null;
       auth = null;
-      pending = {name, on};
+      pending = {name, on, fleet};
       $('#login-why').textContent = (tried ? 'Refused: wrong user or password, or not in admin.users. ' : 'Admin credentials are required. ') +
         'Sign in to turn ' + name + (on ? ' on' : ' off') + '.';
       $('#login').hidden = false;
@@ -205,7 +243,7 @@
       return;
     }
     $('#login').hidden = true;
-    msg.textContent = res.ok ? name + ' is now ' + (on ? 'ON' : 'off') + ' (' + clock(Date.now()) + ')' : 'refused (' + res.status + '): ' + text;
+    msg.textContent = res.ok ? name + ' is now ' + (on ? 'ON' : 'off') + (fleet ? ' fleet-wide' : '') + ' (' + clock(Date.now()) + ')' : 'refused (' + res.status + '): ' + text;
   }
 
   function base64(str) {
@@ -218,7 +256,7 @@
     ev.preventDefault();
     auth = 'Basic ' + base64($('#login-user').value + ':' + $('#login-pass').value);
     $('#login-pass').value = '';
-    if (pending) flip(pending.name, pending.on);
+    if (pending) flip(pending.name, pending.on, pending.fleet);
   });
   $('#login-cancel').addEventListener('click', () => { $('#login').hidden = true; pending = null; });
 
