@@ -623,9 +623,10 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 	open := c.skip > 0 || !isSyncPoint(c.lastTyp)
 	ops := len(c.stmtOps)
 	var work route.Chunk // what p means for routing (replica.go)
+	unitStart := false   // ... and whether it starts a unit on a replica server still linked
 	if c.db.rs != nil {
 		work = c.classifySend(p, lead, open)
-		c.leaveReplica(work)
+		unitStart = c.leaveReplica(work)
 	}
 	for attempt := 0; ; attempt++ {
 		b := c.server.Load()
@@ -679,7 +680,7 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 				continue // the transaction ended and the server went back: take another
 			}
 			if b.db.replicaOf != nil {
-				b.armRerun(c, p, fresh && lead == 0 && !open, work.OutsideTransaction())
+				b.armRerun(c, p, (fresh || unitStart) && lead == 0 && !open, work.OutsideTransaction())
 			}
 			wrote, werr = b.out.Write(out)
 		}

@@ -291,25 +291,36 @@ func (c *client) acquireFor(ch route.Chunk, p []byte, lead int, open, slow bool)
 	return c.acquire(p, lead, open, slow)
 }
 
-// leaveReplica gives back the replica server c is still linked to when its
-// unit of work there is over and what c sends now is not the replica's to
-// run: the pump forwards a unit's ReadyForQuery before it lets the server
-// go, so a quick client can find it still linked. Inside a transaction the
-// client stays (a read-only transaction refuses writes on either server).
-func (c *client) leaveReplica(work route.Chunk) {
+// leaveReplica looks at the replica server c may still be linked to when
+// it sends: the pump forwards a unit's ReadyForQuery before it lets the
+// server go, so a quick client can find it still linked. If the unit there
+// is over and what c sends now is not the replica's to run, the server goes
+// back; if it is, c keeps it and this send starts a unit (fresh for
+// rerun.go). Inside a transaction the client stays (a read-only
+// transaction refuses writes on either server).
+func (c *client) leaveReplica(work route.Chunk) (unitStart bool) {
 	b := c.server.Load()
-	if b == nil || b.db.replicaOf == nil || work.ReplicaEligible() {
-		return
+	if b == nil || b.db.replicaOf == nil {
+		return false
 	}
-	b.awaitAnswered(c)
 	b.mu.Lock()
+	if b.client == c && b.settling { // its last reply is out, the pump is about to settle it
+		b.mu.Unlock()
+		b.awaitAnswered(c)
+		b.mu.Lock()
+	}
 	if b.client != c || b.queue.len() > 0 || b.open || b.txStatus != 'I' {
 		b.mu.Unlock()
-		return
+		return false
+	}
+	if work.ReplicaEligible() {
+		b.mu.Unlock()
+		return true
 	}
 	b.unlinkLocked()
 	b.mu.Unlock()
 	b.enter(srvIdle)
+	return false
 }
 
 // view is what Decide needs of r.
