@@ -50,7 +50,9 @@ type Console struct {
 
 // NewConsole returns a console for p; reload re-reads the config (RELOAD).
 func NewConsole(p *proxy.Proxy, reload func() error) *Console {
-	return &Console{proxy: p, reload: reload, Views: map[string]func() Table{}}
+	c := &Console{proxy: p, reload: reload, Views: map[string]func() Table{}}
+	c.Views["listeners"] = func() Table { return listenersTable(p.Listeners()) }
+	return c
 }
 
 // Serve runs one console session; it matches proxy.ConsoleFunc.

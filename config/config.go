@@ -66,6 +66,8 @@ type Config struct {
 	Run Run `toml:"run"`
 	// Fleet configures leases, heartbeats and fleet-wide switches ([fleet]).
 	Fleet Fleet `toml:"fleet"`
+	// Notify configures LISTEN/NOTIFY under transaction pooling ([notify]).
+	Notify Notify `toml:"notify"`
 
 	// src records where each value came from (file line or environment
 	// variable) so Validate can point at it; set by Load, nil otherwise.
@@ -175,6 +177,10 @@ type QueryLog struct {
 	LogParameters bool `toml:"log_parameters"`
 	// MaxShapes caps the per-fingerprint statistics kept in memory (max_shapes).
 	MaxShapes int `toml:"max_shapes"`
+	// AdvisorRecords bounds the recent queries the advisor keeps (48 bytes
+	// each) to compute SHOW ADVICE and GET /advice; 0 turns the live advisor
+	// off (advisor_records).
+	AdvisorRecords int `toml:"advisor_records"`
 }
 
 // Failover is the [failover] table.
@@ -393,6 +399,9 @@ func Default() *Config {
 			Path:      "stderr",
 			Slow:      D(500 * time.Millisecond),
 			MaxShapes: 5000,
+			// 2.4 MB at most: a sidecar's budget is 16 MB. Half a day of the
+			// seeds' traffic (195,000 queries a day).
+			AdvisorRecords: 50_000,
 		},
 		Failover: Failover{
 			FailureThreshold: 3,
@@ -403,6 +412,7 @@ func Default() *Config {
 			FallbackReadOnly: true,
 		},
 		Limiter: Limiter{QueriesPerHourWarn: 1000},
+		Notify:  Notify{Pooled: true, ClientBuffer: 1 << 20},
 		CacheStore: CacheStore{
 			LocalMaxBytes: 4 << 20, // within the default memory_limit (32 MiB) with room to spare
 			DegradedTTL:   D(5 * time.Second),

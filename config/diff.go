@@ -8,24 +8,25 @@ import (
 
 // restartKeys cannot change while pgguard runs: they are bound at startup.
 var restartKeys = map[string]bool{
-	"listen":                true,
-	"http_listen":           true,
-	"tls_cert":              true,
-	"tls_key":               true,
-	"pool.mode":             true,
-	"limiter.redis_url":     true,
-	"cache_store.redis_url": true,
-	"run.rewrite_env":       true,
-	"fleet.redis_url":       true,
-	"fleet.instance_id":     true,
-	"fleet.lease_ttl":       true,
-	"fleet.heartbeat":       true,
+	"listen":                   true,
+	"http_listen":              true,
+	"tls_cert":                 true,
+	"tls_key":                  true,
+	"pool.mode":                true,
+	"limiter.redis_url":        true,
+	"cache_store.redis_url":    true,
+	"run.rewrite_env":          true,
+	"fleet.redis_url":          true,
+	"fleet.instance_id":        true,
+	"fleet.lease_ttl":          true,
+	"fleet.heartbeat":          true,
+	"querylog.advisor_records": true,
 }
 
 // Diff lists the dotted keys whose values differ between old and new, e.g.
 // "pool.size", "databases.app.primary", "limits.workers.burst", and the
 // subset that needs a restart: listen, http_listen, tls_cert, tls_key,
-// pool.mode, limiter.redis_url, cache_store.redis_url, run.rewrite_env, the [fleet] keys, the primary or fallback of a database
+// pool.mode, limiter.redis_url, cache_store.redis_url, run.rewrite_env, querylog.advisor_records, the [fleet] keys, the primary or fallback of a database
 // present in both, and its fleet_max_connections set where it was 0. An added or removed database, user or limit rule is one
 // key ("databases.NAME", "users.NAME", "limits.NAME", "cache.NAME") and is
 // live. Entries of [[users]], [[limits]] and [[cache]] are matched by name. Both lists are sorted; a nil

@@ -43,6 +43,7 @@ func (c *Config) Validate() error {
 	v.cacheStore()
 	v.run()
 	v.fleet()
+	v.notify()
 	return v.ps.err()
 }
 
@@ -247,6 +248,7 @@ func (v *validator) queryLog() {
 	q := v.c.QueryLog
 	v.nonNegative("querylog.slow", q.Slow)
 	v.atLeast("querylog.max_shapes", q.MaxShapes, 1)
+	v.atLeast("querylog.advisor_records", q.AdvisorRecords, 0)
 }
 
 func (v *validator) failover() {

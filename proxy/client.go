@@ -105,6 +105,7 @@ type client struct {
 	zeroed       []byte          // scratch: a text with numbers zeroed (read-only guard, query log)
 	queued       []pendingQuery  // sync points in the chunk being sent, for the query log
 	batchText    string          // statement of the extended-protocol batch under way
+	batchArgs    uint64          // hash of the batch's Bind messages, for the query log (see bindArgs)
 	wait         time.Duration   // pool wait of the transaction about to start
 	expect       []expectedReply // Parse/Close in the chunk being sent (fast path)
 	obuf         []byte          // rewritten output (slow path)
@@ -137,6 +138,9 @@ type client struct {
 	rerun atomic.Pointer[[]byte]
 	// toPrimary: the send being run again goes to the primary (client goroutine).
 	toPrimary bool
+	// listen is the client's part in its database's listener
+	// (listen_client.go), set when it first LISTENs in transaction mode.
+	listen atomic.Pointer[subscriber]
 
 	// cached is the result cache's state (cached.go), allocated when the
 	// client first runs with [[cache]] rules: an idle session of a pgguard
@@ -327,6 +331,17 @@ func (c *client) process() error {
 				continue
 			}
 		}
+		if transaction && from == pos && c.mayListen(typ, body) {
+			n := c.listenStatement(data[pos:]) // LISTEN, UNLISTEN (listen_client.go)
+			if n < 0 {
+				break // the rest of its batch is on its way
+			}
+			if n > 0 {
+				pos += n
+				from = pos
+				continue
+			}
+		}
 		if transaction && c.stmtOpState == stmtOpsBehind && (namedStmtMessage(typ, body) || typ == 'Q' && deallocName(body) != "") {
 			// A statement name after a batch whose Parse or Close of one
 			// may yet be skipped: send what came before and learn how it went.
@@ -421,6 +436,7 @@ func (c *client) process() error {
 				} else {
 					c.addEffect(c.unnamedEffect())
 				}
+				c.batchArgs = c.bindArgs(c.batchArgs, body)
 			}
 		case 'E':
 			queries++
@@ -431,8 +447,8 @@ func (c *client) process() error {
 			if typ == 'F' && cached {
 				c.cached.writes.Add(cache.Targets{All: true}) // a function may write anything
 			}
-			c.syncPoint(pendingQuery{text: c.batchText, query: c.batchExec, extended: true})
-			c.batchText, c.batchExec = "", false
+			c.syncPoint(pendingQuery{text: c.batchText, query: c.batchExec, extended: true, args: c.batchArgs})
+			c.batchText, c.batchExec, c.batchArgs = "", false, 0
 		}
 		c.lastTyp = typ
 		pos = end
@@ -620,6 +636,7 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 	if len(p) == 0 {
 		return nil
 	}
+	c.db.listen.beforeQuery() // a listening connection the upstream closed comes back first
 	open := c.skip > 0 || !isSyncPoint(c.lastTyp)
 	ops := len(c.stmtOps)
 	var work route.Chunk // what p means for routing (replica.go)
@@ -1095,6 +1112,7 @@ func (c *client) disconnect(cause error) {
 	if b := c.server.Load(); b != nil {
 		b.reset(c, c.pooling == poolSession || c.pinned.Load())
 	}
+	c.leaveListener()
 	if c.buf != nil {
 		putReadBuf(c.buf)
 		c.buf = nil

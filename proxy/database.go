@@ -63,6 +63,8 @@ type database struct {
 	stalls stallWatch
 	// fbWrites accounts writes served by a writable fallback (fallbackwrites.go).
 	fbWrites fallbackWrites
+	// listen serves transaction-mode clients' LISTEN (listen.go).
+	listen *listener
 
 	// Pre-resolved metric children, so the hot path does no label lookups.
 	queryDur [2]prometheus.Observer // by the upstream that answered (failover.Upstream)
@@ -96,6 +98,7 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 	}
 	pc.DialFunc, pc.LookupFunc = p.dialServer, p.lookupHost
 	db := &database{name: name, p: p, primary: pc, upstreamID: upstreamID(pc)}
+	db.listen = newListener(db)
 	if dc.Fallback != "" {
 		fc, err := pgconn.ParseConfig(dc.Fallback)
 		if err != nil {
@@ -151,6 +154,7 @@ func (db *database) switched(sw failover.Switch) {
 	} else {
 		db.failedBack()
 	}
+	db.listen.retire() // it listens on the upstream left behind
 }
 
 // setActiveMetric sets pgguard_upstream_active: 1 for u, 0 for the other.

@@ -121,6 +121,7 @@ func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics, opts ...Optio
 	}
 	p.setReadOnlyMetric(cfg.ReadOnly)
 	m.Registry.MustRegister(&stateCollector{p: p})
+	m.Registry.MustRegister(listenCollector{p: p})
 	return p, nil
 }
 
@@ -344,7 +345,7 @@ func (p *Proxy) reapIdleClients(now time.Time, clients []*client) {
 			p.warnLeak(c, idle, pc.LeakWarnAfter.Duration, "holding a server connection while idle")
 			fallthrough
 		default:
-			if limit := pc.ClientIdleTimeout.Duration; limit > 0 && idle > limit && c.currentState() != stateWaiting {
+			if limit := pc.ClientIdleTimeout.Duration; limit > 0 && idle > limit && c.currentState() != stateWaiting && !c.listening() {
 				p.metrics.ClientsReaped.WithLabelValues("client_idle_timeout").Inc()
 				c.closeWith(fatalf(codeIdleSession,
 					"terminating connection due to idle-session timeout: idle for %s, over pool.client_idle_timeout = %s", idle.Round(time.Millisecond), limit))
@@ -456,6 +457,7 @@ func (p *Proxy) Close() {
 	}
 	p.parker.stop()
 	for _, db := range p.databases() {
+		db.listen.close()
 		db.pool.Close()
 		db.eachReplica(func(r *database) { r.pool.Close() })
 	}
@@ -467,7 +469,7 @@ type stateCollector struct{ p *Proxy }
 
 var (
 	clientsDesc     = prometheus.NewDesc("pgguard_client_connections", "Client connections by state (login, idle, waiting, active).", []string{"state"}, nil)
-	serversDesc     = prometheus.NewDesc("pgguard_server_connections", "Server connections by database, upstream and state (opening, idle, active, syncing, resetting, cancelling).", []string{"database", "upstream", "state"}, nil)
+	serversDesc     = prometheus.NewDesc("pgguard_server_connections", "Server connections by database, upstream and state (opening, idle, active, syncing, resetting, cancelling, listening).", []string{"database", "upstream", "state"}, nil)
 	transitionsDesc = prometheus.NewDesc("pgguard_server_state_transitions_total", "Server connection state changes by database, from and to (from \"new\": a connection opened).", []string{"database", "from", "to"}, nil)
 )
 
@@ -487,6 +489,9 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, db := range s.p.databases() {
 		ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(db.pool.Stats().Opening), db.name, db.upstreamName(), "opening")
+		if upstream, ok := db.listen.connected(); ok { // the listening connection (listen.go), outside the pool
+			ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, 1, db.name, upstream, "listening")
+		}
 		for u, upstream := range []string{"primary", "fallback"} {
 			if u == 1 && db.fallback == nil {
 				continue

@@ -29,6 +29,10 @@ type serverReader struct {
 	// fill collects the reply for the result cache (the head request's
 	// miss), set with bulkTo.
 	fill *cacheFill
+	// quiet is a listening client this read left idle, as of quietGen of
+	// its sends: its notifications may go out after the flush (noteQuiet).
+	quiet    *subscriber
+	quietGen uint64
 }
 
 // output gathers what one read forwards, so that a read passed on
@@ -178,6 +182,7 @@ func (b *backend) relay(data []byte) {
 		pos = len(data)
 	}
 	b.fwd.flushRead()
+	b.quietFlushed()
 }
 
 // begin starts a message whose body did not arrive whole: hdr is its
@@ -500,6 +505,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 			}
 		}
 	}
+	b.noteQuiet(to, status)
 	b.signalAnswered()
 	b.refreshBulk()
 	b.mu.Unlock()
@@ -528,7 +534,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		}
 	}
 	if r.kind == reqClient && r.query {
-		b.report(r.inflightQuery, now)
+		b.report(r.inflightQuery, status, now)
 	}
 }
 

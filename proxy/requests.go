@@ -144,6 +144,14 @@ func (b *backend) inSync(c *client) bool {
 // (b is then unusable: its values are unknown) or b was lost meanwhile.
 func (b *backend) syncParams(c *client) bool {
 	b.mu.Lock()
+	if b.client == c && b.settling {
+		// The client has its last reply but the pump has not finished that
+		// request: wait, or needsSync would see a reply outstanding and
+		// skip a sync the finished request made necessary (a RESET).
+		b.mu.Unlock()
+		b.awaitAnswered(c)
+		b.mu.Lock()
+	}
 	if b.client != c || b.inSync(c) {
 		b.mu.Unlock()
 		return true
@@ -183,6 +191,7 @@ func (b *backend) prepareSend(c *client, p []byte, lead int, open, slow bool) ([
 		return nil, false
 	}
 	c.applyEffects(b)
+	c.listenSending()
 	out := p
 	max := c.p.cfg.Load().Pool.MaxPreparedStatements
 	var hidden []hiddenQuery

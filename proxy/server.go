@@ -326,6 +326,9 @@ func (b *backend) reset(c *client, discardAll bool) {
 // back. A RESET to a value the client gave at startup is redone by the
 // next sync, before the client's next message runs.
 func (b *backend) unitDone() {
+	if c := b.client; c != nil {
+		c.listenSettle(!b.unitAborted) // LISTENs of a transaction block
+	}
 	if c := b.client; c != nil && !b.unitAborted && len(b.staged) > 0 {
 		inStep := b.profile == c.profile()
 		resync := false

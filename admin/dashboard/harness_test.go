@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgguard/pgguard/admin"
 	"github.com/pgguard/pgguard/admin/dashboard"
+	"github.com/pgguard/pgguard/advisor"
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/fleet"
@@ -116,10 +117,12 @@ func start(t testing.TB, cfg *config.Config) *env {
 		t.Fatal(err)
 	}
 	p.QueryLog, p.Limiter, p.Cache = ql, lim, rc
+	adv := advisor.New(advisor.Options{})
+	ql.SetObserver(adv.Observe)
 	e := &env{Proxy: p, ql: ql}
 	e.dash = dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Fleet: fl, Interval: 200 * time.Millisecond, Window: time.Minute})
 	e.http = httptest.NewUnstartedServer(nil)
-	h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Fleet: fl, Dashboard: e.dash, ListenAddr: e.http.Listener.Addr().String()}
+	h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Fleet: fl, Advisor: adv, Dashboard: e.dash, ListenAddr: e.http.Listener.Addr().String()}
 	e.http.Config.Handler = h.Handler()
 	e.http.Start()
 	t.Cleanup(func() { // after Serve's cleanup has closed the proxy

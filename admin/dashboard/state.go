@@ -61,6 +61,9 @@ type State struct {
 	// Fleet lists the instances on the fleet's Redis and their totals
 	// against each fleet cap, when the fleet has a Redis.
 	Fleet *fleet.View `json:"fleet,omitempty"`
+	// Listeners are the channels transaction-mode clients LISTEN to
+	// through pgguard (SHOW LISTENERS).
+	Listeners []proxy.ListenerStatus `json:"listeners"`
 	// Leaks are sessions holding a server idle past pool.leak_warn_after.
 	Leaks                []proxy.ClientStatus `json:"leaks"`
 	LeakWarnAfterSeconds float64              `json:"leak_warn_after_seconds"`
@@ -130,6 +133,7 @@ func (d *Dashboard) state(now time.Time, switches []Switch, since int64) State {
 	if st.Leaks == nil {
 		st.Leaks = []proxy.ClientStatus{}
 	}
+	st.Listeners = nonNil(p.Listeners())
 	waitNow := readHists(d.o.Metrics.PoolWait, "database")
 	waitBase := d.s.waitBase()
 	for _, pool := range ps.Pools {

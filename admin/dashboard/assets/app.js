@@ -109,6 +109,8 @@
     $('#cache').hidden = !st.cache;
     redraw('apps', st.applications, apps);
     redraw('pollers', st.applications, pollers);
+    redraw('listeners', st.listeners, listeners);
+    $('#listeners').hidden = !(st.listeners && st.listeners.length);
     redraw('leaks', {l: st.leaks, after: st.leak_warn_after_seconds}, (d) => leaks(d.l, d.after));
     $('#updated').textContent = 'updated ' + clock(now) + ' · up ' + dur(st.uptime_seconds);
     $('#footer').textContent = 'Server time for this update: ' + (serverMS === null ? '?' : serverMS.toFixed(2) + ' ms') +
@@ -377,6 +379,20 @@
       (c.pending_invalidations ? '; ' + num(c.pending_invalidations) + ' invalidations wait for Redis' : '') + '.')];
   }
 
+  // listeners shows the channels clients LISTEN to through pgguard's
+  // listening connection (SHOW LISTENERS); hidden while there are none.
+  function listeners(list) {
+    if (!list || !list.length) return [];
+    const rows = list.map((l) => h('tr', {'data-channel': l.channel},
+      h('td', null, l.database), h('td', null, l.channel || '-'), h('td', null, num(l.subscribers)),
+      h('td', null, num(l.received)), h('td', null, num(l.delivered)),
+      h('td', null, l.dropped ? badge('bad', num(l.dropped), 'dropped with clients cut off past notify.client_buffer') : '0'),
+      h('td', null, l.state === 'down' ? badge('warn', 'down ' + dur(l.down_seconds), 're-established before the next query') : l.state),
+      h('td', null, num(l.gaps))));
+    return [h('table', null, h('thead', null, h('tr', null, ['Database', 'Channel', 'Subscribers', 'Received', 'Delivered', 'Dropped', 'Listener', 'Gaps'].map((t) => h('th', null, t)))),
+      h('tbody', null, rows))];
+  }
+
   function pollers(a) {
     if (!a) return h('p', {class: 'muted'}, 'No limiter.');
     const gap = a.suspend_after_seconds;
@@ -430,5 +446,87 @@
         h('td', null, c.database), h('td', null, c.state), h('td', null, dur(c.idle_seconds)), h('td', null, c.id), h('td', null, c.server || ''), h('td', null, c.pinned || '')))));
   }
 
+  // The advisor's findings (GET /advice): fetched on load, every
+  // ADVICE_MS and on Refresh; each rule's TOML has a Copy button. The
+  // section stays hidden when pgguard runs without the advisor.
+  const ADVICE_MS = 15000;
+  async function loadAdvice() {
+    try {
+      const headers = {'X-Requested-With': 'pgguard-dashboard'};
+      if (auth) headers.Authorization = auth;
+      const res = await fetch(api('/advice'), {headers, cache: 'no-store'});
+      if (res.status === 404) return;
+      if (!res.ok) throw new Error(res.status + ': ' + (await res.text()).trim());
+      const a = await res.json();
+      $('#advice').hidden = false;
+      redraw('advice', a, adviceBody);
+    } catch (e) {
+      $('#advice').hidden = false;
+      $('#advice .body').replaceChildren(h('p', {class: 'muted'}, 'Cannot load the advice: ' + e.message));
+      drawn.advice = null;
+    }
+  }
+  $('#advice-refresh').addEventListener('click', loadAdvice);
+
+  async function copy(text, btn) {
+    try {
+      await navigator.clipboard.writeText(text);
+      btn.textContent = 'Copied';
+    } catch (e) {
+      btn.textContent = 'Select and copy';
+      const pre = btn.nextElementSibling;
+      if (pre) getSelection().selectAllChildren(pre);
+    }
+    setTimeout(() => { btn.textContent = 'Copy'; }, 2000);
+  }
+  function toml(text, kind) {
+    if (!text) return null;
+    return h('div', {class: 'toml'},
+      h('button', {type: 'button', class: 'plain small', 'data-copy': kind, on: {click: (ev) => copy(text, ev.currentTarget)}}, 'Copy'),
+      h('pre', null, text));
+  }
+  const pct = (v) => dec(100 * (v || 0), 0) + '%';
+
+  function adviceBody(a) {
+    const w = a.window, f = a.forecast, out = [];
+    if (!w.queries) return h('p', {class: 'muted'}, 'No queries observed yet.');
+    out.push(h('p', {class: 'small muted'}, num(w.queries) + ' queries over ' + dur(w.seconds) + ': ' + num(w.primary_queries) + ' on the primary, Active Time ' +
+      dur(w.awake_seconds) + ' (suspend_after ' + w.suspend_after + ')' + (w.truncated ? '; the oldest queries fell out of the ring' : '') + '.'));
+    out.push(h('p', {'data-k': 'forecast'}, 'With every rule below: primary queries ' + num(f.primary_queries) + ' → ' + num(f.predicted_primary_queries) +
+      ', Active Time ' + dur(f.awake_seconds) + ' → ' + dur(f.predicted_awake_seconds) + ' (' + dec(f.cu_hours_per_month, 2) + ' → ' + dec(f.predicted_cu_hours_per_month, 2) + ' CU-hours a month).'));
+    if (a.toml) out.push(toml(a.toml, 'all'));
+    const cands = a.cache_candidates || [];
+    out.push(h('h3', null, 'Cache candidates'));
+    out.push(cands.length ? h('table', null, h('thead', null, h('tr', null, ['#', 'Query', 'Calls', 'Share', 'Keys', 'Writes', 'TTL', 'Hit ratio', 'Saves', 'Wake-ups'].map((t) => h('th', null, t)))),
+      h('tbody', null, cands.map((c, i) => [
+        h('tr', {'data-fp': c.fingerprint}, h('td', null, i + 1), h('td', {class: 'q', title: c.query}, c.query), h('td', null, num(c.calls)), h('td', null, pct(c.share_of_primary_time)),
+          h('td', null, num(c.keys)), h('td', null, num(c.invalidations)), h('td', null, c.ttl), h('td', {'data-k': 'hit'}, pct(c.hit_ratio)),
+          h('td', null, num(c.hits) + ' queries, ' + ms(c.saved_primary_ms) + ' ms'), h('td', null, num(c.wakeups_saved))),
+        h('tr', {class: 'sub'}, h('td', {colspan: 10}, toml(c.toml, 'cache'))),
+      ]))) : h('p', {class: 'muted'}, 'None: no cacheable read shape would have been answered often enough.'));
+    const loops = a.n_plus_one || [];
+    out.push(h('h3', null, 'N+1 loops'));
+    out.push(loops.length ? h('table', null, h('thead', null, h('tr', null, ['Application', 'Query', 'Parent query', 'Loops', 'Per loop', 'Extra per loop'].map((t) => h('th', null, t)))),
+      h('tbody', null, loops.map((l) => h('tr', {'data-loop': l.fingerprint, title: l.fix}, h('td', null, l.application), h('td', {class: 'q', title: l.query}, l.query),
+        h('td', {class: 'q', title: l.parent ? l.parent.query : ''}, l.parent ? l.parent.query + ' (' + dec(l.parent.mean_rows, 1) + ' rows)' : '-'),
+        h('td', null, num(l.loops)), h('td', null, dec(l.mean_count, 1) + (l.in_transaction ? ' in a transaction' : '')), h('td', null, ms(l.extra_ms_per_loop) + ' ms')))))
+      : h('p', {class: 'muted'}, 'None seen.'));
+    const polls = a.pollers || [];
+    out.push(h('h3', null, 'Pollers'));
+    out.push(polls.length ? polls.map((p) => h('div', {class: 'finding', 'data-poller': p.application}, h('p', {class: 'small wrap'}, p.note), toml(p.toml, 'limits')))
+      : h('p', {class: 'muted'}, 'None keeps the compute awake on a schedule.'));
+    const slow = a.slow_shapes || [];
+    out.push(h('h3', null, 'Slow shapes'));
+    out.push(slow.length ? h('table', null, h('thead', null, h('tr', null, ['Query', 'Applications', 'Calls', 'p95 ms', 'Max ms', 'Share'].map((t) => h('th', null, t)))),
+      h('tbody', null, slow.map((x) => h('tr', {'data-slow': x.fingerprint}, h('td', {class: 'q', title: x.query}, x.query), h('td', null, x.applications.join(', ')),
+        h('td', null, num(x.calls)), h('td', null, ms(x.p95_ms)), h('td', null, ms(x.max_ms)), h('td', null, pct(x.share_of_primary_time))))))
+      : h('p', {class: 'muted'}, 'None above the threshold.'));
+    out.push(h('h3', null, 'Pool'));
+    out.push(h('ul', {class: 'plain small'}, (a.pool || []).map((p) => h('li', null, h('b', null, p.database + ': '), p.advice))));
+    return out.flat(Infinity).filter(Boolean);
+  }
+
   poll();
+  loadAdvice();
+  setInterval(loadAdvice, ADVICE_MS);
 })();
