@@ -12,9 +12,12 @@ import (
 // or sending FATAL (a replica stopped, suspended, restarted), the client
 // goroutine is woken (its read deadline set in the past, as parking does)
 // and processes the same bytes again, as if the client had sent them once
-// more: route.Decide then sends them elsewhere, and the client sees latency,
-// not an error. Once a byte of the reply has gone to the client, a failure
-// is the client's to see, as with the primary.
+// more, this time on the primary: the client sees latency, not an error.
+// The same happens when the replica refuses the work as a write (25006) or
+// cancels it for a recovery conflict (40001) outside a transaction block.
+// The reply is held back until its ReadyForQuery (up to holdMax); once a
+// byte of it has gone to the client, a failure is the client's to see, as
+// with the primary.
 
 // codeSerializationFailure is what a hot standby cancels a query with for
 // a recovery conflict (PostgreSQL docs 27.4.2).
