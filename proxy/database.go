@@ -215,7 +215,7 @@ func (db *database) probe(ctx context.Context, u failover.Upstream) error {
 		return err
 	}
 	if u == failover.Primary {
-		db.p.Limiter.ObserveConnect(db.name, probeApp, time.Now()) // it woke the compute
+		db.p.Limiter.ObserveConnect(db.computeName(), probeApp, time.Now()) // it woke the compute
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
@@ -357,8 +357,8 @@ func (db *database) dialUpstream(ctx context.Context, u failover.Upstream) (*bac
 		upstream = replicaUpstream
 	}
 	b := newBackend(db, hc, upstream)
-	if u == failover.Primary && db.replicaOf == nil { // a new session wakes the compute (a failed connect did not)
-		b.act = db.p.Limiter.Connected(db.name, "", dialed)
+	if u == failover.Primary { // a new session wakes the compute (a failed connect did not)
+		b.act = db.p.Limiter.Connected(db.computeName(), "", dialed)
 	}
 	db.mu.Lock()
 	db.params = maps.Clone(hc.ParameterStatuses)

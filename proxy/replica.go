@@ -323,6 +323,16 @@ func (c *client) leaveReplica(work route.Chunk) (unitStart bool) {
 	return false
 }
 
+// computeName is what the budget model books db's activity to: the
+// database (its primary's compute) for a primary, and for a replica its
+// host:port, a compute of its own: Neon bills each replica's awake time.
+func (db *database) computeName() string {
+	if db.replicaOf == nil {
+		return db.name
+	}
+	return fmt.Sprintf("%s:%d", db.primary.Host, db.primary.Port)
+}
+
 // view is what Decide needs of r.
 func (r *replica) view() route.ReplicaView {
 	v := route.ReplicaView{Up: r.db.fo.Serving(), Lagging: r.lagging.Load(), Replayed: route.LSN(r.replayed.Load())}

@@ -15,6 +15,8 @@ import (
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/internal/guardtest"
 	"github.com/pgguard/pgguard/internal/localpg"
+	"github.com/pgguard/pgguard/limiter"
+	"github.com/pgguard/pgguard/proxy"
 )
 
 // startStandby starts a streaming replica of pg (pg_basebackup -R) with the
@@ -487,5 +489,34 @@ func TestReplicaConflictRerun(t *testing.T) {
 	}
 	if n != 0 {
 		t.Errorf("count %d; want 0: the primary's answer after TRUNCATE", n)
+	}
+}
+
+// TestReplicaBudget: the budget model books a replica's activity to a
+// compute of its own (Neon bills each replica), not to the primary's.
+func TestReplicaBudget(t *testing.T) {
+	ctx := context.Background()
+	if err := pg.Exec(ctx, "DROP TABLE IF EXISTS rr_budget; CREATE TABLE rr_budget (id int); GRANT ALL ON rr_budget TO tester"); err != nil {
+		t.Fatal(err)
+	}
+	sb := startStandby(t, nil)
+	waitReplayed(t, sb)
+	cfg := replicaConfig(sb, "read_only")
+	lim, err := limiter.New(cfg, guardtest.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lim.Close()
+	g := startGuard(t, cfg, func(p *proxy.Proxy) { p.Limiter = lim })
+	c := connect(t, g.url("app"), pgx.QueryExecModeSimpleProtocol)
+	if _, err := c.Exec(ctx, "SELECT count(*) FROM rr_budget"); err != nil {
+		t.Fatal(err)
+	}
+	awake := map[string]bool{}
+	for _, e := range lim.Budget().Snapshot().Endpoints {
+		awake[e.Endpoint] = e.AwakeNow
+	}
+	if !awake[sb.Addr()] {
+		t.Errorf("endpoints %v: the replica %s is not a compute awake of its own", awake, sb.Addr())
 	}
 }
