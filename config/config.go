@@ -52,6 +52,11 @@ type Config struct {
 	Limiter Limiter `toml:"limiter"`
 	// Budget models the primary's Neon compute time ([budget]).
 	Budget Budget `toml:"budget"`
+	// Routes send matching clients' read-only work to a replica or keep it
+	// on the primary ([[routes]]).
+	Routes []Route `toml:"routes"`
+	// Replica configures read replica routing and read-your-writes ([replica]).
+	Replica Replica `toml:"replica"`
 	// Cache are the result cache's rules ([[cache]]).
 	Cache []CacheRule `toml:"cache"`
 	// CacheStore says where cached results live ([cache_store]). It is not
@@ -77,6 +82,13 @@ type Database struct {
 	Fallback string `toml:"fallback"`
 	// PoolSize, when non-zero, overrides pool.size for this database (pool_size).
 	PoolSize int `toml:"pool_size"`
+	// Replicas are read replica URLs (Neon read replica endpoints), each
+	// with its own small pool (replicas; env NEON_READ_REPLICA_URL).
+	Replicas []string `toml:"replicas"`
+	// ReplicaReads is "off" (default: only [[routes]] send work to a
+	// replica) or "read_only": every client's read-only transactions and
+	// single read-only statements go to a replica (replica_reads).
+	ReplicaReads string `toml:"replica_reads"`
 	// FleetMaxConnections caps the server connections to this primary
 	// across every pgguard on the fleet's Redis; 0 is no fleet cap
 	// (fleet_max_connections; env PGGUARD_FLEET_MAX_CONNECTIONS).
@@ -414,6 +426,13 @@ func Default() *Config {
 		},
 		Run:   Run{RewriteEnv: []string{"DATABASE_URL"}},
 		Fleet: Fleet{LeaseTTL: D(10 * time.Second), Heartbeat: D(time.Second)},
+		Replica: Replica{
+			PoolSize:    2,
+			RYWScope:    "session",
+			RYWWait:     D(200 * time.Millisecond),
+			MaxLagBytes: 16 << 20,
+			MaxLag:      D(10 * time.Second),
+		},
 	}
 }
 

@@ -57,12 +57,12 @@ func Diff(old, new *Config) (changed, needsRestart []string) {
 }
 
 // isUpstreamKey reports whether k is "databases.NAME.primary" or
-// "databases.NAME.fallback".
+// "databases.NAME.fallback" or "databases.NAME.replicas".
 func isUpstreamKey(k string) bool {
 	if !strings.HasPrefix(k, "databases.") {
 		return false
 	}
-	return strings.HasSuffix(k, ".primary") || strings.HasSuffix(k, ".fallback")
+	return strings.HasSuffix(k, ".primary") || strings.HasSuffix(k, ".fallback") || strings.HasSuffix(k, ".replicas")
 }
 
 type differ struct{ changed []string }

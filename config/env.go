@@ -141,6 +141,7 @@ func applyDatabaseEnv(c *Config, getenv func(string) string, o *origin, ps *prob
 			o.env[joinKey(joinKey("databases", target), "primary")] = EnvPrimaryURL
 		}
 	}
+	applyReplicaEnv(c, getenv, o, ps, target)
 	if raw := getenv(EnvFallbackURL); raw != "" {
 		if target == "" && len(c.Databases) == 1 {
 			target = onlyDatabase(c)

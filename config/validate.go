@@ -36,6 +36,7 @@ func (c *Config) Validate() error {
 	v.queryLog()
 	v.failover()
 	v.limits()
+	v.replicas()
 	v.limiter()
 	v.budget()
 	v.cache()

@@ -19,6 +19,7 @@ import (
 	"github.com/pgguard/pgguard/failover"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/pool"
+	"github.com/pgguard/pgguard/route"
 )
 
 type poolMode uint8
@@ -132,6 +133,11 @@ type client struct {
 	// fallback (failover.fallback_notice; client goroutine).
 	fallbackNoticed bool
 
+	// rerun is a send a failed replica never answered, to run again
+	// (rerun.go); set by the pump, taken by the client goroutine.
+	rerun atomic.Pointer[[]byte]
+	// toPrimary: the send being run again goes to the primary (client goroutine).
+	toPrimary bool
 	// listen is the client's part in its database's listener
 	// (listen_client.go), set when it first LISTENs in transaction mode.
 	listen atomic.Pointer[subscriber]
@@ -163,6 +169,13 @@ func (c *client) serve() {
 	})
 	for {
 		if err := c.fill(); err != nil {
+			if c.rerunRequested(err) {
+				if err := c.runAgain(); err != nil {
+					c.disconnect(err)
+					return
+				}
+				continue
+			}
 			if c.parkRequested(err) {
 				if c.canPark() && c.p.parker.park(c) {
 					return
@@ -626,6 +639,12 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 	c.db.listen.beforeQuery() // a listening connection the upstream closed comes back first
 	open := c.skip > 0 || !isSyncPoint(c.lastTyp)
 	ops := len(c.stmtOps)
+	var work route.Chunk // what p means for routing (replica.go)
+	unitStart := false   // ... and whether it starts a unit on a replica server still linked
+	if c.db.rs != nil {
+		work = c.classifySend(p, lead, open)
+		unitStart = c.leaveReplica(work)
+	}
 	for attempt := 0; ; attempt++ {
 		b := c.server.Load()
 		fresh := b == nil
@@ -646,7 +665,7 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 		wrote := 0 // bytes that reached the socket before a write error
 		if fresh {
 			var err error
-			if b, err = c.acquire(p, lead, open, slow); err != nil {
+			if b, err = c.acquireFor(work, p, lead, open, slow); err != nil {
 				return err
 			}
 			if h := c.handoff; h != nil {
@@ -655,6 +674,9 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 				}
 				*h = handoff{} // drop the references to the read buffer
 			}
+		}
+		if work.MayWrite() && b.db.rs != nil {
+			b.wrote.Store(true) // before the server can answer
 		}
 		if fresh && !c.fallbackNoticed && b.upstreamOf() == failover.Fallback {
 			c.noticeFallback()
@@ -673,6 +695,9 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 			var ok bool
 			if out, ok = b.prepareSend(c, p, lead, open, slow); !ok {
 				continue // the transaction ended and the server went back: take another
+			}
+			if b.db.replicaOf != nil {
+				b.armRerun(c, p, (fresh || unitStart) && lead == 0 && !open, work.OutsideTransaction())
 			}
 			wrote, werr = b.out.Write(out)
 		}

@@ -39,6 +39,10 @@ type database struct {
 	fallbackRO *pgconn.Config
 	fo         *failover.Monitor
 	pool       *pool.Pool[*backend]
+	// rs are the read replicas (replica.go); nil without. replicaOf is set
+	// on a replica's own database instead: the primary's.
+	rs        *replicaSet
+	replicaOf *database
 	// lease holds this database's share of its fleet cap (fleet.go); nil
 	// without a fleet.
 	lease *fleet.Leases
@@ -120,6 +124,11 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 		opts.Leases = db.lease
 	}
 	db.pool = pool.New(opts)
+	if len(dc.Replicas) > 0 {
+		if db.rs, err = newReplicaSet(p, db, dc); err != nil {
+			return nil, err
+		}
+	}
 	db.configure(p.cfg.Load())
 	return db, nil
 }
@@ -131,6 +140,7 @@ func (db *database) configure(cfg *config.Config) {
 		cfg.Pool.ServerIdleTimeout.Duration, jitter(cfg.Pool.ServerLifetime.Duration))
 	db.p.metrics.PoolMax.WithLabelValues(db.name).Set(float64(size + cfg.Pool.MaxOverflow))
 	db.fo.Configure(cfg.Failover)
+	db.rs.configure(cfg)
 }
 
 // switched is the monitor's OnSwitch hook: metrics (the WARN line is the
@@ -167,6 +177,9 @@ func (db *database) setActiveMetric(u failover.Upstream) {
 // retire is the pool's Retire hook: a connection to the upstream not in use
 // is closed when released or found idle, instead of being reused.
 func (db *database) retire(b *backend) bool {
+	if db.replicaOf != nil {
+		return false
+	}
 	return b.upstream != db.active().String() || db.overLeases()
 }
 
@@ -202,7 +215,7 @@ func (db *database) probe(ctx context.Context, u failover.Upstream) error {
 		return err
 	}
 	if u == failover.Primary {
-		db.p.Limiter.ObserveConnect(db.name, probeApp, time.Now()) // it woke the compute
+		db.p.Limiter.ObserveConnect(db.computeName(), probeApp, time.Now()) // it woke the compute
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
@@ -339,9 +352,13 @@ func (db *database) dialUpstream(ctx context.Context, u failover.Upstream) (*bac
 		conn.Close(context.Background())
 		return nil, err
 	}
-	b := newBackend(db, hc, u.String())
+	upstream := u.String()
+	if db.replicaOf != nil {
+		upstream = replicaUpstream
+	}
+	b := newBackend(db, hc, upstream)
 	if u == failover.Primary { // a new session wakes the compute (a failed connect did not)
-		b.act = db.p.Limiter.Connected(db.name, "", dialed)
+		b.act = db.p.Limiter.Connected(db.computeName(), "", dialed)
 	}
 	db.mu.Lock()
 	db.params = maps.Clone(hc.ParameterStatuses)

@@ -85,6 +85,7 @@ type Proxy struct {
 
 	bytesIn, bytesOut prometheus.Counter
 	started           time.Time
+	routes            proxyRoutes // read replica routing (replica.go)
 }
 
 // New builds a proxy for cfg. Nothing connects upstream until a client asks.
@@ -310,6 +311,7 @@ func (p *Proxy) janitor() {
 			for _, db := range p.databases() {
 				db.pool.Sweep(now)
 				db.checkStalls(now)
+				db.eachReplica(func(r *database) { r.pool.Sweep(now) })
 			}
 		}
 	}
@@ -457,6 +459,7 @@ func (p *Proxy) Close() {
 	for _, db := range p.databases() {
 		db.listen.close()
 		db.pool.Close()
+		db.eachReplica(func(r *database) { r.pool.Close() })
 	}
 }
 
@@ -497,6 +500,7 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(db.srvStates[u][st].Load()), db.name, upstream, st.String())
 			}
 		}
+		db.collectReplicas(ch)
 		for from := range db.transitions {
 			for to := range db.transitions[from] {
 				n := db.transitions[from][to].Load()

@@ -22,6 +22,7 @@ const (
 	reqParamSync                    // pgguard's session parameter sync: swallowed (ParameterStatus forwarded when announce)
 	reqReset                        // pgguard's ROLLBACK or DISCARD ALL after the client left: swallowed
 	reqHidden                       // pgguard's query ahead of a client's, in its link: swallowed, errors included
+	reqProbe                        // pgguard's query whose row it reads (probe, replica.go): swallowed
 )
 
 // request is one outstanding ReadyForQuery and what to do with its replies.
@@ -35,6 +36,12 @@ type request struct {
 	// op is the client's statement change the request settles (its SQL
 	// DEALLOCATE of a statement it prepared with Parse): skipped if it fails.
 	op *stmtOp
+	// probe collects the row of a reqProbe.
+	probe *probe
+	// refused: a replica refused the client's work (25006, 40001) before
+	// its reply started; it runs again on the primary (rerun.go), and the
+	// error (kept here) reaches the client only if it cannot.
+	refused []byte
 }
 
 // forwarded reports whether the request's replies go to the client.
@@ -79,6 +86,16 @@ func (q *requestQueue) pop() request {
 // outstanding returns the requests not answered yet, oldest first; valid
 // until the next push or pop.
 func (q *requestQueue) outstanding() []request { return q.items[q.head:] }
+
+// owesClient reports whether a request still owes the client replies (mu held).
+func (b *backend) owesClient() bool {
+	for _, r := range b.queue.outstanding() {
+		if r.forwarded() {
+			return true
+		}
+	}
+	return false
+}
 
 // clear forgets every request (the connection is gone).
 func (q *requestQueue) clear() {

@@ -53,11 +53,12 @@ type backend struct {
 	out      *sock                // writes (linked client, resets) on conn
 	in       sockReader           // the pump's reads of out
 	hc       *pgconn.HijackedConn // pid, secret and config for CancelRequest
-	upstream string               // "primary" or "fallback"
+	upstream string               // "primary", "fallback" or "replica"
 	created  time.Time
 	act      *limiter.Activity // the budget model's view of it; nil on the fallback or without a limiter
 
 	dead     atomic.Bool  // the server is closing or closed: never hand it out
+	wrote    atomic.Bool  // the unit of work under way may have written (read-your-writes, replica.go)
 	lastUsed atomic.Int64 // unix nanos of the last link, for SHOW SERVERS
 
 	// Guarded by mu.
@@ -112,6 +113,12 @@ type backend struct {
 	// Whose unnamed statement the server holds (a client and its number).
 	unnamedOwner *client
 	unnamedGen   uint64
+	// rerun is a replica-routed send that may be run again on the primary
+	// if the replica fails before its reply starts (rerun.go); rerunMark
+	// is fwd.flushes when it was sent.
+	rerun     []byte
+	rerunMark uint64
+	rerunAuto bool // ... and it runs outside a transaction block
 
 	// Owned by the pump goroutine.
 	rd  serverReader
@@ -231,6 +238,9 @@ func (b *backend) died(err error) {
 	}
 	b.replies = b.replies[:0]
 	unsure := b.unsettledWrites()
+	b.releaseHeld()
+	owed := b.owesClient()
+	rerun := b.takeRerun(owed)
 	outcome := b.lostOutcome()
 	running := outcome == lostUnknown && !b.serverEnded // its backend may still commit
 	why := b.abandoned
@@ -242,6 +252,14 @@ func (b *backend) died(err error) {
 		go b.settleOrphan(unsure)
 	} else {
 		b.invalidate(unsure)
+	}
+	if c != nil && !owed && b.db.replicaOf != nil {
+		c = nil // a replica lost while pgguard measured it: the client goes to the primary
+	}
+	if c != nil && rerun != nil {
+		b.db.linkedServerDied(b, err)
+		c.requestRerun(rerun)
+		c = nil
 	}
 	if c != nil {
 		b.db.linkedServerDied(b, err)

@@ -123,8 +123,9 @@ func (p *Proxy) Pools() []PoolStatus {
 			}
 		}
 		out = append(out, ps)
+		out = append(out, db.replicaPools(mode)...)
 	}
-	slices.SortFunc(out, func(a, b PoolStatus) int { return cmp.Compare(a.Database, b.Database) })
+	slices.SortStableFunc(out, func(a, b PoolStatus) int { return cmp.Compare(a.Database, b.Database) })
 	return out
 }
 
@@ -161,7 +162,9 @@ func (p *Proxy) Clients() []ClientStatus {
 func (p *Proxy) Servers() []ServerStatus {
 	var out []ServerStatus
 	for _, db := range p.databases() {
-		for _, b := range db.openBackends() {
+		backends := db.openBackends()
+		db.eachReplica(func(r *database) { backends = append(backends, r.openBackends()...) })
+		for _, b := range backends {
 			b.mu.Lock()
 			ss := ServerStatus{
 				ID: b.id, Database: b.db.name, Upstream: b.upstream, Host: b.db.hostOf(b.upstream), PID: b.hc.PID,
