@@ -58,7 +58,7 @@ type pass struct {
 // Advise computes the findings over the queries held, judged against s.
 func (a *Analyzer) Advise(s Settings) *Advice {
 	if a == nil {
-		return &Advice{Off: "the advisor is off: set querylog.advisor_records above 0 (default 50000) and restart"}
+		return &Advice{Off: "the advisor is off: set querylog.advisor_records above 0 (default 32768) and restart"}
 	}
 	if s.SuspendAfter <= 0 {
 		s.SuspendAfter = 5 * time.Minute

@@ -93,10 +93,11 @@ type Options struct {
 // any goroutine. Safe for concurrent use.
 type Analyzer struct {
 	mu       sync.Mutex
-	ring     []rec
-	capacity int  // the ring's bound
-	next     int  // where the next record goes
-	full     bool // the ring wrapped: records were overwritten
+	ring     [][]rec // blocks of ringBlock records, allocated as records come
+	held     int     // records in the ring
+	capacity int     // the ring's bound
+	next     int     // where the next record goes once full
+	full     bool    // the ring wrapped: records were overwritten
 	seen     int64
 	shapeIx  map[uint64]uint32
 	shapes   []*shape // append-only; entries immutable but for their lazy analysis
@@ -113,7 +114,6 @@ func New(o Options) *Analyzer {
 		n = DefaultMaxRecords
 	}
 	a := &Analyzer{
-		ring:    make([]rec, 0, min(n, 4096)),
 		shapeIx: map[uint64]uint32{},
 		appIx:   map[string]uint16{},
 		dbIx:    map[string]uint16{},
@@ -164,19 +164,19 @@ func (a *Analyzer) Add(e Entry) {
 	r.app = intern(&a.appIx, &a.apps, e.Application, maxApps)
 	r.db = intern(&a.dbIx, &a.dbs, e.Database, maxDBs)
 	a.seen++
-	if len(a.ring) < a.capacity {
-		if len(a.ring) == cap(a.ring) {
-			// Grow by doubling but never past the bound (append's own
-			// growth would overshoot it, memory a sidecar cannot spare).
-			grown := make([]rec, len(a.ring), min(2*cap(a.ring), a.capacity))
-			copy(grown, a.ring)
-			a.ring = grown
+	if a.held < a.capacity {
+		// Blocks, not one growing slice: growing by copies would leave
+		// garbage as large as the ring, memory a sidecar cannot spare.
+		if a.held%ringBlock == 0 {
+			a.ring = append(a.ring, make([]rec, 0, min(ringBlock, a.capacity-a.held)))
 		}
-		a.ring = append(a.ring, r)
+		last := &a.ring[len(a.ring)-1]
+		*last = append(*last, r)
+		a.held++
 		return
 	}
-	a.ring[a.next] = r
-	a.next = (a.next + 1) % len(a.ring)
+	a.ring[a.next/ringBlock][a.next%ringBlock] = r
+	a.next = (a.next + 1) % a.held
 	a.full = true
 }
 
@@ -214,15 +214,21 @@ func intern(ix *map[string]uint16, names *[]string, s string, limit int) uint16 
 func (a *Analyzer) Len() (held int, seen int64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return len(a.ring), a.seen
+	return a.held, a.seen
 }
+
+// ringBlock is how many records the ring allocates at a time (192 KiB).
+const ringBlock = 4096
 
 // snapshot copies the ring in time order, with the name tables as of now.
 func (a *Analyzer) snapshot() (recs []rec, shapes []*shape, apps, dbs []string, truncated bool) {
 	a.mu.Lock()
-	recs = make([]rec, 0, len(a.ring))
-	recs = append(recs, a.ring[a.next:]...)
-	recs = append(recs, a.ring[:a.next]...)
+	recs = make([]rec, 0, a.held)
+	for _, b := range a.ring {
+		recs = append(recs, b...)
+	}
+	// Oldest first (the order is made exact below).
+	recs = append(recs[a.next:], recs[:a.next]...)
 	shapes, apps, dbs, truncated = a.shapes, a.apps, a.dbs, a.full
 	a.mu.Unlock()
 	// Records from different connections arrive about in order; the

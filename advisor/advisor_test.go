@@ -186,8 +186,16 @@ func TestRingBounded(t *testing.T) {
 	for i := range 12000 {
 		a.Add(Entry{Time: time.Unix(int64(i), 0), Fingerprint: 1, Query: "SELECT 1", Primary: true})
 	}
-	if len(a.ring) != 5000 || cap(a.ring) != 5000 {
-		t.Fatalf("ring len %d cap %d, want 5000", len(a.ring), cap(a.ring))
+	total := 0
+	for _, b := range a.ring {
+		total += cap(b)
+	}
+	if a.held != 5000 || total != 5000 {
+		t.Fatalf("ring holds %d in %d allocated, want 5000", a.held, total)
+	}
+	recs, _, _, _, truncated := a.snapshot()
+	if len(recs) != 5000 || !truncated || recs[0].t != time.Unix(7000, 0).UnixNano() || recs[4999].t != time.Unix(11999, 0).UnixNano() {
+		t.Fatalf("snapshot: %d records from %d to %d", len(recs), recs[0].t, recs[len(recs)-1].t)
 	}
 	var off *Analyzer
 	adv := off.Advise(Settings{})

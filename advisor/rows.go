@@ -14,7 +14,7 @@ func (a *Advice) Rows() (columns []string, rows [][]string) {
 		rows = append(rows, []string{kind, subject, evidence, change})
 	}
 	if a.Off != "" {
-		add("off", "", a.Off, "querylog.advisor_records = 50000")
+		add("off", "", a.Off, "querylog.advisor_records = 32768")
 		return columns, rows
 	}
 	w := &a.Window

@@ -399,9 +399,9 @@ func Default() *Config {
 			Path:      "stderr",
 			Slow:      D(500 * time.Millisecond),
 			MaxShapes: 5000,
-			// 2.4 MB at most: a sidecar's budget is 16 MB. Half a day of the
-			// seeds' traffic (195,000 queries a day).
-			AdvisorRecords: 50_000,
+			// 1.5 MB at most: a sidecar's budget is 16 MB. Four hours of
+			// the seeds' traffic (195,000 queries a day).
+			AdvisorRecords: 32_768,
 		},
 		Failover: Failover{
 			FailureThreshold: 3,
