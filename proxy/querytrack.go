@@ -21,6 +21,8 @@ type pendingQuery struct {
 	query    bool   // false for a sync that ran nothing (Parse/Describe/Sync)
 	extended bool
 	quiet    bool // a Sync pgguard added: the client must not see its ReadyForQuery
+	// op is the client's SQL PREPARE or DEALLOCATE the sync point settles.
+	op *stmtOp
 	// For the result cache: the tables the statements before this sync
 	// point may write, and the collector of a miss's reply.
 	writes cache.Targets

@@ -33,7 +33,7 @@ type request struct {
 	cancelAt      time.Time // ... at this time (stall.go closes the server past pool.cancel_timeout)
 	failed        bool      // an ErrorResponse answered it
 	// op is the client's statement change the request settles (its SQL
-	// DEALLOCATE of a statement it prepared with Parse): skipped if it fails.
+	// PREPARE or DEALLOCATE name): skipped if it fails.
 	op *stmtOp
 }
 
@@ -176,7 +176,7 @@ func (b *backend) prepareSend(c *client, p []byte, lead int, open, slow bool) ([
 		out, hidden = w.out, w.hidden
 	} else {
 		for _, e := range c.expect {
-			b.replies = append(b.replies, pendingReply{typ: e.typ, batch: b.queue.pushed + uint64(e.syncs)})
+			b.replies = append(b.replies, pendingReply{typ: e.typ, batch: b.queue.pushed + uint64(e.syncs), op: e.op})
 		}
 	}
 	switch c.unnamedSeen {
@@ -188,7 +188,7 @@ func (b *backend) prepareSend(c *client, p []byte, lead int, open, slow bool) ([
 	now := time.Now()
 	b.act.Query(c.app, now)
 	for i, q := range c.queued {
-		var op *stmtOp
+		op := q.op
 		if len(hidden) > 0 && hidden[0].at == i {
 			b.queue.push(request{kind: reqHidden})
 			op, hidden = hidden[0].op, hidden[1:]

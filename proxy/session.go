@@ -316,6 +316,11 @@ type effect struct {
 	dropsStmts bool // DISCARD ALL or DEALLOCATE ALL (followed by its CommandComplete)
 	// dealloc is the name a text that is one "DEALLOCATE name" removes.
 	dealloc string
+	// prepare is the name a text that is one "PREPARE name AS query"
+	// creates, and prepareParse the Parse body that query amounts to
+	// (text, no parameter types) for the statement table.
+	prepare      string
+	prepareParse []byte
 	// schema: it changes the schema in a way that can make prepared
 	// statements stale (ALTER, DROP, CREATE OR REPLACE, ...; see stale.go).
 	schema bool
@@ -518,6 +523,12 @@ func parseEffect(sql string) *effect {
 			e.schema = true
 		case n.GetPrepareStmt() != nil:
 			e.pin = "SQL PREPARE"
+			if p := n.GetPrepareStmt(); len(tree.Stmts) == 1 && p.Name != "" {
+				one := &pg_query.ParseResult{Version: tree.Version, Stmts: []*pg_query.RawStmt{{Stmt: p.Query}}}
+				if text, err := pg_query.Deparse(one); err == nil {
+					e.prepare, e.prepareParse = p.Name, append([]byte(text), 0, 0, 0)
+				}
+			}
 		case n.GetListenStmt() != nil:
 			e.pin = "LISTEN"
 		case n.GetDeclareCursorStmt() != nil && n.GetDeclareCursorStmt().Options&0x0020 != 0: // CURSOR_OPT_HOLD

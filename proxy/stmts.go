@@ -42,6 +42,9 @@ type stmt struct {
 	name   string  // its name on servers, "pgg_<key>"
 	parse  []byte  // the Parse body after the name: query\0, int16 count, OIDs
 	effect *effect // what executing it does to session state, or nil
+	// sql: prepared with SQL PREPARE, held by the server under the
+	// client's own name (name); its messages go through unchanged.
+	sql bool
 }
 
 func newStmt(base, key uint64, sp string, parse []byte) *stmt {
@@ -301,8 +304,8 @@ func (w *rewriter) message(msg []byte) {
 			return
 		}
 		st := w.c.stmt(name)
-		if !ok || st == nil {
-			w.out = append(w.out, msg...) // the server reports the unknown name
+		if !ok || st == nil || st.sql {
+			w.out = append(w.out, msg...) // the server reports the unknown name, or holds it
 			return
 		}
 		srvName := w.ensure(st) // first: it may send a Parse
@@ -317,7 +320,7 @@ func (w *rewriter) message(msg []byte) {
 			return
 		}
 		st := w.c.stmt(bytes.TrimSuffix(body[1:], []byte{0}))
-		if st == nil {
+		if st == nil || st.sql {
 			w.out = append(w.out, msg...)
 			return
 		}
@@ -328,10 +331,16 @@ func (w *rewriter) message(msg []byte) {
 		if body[0] == 'S' && len(body) > 1 && body[1] != 0 {
 			// The statement may serve other clients on this server: keep it,
 			// and let the server answer a Close of a name it does not have.
-			if name := bytes.TrimSuffix(body[1:], []byte{0}); w.c.stmt(name) != nil {
+			name := bytes.TrimSuffix(body[1:], []byte{0})
+			st := w.c.stmt(name)
+			if st != nil {
 				op = w.c.changeStmt(string(name), nil)
 			}
-			w.out = appendMsg(w.out, 'C', "Spgg_closed\x00")
+			if st != nil && st.sql {
+				w.out = append(w.out, msg...)
+			} else {
+				w.out = appendMsg(w.out, 'C', "Spgg_closed\x00")
+			}
 		} else {
 			w.out = append(w.out, msg...)
 		}
