@@ -819,12 +819,13 @@ func (c *client) stmt(name []byte) *stmt { return c.stmts[string(name)] }
 // client c and its server b (b.mu held).
 func (c *client) applyEffects(b *backend) {
 	for _, e := range c.effects {
-		if e.pin != "" && c.pooling == poolTransaction && !c.pinned.Load() {
-			c.pinReason = e.pin
-			c.pinned.Store(true)
-			c.p.metrics.ClientsPinned.WithLabelValues(e.pin).Inc()
-			c.p.log.Info("client pinned to its server connection for the rest of its session",
-				"client", c.id, "application_name", c.app, "reason", e.pin)
+		if e.pin != "" {
+			c.pin(e.pin)
+		}
+		if e.learn != "" && c.pooling == poolTransaction {
+			// Its server is asked what the session holds once the unit ends (learn.go).
+			b.learnDue = true
+			b.learnNames = append(b.learnNames, e.names...)
 		}
 		// Takes effect if its transaction commits (see backend.unitDone).
 		b.staged = append(b.staged, e.params...)

@@ -229,6 +229,9 @@ func (b *backend) refreshBulk() {
 	b.rd.fill = nil
 	if h != nil && !h.forwarded() {
 		b.rd.bulkTo = nil
+		if h.kind == reqLearn {
+			b.rd.fill = h.fill // its rows are pgguard's to read
+		}
 		return
 	}
 	if h != nil {
@@ -303,6 +306,8 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 			return nil, nil
 		case reqHidden:
 			return nil, nil // in an aborted transaction, the client's own query fails alike
+		case reqLearn:
+			return nil, nil // the client is pinned instead (learned)
 		case reqClient:
 			if h.sqlstate == "" {
 				h.sqlstate, h.errMsg = code, errorMessage(body)
@@ -360,6 +365,9 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	}
 	inval := b.unitWrites(h, status)
 	fill, failed, last := h.fill, h.failed, b.queue.len() == 1
+	if h.kind != reqClient {
+		fill = nil // a learn query's reply is read below
+	}
 	b.settling = last
 	var to *client
 	if h.kind == reqClient {
@@ -396,6 +404,9 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 			b.setStateLocked(srvLinked)
 		}
 	case reqHidden:
+	case reqLearn:
+		b.learned(r.fill, r.failed)
+		next = b.release(status)
 	case reqReset:
 		if b.queue.len() == 0 {
 			next = srvIdle
@@ -410,10 +421,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		if status == 'I' {
 			b.unitDone()
 		}
-		if c := b.client; c != nil && b.queue.len() == 0 && !b.open && status == 'I' && c.pooling == poolTransaction && !c.pinned.Load() {
-			b.unlinkLocked()
-			next = srvIdle
-		}
+		next = b.release(status)
 	}
 	b.signalAnswered()
 	b.refreshBulk()
@@ -422,7 +430,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		// Back in the pool as soon as the client has its reply: the query
 		// it sends next finds this server idle (a sequential client keeps
 		// its server, and its parameters), or still linked to it.
-		if r.kind == reqClient {
+		if r.kind == reqClient || r.kind == reqLearn {
 			b.db.xacts.Add(1)
 		}
 		b.enter(next)
@@ -430,6 +438,24 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	if r.kind == reqClient && r.query {
 		b.report(r.inflightQuery, now)
 	}
+}
+
+// release unlinks a transaction-mode client whose unit of work is over
+// and returns srvIdle, the server's next state; or, when the unit may have
+// changed session state its text does not show, asks the server first
+// (learn.go), keeping the link until the answer. Else numServerStates:
+// the server stays linked (mu held).
+func (b *backend) release(status byte) serverState {
+	c := b.client
+	if c == nil || b.queue.len() > 0 || b.open || status != 'I' || c.pooling != poolTransaction || c.pinned.Load() {
+		return numServerStates
+	}
+	if b.learnDue {
+		b.startLearn()
+		return numServerStates
+	}
+	b.unlinkLocked()
+	return srvIdle
 }
 
 // parameterStatus splits a ParameterStatus body.

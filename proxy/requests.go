@@ -22,6 +22,7 @@ const (
 	reqParamSync                    // pgguard's session parameter sync: swallowed (ParameterStatus forwarded when announce)
 	reqReset                        // pgguard's ROLLBACK or DISCARD ALL after the client left: swallowed
 	reqHidden                       // pgguard's query ahead of a client's, in its link: swallowed, errors included
+	reqLearn                        // pgguard's question of what the session holds (learn.go): read by pgguard, swallowed
 )
 
 // request is one outstanding ReadyForQuery and what to do with its replies.
@@ -74,6 +75,11 @@ func (q *requestQueue) pop() request {
 		q.items, q.head = q.items[:0], 0
 	}
 	return r
+}
+
+// learning reports whether the only request outstanding is a learn query.
+func (q *requestQueue) learning() bool {
+	return q.len() == 1 && q.items[q.head].kind == reqLearn
 }
 
 // outstanding returns the requests not answered yet, oldest first; valid

@@ -106,6 +106,11 @@ type backend struct {
 	// ReadyForQuery came (readyForQuery); the client waits for it to leave
 	// the queue before it counts as idle (client.idleSession).
 	settling bool
+	// learnDue: the unit of work under way ran a statement that may change
+	// session state its text does not show; the pump asks the server when
+	// it ends (learn.go), with learnNames, setting names the texts named.
+	learnDue   bool
+	learnNames []string
 	// serverEnded: the server said it is closing (FATAL): its backend is
 	// gone, and nothing it ran can commit later.
 	serverEnded bool
@@ -266,7 +271,11 @@ func (b *backend) reset(c *client, discardAll bool) {
 		return
 	}
 	b.unlinkLocked()
-	if b.queue.len() > 0 || b.open || b.dead.Load() {
+	if b.learnDue || b.queue.learning() {
+		// The client's settings are not known: none reaches the next client.
+		discardAll, b.learnDue = true, false
+	}
+	if b.queue.len() > 0 && !b.queue.learning() || b.open || b.dead.Load() {
 		b.mu.Unlock()
 		b.enter(srvClosed)
 		return
