@@ -30,10 +30,11 @@ type Metrics struct {
 	Cancelled      *prometheus.CounterVec // reason: queries pgguard cancelled
 	FallbackWrites *prometheus.CounterVec // database, table
 	ClientsPinned  *prometheus.CounterVec // reason
-	// SessionsLearned counts learn queries answered (proxy/learn.go).
-	SessionsLearned prometheus.Counter
 	LeakWarnings   *prometheus.CounterVec // application
 	Panics         *prometheus.CounterVec // side: client or server
+
+	// SessionsLearned counts learn queries answered (proxy/learn.go).
+	SessionsLearned prometheus.Counter
 }
 
 // New creates the metrics on a fresh registry, with Go runtime and process collectors.
