@@ -133,6 +133,12 @@ func (b *backend) inSync(c *client) bool {
 // (b is then unusable: its values are unknown) or b was lost meanwhile.
 func (b *backend) syncParams(c *client) bool {
 	b.mu.Lock()
+	if b.client == c && b.queue.learning() {
+		// What c's session holds is being learned: compare with that.
+		b.mu.Unlock()
+		b.awaitAnswered(c)
+		b.mu.Lock()
+	}
 	if b.client != c || b.inSync(c) {
 		b.mu.Unlock()
 		return true

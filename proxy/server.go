@@ -239,9 +239,16 @@ func (b *backend) died(err error) {
 	outcome := b.lostOutcome()
 	running := outcome == lostUnknown && !b.serverEnded // its backend may still commit
 	why := b.abandoned
+	// A client whose unit of work is over, linked only while its session
+	// is learned, goes on without its server, as an idle one would, with
+	// the session state pgguard knew (learn.go).
+	learning := b.queue.learning()
 	b.queue.clear()
 	b.signalAnswered()
 	c := b.unlinkLocked()
+	if learning {
+		c = nil
+	}
 	b.mu.Unlock()
 	if running && !unsure.Empty() {
 		go b.settleOrphan(unsure)
