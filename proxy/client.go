@@ -358,7 +358,7 @@ func (c *client) process() error {
 				slow = true // a statement the client prepared with Parse (rewriter.deallocate)
 				c.stmtOpState = stmtOpsOpen
 			default:
-				op = c.sqlStmtOp(e)
+				op = c.sqlStmtOp(e, st)
 			}
 			c.stmtOpsSynced()
 			c.unnamedSeen = 2
@@ -791,16 +791,16 @@ func (c *client) stmtOfQuery(e *effect) *stmt {
 	return nil
 }
 
-// sqlStmtOp enters a SQL PREPARE or DEALLOCATE name in the client's
+// sqlStmtOp enters a SQL PREPARE (st) or DEALLOCATE name in the client's
 // statements, in every pool mode, to be undone if the server fails the
 // Query (the request carries the op). A statement prepared with SQL is
 // held by the server under the client's own name (transaction mode pins
 // the client), so a later protocol Parse of that name gets the server's
 // 42P05 and a Bind, Describe or Close of it goes through unchanged.
-func (c *client) sqlStmtOp(e *effect) *stmtOp {
+func (c *client) sqlStmtOp(e *effect, st *stmt) *stmtOp {
 	c.stmtOpState = stmtOpsOpen
 	if e.prepare != "" {
-		return c.changeStmt(e.prepare, c.stmtOfQuery(e))
+		return c.changeStmt(e.prepare, st)
 	}
 	return c.changeStmt(e.dealloc, nil)
 }

@@ -173,3 +173,26 @@ func TestCallsFunctionFilter(t *testing.T) {
 		t.Errorf("%v allocations per text", n)
 	}
 }
+
+// BenchmarkStatementEffect is what every Query and Parse text costs the
+// session bookkeeping: pgbench's TPC-B texts and a read with built-in
+// calls, none of which changes session state.
+func BenchmarkStatementEffect(b *testing.B) {
+	texts := [][]byte{
+		[]byte("BEGIN;"),
+		[]byte("UPDATE pgbench_accounts SET abalance = abalance + -3541 WHERE aid = 81726;"),
+		[]byte("SELECT abalance FROM pgbench_accounts WHERE aid = 81726;"),
+		[]byte("UPDATE pgbench_tellers SET tbalance = tbalance + -3541 WHERE tid = 7;"),
+		[]byte("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (7, 1, 81726, -3541, CURRENT_TIMESTAMP);"),
+		[]byte("END;"),
+		[]byte("SELECT count(*), max(abalance), coalesce(min(bid), 0) FROM pgbench_accounts WHERE aid IN (1, 2, 3)"),
+	}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		for _, t := range texts {
+			if statementEffect(t) != nil {
+				b.Fatalf("%q has an effect", t)
+			}
+		}
+	}
+}
