@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgguard/pgguard/cache"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/proxy"
 	"github.com/pgguard/pgguard/querylog"
@@ -41,13 +42,17 @@ type Console struct {
 	Limiter *limiter.Limiter
 	// Cache, when set, serves SHOW CACHE and DISCARD CACHE.
 	Cache *cache.Cache
+	// Fleet, when set, serves SHOW FLEET and SET ... FLEET.
+	Fleet *fleet.Fleet
 	// Views adds SHOW <name> views.
 	Views map[string]func() Table
 }
 
 // NewConsole returns a console for p; reload re-reads the config (RELOAD).
 func NewConsole(p *proxy.Proxy, reload func() error) *Console {
-	return &Console{proxy: p, reload: reload, Views: map[string]func() Table{}}
+	c := &Console{proxy: p, reload: reload, Views: map[string]func() Table{}}
+	c.Views["listeners"] = func() Table { return listenersTable(p.Listeners()) }
+	return c
 }
 
 // Serve runs one console session; it matches proxy.ConsoleFunc.
@@ -130,11 +135,14 @@ func (c *Console) command(be *pgproto3.Backend, user, stmt string) error {
 		// SET read_only = on|off (also "to", and true/false)
 		rest := strings.TrimSpace(stmt[3:])
 		name, value, ok := cutAssign(rest)
+		if v, fleetWide := cutFleet(value); ok && fleetWide {
+			return c.setFleetSwitch(be, user, name, v)
+		}
 		if ok && strings.EqualFold(name, "disable_workers") {
 			return c.setDisableWorkers(be, user, value)
 		}
 		if !ok || strings.ToLower(name) != "read_only" {
-			return fmt.Errorf("only SET read_only = on|off and SET disable_workers = on|off are supported")
+			return fmt.Errorf("only SET read_only = on|off and SET disable_workers = on|off (add FLEET for every instance) are supported")
 		}
 		switch strings.ToLower(strings.Trim(value, "'\" ")) {
 		case "on", "true", "1", "yes":
@@ -202,6 +210,9 @@ func (c *Console) viewNames() []string {
 	if c.Cache != nil {
 		names = append(names, "cache")
 	}
+	if c.Fleet != nil {
+		names = append(names, "fleet")
+	}
 	for n := range c.Views {
 		if !slices.Contains(names, n) {
 			names = append(names, n)
@@ -243,6 +254,9 @@ func (c *Console) view(name string) (Table, bool) {
 	}
 	if c.Cache != nil && name == "cache" {
 		return cacheTable(c.Cache), true
+	}
+	if c.Fleet != nil && name == "fleet" {
+		return fleetTable(c.Fleet.View(context.Background())), true
 	}
 	if f, ok := c.Views[name]; ok {
 		return f(), true

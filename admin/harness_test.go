@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgguard/pgguard/admin"
 	"github.com/pgguard/pgguard/admin/dashboard"
+	"github.com/pgguard/pgguard/advisor"
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/internal/localpg"
@@ -54,6 +55,7 @@ type env struct {
 	m       *metrics.Metrics
 	dash    *dashboard.Dashboard
 	cache   *cache.Cache
+	adv     *advisor.Analyzer
 	reloads atomic.Int32
 	// reloadErr, when set, is what RELOAD returns.
 	reloadErr atomic.Pointer[error]
@@ -108,7 +110,9 @@ func start(t *testing.T, cfg *config.Config) *env {
 		t.Fatal(err)
 	}
 	p.QueryLog, p.Limiter = ql, lim
-	e := &env{Proxy: p, ql: ql, lim: lim, cache: rc}
+	adv := advisor.New(advisor.Options{})
+	ql.SetObserver(adv.Observe)
+	e := &env{Proxy: p, ql: ql, lim: lim, cache: rc, adv: adv}
 
 	console := admin.NewConsole(p, func() error {
 		e.reloads.Add(1)
@@ -123,6 +127,7 @@ func start(t *testing.T, cfg *config.Config) *env {
 		return ql.Reconfigure(cfg.QueryLog)
 	})
 	console.QueryLog, console.Limiter, console.Cache = ql, lim, rc
+	console.Views["advice"] = console.AdviceView(adv)
 	p.Console = console.Serve
 	e.dash = dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim})
 	e.m = m
@@ -146,7 +151,7 @@ func start(t *testing.T, cfg *config.Config) *env {
 // admin.http_auth); nil uses the real one. The caller closes the server.
 func (e *env) serveHTTP(listenAddr *string) *httptest.Server {
 	srv := httptest.NewUnstartedServer(nil)
-	h := &admin.HTTP{Proxy: e.Proxy, Metrics: e.m, QueryLog: e.ql, Limiter: e.lim, Cache: e.cache, Dashboard: e.dash, ListenAddr: srv.Listener.Addr().String()}
+	h := &admin.HTTP{Proxy: e.Proxy, Metrics: e.m, QueryLog: e.ql, Limiter: e.lim, Cache: e.cache, Advisor: e.adv, Dashboard: e.dash, ListenAddr: srv.Listener.Addr().String()}
 	if listenAddr != nil {
 		h.ListenAddr = *listenAddr
 	}

@@ -1,12 +1,12 @@
 // Package admin is pgguard's operator surface: the HTTP endpoints (/metrics,
-// /healthz, /readyz, /status, /queries, POST /read-only, POST
+// /healthz, /readyz, /status, /queries, /advice, POST /read-only, POST
 // /switches/NAME, POST /disable-workers, POST /cache/reset, and the live
 // dashboard of package dashboard at /) and the admin console spoken over the
 // PostgreSQL protocol on database "pgguard".
 //
 // Access: /metrics, /healthz, /readyz and /dashboard/history are open. The
 // pages that show query texts, client addresses or application names (/,
-// /dashboard/state, /status, /queries) are open only while the HTTP server
+// /dashboard/state, /status, /queries, /advice) are open only while the HTTP server
 // listens on a loopback address and admin.http_auth is "auto"; otherwise
 // they need an admin user's HTTP basic credentials. Changing anything
 // always needs them, and browsers on other sites are refused.
@@ -21,8 +21,10 @@ import (
 	"strings"
 
 	"github.com/pgguard/pgguard/admin/dashboard"
+	"github.com/pgguard/pgguard/advisor"
 	"github.com/pgguard/pgguard/auth"
 	"github.com/pgguard/pgguard/cache"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
@@ -42,6 +44,10 @@ type HTTP struct {
 	Limiter *limiter.Limiter
 	// Cache, when set, adds "cache" to /status and serves POST /cache/reset.
 	Cache *cache.Cache
+	// Advisor serves GET /advice; nil answers that the advisor is off.
+	Advisor *advisor.Analyzer
+	// Fleet, when set, serves GET /fleet and fleet-wide switch flips (?fleet=1).
+	Fleet *fleet.Fleet
 	// StatusExtra, when set, adds more sections to /status.
 	StatusExtra func() map[string]any
 	// Dashboard, when set, serves the live page at / and its JSON.
@@ -70,6 +76,9 @@ func (h *HTTP) Handler() http.Handler {
 	csrf := http.NewCrossOriginProtection()
 	h.mux.Handle("POST /read-only", csrf.Handler(http.HandlerFunc(h.readOnly)))
 	h.mux.Handle("POST /switches/{name}", csrf.Handler(http.HandlerFunc(h.setSwitch)))
+	if h.Fleet != nil {
+		h.mux.Handle("GET /fleet", h.private(http.HandlerFunc(h.fleetView)))
+	}
 	if h.Limiter != nil {
 		h.mux.Handle("POST /disable-workers", csrf.Handler(http.HandlerFunc(h.disableWorkers)))
 	}
@@ -81,6 +90,7 @@ func (h *HTTP) Handler() http.Handler {
 		h.mux.Handle("POST /queries/reset", csrf.Handler(h.adminOnly(q)))
 		h.mux.Handle("DELETE /queries", csrf.Handler(h.adminOnly(q)))
 	}
+	h.mux.Handle("GET /advice", h.private(http.HandlerFunc(h.advice))) // a nil Advisor says it is off
 	if d := h.Dashboard; d != nil {
 		h.mux.Handle("GET /{$}", h.private(d.Page()))
 		h.mux.Handle("GET /dashboard/assets/", d.Assets())
@@ -216,6 +226,10 @@ func (h *HTTP) readOnly(w http.ResponseWriter, r *http.Request) {
 	}
 	on, ok := onOff(w, r)
 	if !ok {
+		return
+	}
+	if wantsFleet(r) {
+		h.flipFleet(w, r, "read_only", on, user)
 		return
 	}
 	h.Proxy.SetReadOnly(on, "http:"+user)

@@ -63,6 +63,10 @@ func (h *HTTP) setSwitch(w http.ResponseWriter, r *http.Request) {
 		if !ok {
 			return
 		}
+		if wantsFleet(r) {
+			h.flipFleet(w, r, name, on, user)
+			return
+		}
 		if err := sw.Set(on, "http:"+user); err != nil {
 			http.Error(w, fmt.Sprintf("%s: %v", name, err), http.StatusConflict)
 			return

@@ -52,6 +52,11 @@ type Config struct {
 	Limiter Limiter `toml:"limiter"`
 	// Budget models the primary's Neon compute time ([budget]).
 	Budget Budget `toml:"budget"`
+	// Routes send matching clients' read-only work to a replica or keep it
+	// on the primary ([[routes]]).
+	Routes []Route `toml:"routes"`
+	// Replica configures read replica routing and read-your-writes ([replica]).
+	Replica Replica `toml:"replica"`
 	// Cache are the result cache's rules ([[cache]]).
 	Cache []CacheRule `toml:"cache"`
 	// CacheStore says where cached results live ([cache_store]). It is not
@@ -59,6 +64,10 @@ type Config struct {
 	CacheStore CacheStore `toml:"cache_store"`
 	// Run configures `pgguard run -- COMMAND` ([run]).
 	Run Run `toml:"run"`
+	// Fleet configures leases, heartbeats and fleet-wide switches ([fleet]).
+	Fleet Fleet `toml:"fleet"`
+	// Notify configures LISTEN/NOTIFY under transaction pooling ([notify]).
+	Notify Notify `toml:"notify"`
 
 	// src records where each value came from (file line or environment
 	// variable) so Validate can point at it; set by Load, nil otherwise.
@@ -73,6 +82,21 @@ type Database struct {
 	Fallback string `toml:"fallback"`
 	// PoolSize, when non-zero, overrides pool.size for this database (pool_size).
 	PoolSize int `toml:"pool_size"`
+	// Replicas are read replica URLs (Neon read replica endpoints), each
+	// with its own small pool (replicas; env NEON_READ_REPLICA_URL).
+	Replicas []string `toml:"replicas"`
+	// ReplicaReads is "off" (default: only [[routes]] send work to a
+	// replica) or "read_only": every client's read-only transactions and
+	// single read-only statements go to a replica (replica_reads).
+	ReplicaReads string `toml:"replica_reads"`
+	// FleetMaxConnections caps the server connections to this primary
+	// across every pgguard on the fleet's Redis; 0 is no fleet cap
+	// (fleet_max_connections; env PGGUARD_FLEET_MAX_CONNECTIONS).
+	FleetMaxConnections int `toml:"fleet_max_connections"`
+	// FleetStaticShare is what this instance may hold of the fleet cap
+	// while Redis is unreachable; 0: the cap divided by the last fleet size
+	// seen (fleet_static_share).
+	FleetStaticShare int `toml:"fleet_static_share"`
 }
 
 // User is one [[users]] entry.
@@ -153,6 +177,10 @@ type QueryLog struct {
 	LogParameters bool `toml:"log_parameters"`
 	// MaxShapes caps the per-fingerprint statistics kept in memory (max_shapes).
 	MaxShapes int `toml:"max_shapes"`
+	// AdvisorRecords bounds the recent queries the advisor keeps (48 bytes
+	// each) to compute SHOW ADVICE and GET /advice; 0 turns the live advisor
+	// off (advisor_records).
+	AdvisorRecords int `toml:"advisor_records"`
 }
 
 // Failover is the [failover] table.
@@ -288,6 +316,31 @@ type Run struct {
 	RewriteEnv []string `toml:"rewrite_env"`
 }
 
+// Fleet is the [fleet] table: how this instance takes part in the fleet on
+// one Redis (connection leases, heartbeats, fleet-wide switches).
+type Fleet struct {
+	// RedisURL is the fleet's Redis; empty means limiter.redis_url (redis_url).
+	RedisURL string `toml:"redis_url"`
+	// InstanceID names this instance in leases and heartbeats; empty:
+	// FLY_MACHINE_ID, else host name and process id (instance_id).
+	InstanceID string `toml:"instance_id"`
+	// LeaseTTL is how long leases and a heartbeat outlive their last
+	// renewal: a dead instance's leases are free within it (lease_ttl).
+	LeaseTTL Duration `toml:"lease_ttl"`
+	// Heartbeat is how often the heartbeat is published and fleet-wide
+	// switches are read (heartbeat).
+	Heartbeat Duration `toml:"heartbeat"`
+}
+
+// FleetRedisURL returns the Redis of the fleet: fleet.redis_url, else
+// limiter.redis_url, else "" (no fleet: a fleet cap is a per-instance cap).
+func (c *Config) FleetRedisURL() string {
+	if c.Fleet.RedisURL != "" {
+		return c.Fleet.RedisURL
+	}
+	return c.Limiter.RedisURL
+}
+
 // Duration is a time.Duration written in TOML as a Go duration string; "0" disables.
 type Duration struct{ time.Duration }
 
@@ -346,6 +399,9 @@ func Default() *Config {
 			Path:      "stderr",
 			Slow:      D(500 * time.Millisecond),
 			MaxShapes: 5000,
+			// 2.4 MB at most: a sidecar's budget is 16 MB. Half a day of the
+			// seeds' traffic (195,000 queries a day).
+			AdvisorRecords: 50_000,
 		},
 		Failover: Failover{
 			FailureThreshold: 3,
@@ -356,6 +412,7 @@ func Default() *Config {
 			FallbackReadOnly: true,
 		},
 		Limiter: Limiter{QueriesPerHourWarn: 1000},
+		Notify:  Notify{Pooled: true, ClientBuffer: 1 << 20},
 		CacheStore: CacheStore{
 			LocalMaxBytes: 4 << 20, // within the default memory_limit (32 MiB) with room to spare
 			DegradedTTL:   D(5 * time.Second),
@@ -367,7 +424,15 @@ func Default() *Config {
 			AlertAt:        0.8,
 			OnExhausted:    "alert",
 		},
-		Run: Run{RewriteEnv: []string{"DATABASE_URL"}},
+		Run:   Run{RewriteEnv: []string{"DATABASE_URL"}},
+		Fleet: Fleet{LeaseTTL: D(10 * time.Second), Heartbeat: D(time.Second)},
+		Replica: Replica{
+			PoolSize:    2,
+			RYWScope:    "session",
+			RYWWait:     D(200 * time.Millisecond),
+			MaxLagBytes: 16 << 20,
+			MaxLag:      D(10 * time.Second),
+		},
 	}
 }
 

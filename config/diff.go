@@ -8,21 +8,26 @@ import (
 
 // restartKeys cannot change while pgguard runs: they are bound at startup.
 var restartKeys = map[string]bool{
-	"listen":                true,
-	"http_listen":           true,
-	"tls_cert":              true,
-	"tls_key":               true,
-	"pool.mode":             true,
-	"limiter.redis_url":     true,
-	"cache_store.redis_url": true,
-	"run.rewrite_env":       true,
+	"listen":                   true,
+	"http_listen":              true,
+	"tls_cert":                 true,
+	"tls_key":                  true,
+	"pool.mode":                true,
+	"limiter.redis_url":        true,
+	"cache_store.redis_url":    true,
+	"run.rewrite_env":          true,
+	"fleet.redis_url":          true,
+	"fleet.instance_id":        true,
+	"fleet.lease_ttl":          true,
+	"fleet.heartbeat":          true,
+	"querylog.advisor_records": true,
 }
 
 // Diff lists the dotted keys whose values differ between old and new, e.g.
 // "pool.size", "databases.app.primary", "limits.workers.burst", and the
 // subset that needs a restart: listen, http_listen, tls_cert, tls_key,
-// pool.mode, limiter.redis_url, cache_store.redis_url, run.rewrite_env, and the primary or fallback of a database
-// present in both. An added or removed database, user or limit rule is one
+// pool.mode, limiter.redis_url, cache_store.redis_url, run.rewrite_env, querylog.advisor_records, the [fleet] keys, the primary or fallback of a database
+// present in both, and its fleet_max_connections set where it was 0. An added or removed database, user or limit rule is one
 // key ("databases.NAME", "users.NAME", "limits.NAME", "cache.NAME") and is
 // live. Entries of [[users]], [[limits]] and [[cache]] are matched by name. Both lists are sorted; a nil
 // Config counts as empty.
@@ -41,16 +46,23 @@ func Diff(old, new *Config) (changed, needsRestart []string) {
 			needsRestart = append(needsRestart, k)
 		}
 	}
+	// A fleet cap set where there was none: the pool takes leases from its start.
+	for name, nd := range new.Databases {
+		if od := old.Databases[name]; od != nil && nd != nil && od.FleetMaxConnections == 0 && nd.FleetMaxConnections > 0 {
+			needsRestart = append(needsRestart, joinKey(joinKey("databases", name), "fleet_max_connections"))
+		}
+	}
+	sort.Strings(needsRestart)
 	return d.changed, needsRestart
 }
 
 // isUpstreamKey reports whether k is "databases.NAME.primary" or
-// "databases.NAME.fallback".
+// "databases.NAME.fallback" or "databases.NAME.replicas".
 func isUpstreamKey(k string) bool {
 	if !strings.HasPrefix(k, "databases.") {
 		return false
 	}
-	return strings.HasSuffix(k, ".primary") || strings.HasSuffix(k, ".fallback")
+	return strings.HasSuffix(k, ".primary") || strings.HasSuffix(k, ".fallback") || strings.HasSuffix(k, ".replicas")
 }
 
 type differ struct{ changed []string }

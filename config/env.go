@@ -31,6 +31,9 @@ const (
 	EnvHTTPListen = "PGGUARD_HTTP_LISTEN"
 	// EnvDisableWorkers overrides disable_workers: true/1/on/yes or false/0/off/no.
 	EnvDisableWorkers = "DISABLE_WORKERS"
+	// EnvFleetMaxConnections sets fleet_max_connections of the entry
+	// NEON_DATABASE_URL targets (or of the only database).
+	EnvFleetMaxConnections = "PGGUARD_FLEET_MAX_CONNECTIONS"
 	// EnvRunRewriteEnv overrides run.rewrite_env: variable names, comma-separated.
 	EnvRunRewriteEnv = "PGGUARD_RUN_REWRITE_ENV"
 )
@@ -138,6 +141,7 @@ func applyDatabaseEnv(c *Config, getenv func(string) string, o *origin, ps *prob
 			o.env[joinKey(joinKey("databases", target), "primary")] = EnvPrimaryURL
 		}
 	}
+	applyReplicaEnv(c, getenv, o, ps, target)
 	if raw := getenv(EnvFallbackURL); raw != "" {
 		if target == "" && len(c.Databases) == 1 {
 			target = onlyDatabase(c)
@@ -151,6 +155,26 @@ func applyDatabaseEnv(c *Config, getenv func(string) string, o *origin, ps *prob
 		}
 		c.Databases[target].Fallback = raw
 		o.env[joinKey(joinKey("databases", target), "fallback")] = EnvFallbackURL
+	}
+	if raw := getenv(EnvFleetMaxConnections); raw != "" {
+		if target == "" && len(c.Databases) == 1 {
+			target = onlyDatabase(c)
+		}
+		if target == "" {
+			ps.add(Problem{File: EnvFleetMaxConnections, Key: "databases", Reason: "cannot tell which database this fleet cap is for; set NEON_DATABASE_URL too, or configure exactly one database"})
+			return
+		}
+		key := joinKey(joinKey("databases", target), "fleet_max_connections")
+		o.env[key] = EnvFleetMaxConnections
+		n, err := strconv.Atoi(strings.TrimSpace(raw))
+		if err != nil {
+			ps.add(Problem{File: EnvFleetMaxConnections, Key: key, Reason: fmt.Sprintf("%q is not an integer; want a whole number such as 90 (0: no fleet cap)", raw)})
+			return
+		}
+		if c.Databases[target] == nil {
+			c.Databases[target] = &Database{}
+		}
+		c.Databases[target].FleetMaxConnections = n
 	}
 }
 

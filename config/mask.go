@@ -9,7 +9,7 @@ import (
 
 // Masked returns the effective configuration as TOML with every password
 // replaced by "****": users' passwords and the passwords inside the primary,
-// fallback and redis_url URLs (limiter and cache_store). An empty password stays empty, so a missing
+// fallback, replica and redis_url URLs (limiter and cache_store). An empty password stays empty, so a missing
 // one is still visible. c is not modified.
 func (c *Config) Masked() string {
 	m := c.clone()
@@ -17,6 +17,9 @@ func (c *Config) Masked() string {
 		if d != nil {
 			d.Primary = RedactURL(d.Primary)
 			d.Fallback = RedactURL(d.Fallback)
+			for i, r := range d.Replicas {
+				d.Replicas[i] = RedactURL(r)
+			}
 		}
 	}
 	for i := range m.Users {
@@ -42,6 +45,7 @@ func (c *Config) clone() *Config {
 	for name, d := range c.Databases {
 		if d != nil {
 			cp := *d
+			cp.Replicas = append([]string(nil), d.Replicas...)
 			d = &cp
 		}
 		m.Databases[name] = d
@@ -49,6 +53,7 @@ func (c *Config) clone() *Config {
 	m.Users = append([]User(nil), c.Users...)
 	m.Admin.Users = append([]string(nil), c.Admin.Users...)
 	m.Limits = append([]Limit(nil), c.Limits...)
+	m.Routes = append([]Route(nil), c.Routes...)
 	m.Run.RewriteEnv = append([]string(nil), c.Run.RewriteEnv...)
 	m.Cache = append([]CacheRule(nil), c.Cache...)
 	for i := range m.Cache {

@@ -36,11 +36,14 @@ func (c *Config) Validate() error {
 	v.queryLog()
 	v.failover()
 	v.limits()
+	v.replicas()
 	v.limiter()
 	v.budget()
 	v.cache()
 	v.cacheStore()
 	v.run()
+	v.fleet()
+	v.notify()
 	return v.ps.err()
 }
 
@@ -150,6 +153,12 @@ func (v *validator) databases() {
 		if d.PoolSize < 0 {
 			v.bad(joinKey(key, "pool_size"), "%d is negative; want 0 (use pool.size) or more", d.PoolSize)
 		}
+		if d.FleetMaxConnections < 0 {
+			v.bad(joinKey(key, "fleet_max_connections"), "%d is negative; want 0 (no fleet cap) or more", d.FleetMaxConnections)
+		}
+		if d.FleetStaticShare < 0 || d.FleetMaxConnections > 0 && d.FleetStaticShare > d.FleetMaxConnections {
+			v.bad(joinKey(key, "fleet_static_share"), "%d is out of range; want 0 (the cap divided by the fleet size last seen) up to fleet_max_connections = %d", d.FleetStaticShare, d.FleetMaxConnections)
+		}
 	}
 }
 
@@ -239,6 +248,7 @@ func (v *validator) queryLog() {
 	q := v.c.QueryLog
 	v.nonNegative("querylog.slow", q.Slow)
 	v.atLeast("querylog.max_shapes", q.MaxShapes, 1)
+	v.atLeast("querylog.advisor_records", q.AdvisorRecords, 0)
 }
 
 func (v *validator) failover() {
@@ -578,4 +588,15 @@ func plainIdent(s string) bool {
 		}
 	}
 	return true
+}
+
+func (v *validator) fleet() {
+	f := v.c.Fleet
+	v.redisURL("fleet.redis_url", f.RedisURL)
+	if f.LeaseTTL.Duration < 100*time.Millisecond {
+		v.bad("fleet.lease_ttl", "%s is too short; want 100ms or more (10s is usual): leases are renewed every third of it", f.LeaseTTL.Duration)
+	}
+	if f.Heartbeat.Duration < 10*time.Millisecond {
+		v.bad("fleet.heartbeat", "%s is too short; want 10ms or more (1s is usual)", f.Heartbeat.Duration)
+	}
 }

@@ -39,6 +39,15 @@ var metrics = map[string]string{
 	"pgguard_limiter_delayed_total":         "counter",
 	"pgguard_application_queries_per_hour":  "gauge",
 	"pgguard_workers_disabled":              "gauge",
+	"pgguard_upstream_refusals_total":       "counter",
+	"pgguard_fleet_server_connections":      "gauge",
+	"pgguard_fleet_max_connections":         "gauge",
+	"pgguard_fleet_leases":                  "gauge",
+	"pgguard_fleet_lease_limit":             "gauge",
+	"pgguard_fleet_static":                  "gauge",
+	"pgguard_fleet_instances":               "gauge",
+	"pgguard_fleet_redis_up":                "gauge",
+	"pgguard_fleet_lease_refusals_total":    "counter",
 	"pgguard_panics_total":                  "counter",
 }
 
@@ -198,6 +207,7 @@ func TestAlertRules(t *testing.T) {
 	for _, want := range []string{
 		"PgguardQueryP95High", "PgguardServerConnectionsHigh", "PgguardApplicationQueryRateHigh",
 		"PgguardNeonBudgetHigh", "PgguardOnFallback", "PgguardReadOnly", "PgguardQueryLogDropping", "PgguardNoUpstream", "PgguardPanics",
+		"PgguardFleetConnectionsHigh", "PgguardFleetStaticShare", "PgguardUpstreamFull",
 	} {
 		if !names[want] {
 			t.Errorf("no alert %s", want)

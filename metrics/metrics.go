@@ -26,6 +26,7 @@ type Metrics struct {
 	ReadOnly       prometheus.Gauge
 	Bytes          *prometheus.CounterVec // direction
 	ClientRefusals *prometheus.CounterVec // sqlstate: connections refused before or at login
+	UpstreamFull   *prometheus.CounterVec // database: dials the upstream refused as full (53300), retried
 	ClientsReaped  *prometheus.CounterVec // reason
 	Cancelled      *prometheus.CounterVec // reason: queries pgguard cancelled
 	FallbackWrites *prometheus.CounterVec // database, table
@@ -85,6 +86,10 @@ func New() *Metrics {
 			Name: "pgguard_bytes_total",
 			Help: "Bytes relayed, by direction (client_to_server, server_to_client).",
 		}, []string{"direction"}),
+		UpstreamFull: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgguard_upstream_refusals_total",
+			Help: "Server connections the upstream refused as full (SQLSTATE 53300, or Neon's \"too many connections\"); the waiting client stays queued and the dial is retried with backoff.",
+		}, []string{"database"}),
 		ClientRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgguard_client_refusals_total",
 			Help: "Client connections or requests refused by pgguard, by SQLSTATE.",
@@ -119,7 +124,7 @@ func New() *Metrics {
 		}, []string{"side"}),
 	}
 	r.MustRegister(m.Panics, m.QueryDuration, m.Queries, m.QueryErrors, m.PoolWait, m.PoolMax,
-		m.UpstreamActive, m.Switches, m.ReadOnly, m.Bytes, m.ClientRefusals, m.ClientsReaped, m.Cancelled, m.FallbackWrites, m.ClientsPinned, m.SessionsLearned, m.LeakWarnings)
+		m.UpstreamActive, m.Switches, m.ReadOnly, m.Bytes, m.ClientRefusals, m.UpstreamFull, m.ClientsReaped, m.Cancelled, m.FallbackWrites, m.ClientsPinned, m.SessionsLearned, m.LeakWarnings)
 	// Exported at 0 from the start, so that an alert on its increase sees
 	// the first panic (a series born at 1 has no increase to rate).
 	m.Panics.WithLabelValues("client")

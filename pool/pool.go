@@ -36,6 +36,32 @@ type Taker[C Conn] interface {
 	Take(c C) bool
 }
 
+// Leaser grants the leases a fleet-wide cap on connections is made of
+// (package fleet): the pool opens a connection only after TryTake, and
+// gives the lease back when the connection closes or its dial fails.
+type Leaser interface {
+	// TryTake takes a lease for one more connection, or reports that none
+	// is free now: the caller then queues and the pool tries again later.
+	// It is called without the pool's lock held.
+	TryTake() bool
+	// Give returns one lease. It is called with the pool's lock held and
+	// must not block.
+	Give()
+}
+
+// ErrFull, wrapped in an error of Options.Dial, says the upstream refused
+// the connection because it has too many (SQLSTATE 53300): as when a lease
+// is refused, the caller queues (it is not an error for it) and the pool
+// tries again later, with backoff.
+var ErrFull = errors.New("pool: no room upstream")
+
+// Retry delays after a refused lease or a full upstream: the first, doubled
+// while the refusals last, up to the last.
+const (
+	minRetryDelay = 20 * time.Millisecond
+	maxRetryDelay = 250 * time.Millisecond
+)
+
 // ErrWaitTimeout is returned by Acquire when no connection freed up within the wait timeout.
 var ErrWaitTimeout = errors.New("pool: wait timeout")
 
@@ -60,6 +86,8 @@ type Options[C Conn] struct {
 	// whether the connection should be closed instead of reused (e.g. it points at
 	// an upstream no longer in use).
 	Retire func(C) bool
+	// Leases, when set, must grant a lease before each connection opens.
+	Leases Leaser
 }
 
 // Pool is a capped pool of connections of type C. Safe for concurrent use.
@@ -75,6 +103,13 @@ type Pool[C Conn] struct {
 	// ctx ends on Close: it aborts the dials made for queued callers.
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	// refusing is set from a refusal (no lease, upstream full) until a dial
+	// succeeds: the queue's head is then retried after retryDelay (0: none
+	// yet), a timer armed while retryArmed.
+	refusing   bool
+	retryDelay time.Duration
+	retryArmed bool
 
 	stats Stats
 	// waitTotal is Stats.WaitTotal, kept apart: every wait adds to it, and
@@ -96,6 +131,10 @@ type Stats struct {
 	Size, MaxOverflow int
 	// Dials, DialErrors, WaitTimeouts, Waits count since start.
 	Dials, DialErrors, WaitTimeouts, Waits uint64
+	// LeaseRefusals counts connections not opened for want of a lease;
+	// UpstreamFull dials the upstream refused as full (ErrFull). Neither is
+	// in DialErrors: the callers queued.
+	LeaseRefusals, UpstreamFull uint64
 	// WaitTotal is the summed time clients spent queued.
 	WaitTotal time.Duration
 }
@@ -132,14 +171,32 @@ func (p *Pool[C]) AcquireFor(ctx context.Context, priority int, t Taker[C]) (c C
 		p.mu.Unlock()
 		return c, false, nil
 	}
-	// Open a new connection when under Size, or under Size+MaxOverflow now that
-	// this client would otherwise queue.
-	if p.total < p.opts.Size+p.opts.MaxOverflow {
+	// Open a new connection when under Size, or under Size+MaxOverflow now
+	// that this client would otherwise queue; not while refusals are being
+	// retried (no room upstream: one try per retry delay, not one per
+	// caller); with leases, only when nobody queues already (a lease freed
+	// goes to the queue's head, by priority).
+	full := false
+	if p.total < p.opts.Size+p.opts.MaxOverflow && !p.refusing && (p.opts.Leases == nil || p.waiters.len() == 0) {
 		p.total++
 		p.opening++
 		p.mu.Unlock()
-		c, err := p.dial(ctx)
-		return c, false, err
+		c, err := p.open(ctx)
+		if !errors.Is(err, ErrFull) {
+			return c, false, err
+		}
+		// No room upstream (no lease, or the upstream is full): queue like
+		// any caller over the pool's cap, and try again later.
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return c, false, ErrClosed
+		}
+		if c, ok := p.popIdleLocked(); ok {
+			p.mu.Unlock()
+			return c, false, nil
+		}
+		full = true
 	}
 	w := p.waiters.push(priority)
 	w.taker, w.ctx, w.deadline = t, ctx, time.Time{}
@@ -147,8 +204,88 @@ func (p *Pool[C]) AcquireFor(ctx context.Context, priority int, t Taker[C]) (c C
 		w.deadline = time.Now().Add(d)
 	}
 	p.stats.Waits++
+	// Queued under the cap: a lease (or room upstream) is what is missing.
+	// Ask for it now, or, while refusals last, at the next retry.
+	ask := false
+	if roomy := p.total < p.opts.Size+p.opts.MaxOverflow; full || roomy && p.refusing {
+		p.retryLaterLocked()
+	} else {
+		ask = roomy
+	}
 	p.mu.Unlock()
+	if ask {
+		p.refill()
+	}
 	return p.wait(ctx, w)
+}
+
+// open takes a lease, when the pool has a Leaser, and dials, for a caller
+// already counted in total and opening. Without a lease it returns ErrFull.
+func (p *Pool[C]) open(ctx context.Context) (C, error) {
+	if l := p.opts.Leases; l != nil && !l.TryTake() {
+		p.mu.Lock()
+		p.total--
+		p.opening--
+		p.stats.LeaseRefusals++
+		p.mu.Unlock()
+		var zero C
+		return zero, ErrFull
+	}
+	return p.dial(ctx)
+}
+
+// retryLaterLocked arranges one more try for the queue's head after the
+// retry delay, which doubles while refusals go on (up to maxRetryDelay) and
+// resets when a dial succeeds; each success tries for the next waiter
+// (dialFor). A released connection serves the queue meanwhile.
+func (p *Pool[C]) retryLaterLocked() {
+	p.refusing = true
+	if p.retryArmed || p.closed {
+		return
+	}
+	p.retryArmed = true
+	d := max(p.retryDelay, minRetryDelay)
+	p.retryDelay = min(2*d, maxRetryDelay)
+	time.AfterFunc(d, func() {
+		p.mu.Lock()
+		p.retryArmed = false
+		p.mu.Unlock()
+		p.refill()
+	})
+}
+
+// requeue puts a waiter whose connection could not open for want of room
+// back at the head of its priority, unless its wait is over (then it gets
+// why) or a connection went idle meanwhile (then it gets that), and tries
+// again later.
+func (p *Pool[C]) requeue(w *waiter[C]) {
+	p.mu.Lock()
+	var err error
+	switch {
+	case p.closed:
+		err = ErrClosed
+	case w.ctx.Err() != nil:
+		err = w.ctx.Err()
+	case !w.deadline.IsZero() && !time.Now().Before(w.deadline):
+		p.stats.WaitTimeouts++
+		err = ErrWaitTimeout
+	}
+	if err != nil {
+		p.mu.Unlock()
+		w.ready <- result[C]{err: err}
+		return
+	}
+	// A connection released while this waiter was out of the queue went
+	// idle: it is the waiter's.
+	if c, ok := p.popIdleLocked(); ok {
+		p.mu.Unlock()
+		taken := w.taker != nil && w.taker.Take(c)
+		w.ready <- result[C]{conn: c, taken: taken}
+		return
+	}
+	p.waiters.pushFront(w)
+	p.retryLaterLocked()
+	p.mu.Unlock()
 }
 
 func (p *Pool[C]) wait(ctx context.Context, w *waiter[C]) (C, bool, error) {
@@ -218,6 +355,15 @@ func (p *Pool[C]) dial(ctx context.Context) (C, error) {
 	p.stats.Dials++
 	if err != nil {
 		p.total--
+		if p.opts.Leases != nil {
+			p.opts.Leases.Give()
+		}
+		if errors.Is(err, ErrFull) {
+			p.stats.UpstreamFull++
+			p.mu.Unlock()
+			var zero C
+			return zero, err
+		}
 		p.stats.DialErrors++
 		p.mu.Unlock()
 		// Our slot is free again: let the next waiter try its own dial.
@@ -226,6 +372,7 @@ func (p *Pool[C]) dial(ctx context.Context) (C, error) {
 		return zero, err
 	}
 	p.born[any(c)] = time.Now()
+	p.refusing, p.retryDelay = false, 0
 	p.mu.Unlock()
 	return c, nil
 }
@@ -287,33 +434,76 @@ func (p *Pool[C]) Remove(c C) bool {
 }
 
 // refill starts a dial for the first waiter when a connection slot has
-// freed up. The dial ends with the waiter's wait (its deadline or context)
-// and on Close.
-func (p *Pool[C]) refill() {
+// freed up, and reports whether it tried. With leases, the lease is taken
+// first and the waiter chosen after, so it goes to the queue's head (by
+// priority) at the time it is granted. The dial ends with the waiter's
+// wait (its deadline or context) and on Close; when the upstream is full
+// the waiter goes back to the head of the queue.
+func (p *Pool[C]) refill() bool {
 	p.mu.Lock()
 	if p.closed || p.waiters.len() == 0 || p.total >= p.opts.Size+p.opts.MaxOverflow {
 		p.mu.Unlock()
-		return
+		return false
 	}
-	w := p.waiters.pop()
-	wctx, deadline := w.ctx, w.deadline
 	p.total++
 	p.opening++
+	if p.opts.Leases == nil {
+		w := p.waiters.pop()
+		p.mu.Unlock()
+		go p.dialFor(w)
+		return true
+	}
 	p.mu.Unlock()
 	go func() {
-		ctx, cancel := context.WithCancel(p.ctx)
-		if !deadline.IsZero() {
-			ctx, cancel = context.WithDeadline(p.ctx, deadline)
+		if !p.opts.Leases.TryTake() {
+			p.mu.Lock()
+			p.total--
+			p.opening--
+			p.stats.LeaseRefusals++
+			if p.waiters.len() > 0 {
+				p.retryLaterLocked()
+			}
+			p.mu.Unlock()
+			return
 		}
-		stop := context.AfterFunc(wctx, cancel)
-		c, err := p.dial(ctx)
-		stop()
-		cancel()
-		if err != nil {
-			err = p.refillError(err, wctx, ctx)
+		p.mu.Lock()
+		w := p.waiters.pop()
+		if w == nil { // the waiters gave up meanwhile
+			p.total--
+			p.opening--
+			p.opts.Leases.Give()
+			p.mu.Unlock()
+			return
 		}
-		w.ready <- result[C]{conn: c, err: err}
+		p.mu.Unlock()
+		p.dialFor(w)
 	}()
+	return true
+}
+
+// dialFor dials for waiter w, popped from the queue and counted in total
+// (and holding its lease), and hands it the result.
+func (p *Pool[C]) dialFor(w *waiter[C]) {
+	wctx, deadline := w.ctx, w.deadline
+	ctx, cancel := context.WithCancel(p.ctx)
+	if !deadline.IsZero() {
+		ctx, cancel = context.WithDeadline(p.ctx, deadline)
+	}
+	stop := context.AfterFunc(wctx, cancel)
+	c, err := p.dial(ctx)
+	stop()
+	cancel()
+	if errors.Is(err, ErrFull) {
+		p.requeue(w)
+		return
+	}
+	if err != nil {
+		err = p.refillError(err, wctx, ctx)
+	}
+	w.ready <- result[C]{conn: c, err: err}
+	if err == nil {
+		p.refill() // room for this one: maybe for the next waiter too
+	}
 }
 
 // refillError says why a dial made for a waiter failed: the pool closed, the
@@ -361,6 +551,9 @@ func (p *Pool[C]) forgetLocked(c C) {
 	if _, ok := p.born[any(c)]; ok {
 		delete(p.born, any(c))
 		p.total--
+		if p.opts.Leases != nil {
+			p.opts.Leases.Give()
+		}
 	}
 }
 

@@ -46,16 +46,7 @@ func (q *waitQueue[C]) push(priority int) *waiter[C] {
 		w = &waiter[C]{ready: make(chan result[C], 1)}
 	}
 	w.priority = priority
-	i := 0
-	for i < len(q.levels) && q.levels[i].priority > priority {
-		i++
-	}
-	if i == len(q.levels) || q.levels[i].priority != priority {
-		q.levels = append(q.levels, level[C]{})
-		copy(q.levels[i+1:], q.levels[i:])
-		q.levels[i] = level[C]{priority: priority}
-	}
-	l := &q.levels[i]
+	l := q.level(priority)
 	w.prev, w.next = l.tail, nil
 	if l.tail != nil {
 		l.tail.next = w
@@ -65,6 +56,33 @@ func (q *waitQueue[C]) push(priority int) *waiter[C] {
 	l.tail = w
 	q.n++
 	return w
+}
+
+// pushFront puts w, popped earlier, back at its priority's head.
+func (q *waitQueue[C]) pushFront(w *waiter[C]) {
+	l := q.level(w.priority)
+	w.prev, w.next = nil, l.head
+	if l.head != nil {
+		l.head.prev = w
+	} else {
+		l.tail = w
+	}
+	l.head = w
+	q.n++
+}
+
+// level returns priority's level, adding it in order when missing.
+func (q *waitQueue[C]) level(priority int) *level[C] {
+	i := 0
+	for i < len(q.levels) && q.levels[i].priority > priority {
+		i++
+	}
+	if i == len(q.levels) || q.levels[i].priority != priority {
+		q.levels = append(q.levels, level[C]{})
+		copy(q.levels[i+1:], q.levels[i:])
+		q.levels[i] = level[C]{priority: priority}
+	}
+	return &q.levels[i]
 }
 
 // pop removes and returns the first waiter, or nil.

@@ -429,6 +429,10 @@ func TestCacheHitsInQueryLog(t *testing.T) {
 	for range 3 {
 		brandingRow(t, conn, 1)
 	}
+	// A query's record is logged after its reply is written: let the
+	// session end, so every record is in before the log closes.
+	conn.Close(context.Background())
+	guardtest.WaitFor(t, "the session to end", func() bool { return len(g.Clients()) == 0 })
 	ql.Close()
 	b, err := os.ReadFile(path)
 	if err != nil {

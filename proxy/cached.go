@@ -340,7 +340,7 @@ func (c *client) cacheAnswered(x *cacheExec, reply []byte, start time.Time) {
 		ql.Log(querylog.Record{
 			Time: start, Database: c.db.name, User: c.user, Application: c.app, ClientAddr: c.addr,
 			Query: c.intern(x.text), Duration: time.Since(start), Rows: rows, Tag: tag,
-			Extended: x.extended, Cache: "hit",
+			Extended: x.extended, Cache: "hit", Client: c.id, TxStatus: 'I',
 		})
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/pgguard/pgguard/failover"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/pool"
+	"github.com/pgguard/pgguard/route"
 )
 
 type poolMode uint8
@@ -104,6 +105,7 @@ type client struct {
 	zeroed       []byte          // scratch: a text with numbers zeroed (read-only guard, query log)
 	queued       []pendingQuery  // sync points in the chunk being sent, for the query log
 	batchText    string          // statement of the extended-protocol batch under way
+	batchArgs    uint64          // hash of the batch's Bind messages, for the query log (see bindArgs)
 	wait         time.Duration   // pool wait of the transaction about to start
 	expect       []expectedReply // Parse/Close in the chunk being sent (fast path)
 	obuf         []byte          // rewritten output (slow path)
@@ -130,6 +132,15 @@ type client struct {
 	// fallbackNoticed: the client was told its session is served by the
 	// fallback (failover.fallback_notice; client goroutine).
 	fallbackNoticed bool
+
+	// rerun is a send a failed replica never answered, to run again
+	// (rerun.go); set by the pump, taken by the client goroutine.
+	rerun atomic.Pointer[[]byte]
+	// toPrimary: the send being run again goes to the primary (client goroutine).
+	toPrimary bool
+	// listen is the client's part in its database's listener
+	// (listen_client.go), set when it first LISTENs in transaction mode.
+	listen atomic.Pointer[subscriber]
 
 	// cached is the result cache's state (cached.go), allocated when the
 	// client first runs with [[cache]] rules: an idle session of a pgguard
@@ -158,6 +169,13 @@ func (c *client) serve() {
 	})
 	for {
 		if err := c.fill(); err != nil {
+			if c.rerunRequested(err) {
+				if err := c.runAgain(); err != nil {
+					c.disconnect(err)
+					return
+				}
+				continue
+			}
 			if c.parkRequested(err) {
 				if c.canPark() && c.p.parker.park(c) {
 					return
@@ -313,6 +331,17 @@ func (c *client) process() error {
 				continue
 			}
 		}
+		if transaction && from == pos && c.mayListen(typ, body) {
+			n := c.listenStatement(data[pos:]) // LISTEN, UNLISTEN (listen_client.go)
+			if n < 0 {
+				break // the rest of its batch is on its way
+			}
+			if n > 0 {
+				pos += n
+				from = pos
+				continue
+			}
+		}
 		if c.stmtOpState == stmtOpsBehind && namedStmtMessage(typ, body) || c.stmtOpState != stmtOpsNone && typ == 'Q' && stmtQuery(body) {
 			// A statement name after a batch whose Parse or Close of one
 			// may yet be skipped: send what came before and learn how it went.
@@ -414,6 +443,7 @@ func (c *client) process() error {
 				} else {
 					c.addEffect(c.unnamedEffect())
 				}
+				c.batchArgs = c.bindArgs(c.batchArgs, body)
 			}
 		case 'E':
 			queries++
@@ -424,8 +454,8 @@ func (c *client) process() error {
 			if typ == 'F' && cached {
 				c.cached.writes.Add(cache.Targets{All: true}) // a function may write anything
 			}
-			c.syncPoint(pendingQuery{text: c.batchText, query: c.batchExec, extended: true})
-			c.batchText, c.batchExec = "", false
+			c.syncPoint(pendingQuery{text: c.batchText, query: c.batchExec, extended: true, args: c.batchArgs})
+			c.batchText, c.batchExec, c.batchArgs = "", false, 0
 		}
 		c.lastTyp = typ
 		pos = end
@@ -613,8 +643,15 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 	if len(p) == 0 {
 		return nil
 	}
+	c.db.listen.beforeQuery() // a listening connection the upstream closed comes back first
 	open := c.skip > 0 || !isSyncPoint(c.lastTyp)
 	ops := len(c.stmtOps)
+	var work route.Chunk // what p means for routing (replica.go)
+	unitStart := false   // ... and whether it starts a unit on a replica server still linked
+	if c.db.rs != nil {
+		work = c.classifySend(p, lead, open)
+		unitStart = c.leaveReplica(work)
+	}
 	for attempt := 0; ; attempt++ {
 		b := c.server.Load()
 		fresh := b == nil
@@ -635,7 +672,7 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 		wrote := 0 // bytes that reached the socket before a write error
 		if fresh {
 			var err error
-			if b, err = c.acquire(p, lead, open, slow); err != nil {
+			if b, err = c.acquireFor(work, p, lead, open, slow); err != nil {
 				return err
 			}
 			if h := c.handoff; h != nil {
@@ -644,6 +681,9 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 				}
 				*h = handoff{} // drop the references to the read buffer
 			}
+		}
+		if work.MayWrite() && b.db.rs != nil {
+			b.wrote.Store(true) // before the server can answer
 		}
 		if fresh && !c.fallbackNoticed && b.upstreamOf() == failover.Fallback {
 			c.noticeFallback()
@@ -662,6 +702,9 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 			var ok bool
 			if out, ok = b.prepareSend(c, p, lead, open, slow); !ok {
 				continue // the transaction ended and the server went back: take another
+			}
+			if b.db.replicaOf != nil {
+				b.armRerun(c, p, (fresh || unitStart) && lead == 0 && !open, work.OutsideTransaction())
 			}
 			wrote, werr = b.out.Write(out)
 		}
@@ -1120,6 +1163,7 @@ func (c *client) disconnect(cause error) {
 	if b := c.server.Load(); b != nil {
 		b.reset(c, c.pooling == poolSession || c.pinned.Load())
 	}
+	c.leaveListener()
 	if c.buf != nil {
 		putReadBuf(c.buf)
 		c.buf = nil

@@ -15,6 +15,7 @@ import (
 
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/failover"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/pool"
 )
 
@@ -38,6 +39,13 @@ type database struct {
 	fallbackRO *pgconn.Config
 	fo         *failover.Monitor
 	pool       *pool.Pool[*backend]
+	// rs are the read replicas (replica.go); nil without. replicaOf is set
+	// on a replica's own database instead: the primary's.
+	rs        *replicaSet
+	replicaOf *database
+	// lease holds this database's share of its fleet cap (fleet.go); nil
+	// without a fleet.
+	lease *fleet.Leases
 
 	// params are the ParameterStatus values of the newest server connection,
 	// given to clients at login. Guarded by mu.
@@ -55,6 +63,8 @@ type database struct {
 	stalls stallWatch
 	// fbWrites accounts writes served by a writable fallback (fallbackwrites.go).
 	fbWrites fallbackWrites
+	// listen serves transaction-mode clients' LISTEN (listen.go).
+	listen *listener
 
 	// Pre-resolved metric children, so the hot path does no label lookups.
 	queryDur [2]prometheus.Observer // by the upstream that answered (failover.Upstream)
@@ -68,6 +78,7 @@ type database struct {
 	xacts       atomic.Uint64
 	queryCount  atomic.Uint64
 	nextSrvID   atomic.Uint64
+	fullLogged  atomic.Int64 // Unix ns of the last "upstream full" line (fleet.go)
 }
 
 // upstreamID names the database a connection config reaches.
@@ -87,6 +98,7 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 	}
 	pc.DialFunc, pc.LookupFunc = p.dialServer, p.lookupHost
 	db := &database{name: name, p: p, primary: pc, upstreamID: upstreamID(pc)}
+	db.listen = newListener(db)
 	if dc.Fallback != "" {
 		fc, err := pgconn.ParseConfig(dc.Fallback)
 		if err != nil {
@@ -106,7 +118,17 @@ func newDatabase(p *Proxy, name string, dc *config.Database) (*database, error) 
 	db.fo.OnSwitch = db.switched
 	context.AfterFunc(p.ctx, db.fo.Close)
 	db.setActiveMetric(failover.Primary)
-	db.pool = pool.New(pool.Options[*backend]{Dial: db.dial, Retire: db.retire})
+	opts := pool.Options[*backend]{Dial: db.dial, Retire: db.retire}
+	if p.fleet != nil && dc.FleetMaxConnections > 0 { // without a cap the pool works as ever
+		db.lease = p.fleet.Leases(name, fmt.Sprintf("%s:%d", pc.Host, pc.Port))
+		opts.Leases = db.lease
+	}
+	db.pool = pool.New(opts)
+	if len(dc.Replicas) > 0 {
+		if db.rs, err = newReplicaSet(p, db, dc); err != nil {
+			return nil, err
+		}
+	}
 	db.configure(p.cfg.Load())
 	return db, nil
 }
@@ -118,6 +140,7 @@ func (db *database) configure(cfg *config.Config) {
 		cfg.Pool.ServerIdleTimeout.Duration, jitter(cfg.Pool.ServerLifetime.Duration))
 	db.p.metrics.PoolMax.WithLabelValues(db.name).Set(float64(size + cfg.Pool.MaxOverflow))
 	db.fo.Configure(cfg.Failover)
+	db.rs.configure(cfg)
 }
 
 // switched is the monitor's OnSwitch hook: metrics (the WARN line is the
@@ -131,6 +154,7 @@ func (db *database) switched(sw failover.Switch) {
 	} else {
 		db.failedBack()
 	}
+	db.listen.retire() // it listens on the upstream left behind
 }
 
 // setActiveMetric sets pgguard_upstream_active: 1 for u, 0 for the other.
@@ -153,7 +177,10 @@ func (db *database) setActiveMetric(u failover.Upstream) {
 // retire is the pool's Retire hook: a connection to the upstream not in use
 // is closed when released or found idle, instead of being reused.
 func (db *database) retire(b *backend) bool {
-	return b.upstream != db.active().String()
+	if db.replicaOf != nil {
+		return false
+	}
+	return b.upstream != db.active().String() || db.overLeases()
 }
 
 // upstreamConfig returns the pgconn config for u.
@@ -188,7 +215,7 @@ func (db *database) probe(ctx context.Context, u failover.Upstream) error {
 		return err
 	}
 	if u == failover.Primary {
-		db.p.Limiter.ObserveConnect(db.name, probeApp, time.Now()) // it woke the compute
+		db.p.Limiter.ObserveConnect(db.computeName(), probeApp, time.Now()) // it woke the compute
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
@@ -279,6 +306,9 @@ func (db *database) dial(ctx context.Context) (*backend, error) {
 		if ctx.Err() != nil { // pgguard is closing, or the client gave up waiting: says nothing of the upstream
 			return nil, err
 		}
+		if full := db.upstreamFull(err); full != nil { // the client queues, the pool retries
+			return nil, full
+		}
 		db.fo.Failure(u, err)
 		switch {
 		case db.fo.Active() != u:
@@ -322,9 +352,13 @@ func (db *database) dialUpstream(ctx context.Context, u failover.Upstream) (*bac
 		conn.Close(context.Background())
 		return nil, err
 	}
-	b := newBackend(db, hc, u.String())
+	upstream := u.String()
+	if db.replicaOf != nil {
+		upstream = replicaUpstream
+	}
+	b := newBackend(db, hc, upstream)
 	if u == failover.Primary { // a new session wakes the compute (a failed connect did not)
-		b.act = db.p.Limiter.Connected(db.name, "", dialed)
+		b.act = db.p.Limiter.Connected(db.computeName(), "", dialed)
 	}
 	db.mu.Lock()
 	db.params = maps.Clone(hc.ParameterStatuses)

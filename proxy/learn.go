@@ -70,16 +70,18 @@ func learnSQL(c *client, b *backend) string {
 }
 
 // startLearn sends the learn query for b's linked client, from the pump
-// at the ReadyForQuery that ended the unit (mu held). Nothing is
+// at the ReadyForQuery that ended the unit (mu held); held is that
+// ReadyForQuery when it waits for the commit position (replica.go), which
+// is asked for once the session is learned. Nothing is
 // outstanding and the client has sent nothing since (whoever writes to a
 // server pushes its request first, under mu), so this write cannot
 // overtake or interleave with the client's; and everything sent before was
 // read by the server, so the socket has room for it.
-func (b *backend) startLearn() bool {
+func (b *backend) startLearn(held []byte) bool {
 	c := b.client
 	sql := learnSQL(c, b)
 	b.learnDue, b.learnNames = false, b.learnNames[:0]
-	b.queue.push(request{kind: reqLearn, inflightQuery: inflightQuery{pendingQuery: pendingQuery{fill: &cacheFill{max: learnMax}}, start: time.Now()}})
+	b.queue.push(request{kind: reqLearn, held: held, inflightQuery: inflightQuery{pendingQuery: pendingQuery{fill: &cacheFill{max: learnMax}}, start: time.Now()}})
 	b.unnamedOwner = nil // a Query destroys the unnamed statement
 	if _, err := b.out.Write(appendQuery(nil, sql)); err != nil {
 		return false // the pump sees the connection end

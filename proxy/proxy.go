@@ -27,6 +27,7 @@ import (
 
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/querylog"
@@ -61,6 +62,9 @@ type Proxy struct {
 	// for TLS SNI and certificate checks.
 	LookupHost func(ctx context.Context, host string) ([]string, error)
 
+	// fleet, when set (WithFleet), holds the leases of fleet caps.
+	fleet *fleet.Fleet
+
 	ctx    context.Context // ends on Close: aborts waits and dials
 	cancel context.CancelFunc
 
@@ -81,10 +85,11 @@ type Proxy struct {
 
 	bytesIn, bytesOut prometheus.Counter
 	started           time.Time
+	routes            proxyRoutes // read replica routing (replica.go)
 }
 
 // New builds a proxy for cfg. Nothing connects upstream until a client asks.
-func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*Proxy, error) {
+func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics, opts ...Option) (*Proxy, error) {
 	p := &Proxy{
 		log:      log,
 		metrics:  m,
@@ -93,6 +98,9 @@ func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*Proxy, erro
 		bytesIn:  m.Bytes.WithLabelValues("client_to_server"),
 		bytesOut: m.Bytes.WithLabelValues("server_to_client"),
 		started:  time.Now(),
+	}
+	for _, o := range opts {
+		o(p)
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.parker.p = p
@@ -113,6 +121,7 @@ func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*Proxy, erro
 	}
 	p.setReadOnlyMetric(cfg.ReadOnly)
 	m.Registry.MustRegister(&stateCollector{p: p})
+	m.Registry.MustRegister(listenCollector{p: p})
 	return p, nil
 }
 
@@ -302,6 +311,7 @@ func (p *Proxy) janitor() {
 			for _, db := range p.databases() {
 				db.pool.Sweep(now)
 				db.checkStalls(now)
+				db.eachReplica(func(r *database) { r.pool.Sweep(now) })
 			}
 		}
 	}
@@ -335,7 +345,7 @@ func (p *Proxy) reapIdleClients(now time.Time, clients []*client) {
 			p.warnLeak(c, idle, pc.LeakWarnAfter.Duration, "holding a server connection while idle")
 			fallthrough
 		default:
-			if limit := pc.ClientIdleTimeout.Duration; limit > 0 && idle > limit && c.currentState() != stateWaiting {
+			if limit := pc.ClientIdleTimeout.Duration; limit > 0 && idle > limit && c.currentState() != stateWaiting && !c.listening() {
 				p.metrics.ClientsReaped.WithLabelValues("client_idle_timeout").Inc()
 				c.closeWith(fatalf(codeIdleSession,
 					"terminating connection due to idle-session timeout: idle for %s, over pool.client_idle_timeout = %s", idle.Round(time.Millisecond), limit))
@@ -447,7 +457,9 @@ func (p *Proxy) Close() {
 	}
 	p.parker.stop()
 	for _, db := range p.databases() {
+		db.listen.close()
 		db.pool.Close()
+		db.eachReplica(func(r *database) { r.pool.Close() })
 	}
 }
 
@@ -457,7 +469,7 @@ type stateCollector struct{ p *Proxy }
 
 var (
 	clientsDesc     = prometheus.NewDesc("pgguard_client_connections", "Client connections by state (login, idle, waiting, active).", []string{"state"}, nil)
-	serversDesc     = prometheus.NewDesc("pgguard_server_connections", "Server connections by database, upstream and state (opening, idle, active, syncing, resetting, cancelling).", []string{"database", "upstream", "state"}, nil)
+	serversDesc     = prometheus.NewDesc("pgguard_server_connections", "Server connections by database, upstream and state (opening, idle, active, syncing, resetting, cancelling, listening).", []string{"database", "upstream", "state"}, nil)
 	transitionsDesc = prometheus.NewDesc("pgguard_server_state_transitions_total", "Server connection state changes by database, from and to (from \"new\": a connection opened).", []string{"database", "from", "to"}, nil)
 )
 
@@ -477,6 +489,9 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, db := range s.p.databases() {
 		ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(db.pool.Stats().Opening), db.name, db.upstreamName(), "opening")
+		if upstream, ok := db.listen.connected(); ok { // the listening connection (listen.go), outside the pool
+			ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, 1, db.name, upstream, "listening")
+		}
 		for u, upstream := range []string{"primary", "fallback"} {
 			if u == 1 && db.fallback == nil {
 				continue
@@ -485,6 +500,7 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(db.srvStates[u][st].Load()), db.name, upstream, st.String())
 			}
 		}
+		db.collectReplicas(ch)
 		for from := range db.transitions {
 			for to := range db.transitions[from] {
 				n := db.transitions[from][to].Load()

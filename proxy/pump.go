@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"sync/atomic"
 	"time"
 )
 
@@ -28,6 +29,10 @@ type serverReader struct {
 	// fill collects the reply for the result cache (the head request's
 	// miss), set with bulkTo.
 	fill *cacheFill
+	// quiet is a listening client this read left idle, as of quietGen of
+	// its sends: its notifications may go out after the flush (noteQuiet).
+	quiet    *subscriber
+	quietGen uint64
 }
 
 // output gathers what one read forwards, so that a read passed on
@@ -37,6 +42,13 @@ type output struct {
 	to     *client
 	direct []byte // a run of the current read buffer
 	buf    []byte // copies, once the run is broken
+	// flushes counts writes to clients and last is the latest one's
+	// client, so a replica's reply can be known not to have started (rerun.go).
+	flushes atomic.Uint64
+	last    atomic.Pointer[client]
+	// hold keeps a re-runnable replica reply back across reads, up to
+	// holdMax, until its ReadyForQuery (rerun.go).
+	hold bool
 }
 
 // pass adds p, a piece of the current read buffer (not copied while the
@@ -81,14 +93,24 @@ func (o *output) put(to *client, p []byte) {
 	o.buf = append(o.buf, p...)
 }
 
+// flushed counts a write to o.to.
+func (o *output) flushed() {
+	o.flushes.Add(1)
+	if o.last.Load() != o.to {
+		o.last.Store(o.to)
+	}
+}
+
 // flush writes what was gathered.
 func (o *output) flush() {
 	switch {
 	case o.to == nil:
 	case o.direct != nil:
 		o.to.write(o.direct)
+		o.flushed()
 	case len(o.buf) > 0:
 		o.to.write(o.buf)
+		o.flushed()
 	}
 	o.direct = nil
 	if cap(o.buf) > 64<<10 {
@@ -159,7 +181,8 @@ func (b *backend) relay(data []byte) {
 		b.begin(data[pos:pos+5], data[pos+5:], true)
 		pos = len(data)
 	}
-	b.fwd.flush()
+	b.fwd.flushRead()
+	b.quietFlushed()
 }
 
 // begin starts a message whose body did not arrive whole: hdr is its
@@ -200,6 +223,8 @@ func (b *backend) message(msg []byte, inRead bool) {
 	case typ == 'Z':
 		b.readyForQuery(msg, inRead)
 		return
+	case typ == 'N' && b.db.replicaOf != nil && b.shutdownNotice(msg[5:]):
+		return // the replica is going: the client's work is run again (rerun.go)
 	case inspectServer(typ):
 		b.mu.Lock()
 		to, repl = b.inspect(typ, msg[5:])
@@ -227,9 +252,13 @@ func (b *backend) message(msg []byte, inRead bool) {
 func (b *backend) refreshBulk() {
 	h := b.queue.front()
 	b.rd.fill = nil
+	b.fwd.hold = h != nil && h.kind == reqClient && len(b.rerun) > 0
 	if h != nil && !h.forwarded() {
 		b.rd.bulkTo = nil
-		if h.kind == reqLearn {
+		switch {
+		case h.probe != nil:
+			b.rd.fill = &h.probe.fill
+		case h.kind == reqLearn:
 			b.rd.fill = h.fill // its rows are pgguard's to read
 		}
 		return
@@ -292,6 +321,9 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 	if sev == "FATAL" || sev == "PANIC" || code == codeAdminShutdown {
 		b.dead.Store(true)
 		b.serverEnded = true
+		if b.rerunArmed() {
+			return nil, nil // the replica is going: the client's work is run again (rerun.go)
+		}
 	}
 	if h != nil {
 		h.failed = true
@@ -316,6 +348,9 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 	}
 	if b.client == nil {
 		return nil, nil
+	}
+	if b.replicaRefused(h, code, body) {
+		return nil, nil // run again on the primary (rerun.go)
 	}
 	b.unitAborted, b.unitUndone = true, true
 	if e := b.duplicateError(code); e != nil {
@@ -370,13 +405,43 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	}
 	b.settling = last
 	var to *client
-	if h.kind == reqClient {
+	// Read replicas (replica.go, rerun.go): the end of a unit that may
+	// have written waits for its commit position (hold); a unit a replica
+	// refused runs again on the primary (again), or its error goes first.
+	var refused []byte
+	var probe *probe
+	hold, again := false, false
+	switch h.kind {
+	case reqClient:
 		to = b.client
+		c := b.client
+		ends := c != nil && last && !b.open && status == 'I' && c.pooling == poolTransaction && !c.pinned.Load()
+		switch {
+		case h.refused != nil && ends:
+			again, to = true, nil
+		case h.refused != nil:
+			refused = h.refused
+		case ends && b.wantsPosition():
+			hold, to = true, nil
+		}
+		if last && !again && len(b.rerun) > 0 {
+			b.rerun = b.rerun[:0] // answered: the reply goes out
+		}
+	case reqProbe:
+		if probe = h.probe; probe.held != nil {
+			to, msg, inRead = probe.client, probe.held, false
+		}
 	}
 	b.mu.Unlock()
 	b.invalidate(inval) // before the client hears of the commit
 	if fill != nil {
 		b.storeFill(fill, failed, status) // before the client can ask again
+	}
+	if probe != nil && probe.held != nil {
+		b.positionLearned(probe) // before the client hears of the commit
+	}
+	if refused != nil {
+		b.fwd.put(to, refused)
 	}
 	if inRead {
 		b.fwd.pass(to, msg)
@@ -397,6 +462,10 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		next.start = now // pipelined: the next one starts when this one ends
 	}
 	next := numServerStates // none
+	position := false       // the position query is to be written
+	var late *client        // a held ReadyForQuery goes to it after all
+	var againFor *client
+	var againSend []byte
 	switch r.kind {
 	case reqParamSync:
 		b.unitAborted = false // the sync's own errors are not the client's
@@ -404,9 +473,6 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 			b.setStateLocked(srvLinked)
 		}
 	case reqHidden:
-	case reqLearn:
-		b.learned(r.fill, r.failed)
-		next = b.release(status)
 	case reqReset:
 		if b.queue.len() == 0 {
 			next = srvIdle
@@ -421,22 +487,93 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		if status == 'I' {
 			b.unitDone()
 		}
-		next = b.release(status)
+		c := b.client
+		ends := c != nil && b.queue.len() == 0 && !b.open && status == 'I' && c.pooling == poolTransaction && !c.pinned.Load()
+		if again {
+			b.learnDue = false // refused by a replica: rolled back, nothing changed
+		}
+		switch {
+		case ends && b.learnDue:
+			// Learn the session first (learn.go); a ReadyForQuery held for
+			// the commit position waits for that too.
+			var held []byte
+			if hold {
+				held = append([]byte(nil), msg...)
+			}
+			b.startLearn(held)
+		case ends:
+			b.unlinkLocked()
+			next = srvIdle
+			switch {
+			case again:
+				againFor, againSend = c, b.rerun
+				b.rerun = nil
+			case hold:
+				if position = b.holdForPosition(c, msg); position {
+					next = numServerStates
+				} else {
+					late = c
+				}
+			}
+		case hold || again:
+			late = c // the client sent more meanwhile: it keeps its server and has its reply now
+		}
+	case reqLearn:
+		b.learned(r.fill, r.failed)
+		c := b.client
+		switch {
+		case r.held == nil:
+			next = b.release(status)
+		case c != nil && !c.pinned.Load() && b.queue.len() == 0 && !b.open:
+			b.unlinkLocked()
+			next = srvIdle
+			msg = r.held
+			if position = b.holdForPosition(c, msg); position {
+				next = numServerStates
+			} else {
+				late = c
+			}
+		default:
+			late, msg = c, r.held
+		}
+	case reqProbe:
+		if r.probe.held != nil {
+			next = srvIdle
+			if status != 'I' || r.failed {
+				next = srvClosed
+			}
+		}
 	}
+	b.noteQuiet(to, status)
 	b.signalAnswered()
 	b.refreshBulk()
 	b.mu.Unlock()
+	if late != nil {
+		if again {
+			b.fwd.put(late, r.refused)
+		}
+		b.fwd.put(late, msg)
+		b.fwd.flush()
+	}
 	if next != numServerStates {
 		// Back in the pool as soon as the client has its reply: the query
 		// it sends next finds this server idle (a sequential client keeps
 		// its server, and its parameters), or still linked to it.
-		if r.kind == reqClient || r.kind == reqLearn {
+		if r.kind == reqClient || r.kind == reqLearn || r.kind == reqProbe && r.probe.held != nil {
 			b.db.xacts.Add(1)
 		}
 		b.enter(next)
 	}
+	if againFor != nil {
+		againFor.requestRerun(againSend) // b is back in the pool
+	}
+	if position {
+		if _, err := b.out.Write(appendQuery(nil, positionSQL)); err != nil {
+			b.conn.Close() // the pump's read fails: died gives the client its ReadyForQuery
+		}
+	}
 	if r.kind == reqClient && r.query {
-		b.report(r.inflightQuery, now)
+		b.report(r.inflightQuery, status, now)
 	}
 }
 
@@ -451,7 +588,7 @@ func (b *backend) release(status byte) serverState {
 		return numServerStates
 	}
 	if b.learnDue {
-		b.startLearn()
+		b.startLearn(nil)
 		return numServerStates
 	}
 	b.unlinkLocked()

@@ -147,3 +147,57 @@ func TestPollingWorkerLimited(t *testing.T) {
 		t.Fatalf("worker admitted %d refused %d (want 5 and 25: burst 5, 10/min); web errors %d", admitted, refused, webErrs)
 	}
 }
+
+// TestQueryLogClientFields: each record carries its client's id, the
+// transaction status that ended it, and an argument hash that is equal for
+// equal literals or Bind parameters and differs otherwise (the advisor's
+// signals for N+1 loops and cache keys).
+func TestQueryLogClientFields(t *testing.T) {
+	ql, err := querylog.New(config.QueryLog{MaxShapes: 100}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ql.Close()
+	var mu sync.Mutex
+	var recs []querylog.Record
+	ql.SetObserver(func(r *querylog.Record, _ uint64, _ string) {
+		mu.Lock()
+		recs = append(recs, *r)
+		mu.Unlock()
+	})
+	g := startGuard(t, testConfig("transaction"), func(p *proxy.Proxy) { p.QueryLog = ql })
+	ctx := context.Background()
+	simple := connect(t, g.url("app"), pgx.QueryExecModeSimpleProtocol)
+	extended := connect(t, g.url("app"), pgx.QueryExecModeExec)
+	for _, q := range []string{"BEGIN", "SELECT 1", "SELECT 1", "SELECT 2", "COMMIT"} {
+		if _, err := simple.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, v := range []int{7, 7, 8} {
+		if _, err := extended.Exec(ctx, "SELECT $1::int", v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ql.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(recs) != 8 {
+		t.Fatalf("%d records, want 8: %+v", len(recs), recs)
+	}
+	s, x := recs[:5], recs[5:]
+	for i, want := range "TTTTI" {
+		if s[i].TxStatus != byte(want) || s[i].Client == 0 || s[i].Client != s[0].Client {
+			t.Errorf("simple record %d (%s): client %d, tx %q, want client %d, tx %q", i, s[i].Query, s[i].Client, s[i].TxStatus, s[0].Client, want)
+		}
+	}
+	if s[1].Args == 0 || s[1].Args != s[2].Args || s[2].Args == s[3].Args {
+		t.Errorf("simple args: SELECT 1 %x, SELECT 1 %x, SELECT 2 %x: want equal, then different", s[1].Args, s[2].Args, s[3].Args)
+	}
+	if x[0].Client == s[0].Client || x[0].Client != x[2].Client || x[0].TxStatus != 'I' {
+		t.Errorf("extended records: client %d (simple %d), tx %q", x[0].Client, s[0].Client, x[0].TxStatus)
+	}
+	if x[0].Args == 0 || x[0].Args != x[1].Args || x[1].Args == x[2].Args {
+		t.Errorf("extended args: 7 %x, 7 %x, 8 %x: want equal, then different", x[0].Args, x[1].Args, x[2].Args)
+	}
+}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"hash/maphash"
 	"time"
 
 	"github.com/pgguard/pgguard/cache"
@@ -20,7 +21,8 @@ type pendingQuery struct {
 	text     string // interned; "" when there is no query log
 	query    bool   // false for a sync that ran nothing (Parse/Describe/Sync)
 	extended bool
-	quiet    bool // a Sync pgguard added: the client must not see its ReadyForQuery
+	quiet    bool   // a Sync pgguard added: the client must not see its ReadyForQuery
+	args     uint64 // hash of its literals or Bind parameters (query log only; see textArgs)
 	// op is the client's SQL PREPARE or DEALLOCATE the sync point settles.
 	op *stmtOp
 	// For the result cache: the tables the statements before this sync
@@ -45,7 +47,30 @@ type inflightQuery struct {
 // noteQuery records a sync point's statement text (nil when the batch only
 // synced).
 func (c *client) noteQuery(text []byte, extended bool) {
-	c.syncPoint(pendingQuery{text: c.intern(text), query: true, extended: extended})
+	c.syncPoint(pendingQuery{text: c.intern(text), query: true, extended: extended, args: c.textArgs(text)})
+}
+
+// argsSeed keys the query log's Args hashes: per process, so a hash cannot
+// be matched against guessed values elsewhere.
+var argsSeed = maphash.MakeSeed()
+
+// textArgs hashes a simple Query's text, literals included, for the query
+// log's Args: texts of one shape with equal literals would share a result
+// cache entry (the advisor's hit-ratio estimate). 0 without a query log.
+func (c *client) textArgs(text []byte) uint64 {
+	if c.p.QueryLog == nil {
+		return 0
+	}
+	return maphash.Bytes(argsSeed, text) | 1
+}
+
+// bindArgs folds a Bind message's body (statement, formats and parameter
+// values) into h, the batch's Args. 0 without a query log.
+func (c *client) bindArgs(h uint64, body []byte) uint64 {
+	if c.p.QueryLog == nil {
+		return 0
+	}
+	return (h^maphash.Bytes(argsSeed, body))*0x9e3779b97f4a7c15 | 1
 }
 
 // syncPoint queues q for the send under way, with what the result cache
@@ -88,6 +113,9 @@ func (b *backend) commandComplete(h *request, body []byte) {
 	case "DISCARD ALL", "DEALLOCATE ALL":
 		b.stmtsDropped()
 	}
+	if string(tag) == "DISCARD ALL" && b.client != nil {
+		b.client.listenDiscarded() // it includes UNLISTEN *
+	}
 	// For the result cache: did the unit's writes commit? (See unitWrites.)
 	b.unitUndone = string(tag) == "ROLLBACK"
 	b.unitCommitted = b.unitCommitted || string(tag) == "COMMIT"
@@ -111,7 +139,7 @@ func commandTag(tag []byte) (word string, rows int64) {
 }
 
 // report sends a finished query to the metrics and the query log.
-func (b *backend) report(q inflightQuery, now time.Time) {
+func (b *backend) report(q inflightQuery, status byte, now time.Time) {
 	d := now.Sub(q.start)
 	db := b.db
 	u := b.upstreamOf()
@@ -130,6 +158,7 @@ func (b *backend) report(q inflightQuery, now time.Time) {
 		Time: q.start, Database: db.name, User: c.user, Application: c.app, ClientAddr: c.addr,
 		Upstream: b.upstream, Query: q.text, Duration: d, Wait: q.wait, Rows: q.rows,
 		Tag: q.tag, SQLState: q.sqlstate, Error: q.errMsg, Extended: q.extended,
+		Client: c.id, TxStatus: status, Args: q.args,
 	})
 }
 

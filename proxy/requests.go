@@ -22,6 +22,7 @@ const (
 	reqParamSync                    // pgguard's session parameter sync: swallowed (ParameterStatus forwarded when announce)
 	reqReset                        // pgguard's ROLLBACK or DISCARD ALL after the client left: swallowed
 	reqHidden                       // pgguard's query ahead of a client's, in its link: swallowed, errors included
+	reqProbe                        // pgguard's query whose row it reads (probe, replica.go): swallowed
 	reqLearn                        // pgguard's question of what the session holds (learn.go): read by pgguard, swallowed
 )
 
@@ -36,6 +37,15 @@ type request struct {
 	// op is the client's statement change the request settles (its SQL
 	// PREPARE or DEALLOCATE name): skipped if it fails.
 	op *stmtOp
+	// probe collects the row of a reqProbe.
+	probe *probe
+	// held is a reqLearn's client's ReadyForQuery, kept until the commit
+	// position is known (replica.go).
+	held []byte
+	// refused: a replica refused the client's work (25006, 40001) before
+	// its reply started; it runs again on the primary (rerun.go), and the
+	// error (kept here) reaches the client only if it cannot.
+	refused []byte
 }
 
 // forwarded reports whether the request's replies go to the client.
@@ -86,6 +96,16 @@ func (q *requestQueue) learning() bool {
 // until the next push or pop.
 func (q *requestQueue) outstanding() []request { return q.items[q.head:] }
 
+// owesClient reports whether a request still owes the client replies (mu held).
+func (b *backend) owesClient() bool {
+	for _, r := range b.queue.outstanding() {
+		if r.forwarded() {
+			return true
+		}
+	}
+	return false
+}
+
 // clear forgets every request (the connection is gone).
 func (q *requestQueue) clear() {
 	clear(q.items)
@@ -133,8 +153,11 @@ func (b *backend) inSync(c *client) bool {
 // (b is then unusable: its values are unknown) or b was lost meanwhile.
 func (b *backend) syncParams(c *client) bool {
 	b.mu.Lock()
-	if b.client == c && b.queue.learning() {
-		// What c's session holds is being learned: compare with that.
+	if b.client == c && (b.settling || b.queue.learning()) {
+		// The client has its last reply but the pump has not finished that
+		// request: wait, or needsSync would see a reply outstanding and
+		// skip a sync the finished request made necessary (a RESET). Or
+		// what c's session holds is being learned: compare with that.
 		b.mu.Unlock()
 		b.awaitAnswered(c)
 		b.mu.Lock()
@@ -178,6 +201,7 @@ func (b *backend) prepareSend(c *client, p []byte, lead int, open, slow bool) ([
 		return nil, false
 	}
 	c.applyEffects(b)
+	c.listenSending()
 	out := p
 	max := c.p.cfg.Load().Pool.MaxPreparedStatements
 	var hidden []hiddenQuery

@@ -53,11 +53,12 @@ type backend struct {
 	out      *sock                // writes (linked client, resets) on conn
 	in       sockReader           // the pump's reads of out
 	hc       *pgconn.HijackedConn // pid, secret and config for CancelRequest
-	upstream string               // "primary" or "fallback"
+	upstream string               // "primary", "fallback" or "replica"
 	created  time.Time
 	act      *limiter.Activity // the budget model's view of it; nil on the fallback or without a limiter
 
 	dead     atomic.Bool  // the server is closing or closed: never hand it out
+	wrote    atomic.Bool  // the unit of work under way may have written (read-your-writes, replica.go)
 	lastUsed atomic.Int64 // unix nanos of the last link, for SHOW SERVERS
 
 	// Guarded by mu.
@@ -117,6 +118,12 @@ type backend struct {
 	// Whose unnamed statement the server holds (a client and its number).
 	unnamedOwner *client
 	unnamedGen   uint64
+	// rerun is a replica-routed send that may be run again on the primary
+	// if the replica fails before its reply starts (rerun.go); rerunMark
+	// is fwd.flushes when it was sent.
+	rerun     []byte
+	rerunMark uint64
+	rerunAuto bool // ... and it runs outside a transaction block
 
 	// Owned by the pump goroutine.
 	rd  serverReader
@@ -236,6 +243,9 @@ func (b *backend) died(err error) {
 	}
 	b.replies = b.replies[:0]
 	unsure := b.unsettledWrites()
+	b.releaseHeld()
+	owed := b.owesClient()
+	rerun := b.takeRerun(owed)
 	outcome := b.lostOutcome()
 	running := outcome == lostUnknown && !b.serverEnded // its backend may still commit
 	why := b.abandoned
@@ -243,10 +253,17 @@ func (b *backend) died(err error) {
 	// is learned, goes on without its server, as an idle one would, with
 	// the session state pgguard knew (learn.go).
 	learning := b.queue.learning()
+	var held []byte // its ReadyForQuery, if kept for the commit position
+	if learning {
+		held = b.queue.front().held
+	}
 	b.queue.clear()
 	b.signalAnswered()
 	c := b.unlinkLocked()
 	if learning {
+		if c != nil && held != nil {
+			c.write(held)
+		}
 		c = nil
 	}
 	b.mu.Unlock()
@@ -254,6 +271,14 @@ func (b *backend) died(err error) {
 		go b.settleOrphan(unsure)
 	} else {
 		b.invalidate(unsure)
+	}
+	if c != nil && !owed && b.db.replicaOf != nil {
+		c = nil // a replica lost while pgguard measured it: the client goes to the primary
+	}
+	if c != nil && rerun != nil {
+		b.db.linkedServerDied(b, err)
+		c.requestRerun(rerun)
+		c = nil
 	}
 	if c != nil {
 		b.db.linkedServerDied(b, err)
@@ -324,6 +349,9 @@ func (b *backend) reset(c *client, discardAll bool) {
 // back. A RESET to a value the client gave at startup is redone by the
 // next sync, before the client's next message runs.
 func (b *backend) unitDone() {
+	if c := b.client; c != nil {
+		c.listenSettle(!b.unitAborted) // LISTENs of a transaction block
+	}
 	if c := b.client; c != nil && !b.unitAborted && len(b.staged) > 0 {
 		inStep := b.profile == c.profile()
 		resync := false

@@ -97,6 +97,22 @@ func (s *sock) Write(p []byte) (int, error) {
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	return s.writeLocked(p)
+}
+
+// writeFrom writes what next returns, asked under the write lock: a writer
+// that must not come between another's messages decides there.
+func (s *sock) writeFrom(next func() []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	p := next()
+	if len(p) == 0 {
+		return 0, nil
+	}
+	return s.writeLocked(p)
+}
+
+func (s *sock) writeLocked(p []byte) (int, error) {
 	if s.raw == nil {
 		return s.conn.Write(p)
 	}

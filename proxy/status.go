@@ -11,21 +11,26 @@ import (
 
 // PoolStatus describes one database's pool (SHOW POOLS, /status).
 type PoolStatus struct {
-	Database       string  `json:"database"`
-	Upstream       string  `json:"upstream"`
-	UpstreamHost   string  `json:"upstream_host"`
-	Mode           string  `json:"pool_mode"`
-	ClientsActive  int     `json:"cl_active"`
-	ClientsWaiting int     `json:"cl_waiting"`
-	ClientsIdle    int     `json:"cl_idle"`
-	ServersActive  int     `json:"sv_active"`
-	ServersIdle    int     `json:"sv_idle"`
-	ServersOpening int     `json:"sv_opening"`
-	Size           int     `json:"pool_size"`
-	MaxOverflow    int     `json:"max_overflow"`
-	Dials          uint64  `json:"dials"`
-	DialErrors     uint64  `json:"dial_errors"`
-	WaitTimeouts   uint64  `json:"wait_timeouts"`
+	Database       string `json:"database"`
+	Upstream       string `json:"upstream"`
+	UpstreamHost   string `json:"upstream_host"`
+	Mode           string `json:"pool_mode"`
+	ClientsActive  int    `json:"cl_active"`
+	ClientsWaiting int    `json:"cl_waiting"`
+	ClientsIdle    int    `json:"cl_idle"`
+	ServersActive  int    `json:"sv_active"`
+	ServersIdle    int    `json:"sv_idle"`
+	ServersOpening int    `json:"sv_opening"`
+	Size           int    `json:"pool_size"`
+	MaxOverflow    int    `json:"max_overflow"`
+	Dials          uint64 `json:"dials"`
+	DialErrors     uint64 `json:"dial_errors"`
+	WaitTimeouts   uint64 `json:"wait_timeouts"`
+	// UpstreamFull counts dials the upstream refused as full (53300), retried
+	// while the client queued; LeaseRefusals connections not opened for
+	// want of a lease of the fleet cap.
+	UpstreamFull   uint64  `json:"upstream_full"`
+	LeaseRefusals  uint64  `json:"lease_refusals"`
 	Waits          uint64  `json:"waits"`
 	Transactions   uint64  `json:"total_xact_count"`
 	Queries        uint64  `json:"total_query_count"`
@@ -94,6 +99,7 @@ func (p *Proxy) Pools() []PoolStatus {
 			ServersActive: st.Active, ServersIdle: st.Idle, ServersOpening: st.Opening,
 			Size: st.Size, MaxOverflow: st.MaxOverflow,
 			Dials: st.Dials, DialErrors: st.DialErrors, WaitTimeouts: st.WaitTimeouts, Waits: st.Waits,
+			UpstreamFull: st.UpstreamFull, LeaseRefusals: st.LeaseRefusals,
 			Transactions: db.xacts.Load(), Queries: db.queryCount.Load(),
 		}
 		if st.Waits > 0 {
@@ -117,8 +123,9 @@ func (p *Proxy) Pools() []PoolStatus {
 			}
 		}
 		out = append(out, ps)
+		out = append(out, db.replicaPools(mode)...)
 	}
-	slices.SortFunc(out, func(a, b PoolStatus) int { return cmp.Compare(a.Database, b.Database) })
+	slices.SortStableFunc(out, func(a, b PoolStatus) int { return cmp.Compare(a.Database, b.Database) })
 	return out
 }
 
@@ -155,7 +162,9 @@ func (p *Proxy) Clients() []ClientStatus {
 func (p *Proxy) Servers() []ServerStatus {
 	var out []ServerStatus
 	for _, db := range p.databases() {
-		for _, b := range db.openBackends() {
+		backends := db.openBackends()
+		db.eachReplica(func(r *database) { backends = append(backends, r.openBackends()...) })
+		for _, b := range backends {
 			b.mu.Lock()
 			ss := ServerStatus{
 				ID: b.id, Database: b.db.name, Upstream: b.upstream, Host: b.db.hostOf(b.upstream), PID: b.hc.PID,

@@ -23,6 +23,10 @@ func appendLine(b []byte, r *Record, info *shapeInfo, slow bool, errMsg string) 
 	b = appendField(b, "user", r.User)
 	b = appendNonEmptyField(b, "application", r.Application)
 	b = appendNonEmptyField(b, "client_addr", r.ClientAddr)
+	if r.Client != 0 {
+		b = append(b, `,"client":`...)
+		b = strconv.AppendUint(b, uint64(r.Client), 10)
+	}
 	b = appendNonEmptyField(b, "upstream", r.Upstream)
 	b = appendField(b, "fingerprint", info.hex)
 	b = appendField(b, "query", info.norm)
@@ -39,6 +43,10 @@ func appendLine(b []byte, r *Record, info *shapeInfo, slow bool, errMsg string) 
 		b = append(b, `,"extended":true`...)
 	}
 	b = appendNonEmptyField(b, "cache", r.Cache)
+	b = appendNonEmptyField(b, "tx", r.txString())
+	if r.Args != 0 {
+		b = appendField(b, "args", r.argsString())
+	}
 	if slow {
 		b = append(b, `,"slow":true`...)
 	}

@@ -20,6 +20,9 @@ func slogLine(r *Record, info *shapeInfo, slow bool, errMsg string) []byte {
 	attrs := []slog.Attr{slog.String("database", r.Database), slog.String("user", r.User)}
 	attrs = appendNonEmpty(attrs, "application", r.Application)
 	attrs = appendNonEmpty(attrs, "client_addr", r.ClientAddr)
+	if r.Client != 0 {
+		attrs = append(attrs, slog.Uint64("client", uint64(r.Client)))
+	}
 	attrs = appendNonEmpty(attrs, "upstream", r.Upstream)
 	attrs = append(attrs, slog.String("fingerprint", info.hex), slog.String("query", info.norm),
 		slog.Float64("duration_ms", ms(r.Duration)), slog.Float64("wait_ms", ms(r.Wait)), slog.Int64("rows", r.Rows))
@@ -30,6 +33,8 @@ func slogLine(r *Record, info *shapeInfo, slow bool, errMsg string) []byte {
 		attrs = append(attrs, slog.Bool("extended", true))
 	}
 	attrs = appendNonEmpty(attrs, "cache", r.Cache)
+	attrs = appendNonEmpty(attrs, "tx", r.txString())
+	attrs = appendNonEmpty(attrs, "args", r.argsString())
 	if slow {
 		attrs = append(attrs, slog.Bool("slow", true))
 	}
@@ -50,6 +55,10 @@ func FuzzLineMatchesSlog(f *testing.F) {
 		}
 		r := &Record{Time: tm, Database: db, User: app, Application: app, ClientAddr: addr, Upstream: "primary",
 			Query: query, Duration: time.Duration(dur), Wait: time.Duration(wait), Rows: rows, Tag: tag, SQLState: sqlstate, Extended: extended}
+		r.Client, r.Args = uint32(rows), uint64(wait)
+		if extended {
+			r.TxStatus = "ITE"[uint64(dur)%3]
+		}
 		if slow && extended { // a cache hit: no upstream
 			r.Upstream, r.Cache = "", "hit"
 		}

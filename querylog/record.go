@@ -53,6 +53,36 @@ type Record struct {
 	// Cache is "hit" when the result cache answered the query (Upstream is
 	// then empty: no server ran it).
 	Cache string
+	// Client is the client connection's id (as in SHOW CLIENTS), 0 when
+	// unknown: the advisor follows one client's queries with it (N+1 loops).
+	Client uint32
+	// TxStatus is the transaction status of the ReadyForQuery that ended
+	// the query: 'I' idle, 'T' in a transaction block, 'E' in a failed one;
+	// 0 when unknown (read as 'I').
+	TxStatus byte
+	// Args is a hash of the query's literal values and Bind parameters
+	// (with a per-process seed, never reversible), 0 when unknown: queries
+	// of one shape with equal Args would share a result cache entry.
+	Args uint64
+}
+
+// txString returns TxStatus for the log: "" for idle or unknown.
+func (r *Record) txString() string {
+	switch r.TxStatus {
+	case 'T':
+		return "T"
+	case 'E':
+		return "E"
+	}
+	return ""
+}
+
+// argsString returns Args as 16 hex digits, "" when 0.
+func (r *Record) argsString() string {
+	if r.Args == 0 {
+		return ""
+	}
+	return fpHex(r.Args)
 }
 
 // failed reports whether the query ended in an error.

@@ -41,8 +41,9 @@ type Logger struct {
 	keyBuf    []byte       // shape cache key scratch, owned by the writer goroutine
 	line      []byte       // a JSON line being written, owned by the writer goroutine
 
-	stats *Stats
-	main  *slog.Logger
+	stats    *Stats
+	observer atomic.Pointer[Observer]
+	main     *slog.Logger
 
 	ctl     sync.Mutex // serializes Reopen, Reconfigure and Close
 	mu      sync.Mutex // guards path and pending
@@ -172,6 +173,20 @@ func (l *Logger) Dropped() uint64 {
 		return 0
 	}
 	return l.dropped.Load()
+}
+
+// Observer receives every record the writer handles, with its shape, on
+// the writer goroutine (the advisor's input). It must return quickly and
+// must not keep r.
+type Observer func(r *Record, fingerprint uint64, normalized string)
+
+// SetObserver installs o (nil removes it).
+func (l *Logger) SetObserver(o Observer) {
+	if o == nil {
+		l.observer.Store(nil)
+		return
+	}
+	l.observer.Store(&o)
 }
 
 // Stats returns the per-shape statistics.
@@ -406,6 +421,9 @@ func (l *Logger) write(r *Record) {
 	l.keyBuf = ZeroNumbers(l.keyBuf[:0], []byte(r.Query))
 	info := shapes.getBytes(l.keyBuf)
 	l.stats.add(&info, r)
+	if o := l.observer.Load(); o != nil {
+		(*o)(r, info.fp, info.norm)
+	}
 	slow := time.Duration(l.slow.Load())
 	isSlow := slow > 0 && r.Duration > slow
 	params := l.logParams.Load()
@@ -433,6 +451,9 @@ func (l *Logger) write(r *Record) {
 		slog.String("user", r.User))
 	attrs = appendNonEmpty(attrs, "application", r.Application)
 	attrs = appendNonEmpty(attrs, "client_addr", r.ClientAddr)
+	if r.Client != 0 {
+		attrs = append(attrs, slog.Uint64("client", uint64(r.Client)))
+	}
 	attrs = appendNonEmpty(attrs, "upstream", r.Upstream)
 	attrs = append(attrs,
 		slog.String("fingerprint", info.hex),
@@ -447,6 +468,8 @@ func (l *Logger) write(r *Record) {
 		attrs = append(attrs, slog.Bool("extended", true))
 	}
 	attrs = appendNonEmpty(attrs, "cache", r.Cache)
+	attrs = appendNonEmpty(attrs, "tx", r.txString())
+	attrs = appendNonEmpty(attrs, "args", r.argsString())
 	if isSlow {
 		attrs = append(attrs, slog.Bool("slow", true))
 	}

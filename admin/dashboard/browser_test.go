@@ -279,3 +279,53 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("console: %d 401 refusals, want 3: %v", refusals, console())
 	}
 }
+
+// TestBrowserAdvice: the Advice panel shows the advisor's findings for the
+// traffic run (a cacheable read run on every "page load", a worker's N+1
+// loop) and copies a rule's TOML.
+func TestBrowserAdvice(t *testing.T) {
+	e := start(t, testConfig())
+	ctx, console := browser(t)
+	setup := e.connect(t, "setup")
+	mustExec(t, setup, "CREATE TABLE IF NOT EXISTS advice_branding (tenant_id int PRIMARY KEY, color text)")
+	mustExec(t, setup, "INSERT INTO advice_branding SELECT g, 'blue' FROM generate_series(1, 5) g ON CONFLICT DO NOTHING")
+	web := e.connect(t, "web")
+	for i := range 24 { // page loads, apart: no burst, no loop
+		mustExec(t, web, fmt.Sprintf("SELECT color FROM advice_branding WHERE tenant_id = %d", i%5+1))
+		time.Sleep(110 * time.Millisecond)
+	}
+	worker := e.connect(t, "availability-worker")
+	for range 3 {
+		mustExec(t, worker, "SELECT tenant_id FROM advice_branding ORDER BY tenant_id")
+		for id := 1; id <= 5; id++ {
+			mustExec(t, worker, fmt.Sprintf("UPDATE advice_branding SET color = 'blue' WHERE tenant_id = %d", id))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // the query log's writer hands the records over every 20 ms
+
+	do(t, ctx, "load the page", chromedp.Navigate(e.http.URL+"/"), chromedp.WaitVisible(chromedp.CSS(`#advice .body table`)))
+	waitJS(t, ctx, "the cache candidate and the loop", `document.querySelector('#advice tr[data-fp] td.q')?.textContent === 'SELECT color FROM advice_branding WHERE tenant_id = $1' && `+
+		`[...document.querySelectorAll('#advice tr[data-loop]')].length === 1 && document.querySelector('#advice tr[data-loop]').textContent.startsWith('availability-workerUPDATE advice_branding') && `+
+		`document.querySelector('#advice tr[data-loop]').textContent.includes('SELECT tenant_id FROM advice_branding ORDER BY tenant_id (5 rows)')`)
+	// Copy the candidate's rule: the clipboard gets the TOML shown.
+	do(t, ctx, "click Copy", chromedp.Evaluate[chromedp.Void](`window.copied = null; navigator.clipboard.writeText = (s) => { window.copied = s; return Promise.resolve(); }`),
+		chromedp.Click(chromedp.CSS(`#advice [data-copy="cache"]`)))
+	waitJS(t, ctx, "the copied rule", `window.copied !== null && document.querySelector('#advice [data-copy="cache"]').textContent === 'Copied'`)
+	copied := eval[string](t, ctx, `window.copied`)
+	if shown := eval[string](t, ctx, `document.querySelector('#advice [data-copy="cache"] + pre').textContent`); copied != shown ||
+		!strings.Contains(copied, "[[cache]]\n") || !strings.Contains(copied, `query = "SELECT color FROM advice_branding WHERE tenant_id = $1"`) {
+		t.Errorf("copied %q, shown %q", copied, shown)
+	}
+	// Pasted into a config file, it loads as one more [[cache]] rule.
+	file := filepath.Join(t.TempDir(), "pgguard.toml")
+	os.WriteFile(file, []byte("[databases.app]\nprimary = \"postgres://app:pw@127.0.0.1/app\"\n\n"+copied), 0o600)
+	if cfg, err := config.Load(file, func(string) string { return "" }); err != nil || len(cfg.Cache) != 1 || cfg.Cache[0].Query != "SELECT color FROM advice_branding WHERE tenant_id = $1" {
+		t.Errorf("the copied rule does not load: %v", err)
+	}
+	for _, m := range console() {
+		if m.Type == chromedp.ConsoleError || m.Type == chromedp.ConsoleWarning || m.IsException() {
+			t.Errorf("console: %s (%s:%d)", m, m.URL, m.Line)
+		}
+	}
+}

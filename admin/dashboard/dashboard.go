@@ -26,6 +26,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
@@ -43,6 +44,8 @@ type Options struct {
 	Limiter *limiter.Limiter
 	// Cache, when set with [[cache]] rules, adds the result cache's rules.
 	Cache *cache.Cache
+	// Fleet, when set with a Redis, adds the Fleet panel.
+	Fleet *fleet.Fleet
 	// Interval is the history's resolution (default 5 s); Window how much
 	// history is kept (default 1 h).
 	Interval, Window time.Duration

@@ -13,8 +13,10 @@ import (
 
 	"github.com/pgguard/pgguard/admin"
 	"github.com/pgguard/pgguard/admin/dashboard"
+	"github.com/pgguard/pgguard/advisor"
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/internal/guardtest"
 	"github.com/pgguard/pgguard/internal/localpg"
 	"github.com/pgguard/pgguard/limiter"
@@ -82,19 +84,45 @@ func start(t testing.TB, cfg *config.Config) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := proxy.New(cfg, log, m)
+	// With a fleet Redis, the fleet is wired as cmd/pgguard wires it.
+	var fl *fleet.Fleet
+	var popts []proxy.Option
+	if cfg.FleetRedisURL() != "" {
+		if fl, err = fleet.New(cfg, log, fleet.WithRegisterer(m.Registry)); err != nil {
+			t.Fatal(err)
+		}
+		popts = append(popts, proxy.WithFleet(fl))
+	}
+	p, err := proxy.New(cfg, log, m, popts...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if fl != nil {
+		fl.Describe = func() fleet.Instance {
+			in := fleet.Instance{Version: "test", ReadOnly: p.ReadOnly(), Clients: len(p.Clients())}
+			for _, ps := range p.Pools() {
+				in.Pools = append(in.Pools, fleet.Pool{Database: ps.Database, ServerConns: ps.ServersActive + ps.ServersIdle + ps.ServersOpening})
+			}
+			return in
+		}
+		fl.Switch = func(name string, on bool, who string) {
+			if name == "read_only" {
+				p.SetReadOnly(on, who)
+			}
+		}
+		fl.Start()
 	}
 	rc, err := cache.New(cfg, log, cache.WithRegisterer(m.Registry))
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.QueryLog, p.Limiter, p.Cache = ql, lim, rc
+	adv := advisor.New(advisor.Options{})
+	ql.SetObserver(adv.Observe)
 	e := &env{Proxy: p, ql: ql}
-	e.dash = dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Interval: 200 * time.Millisecond, Window: time.Minute})
+	e.dash = dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Fleet: fl, Interval: 200 * time.Millisecond, Window: time.Minute})
 	e.http = httptest.NewUnstartedServer(nil)
-	h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Dashboard: e.dash, ListenAddr: e.http.Listener.Addr().String()}
+	h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Fleet: fl, Advisor: adv, Dashboard: e.dash, ListenAddr: e.http.Listener.Addr().String()}
 	e.http.Config.Handler = h.Handler()
 	e.http.Start()
 	t.Cleanup(func() { // after Serve's cleanup has closed the proxy
@@ -103,6 +131,9 @@ func start(t testing.TB, cfg *config.Config) *env {
 		ql.Close()
 		lim.Close()
 		rc.Close()
+		if fl != nil {
+			fl.Close()
+		}
 		http.DefaultClient.CloseIdleConnections()
 	})
 	e.addr = guardtest.Serve(t, p)

@@ -1,9 +1,11 @@
 package dashboard
 
 import (
+	"context"
 	"time"
 
 	"github.com/pgguard/pgguard/cache"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/proxy"
 	"github.com/pgguard/pgguard/querylog"
@@ -56,6 +58,12 @@ type State struct {
 	Budget       *limiter.BudgetStatus `json:"budget,omitempty"`
 	// Cache is the result cache, when [[cache]] rules are configured.
 	Cache *cache.Status `json:"cache,omitempty"`
+	// Fleet lists the instances on the fleet's Redis and their totals
+	// against each fleet cap, when the fleet has a Redis.
+	Fleet *fleet.View `json:"fleet,omitempty"`
+	// Listeners are the channels transaction-mode clients LISTEN to
+	// through pgguard (SHOW LISTENERS).
+	Listeners []proxy.ListenerStatus `json:"listeners"`
 	// Leaks are sessions holding a server idle past pool.leak_warn_after.
 	Leaks                []proxy.ClientStatus `json:"leaks"`
 	LeakWarnAfterSeconds float64              `json:"leak_warn_after_seconds"`
@@ -125,6 +133,7 @@ func (d *Dashboard) state(now time.Time, switches []Switch, since int64) State {
 	if st.Leaks == nil {
 		st.Leaks = []proxy.ClientStatus{}
 	}
+	st.Listeners = nonNil(p.Listeners())
 	waitNow := readHists(d.o.Metrics.PoolWait, "database")
 	waitBase := d.s.waitBase()
 	for _, pool := range ps.Pools {
@@ -161,6 +170,10 @@ func (d *Dashboard) state(now time.Time, switches []Switch, since int64) State {
 		}
 		b := ls.Budget
 		st.Budget = &b
+	}
+	if f := d.o.Fleet; f != nil && f.Mode() != "off" {
+		v := f.View(context.Background())
+		st.Fleet = &v
 	}
 	if cs, ok := d.o.Cache.Status().(cache.Status); ok && d.o.Cache.Enabled() {
 		cs.Rules = nonNil(cs.Rules)

@@ -7,6 +7,7 @@
 //	pgguard health [-config FILE]                 exit 0 when /readyz answers 200 (container health checks)
 //	pgguard version                               print the version, commit and Go version
 //	pgguard demo [-neon]                          throwaway local PostgreSQL with pgguard in front (-neon: behind a simulated Neon endpoint)
+//	pgguard advise [-config FILE] [-json] FILE... the advisor's findings from query log files (advise.go)
 package main
 
 import (
@@ -30,9 +31,11 @@ import (
 
 	"github.com/pgguard/pgguard/admin"
 	"github.com/pgguard/pgguard/admin/dashboard"
+	"github.com/pgguard/pgguard/advisor"
 	"github.com/pgguard/pgguard/cache"
 	"github.com/pgguard/pgguard/config"
 	"github.com/pgguard/pgguard/failover"
+	"github.com/pgguard/pgguard/fleet"
 	"github.com/pgguard/pgguard/limiter"
 	"github.com/pgguard/pgguard/metrics"
 	"github.com/pgguard/pgguard/proxy"
@@ -59,6 +62,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cmd := ""
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
+	}
+	if cmd == "advise" { // its own flags
+		return advise(args, stdout, stderr)
 	}
 	if cmd == "demo" {
 		return demo(args, stdout, stderr)
@@ -97,7 +103,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	default:
-		fmt.Fprintf(stderr, "pgguard: unknown command %q (commands: run, check, health, version, demo)\n", cmd)
+		fmt.Fprintf(stderr, "pgguard: unknown command %q (commands: run, check, health, version, demo, advise)\n", cmd)
 		return 2
 	}
 }
@@ -158,7 +164,13 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 	}
 	defer rc.Close()
 
-	p, err := proxy.New(cfg, log, m)
+	fl, err := fleet.New(cfg, log, fleet.WithRegisterer(m.Registry))
+	if err != nil {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	defer fl.Close() // after the drain: the leases are given back
+
+	p, err := proxy.New(cfg, log, m, proxy.WithFleet(fl))
 	if err != nil {
 		return err
 	}
@@ -167,14 +179,22 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 	if suspendRedis {
 		fleetURL = ""
 	}
-	fleet, err := failover.NewFleet(fleetURL, "limiter.redis_url", log.With("component", "failover"), m.Registry)
+	foFleet, err := failover.NewFleet(fleetURL, "limiter.redis_url", log.With("component", "failover"), m.Registry)
 	if err != nil {
 		p.Close()
 		return fmt.Errorf("failover: %w", err)
 	}
-	defer fleet.Close()
-	fleet.Start(p.Monitors)
+	defer foFleet.Close()
+	foFleet.Start(p.Monitors)
+	var adv *advisor.Analyzer
+	if n := cfg.QueryLog.AdvisorRecords; n > 0 {
+		adv = advisor.New(advisor.Options{MaxRecords: n})
+		ql.SetObserver(adv.Observe)
+	}
 	reload := reloader(p, ql, lim, rc, o.path, o.getenv, log)
+	reload = alsoReconfigure(reload, p, fl)
+	var dash *dashboard.Dashboard // set below with http_listen, before fl.Start
+	wireFleet(fl, p, lim, func() *dashboard.Dashboard { return dash }, log)
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -189,16 +209,18 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 			p.Close()
 			return fmt.Errorf("http_listen: %w", err)
 		}
-		dash := dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc})
+		dash = dashboard.New(dashboard.Options{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Fleet: fl})
 		defer dash.Close()
-		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Dashboard: dash, ListenAddr: hln.Addr().String()}
+		h := &admin.HTTP{Proxy: p, Metrics: m, QueryLog: ql, Limiter: lim, Cache: rc, Fleet: fl, Advisor: adv, Dashboard: dash, ListenAddr: hln.Addr().String()}
 		httpSrv = &http.Server{Handler: h.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		go httpSrv.Serve(hln)
 		log.Info("http listening", "addr", hln.Addr().String())
 	}
 	console := admin.NewConsole(p, reload)
-	console.QueryLog, console.Limiter, console.Cache = ql, lim, rc
+	console.QueryLog, console.Limiter, console.Cache, console.Fleet = ql, lim, rc, fl
+	console.Views["advice"] = console.AdviceView(adv)
 	p.Console = console.Serve
+	fl.Start() // before clients: a late starter applies the fleet's switches first
 	sigs := o.sigs
 	if sigs == nil {
 		own := make(chan os.Signal, 4)

@@ -116,13 +116,17 @@ func (n Net) URL(t testing.TB, rawURL string) (string, *faultnet.Relay) {
 	return u.String(), r
 }
 
-// Route makes every upstream of cfg (primaries and fallbacks) go over n,
+// Route makes every upstream of cfg (primaries, fallbacks, replicas) go over n,
 // and returns the relays it started, if any.
 func (n Net) Route(t testing.TB, cfg *config.Config) []*faultnet.Relay {
 	t.Helper()
 	var rs []*faultnet.Relay
 	for _, db := range cfg.Databases {
-		for _, u := range []*string{&db.Primary, &db.Fallback} {
+		us := []*string{&db.Primary, &db.Fallback}
+		for i := range db.Replicas {
+			us = append(us, &db.Replicas[i])
+		}
+		for _, u := range us {
 			var r *faultnet.Relay
 			if *u, r = n.URL(t, *u); r != nil {
 				rs = append(rs, r)

@@ -225,14 +225,20 @@ func (c *Cluster) startLocked() error {
 }
 
 // ready reports whether postmaster.pid says the postmaster pid accepts
-// connections: its eighth line reads "ready" (PostgreSQL 10 and later).
+// connections: its eighth line reads "ready" (PostgreSQL 10 and later), or
+// "standby" for a hot standby.
 func (c *Cluster) ready(pid int) bool {
 	b, err := os.ReadFile(filepath.Join(c.dataDir(), "postmaster.pid"))
 	if err != nil {
 		return false
 	}
 	lines := strings.Split(string(b), "\n")
-	return len(lines) >= 8 && lines[0] == strconv.Itoa(pid) && strings.TrimSpace(lines[7]) == "ready"
+	// A hot standby says "standby" once it accepts connections.
+	status := ""
+	if len(lines) >= 8 {
+		status = strings.TrimSpace(lines[7])
+	}
+	return lines[0] == strconv.Itoa(pid) && (status == "ready" || status == "standby")
 }
 
 // createRole creates Options.User and Options.Database.

@@ -46,7 +46,7 @@ func pinnedCount(t *testing.T, g *guard, reason string) float64 {
 }
 
 // TestPinnedSessionFeatures checks the session features transaction pooling
-// cannot move between servers — LISTEN, session advisory locks, WITH HOLD
+// cannot move between servers — LISTEN (with notify.pooled = false), session advisory locks, WITH HOLD
 // cursors, temporary tables, SQL PREPARE — behave as on a direct connection
 // while other clients keep both servers busy: the client is pinned to its
 // server (counted in pgguard_clients_pinned_total and shown in SHOW
@@ -92,35 +92,33 @@ func TestPinnedSessionFeatures(t *testing.T) {
 		}
 	}
 
+	// LISTEN pins only with notify.pooled = false; by default pgguard's
+	// listener serves it (listen_test.go), and the same checks hold.
 	t.Run("LISTEN", func(t *testing.T) {
 		before := pinnedCount(t, g, "LISTEN")
 		listener := session(t)
 		if _, err := listener.Exec(ctx, "LISTEN drivers_chan"); err != nil {
 			t.Fatal(err)
 		}
-		pinned(t, "LISTEN", before)
-		notifier := connect(t, pgxConfig(t, g.url(), pgx.QueryExecModeExec))
-		for i := 0; i < 5; i++ {
-			// The listener runs transactions between notifications.
-			var v int
-			if err := listener.QueryRow(ctx, "SELECT $1::int * 2", i).Scan(&v); err != nil || v != i*2 {
-				t.Fatalf("listener transaction %d: %d %v", i, v, err)
-			}
-			payload := fmt.Sprintf("payload %d ✓", i)
-			if _, err := notifier.Exec(ctx, "SELECT pg_notify('drivers_chan', $1)", payload); err != nil {
-				t.Fatal(err)
-			}
-			wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
-			n, err := listener.WaitForNotification(wctx)
-			wcancel()
-			if err != nil {
-				t.Fatalf("notification %d not delivered: %v", i, err)
-			}
-			if n.Channel != "drivers_chan" || n.Payload != payload {
-				t.Fatalf("notification %d: got %s %q, want drivers_chan %q", i, n.Channel, n.Payload, payload)
-			}
+		if got := pinnedCount(t, g, "LISTEN"); got != before {
+			t.Errorf("pooled LISTEN pinned its client: pgguard_clients_pinned_total{reason=LISTEN} %v -> %v", before, got)
 		}
+		listenAcrossTransactions(t, ctx, g, listener)
 		stillWorks(t, listener)
+	})
+	t.Run("LISTEN notify.pooled=false", func(t *testing.T) {
+		cfg := txConfig()
+		cfg.Notify.Pooled = false
+		g := startGuard(t, cfg)
+		busyClients(t, g, 3)
+		listener := connect(t, pgxConfig(t, g.url(), pgx.QueryExecModeCacheStatement))
+		if _, err := listener.Exec(ctx, "LISTEN drivers_chan"); err != nil {
+			t.Fatal(err)
+		}
+		if got := pinnedCount(t, g, "LISTEN"); got != 1 {
+			t.Errorf("pgguard_clients_pinned_total{reason=LISTEN} = %v, want 1", got)
+		}
+		listenAcrossTransactions(t, ctx, g, listener)
 	})
 
 	t.Run("advisory lock", func(t *testing.T) {
@@ -262,4 +260,31 @@ func TestPinnedSessionFeatures(t *testing.T) {
 			}
 		}
 	})
+}
+
+// listenAcrossTransactions has a client that LISTENs run transactions
+// between notifications another client sends: each arrives.
+func listenAcrossTransactions(t *testing.T, ctx context.Context, g *guard, listener *pgx.Conn) {
+	t.Helper()
+	notifier := connect(t, pgxConfig(t, g.url(), pgx.QueryExecModeExec))
+	for i := 0; i < 5; i++ {
+		// The listener runs transactions between notifications.
+		var v int
+		if err := listener.QueryRow(ctx, "SELECT $1::int * 2", i).Scan(&v); err != nil || v != i*2 {
+			t.Fatalf("listener transaction %d: %d %v", i, v, err)
+		}
+		payload := fmt.Sprintf("payload %d ✓", i)
+		if _, err := notifier.Exec(ctx, "SELECT pg_notify('drivers_chan', $1)", payload); err != nil {
+			t.Fatal(err)
+		}
+		wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+		n, err := listener.WaitForNotification(wctx)
+		wcancel()
+		if err != nil {
+			t.Fatalf("notification %d not delivered: %v", i, err)
+		}
+		if n.Channel != "drivers_chan" || n.Payload != payload {
+			t.Fatalf("notification %d: got %s %q, want drivers_chan %q", i, n.Channel, n.Payload, payload)
+		}
+	}
 }

@@ -98,6 +98,8 @@
 
     $('#badges').replaceChildren(...badges(st));
     redraw('pools', st.pools, (pools) => h('div', {class: 'pools'}, pools.map(pool)));
+    redraw('fleet', st.fleet, fleetPanel);
+    $('#fleet').hidden = !st.fleet;
     redraw('switches', {sw: st.switches, redis: st.redis}, switches);
     redraw('budget', {b: st.budget, day: Math.floor(now / 3600e3)}, (d) => budget(d.b, now));
     $('#charts-title').textContent = windowS === 3600 ? 'Last hour' : 'Last ' + dur(windowS);
@@ -107,6 +109,8 @@
     $('#cache').hidden = !st.cache;
     redraw('apps', st.applications, apps);
     redraw('pollers', st.applications, pollers);
+    redraw('listeners', st.listeners, listeners);
+    $('#listeners').hidden = !(st.listeners && st.listeners.length);
     redraw('leaks', {l: st.leaks, after: st.leak_warn_after_seconds}, (d) => leaks(d.l, d.after));
     $('#updated').textContent = 'updated ' + clock(now) + ' · up ' + dur(st.uptime_seconds);
     $('#footer').textContent = 'Server time for this update: ' + (serverMS === null ? '?' : serverMS.toFixed(2) + ' ms') +
@@ -179,15 +183,51 @@
     return rows;
   }
 
-  // flip asks the server to change a switch; without admin credentials the
-  // server answers 401 and the form asks for them.
-  async function flip(name, on) {
+  // fleetPanel shows every live instance on the fleet's Redis, the fleet's
+  // server connections against each fleet cap (the runbook alerts at 70%),
+  // and the switches flipped fleet-wide.
+  function fleetPanel(f) {
+    if (!f) return [];
+    const out = [];
+    for (const d of f.totals) {
+      const cap = d.fleet_max_connections, pct = cap ? 100 * d.server_conns / cap : 0;
+      out.push(h('div', {class: 'fleet-db', 'data-fleet-db': d.database},
+        h('div', null, h('b', null, d.database + ' '), h('span', {'data-k': 'fleet_conns'}, num(d.server_conns)),
+          cap ? ' of fleet_max_connections ' + num(cap) + ' (' + dec(pct, 0) + '%) ' : ' server connections (no fleet cap) ',
+          cap && pct >= 70 ? badge(pct >= 100 ? 'bad' : 'warn', dec(pct, 0) + '% of the cap') : null,
+          h('span', {class: 'muted small'}, ' · ' + d.instances + ' instances · ' + num(d.clients) + ' clients · ' + num(d.waiting) + ' waiting')),
+        cap ? h('div', {class: 'bar', title: d.server_conns + ' of ' + cap},
+          h('i', {class: 'active', 'width%': pct}), h('i', {class: 'mark', 'left%': 70, title: '70%: the alert'})) : null));
+    }
+    const mode = {leases: 'leases in Redis', static: 'Redis unreachable: static shares', off: 'no Redis'}[f.mode] || f.mode;
+    out.push(h('table', null, h('thead', null, h('tr', null, ['Instance', 'Region', 'Version', 'Mode', 'Database', 'Servers', 'Leases', 'Clients', 'Waiting', 'QPS', 'p95 ms', 'Switches', 'Seen'].map((t) => h('th', null, t)))),
+      h('tbody', null, f.instances.flatMap((i) => (i.pools.length ? i.pools : [null]).map((p) => h('tr', {'data-instance': i.id},
+        h('td', null, i.id, i.id === f.self ? [' ', badge('info', 'this')] : null), h('td', null, i.fly_region || ''), h('td', {class: 'small'}, i.version),
+        h('td', null, i.fleet === 'leases' ? i.fleet : badge('warn', i.fleet)), h('td', null, p ? p.database : ''),
+        h('td', {'data-k': 'servers'}, p ? num(p.server_conns) : ''),
+        h('td', null, p && p.leases.fleet_max_connections ? p.leases.held + ' / ' + p.leases.limit + (p.leases.static ? ' static' : '') : '-'),
+        h('td', null, num(i.clients)), h('td', null, num(i.waiting)), h('td', null, dec(i.qps, 1)), h('td', null, ms(i.p95_ms)),
+        h('td', null, i.read_only ? badge('bad', 'read-only') : null, i.disable_workers ? badge('warn', 'workers off') : null),
+        h('td', {class: 'small'}, clock(Date.parse(i.seen)))))))));
+    const sw = f.switches || {};
+    out.push(h('div', {class: 'fleet-switches small'}, 'Fleet-wide (' + mode + '): ',
+      ['read_only', 'disable_workers'].map((name) => {
+        const on = sw[name] === 'on';
+        return h('span', {'data-fleet-switch': name}, name + ' ', badge(on ? 'bad' : 'ok', sw[name] ? (on ? 'ON' : 'off') : 'never set'), ' ',
+          h('button', {type: 'button', 'data-action': on ? 'off' : 'on', on: {click: () => flip(name, !on, true)}}, (on ? 'Turn off' : 'Turn on') + ' fleet-wide'), ' ');
+      })));
+    return out;
+  }
+
+  // flip asks the server to change a switch (on every instance when fleet);
+  // without admin credentials the server answers 401 and the form asks for them.
+  async function flip(name, on, fleet) {
     const msg = $('#switch-msg');
     const headers = {'X-Requested-With': 'pgguard-dashboard', 'Content-Type': 'text/plain'};
     if (auth) headers.Authorization = auth;
     let res;
     try {
-      res = await fetch(api('/switches/' + encodeURIComponent(name)), {method: 'POST', headers, body: on ? 'on' : 'off'});
+      res = await fetch(api('/switches/' + encodeURIComponent(name) + (fleet ? '?fleet=1' : '')), {method: 'POST', headers, body: on ? 'on' : 'off'});
     } catch (e) {
       msg.textContent = name + ': ' + e.message;
       return;
@@ -196,7 +236,7 @@
     if (res.status === 401) {
       const tried = auth !== null;
       auth = null;
-      pending = {name, on};
+      pending = {name, on, fleet};
       $('#login-why').textContent = (tried ? 'Refused: wrong user or password, or not in admin.users. ' : 'Admin credentials are required. ') +
         'Sign in to turn ' + name + (on ? ' on' : ' off') + '.';
       $('#login').hidden = false;
@@ -205,7 +245,7 @@
       return;
     }
     $('#login').hidden = true;
-    msg.textContent = res.ok ? name + ' is now ' + (on ? 'ON' : 'off') + ' (' + clock(Date.now()) + ')' : 'refused (' + res.status + '): ' + text;
+    msg.textContent = res.ok ? name + ' is now ' + (on ? 'ON' : 'off') + (fleet ? ' fleet-wide' : '') + ' (' + clock(Date.now()) + ')' : 'refused (' + res.status + '): ' + text;
   }
 
   function base64(str) {
@@ -218,7 +258,7 @@
     ev.preventDefault();
     auth = 'Basic ' + base64($('#login-user').value + ':' + $('#login-pass').value);
     $('#login-pass').value = '';
-    if (pending) flip(pending.name, pending.on);
+    if (pending) flip(pending.name, pending.on, pending.fleet);
   });
   $('#login-cancel').addEventListener('click', () => { $('#login').hidden = true; pending = null; });
 
@@ -339,6 +379,20 @@
       (c.pending_invalidations ? '; ' + num(c.pending_invalidations) + ' invalidations wait for Redis' : '') + '.')];
   }
 
+  // listeners shows the channels clients LISTEN to through pgguard's
+  // listening connection (SHOW LISTENERS); hidden while there are none.
+  function listeners(list) {
+    if (!list || !list.length) return [];
+    const rows = list.map((l) => h('tr', {'data-channel': l.channel},
+      h('td', null, l.database), h('td', null, l.channel || '-'), h('td', null, num(l.subscribers)),
+      h('td', null, num(l.received)), h('td', null, num(l.delivered)),
+      h('td', null, l.dropped ? badge('bad', num(l.dropped), 'dropped with clients cut off past notify.client_buffer') : '0'),
+      h('td', null, l.state === 'down' ? badge('warn', 'down ' + dur(l.down_seconds), 're-established before the next query') : l.state),
+      h('td', null, num(l.gaps))));
+    return [h('table', null, h('thead', null, h('tr', null, ['Database', 'Channel', 'Subscribers', 'Received', 'Delivered', 'Dropped', 'Listener', 'Gaps'].map((t) => h('th', null, t)))),
+      h('tbody', null, rows))];
+  }
+
   function pollers(a) {
     if (!a) return h('p', {class: 'muted'}, 'No limiter.');
     const gap = a.suspend_after_seconds;
@@ -392,5 +446,87 @@
         h('td', null, c.database), h('td', null, c.state), h('td', null, dur(c.idle_seconds)), h('td', null, c.id), h('td', null, c.server || ''), h('td', null, c.pinned || '')))));
   }
 
+  // The advisor's findings (GET /advice): fetched on load, every
+  // ADVICE_MS and on Refresh; each rule's TOML has a Copy button. The
+  // section stays hidden when pgguard runs without the advisor.
+  const ADVICE_MS = 15000;
+  async function loadAdvice() {
+    try {
+      const headers = {'X-Requested-With': 'pgguard-dashboard'};
+      if (auth) headers.Authorization = auth;
+      const res = await fetch(api('/advice'), {headers, cache: 'no-store'});
+      if (res.status === 404) return;
+      if (!res.ok) throw new Error(res.status + ': ' + (await res.text()).trim());
+      const a = await res.json();
+      $('#advice').hidden = false;
+      redraw('advice', a, adviceBody);
+    } catch (e) {
+      $('#advice').hidden = false;
+      $('#advice .body').replaceChildren(h('p', {class: 'muted'}, 'Cannot load the advice: ' + e.message));
+      drawn.advice = null;
+    }
+  }
+  $('#advice-refresh').addEventListener('click', loadAdvice);
+
+  async function copy(text, btn) {
+    try {
+      await navigator.clipboard.writeText(text);
+      btn.textContent = 'Copied';
+    } catch (e) {
+      btn.textContent = 'Select and copy';
+      const pre = btn.nextElementSibling;
+      if (pre) getSelection().selectAllChildren(pre);
+    }
+    setTimeout(() => { btn.textContent = 'Copy'; }, 2000);
+  }
+  function toml(text, kind) {
+    if (!text) return null;
+    return h('div', {class: 'toml'},
+      h('button', {type: 'button', class: 'plain small', 'data-copy': kind, on: {click: (ev) => copy(text, ev.currentTarget)}}, 'Copy'),
+      h('pre', null, text));
+  }
+  const pct = (v) => dec(100 * (v || 0), 0) + '%';
+
+  function adviceBody(a) {
+    const w = a.window, f = a.forecast, out = [];
+    if (!w.queries) return h('p', {class: 'muted'}, 'No queries observed yet.');
+    out.push(h('p', {class: 'small muted'}, num(w.queries) + ' queries over ' + dur(w.seconds) + ': ' + num(w.primary_queries) + ' on the primary, Active Time ' +
+      dur(w.awake_seconds) + ' (suspend_after ' + w.suspend_after + ')' + (w.truncated ? '; the oldest queries fell out of the ring' : '') + '.'));
+    out.push(h('p', {'data-k': 'forecast'}, 'With every rule below: primary queries ' + num(f.primary_queries) + ' → ' + num(f.predicted_primary_queries) +
+      ', Active Time ' + dur(f.awake_seconds) + ' → ' + dur(f.predicted_awake_seconds) + ' (' + dec(f.cu_hours_per_month, 2) + ' → ' + dec(f.predicted_cu_hours_per_month, 2) + ' CU-hours a month).'));
+    if (a.toml) out.push(toml(a.toml, 'all'));
+    const cands = a.cache_candidates || [];
+    out.push(h('h3', null, 'Cache candidates'));
+    out.push(cands.length ? h('table', null, h('thead', null, h('tr', null, ['#', 'Query', 'Calls', 'Share', 'Keys', 'Writes', 'TTL', 'Hit ratio', 'Saves', 'Wake-ups'].map((t) => h('th', null, t)))),
+      h('tbody', null, cands.map((c, i) => [
+        h('tr', {'data-fp': c.fingerprint}, h('td', null, i + 1), h('td', {class: 'q', title: c.query}, c.query), h('td', null, num(c.calls)), h('td', null, pct(c.share_of_primary_time)),
+          h('td', null, num(c.keys)), h('td', null, num(c.invalidations)), h('td', null, c.ttl), h('td', {'data-k': 'hit'}, pct(c.hit_ratio)),
+          h('td', null, num(c.hits) + ' queries, ' + ms(c.saved_primary_ms) + ' ms'), h('td', null, num(c.wakeups_saved))),
+        h('tr', {class: 'sub'}, h('td', {colspan: 10}, toml(c.toml, 'cache'))),
+      ]))) : h('p', {class: 'muted'}, 'None: no cacheable read shape would have been answered often enough.'));
+    const loops = a.n_plus_one || [];
+    out.push(h('h3', null, 'N+1 loops'));
+    out.push(loops.length ? h('table', null, h('thead', null, h('tr', null, ['Application', 'Query', 'Parent query', 'Loops', 'Per loop', 'Extra per loop'].map((t) => h('th', null, t)))),
+      h('tbody', null, loops.map((l) => h('tr', {'data-loop': l.fingerprint, title: l.fix}, h('td', null, l.application), h('td', {class: 'q', title: l.query}, l.query),
+        h('td', {class: 'q', title: l.parent ? l.parent.query : ''}, l.parent ? l.parent.query + ' (' + dec(l.parent.mean_rows, 1) + ' rows)' : '-'),
+        h('td', null, num(l.loops)), h('td', null, dec(l.mean_count, 1) + (l.in_transaction ? ' in a transaction' : '')), h('td', null, ms(l.extra_ms_per_loop) + ' ms')))))
+      : h('p', {class: 'muted'}, 'None seen.'));
+    const polls = a.pollers || [];
+    out.push(h('h3', null, 'Pollers'));
+    out.push(polls.length ? polls.map((p) => h('div', {class: 'finding', 'data-poller': p.application}, h('p', {class: 'small wrap'}, p.note), toml(p.toml, 'limits')))
+      : h('p', {class: 'muted'}, 'None keeps the compute awake on a schedule.'));
+    const slow = a.slow_shapes || [];
+    out.push(h('h3', null, 'Slow shapes'));
+    out.push(slow.length ? h('table', null, h('thead', null, h('tr', null, ['Query', 'Applications', 'Calls', 'p95 ms', 'Max ms', 'Share'].map((t) => h('th', null, t)))),
+      h('tbody', null, slow.map((x) => h('tr', {'data-slow': x.fingerprint}, h('td', {class: 'q', title: x.query}, x.query), h('td', null, x.applications.join(', ')),
+        h('td', null, num(x.calls)), h('td', null, ms(x.p95_ms)), h('td', null, ms(x.max_ms)), h('td', null, pct(x.share_of_primary_time))))))
+      : h('p', {class: 'muted'}, 'None above the threshold.'));
+    out.push(h('h3', null, 'Pool'));
+    out.push(h('ul', {class: 'plain small'}, (a.pool || []).map((p) => h('li', null, h('b', null, p.database + ': '), p.advice))));
+    return out.flat(Infinity).filter(Boolean);
+  }
+
   poll();
+  loadAdvice();
+  setInterval(loadAdvice, ADVICE_MS);
 })();
