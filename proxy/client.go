@@ -865,7 +865,7 @@ func (c *client) applyEffects(b *backend) {
 		if e.pin != "" {
 			c.pin(e.pin)
 		}
-		if e.learn != "" && c.pooling == poolTransaction {
+		if e.learn != "" && c.pooling == poolTransaction && !c.pinned.Load() {
 			// Its server is asked what the session holds once the unit ends (learn.go).
 			b.learnDue = true
 			b.learnNames = append(b.learnNames, e.names...)

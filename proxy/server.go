@@ -305,7 +305,7 @@ func (b *backend) reset(c *client, discardAll bool) {
 	b.unlinkLocked()
 	if b.learnDue || b.queue.learning() {
 		// The client's settings are not known: none reaches the next client.
-		discardAll, b.learnDue = true, false
+		discardAll, b.learnDue, b.learnNames = true, false, b.learnNames[:0]
 	}
 	if b.queue.len() > 0 && !b.queue.learning() || b.open || b.dead.Load() {
 		b.mu.Unlock()
