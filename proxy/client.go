@@ -349,7 +349,11 @@ func (c *client) process() error {
 				return err
 			}
 			from, syncs, lead, slow = pos, 0, 0, false
-			c.awaitStmtOps()
+			if transaction {
+				c.awaitStmtOps()
+			} else {
+				c.settleStmtOps() // session mode: what the server answered so far, without waiting
+			}
 		}
 		if readOnly {
 			if v := c.p.guard(typ, body, c); v.Write {

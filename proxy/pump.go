@@ -481,8 +481,8 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 			}
 		}
 	case reqClient:
-		if r.op != nil && r.failed {
-			r.op.skipped = true
+		if r.op != nil {
+			r.op.skipped, r.op.settled = r.failed, true
 		}
 		if status == 'I' {
 			b.unitDone()

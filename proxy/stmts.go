@@ -60,6 +60,7 @@ type stmtOp struct {
 	name    string
 	prev    *stmt  // what name meant before; nil: nothing
 	skipped bool   // set by the pump under the backend's mu
+	settled bool   // ... as is this: the server answered (or skipped) it
 	dup     string // for the Parse pgguard makes fail: the client's name
 }
 
@@ -516,6 +517,9 @@ func (b *backend) reply(typ byte) (swallow bool) {
 	n := copy(b.replies, b.replies[1:])
 	b.replies[n] = pendingReply{}
 	b.replies = b.replies[:n]
+	if r.op != nil {
+		r.op.settled = true
+	}
 	if r.typ != typ {
 		b.db.p.log.Error("prepared statement bookkeeping out of step; closing server connection", "server", b.id, "want", string(r.typ), "got", string(typ))
 		b.dead.Store(true)
@@ -547,7 +551,7 @@ func (b *backend) skipped(r pendingReply) {
 		b.stmts.removeIf(r.key, r.batch)
 	}
 	if r.op != nil {
-		r.op.skipped = true
+		r.op.skipped, r.op.settled = true, true
 	}
 }
 
@@ -602,6 +606,38 @@ func (c *client) awaitStmtOps() {
 	clear(c.stmtOps)
 	c.stmtOps = c.stmtOps[:0]
 	c.stmtOpState = stmtOpsNone
+	c.dropStmtsIfDropped()
+}
+
+// settleStmtOps is awaitStmtOps without the wait, for session mode, where
+// the server is the client's for good and names are passed through: the
+// operations the server has answered are kept or undone, the others stay
+// pending (what they did stands for now, as the batch that sent them would
+// have it).
+func (c *client) settleStmtOps() {
+	b := c.server.Load()
+	if b == nil {
+		c.awaitStmtOps()
+		return
+	}
+	b.mu.Lock()
+	keep := c.stmtOps[:0]
+	for _, op := range c.stmtOps {
+		switch {
+		case !op.settled:
+			keep = append(keep, op)
+		case op.skipped && op.prev == nil:
+			delete(c.stmts, op.name)
+		case op.skipped:
+			c.stmts[op.name] = op.prev
+		}
+	}
+	b.mu.Unlock()
+	clear(c.stmtOps[len(keep):])
+	c.stmtOps = keep
+	if len(keep) == 0 {
+		c.stmtOpState = stmtOpsNone
+	}
 	c.dropStmtsIfDropped()
 }
 
