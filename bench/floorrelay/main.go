@@ -50,6 +50,8 @@ type side struct {
 	client  bool
 	peer    *side  // the linked side, or nil
 	started bool   // a client past its startup packet
+	sent    bool   // a client: bytes went to its server in this link
+	drain   bool   // a server whose client left mid-request: back when idle
 	in      []byte // a client's bytes read before its startup completed
 	frame   framer
 }
@@ -242,12 +244,19 @@ func (r *relay) readable(s *side) {
 		return
 	}
 	if s.peer == nil {
-		if !s.client {
+		switch {
+		case s.client:
+		case s.drain && idle:
+			s.drain = false
+			r.idle = append(r.idle, s)
+			r.serveWaiting()
+		case !s.drain:
 			r.close(s) // a server speaking unasked: gone or broken
 		}
 		return
 	}
 	writeAll(s.peer.fd, b)
+	s.sent = s.client
 	if !s.client && idle {
 		c := s.peer
 		s.peer, c.peer = nil, nil
@@ -256,7 +265,7 @@ func (r *relay) readable(s *side) {
 	}
 }
 
-func (r *relay) link(c, srv *side) { c.peer, srv.peer = srv, c }
+func (r *relay) link(c, srv *side) { c.peer, srv.peer, c.sent = srv, c, false }
 
 // serveWaiting hands the idle servers to queued clients, oldest first.
 func (r *relay) serveWaiting() {
@@ -320,9 +329,14 @@ func (r *relay) close(s *side) {
 	delete(r.sides, s.fd)
 	if s.client {
 		if srv := s.peer; srv != nil {
-			// Mid-transaction: the server's state is unknown; drop it too.
+			// The server finishes what it was sent, then serves others.
 			srv.peer = nil
-			r.close(srv)
+			if s.sent {
+				srv.drain = true
+			} else {
+				r.idle = append(r.idle, srv)
+				defer r.serveWaiting()
+			}
 		}
 		for i, w := range r.waiting {
 			if w == s {
