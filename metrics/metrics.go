@@ -33,6 +33,9 @@ type Metrics struct {
 	ClientsPinned  *prometheus.CounterVec // reason
 	LeakWarnings   *prometheus.CounterVec // application
 	Panics         *prometheus.CounterVec // side: client or server
+
+	// SessionsLearned counts learn queries answered (proxy/learn.go).
+	SessionsLearned prometheus.Counter
 }
 
 // New creates the metrics on a fresh registry, with Go runtime and process collectors.
@@ -95,6 +98,10 @@ func New() *Metrics {
 			Name: "pgguard_clients_pinned_total",
 			Help: "Transaction-mode clients pinned to one server for the rest of their session, by reason (LISTEN, SQL PREPARE, session advisory lock, cursor WITH HOLD, temporary table).",
 		}, []string{"reason"}),
+		SessionsLearned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgguard_sessions_learned_total",
+			Help: "Session states pgguard read from a server after a unit of work that may have changed settings its text does not show (a user function, DO, CALL, set_config with computed arguments).",
+		}),
 		LeakWarnings: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgguard_leak_warnings_total",
 			Help: "Sessions that held a server connection idle past pool.leak_warn_after, by application_name.",
@@ -117,7 +124,7 @@ func New() *Metrics {
 		}, []string{"side"}),
 	}
 	r.MustRegister(m.Panics, m.QueryDuration, m.Queries, m.QueryErrors, m.PoolWait, m.PoolMax,
-		m.UpstreamActive, m.Switches, m.ReadOnly, m.Bytes, m.ClientRefusals, m.UpstreamFull, m.ClientsReaped, m.Cancelled, m.FallbackWrites, m.ClientsPinned, m.LeakWarnings)
+		m.UpstreamActive, m.Switches, m.ReadOnly, m.Bytes, m.ClientRefusals, m.UpstreamFull, m.ClientsReaped, m.Cancelled, m.FallbackWrites, m.ClientsPinned, m.SessionsLearned, m.LeakWarnings)
 	// Exported at 0 from the start, so that an alert on its increase sees
 	// the first panic (a series born at 1 has no increase to rate).
 	m.Panics.WithLabelValues("client")

@@ -342,14 +342,18 @@ func (c *client) process() error {
 				continue
 			}
 		}
-		if transaction && c.stmtOpState == stmtOpsBehind && (namedStmtMessage(typ, body) || typ == 'Q' && deallocName(body) != "") {
+		if c.stmtOpState == stmtOpsBehind && namedStmtMessage(typ, body) || c.stmtOpState != stmtOpsNone && typ == 'Q' && stmtQuery(body) {
 			// A statement name after a batch whose Parse or Close of one
 			// may yet be skipped: send what came before and learn how it went.
 			if err := c.send(data[from:pos], lead, slow); err != nil {
 				return err
 			}
 			from, syncs, lead, slow = pos, 0, 0, false
-			c.awaitStmtOps()
+			if transaction {
+				c.awaitStmtOps()
+			} else {
+				c.settleStmtOps() // session mode: what the server answered so far, without waiting
+			}
 		}
 		if readOnly {
 			if v := c.p.guard(typ, body, c); v.Write {
@@ -380,12 +384,14 @@ func (c *client) process() error {
 			queries++
 			e := statementEffect(queryText(body))
 			c.addEffect(e)
-			if transaction && e != nil && e.dealloc != "" && c.stmts[e.dealloc] != nil {
+			var op *stmtOp
+			switch st := c.stmtOfQuery(e); {
+			case st == nil:
+			case transaction && !st.sql:
 				slow = true // a statement the client prepared with Parse (rewriter.deallocate)
 				c.stmtOpState = stmtOpsOpen
-			}
-			if !transaction && e != nil && e.dealloc != "" {
-				delete(c.stmts, e.dealloc) // session mode: the server's statement table, as the guard knows it
+			default:
+				op = c.sqlStmtOp(e, st)
 			}
 			c.stmtOpsSynced()
 			c.unnamedSeen = 2
@@ -393,8 +399,9 @@ func (c *client) process() error {
 				c.cached.writes.Add(rc.Writes(queryText(body)))
 			}
 			c.noteQuery(queryText(body), false)
+			c.queued[len(c.queued)-1].op = op
 		case 'P':
-			c.expect = append(c.expect, expectedReply{'1', syncs})
+			var op *stmtOp
 			if name, rest, ok := cbytes(body); ok {
 				// What it does to the session counts when it runs (Bind).
 				c.batchText = c.intern(queryText(rest))
@@ -408,19 +415,23 @@ func (c *client) process() error {
 					c.stmtOpState = stmtOpsOpen
 				}
 				if !transaction && len(name) > 0 {
-					c.rememberStmt(name, rest)
+					op = c.parseSession(name, rest)
 				}
 			}
+			c.expect = append(c.expect, expectedReply{'1', syncs, op})
 		case 'C':
-			c.expect = append(c.expect, expectedReply{'3', syncs})
+			var op *stmtOp
 			if transaction && namedStmtMessage(typ, body) {
 				slow = true
 				c.stmtOpState = stmtOpsOpen
 			}
 			if !transaction && namedStmtMessage(typ, body) {
-				name, _, _ := cbytes(body[1:])
-				delete(c.stmts, string(name))
+				if name, _, _ := cbytes(body[1:]); c.stmt(name) != nil {
+					op = c.changeStmt(string(name), nil)
+					c.stmtOpState = stmtOpsOpen
+				}
 			}
+			c.expect = append(c.expect, expectedReply{'3', syncs, op})
 		case 'B', 'D':
 			slow = slow || (transaction && (namedStmtMessage(typ, body) ||
 				c.unnamedSeen == 0 && c.unnamed != nil && unnamedStmtMessage(typ, body)))
@@ -487,7 +498,7 @@ func (c *client) addEffect(e *effect) {
 		return
 	}
 	c.effects = append(c.effects, e)
-	if e.dropsStmts && c.pooling == poolTransaction {
+	if e.dropsStmts {
 		c.stmtOpState = stmtOpsOpen
 	}
 }
@@ -763,6 +774,7 @@ func (c *client) sent() {
 type expectedReply struct {
 	typ   byte
 	syncs int
+	op    *stmtOp // session mode: the named Parse or Close it settles
 }
 
 // Where a client's Parse/Close messages of named statements stand.
@@ -792,17 +804,59 @@ func (c *client) setStmt(name string, st *stmt) {
 // it through, and the server's default_transaction_read_only refuses a write.
 const sessionStmtsMax = 1000
 
-// rememberStmt keeps a session-mode client's named statement (the body of
-// its Parse after the name) for the read-only guard, which judges a Bind by
-// its statement's text.
-func (c *client) rememberStmt(name, parse []byte) {
-	if _, ok := c.stmts[string(name)]; !ok && len(c.stmts) >= sessionStmtsMax {
+// parseSession follows a session-mode client's Parse of a named statement
+// (the body after the name) for the read-only guard, which judges a Bind by
+// its statement's text. The server refuses a name it holds (42P05), so that
+// Parse changes nothing; otherwise the name means the new text unless the
+// server fails or skips the Parse (the returned op, settled by its
+// ParseComplete or its batch's end).
+func (c *client) parseSession(name, parse []byte) *stmtOp {
+	if c.stmt(name) != nil {
+		return nil
+	}
+	if len(c.stmts) >= sessionStmtsMax {
 		for k := range c.stmts {
 			delete(c.stmts, k)
 			break
 		}
 	}
-	c.setStmt(string(name), &stmt{parse: append([]byte(nil), parse...), effect: statementEffect(queryText(parse))})
+	c.stmtOpState = stmtOpsOpen
+	return c.changeStmt(string(name), &stmt{parse: append([]byte(nil), parse...), effect: statementEffect(queryText(parse))})
+}
+
+// stmtOfQuery returns the statement a SQL PREPARE or DEALLOCATE name (e)
+// acts on: the new one for a PREPARE of a name the client does not hold,
+// the one it holds for a DEALLOCATE; else nil.
+func (c *client) stmtOfQuery(e *effect) *stmt {
+	switch {
+	case e == nil:
+	case e.prepare != "" && c.stmts[e.prepare] == nil:
+		return &stmt{sql: true, name: e.prepare, parse: e.prepareParse, effect: statementEffect(queryText(e.prepareParse))}
+	case e.dealloc != "":
+		return c.stmts[e.dealloc]
+	}
+	return nil
+}
+
+// sqlStmtOp enters a SQL PREPARE (st) or DEALLOCATE name in the client's
+// statements, in every pool mode, to be undone if the server fails the
+// Query (the request carries the op). A statement prepared with SQL is
+// held by the server under the client's own name (transaction mode pins
+// the client), so a later protocol Parse of that name gets the server's
+// 42P05 and a Bind, Describe or Close of it goes through unchanged.
+func (c *client) sqlStmtOp(e *effect, st *stmt) *stmtOp {
+	c.stmtOpState = stmtOpsOpen
+	if e.prepare != "" {
+		return c.changeStmt(e.prepare, st)
+	}
+	return c.changeStmt(e.dealloc, nil)
+}
+
+// stmtQuery reports whether a Query body is one SQL PREPARE or DEALLOCATE
+// name, whose outcome the statement table follows.
+func stmtQuery(body []byte) bool {
+	e := statementEffect(queryText(body))
+	return e != nil && (e.prepare != "" || e.dealloc != "")
 }
 
 // stmt looks a statement up by a name still in the read buffer (no copy).
@@ -812,12 +866,13 @@ func (c *client) stmt(name []byte) *stmt { return c.stmts[string(name)] }
 // client c and its server b (b.mu held).
 func (c *client) applyEffects(b *backend) {
 	for _, e := range c.effects {
-		if e.pin != "" && c.pooling == poolTransaction && !c.pinned.Load() {
-			c.pinReason = e.pin
-			c.pinned.Store(true)
-			c.p.metrics.ClientsPinned.WithLabelValues(e.pin).Inc()
-			c.p.log.Info("client pinned to its server connection for the rest of its session",
-				"client", c.id, "application_name", c.app, "reason", e.pin)
+		if e.pin != "" {
+			c.pin(e.pin)
+		}
+		if e.learn != "" && c.pooling == poolTransaction && !c.pinned.Load() {
+			// Its server is asked what the session holds once the unit ends (learn.go).
+			b.learnDue = true
+			b.learnNames = append(b.learnNames, e.names...)
 		}
 		// Takes effect if its transaction commits (see backend.unitDone).
 		b.staged = append(b.staged, e.params...)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"fmt"
@@ -194,17 +195,37 @@ func TestClientBufferGrowsAsBytesArrive(t *testing.T) {
 }
 
 // linkClient links c to a server connection over a pipe whose far end
-// swallows what it is sent, and drains what c's peer is sent.
+// accepts every Parse, Close and Sync, and drains what c's peer is sent.
 func linkClient(t *testing.T, c *client, peer net.Conn) {
 	t.Helper()
 	go io.Copy(io.Discard, peer)
 	srv, far := net.Pipe()
 	t.Cleanup(func() { srv.Close(); far.Close() })
-	go io.Copy(io.Discard, far)
+	go func() {
+		r := bufio.NewReader(far)
+		var hdr [5]byte
+		for {
+			if _, err := io.ReadFull(r, hdr[:]); err != nil {
+				return
+			}
+			if _, err := r.Discard(int(binary.BigEndian.Uint32(hdr[1:])) - 4); err != nil {
+				return
+			}
+			switch hdr[0] {
+			case 'P':
+				far.Write([]byte{'1', 0, 0, 0, 4})
+			case 'C':
+				far.Write([]byte{'3', 0, 0, 0, 4})
+			case 'S':
+				far.Write([]byte{'Z', 0, 0, 0, 5, 'I'})
+			}
+		}
+	}()
 	b := newBackend(c.db, &pgconn.HijackedConn{Conn: srv, ParameterStatuses: map[string]string{}}, "primary")
 	if !b.link(c) {
 		t.Fatal("link failed")
 	}
+	go b.pump()
 }
 
 // feed writes msgs to c through peer and runs c's read loop until it has

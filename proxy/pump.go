@@ -255,8 +255,11 @@ func (b *backend) refreshBulk() {
 	b.fwd.hold = h != nil && h.kind == reqClient && len(b.rerun) > 0
 	if h != nil && !h.forwarded() {
 		b.rd.bulkTo = nil
-		if h.probe != nil {
+		switch {
+		case h.probe != nil:
 			b.rd.fill = &h.probe.fill
+		case h.kind == reqLearn:
+			b.rd.fill = h.fill // its rows are pgguard's to read
 		}
 		return
 	}
@@ -335,6 +338,8 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 			return nil, nil
 		case reqHidden:
 			return nil, nil // in an aborted transaction, the client's own query fails alike
+		case reqLearn:
+			return nil, nil // the client is pinned instead (learned)
 		case reqClient:
 			if h.sqlstate == "" {
 				h.sqlstate, h.errMsg = code, errorMessage(body)
@@ -395,6 +400,9 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	}
 	inval := b.unitWrites(h, status)
 	fill, failed, last := h.fill, h.failed, b.queue.len() == 1
+	if h.kind != reqClient {
+		fill = nil // a learn query's reply is read below
+	}
 	b.settling = last
 	var to *client
 	// Read replicas (replica.go, rerun.go): the end of a unit that may
@@ -473,14 +481,27 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 			}
 		}
 	case reqClient:
-		if r.op != nil && r.failed {
-			r.op.skipped = true
+		if r.op != nil {
+			r.op.skipped, r.op.settled = r.failed, true
 		}
 		if status == 'I' {
 			b.unitDone()
 		}
 		c := b.client
-		if c != nil && b.queue.len() == 0 && !b.open && status == 'I' && c.pooling == poolTransaction && !c.pinned.Load() {
+		ends := c != nil && b.queue.len() == 0 && !b.open && status == 'I' && c.pooling == poolTransaction && !c.pinned.Load()
+		if again {
+			b.learnDue = false // refused by a replica: rolled back, nothing changed
+		}
+		switch {
+		case ends && b.learnDue:
+			// Learn the session first (learn.go); a ReadyForQuery held for
+			// the commit position waits for that too.
+			var held []byte
+			if hold {
+				held = append([]byte(nil), msg...)
+			}
+			b.startLearn(held)
+		case ends:
 			b.unlinkLocked()
 			next = srvIdle
 			switch {
@@ -494,8 +515,26 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 					late = c
 				}
 			}
-		} else if hold || again {
+		case hold || again:
 			late = c // the client sent more meanwhile: it keeps its server and has its reply now
+		}
+	case reqLearn:
+		b.learned(r.fill, r.failed)
+		c := b.client
+		switch {
+		case r.held == nil:
+			next = b.release(status)
+		case c != nil && !c.pinned.Load() && b.queue.len() == 0 && !b.open:
+			b.unlinkLocked()
+			next = srvIdle
+			msg = r.held
+			if position = b.holdForPosition(c, msg); position {
+				next = numServerStates
+			} else {
+				late = c
+			}
+		default:
+			late, msg = c, r.held
 		}
 	case reqProbe:
 		if r.probe.held != nil {
@@ -520,7 +559,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		// Back in the pool as soon as the client has its reply: the query
 		// it sends next finds this server idle (a sequential client keeps
 		// its server, and its parameters), or still linked to it.
-		if r.kind == reqClient || r.kind == reqProbe && r.probe.held != nil {
+		if r.kind == reqClient || r.kind == reqLearn || r.kind == reqProbe && r.probe.held != nil {
 			b.db.xacts.Add(1)
 		}
 		b.enter(next)
@@ -536,6 +575,24 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	if r.kind == reqClient && r.query {
 		b.report(r.inflightQuery, status, now)
 	}
+}
+
+// release unlinks a transaction-mode client whose unit of work is over
+// and returns srvIdle, the server's next state; or, when the unit may have
+// changed session state its text does not show, asks the server first
+// (learn.go), keeping the link until the answer. Else numServerStates:
+// the server stays linked (mu held).
+func (b *backend) release(status byte) serverState {
+	c := b.client
+	if c == nil || b.queue.len() > 0 || b.open || status != 'I' || c.pooling != poolTransaction || c.pinned.Load() {
+		return numServerStates
+	}
+	if b.learnDue {
+		b.startLearn(nil)
+		return numServerStates
+	}
+	b.unlinkLocked()
+	return srvIdle
 }
 
 // parameterStatus splits a ParameterStatus body.

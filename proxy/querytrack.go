@@ -23,6 +23,8 @@ type pendingQuery struct {
 	extended bool
 	quiet    bool   // a Sync pgguard added: the client must not see its ReadyForQuery
 	args     uint64 // hash of its literals or Bind parameters (query log only; see textArgs)
+	// op is the client's SQL PREPARE or DEALLOCATE the sync point settles.
+	op *stmtOp
 	// For the result cache: the tables the statements before this sync
 	// point may write, and the collector of a miss's reply.
 	writes cache.Targets

@@ -23,6 +23,7 @@ const (
 	reqReset                        // pgguard's ROLLBACK or DISCARD ALL after the client left: swallowed
 	reqHidden                       // pgguard's query ahead of a client's, in its link: swallowed, errors included
 	reqProbe                        // pgguard's query whose row it reads (probe, replica.go): swallowed
+	reqLearn                        // pgguard's question of what the session holds (learn.go): read by pgguard, swallowed
 )
 
 // request is one outstanding ReadyForQuery and what to do with its replies.
@@ -34,10 +35,13 @@ type request struct {
 	cancelAt      time.Time // ... at this time (stall.go closes the server past pool.cancel_timeout)
 	failed        bool      // an ErrorResponse answered it
 	// op is the client's statement change the request settles (its SQL
-	// DEALLOCATE of a statement it prepared with Parse): skipped if it fails.
+	// PREPARE or DEALLOCATE name): skipped if it fails.
 	op *stmtOp
 	// probe collects the row of a reqProbe.
 	probe *probe
+	// held is a reqLearn's client's ReadyForQuery, kept until the commit
+	// position is known (replica.go).
+	held []byte
 	// refused: a replica refused the client's work (25006, 40001) before
 	// its reply started; it runs again on the primary (rerun.go), and the
 	// error (kept here) reaches the client only if it cannot.
@@ -81,6 +85,11 @@ func (q *requestQueue) pop() request {
 		q.items, q.head = q.items[:0], 0
 	}
 	return r
+}
+
+// learning reports whether the only request outstanding is a learn query.
+func (q *requestQueue) learning() bool {
+	return q.len() == 1 && q.items[q.head].kind == reqLearn
 }
 
 // outstanding returns the requests not answered yet, oldest first; valid
@@ -144,10 +153,11 @@ func (b *backend) inSync(c *client) bool {
 // (b is then unusable: its values are unknown) or b was lost meanwhile.
 func (b *backend) syncParams(c *client) bool {
 	b.mu.Lock()
-	if b.client == c && b.settling {
+	if b.client == c && (b.settling || b.queue.learning()) {
 		// The client has its last reply but the pump has not finished that
 		// request: wait, or needsSync would see a reply outstanding and
-		// skip a sync the finished request made necessary (a RESET).
+		// skip a sync the finished request made necessary (a RESET). Or
+		// what c's session holds is being learned: compare with that.
 		b.mu.Unlock()
 		b.awaitAnswered(c)
 		b.mu.Lock()
@@ -202,7 +212,7 @@ func (b *backend) prepareSend(c *client, p []byte, lead int, open, slow bool) ([
 		out, hidden = w.out, w.hidden
 	} else {
 		for _, e := range c.expect {
-			b.replies = append(b.replies, pendingReply{typ: e.typ, batch: b.queue.pushed + uint64(e.syncs)})
+			b.replies = append(b.replies, pendingReply{typ: e.typ, batch: b.queue.pushed + uint64(e.syncs), op: e.op})
 		}
 	}
 	switch c.unnamedSeen {
@@ -214,7 +224,7 @@ func (b *backend) prepareSend(c *client, p []byte, lead int, open, slow bool) ([
 	now := time.Now()
 	b.act.Query(c.app, now)
 	for i, q := range c.queued {
-		var op *stmtOp
+		op := q.op
 		if len(hidden) > 0 && hidden[0].at == i {
 			b.queue.push(request{kind: reqHidden})
 			op, hidden = hidden[0].op, hidden[1:]

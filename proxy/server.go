@@ -107,6 +107,11 @@ type backend struct {
 	// ReadyForQuery came (readyForQuery); the client waits for it to leave
 	// the queue before it counts as idle (client.idleSession).
 	settling bool
+	// learnDue: the unit of work under way ran a statement that may change
+	// session state its text does not show; the pump asks the server when
+	// it ends (learn.go), with learnNames, setting names the texts named.
+	learnDue   bool
+	learnNames []string
 	// serverEnded: the server said it is closing (FATAL): its backend is
 	// gone, and nothing it ran can commit later.
 	serverEnded bool
@@ -244,9 +249,23 @@ func (b *backend) died(err error) {
 	outcome := b.lostOutcome()
 	running := outcome == lostUnknown && !b.serverEnded // its backend may still commit
 	why := b.abandoned
+	// A client whose unit of work is over, linked only while its session
+	// is learned, goes on without its server, as an idle one would, with
+	// the session state pgguard knew (learn.go).
+	learning := b.queue.learning()
+	var held []byte // its ReadyForQuery, if kept for the commit position
+	if learning {
+		held = b.queue.front().held
+	}
 	b.queue.clear()
 	b.signalAnswered()
 	c := b.unlinkLocked()
+	if learning {
+		if c != nil && held != nil {
+			c.write(held)
+		}
+		c = nil
+	}
 	b.mu.Unlock()
 	if running && !unsure.Empty() {
 		go b.settleOrphan(unsure)
@@ -284,7 +303,11 @@ func (b *backend) reset(c *client, discardAll bool) {
 		return
 	}
 	b.unlinkLocked()
-	if b.queue.len() > 0 || b.open || b.dead.Load() {
+	if b.learnDue || b.queue.learning() {
+		// The client's settings are not known: none reaches the next client.
+		discardAll, b.learnDue, b.learnNames = true, false, b.learnNames[:0]
+	}
+	if b.queue.len() > 0 && !b.queue.learning() || b.open || b.dead.Load() {
 		b.mu.Unlock()
 		b.enter(srvClosed)
 		return

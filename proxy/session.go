@@ -316,9 +316,21 @@ type effect struct {
 	dropsStmts bool // DISCARD ALL or DEALLOCATE ALL (followed by its CommandComplete)
 	// dealloc is the name a text that is one "DEALLOCATE name" removes.
 	dealloc string
+	// prepare is the name a text that is one "PREPARE name AS query"
+	// creates, and prepareParse the Parse body that query amounts to
+	// (text, no parameter types) for the statement table.
+	prepare      string
+	prepareParse []byte
 	// schema: it changes the schema in a way that can make prepared
 	// statements stale (ALTER, DROP, CREATE OR REPLACE, ...; see stale.go).
 	schema bool
+	// learn says why the statement may change session state where its
+	// text does not show it (a function that is not built in, DO, CALL, a
+	// set_config pgguard cannot follow): in transaction mode pgguard asks
+	// the server after its unit of work (learn.go). names are the setting
+	// names the text mentions, for that question.
+	learn string
+	names []string
 }
 
 // effects caches statement effects by text; only texts that mention a
@@ -361,7 +373,7 @@ func statementEffect(sql []byte) *effect {
 // only with "advisory" or "into" in the text; set_config anywhere, in any
 // case, always counts (a WITH, a FROM set_config(...), a subquery).
 func mayAffectSession(sql []byte) bool {
-	if hasSetConfig(sql) {
+	if hasSetConfig(sql) || callsFunction(sql) {
 		return true
 	}
 	for i := 0; i < len(sql); {
@@ -456,16 +468,24 @@ func parseEffect(sql string) *effect {
 	}
 	if strings.Contains(lower, "set_config") {
 		// Calls pgguard can follow (a constant SELECT set_config(...)
-		// target) are tracked; any other, wherever it is, pins.
+		// target) are tracked; for any other, wherever it is, pgguard
+		// learns the outcome from the server, or pins when it cannot
+		// know which setting the call changes.
 		calls, followed := countSetConfig(tree), 0
 		for _, raw := range tree.Stmts {
 			if sel := raw.Stmt.GetSelectStmt(); sel != nil {
 				followed += e.setConfigCalls(sel)
 			}
 		}
-		if calls > followed && e.pin == "" {
-			e.pin = "set_config where pgguard cannot follow it"
+		if calls > followed {
+			e.learn = "set_config where pgguard cannot follow it"
 		}
+	}
+	switch fn := unknownCall(tree); {
+	case fn == "set_config()" && e.pin == "":
+		e.pin = "set_config of a computed setting name"
+	case fn != "" && e.learn == "":
+		e.learn = "a call of " + fn
 	}
 	if e.pin == "" && tempObject(tree) {
 		e.pin = "temporary table"
@@ -474,9 +494,9 @@ func parseEffect(sql string) *effect {
 		n := raw.Stmt
 		switch {
 		case n.GetDoStmt() != nil:
-			e.pin = "DO block (may change session state pgguard cannot see)"
+			e.learn = "DO block"
 		case n.GetCallStmt() != nil:
-			e.pin = "CALL (a procedure may change session state pgguard cannot see)"
+			e.learn = "CALL"
 		case n.GetVariableSetStmt() != nil:
 			v := n.GetVariableSetStmt()
 			if v.IsLocal {
@@ -518,6 +538,12 @@ func parseEffect(sql string) *effect {
 			e.schema = true
 		case n.GetPrepareStmt() != nil:
 			e.pin = "SQL PREPARE"
+			if p := n.GetPrepareStmt(); len(tree.Stmts) == 1 && p.Name != "" {
+				one := &pg_query.ParseResult{Version: tree.Version, Stmts: []*pg_query.RawStmt{{Stmt: p.Query}}}
+				if text, err := pg_query.Deparse(one); err == nil {
+					e.prepare, e.prepareParse = p.Name, append([]byte(text), 0, 0, 0)
+				}
+			}
 		case n.GetListenStmt() != nil:
 			e.pin = "LISTEN"
 		case n.GetDeclareCursorStmt() != nil && n.GetDeclareCursorStmt().Options&0x0020 != 0: // CURSOR_OPT_HOLD
@@ -528,7 +554,10 @@ func parseEffect(sql string) *effect {
 			e.pin = "temporary table"
 		}
 	}
-	if e.pin == "" && e.params == nil && !e.dropsStmts && e.dealloc == "" && !e.schema {
+	if e.learn != "" {
+		e.names = settingNames(sql)
+	}
+	if e.pin == "" && e.params == nil && !e.dropsStmts && e.dealloc == "" && !e.schema && e.learn == "" && e.prepare == "" {
 		return nil
 	}
 	return e
@@ -643,8 +672,7 @@ func (e *effect) setConfigCalls(sel *pg_query.SelectStmt) int {
 		name, value := args[0].GetAConst().GetSval(), args[1].GetAConst().GetSval()
 		local := args[2].GetAConst().GetBoolval()
 		if name == nil || value == nil || local == nil {
-			e.pin = "set_config with computed arguments"
-			continue
+			continue // computed: learned from the server (or pinned: unknownCall)
 		}
 		followed++
 		if _, reported := canonicalReported(name.GetSval()); reported || local.GetBoolval() {

@@ -42,6 +42,9 @@ type stmt struct {
 	name   string  // its name on servers, "pgg_<key>"
 	parse  []byte  // the Parse body after the name: query\0, int16 count, OIDs
 	effect *effect // what executing it does to session state, or nil
+	// sql: prepared with SQL PREPARE, held by the server under the
+	// client's own name (name); its messages go through unchanged.
+	sql bool
 }
 
 func newStmt(base, key uint64, sp string, parse []byte) *stmt {
@@ -57,6 +60,7 @@ type stmtOp struct {
 	name    string
 	prev    *stmt  // what name meant before; nil: nothing
 	skipped bool   // set by the pump under the backend's mu
+	settled bool   // ... as is this: the server answered (or skipped) it
 	dup     string // for the Parse pgguard makes fail: the client's name
 }
 
@@ -301,8 +305,8 @@ func (w *rewriter) message(msg []byte) {
 			return
 		}
 		st := w.c.stmt(name)
-		if !ok || st == nil {
-			w.out = append(w.out, msg...) // the server reports the unknown name
+		if !ok || st == nil || st.sql {
+			w.out = append(w.out, msg...) // the server reports the unknown name, or holds it
 			return
 		}
 		srvName := w.ensure(st) // first: it may send a Parse
@@ -317,7 +321,7 @@ func (w *rewriter) message(msg []byte) {
 			return
 		}
 		st := w.c.stmt(bytes.TrimSuffix(body[1:], []byte{0}))
-		if st == nil {
+		if st == nil || st.sql {
 			w.out = append(w.out, msg...)
 			return
 		}
@@ -328,10 +332,16 @@ func (w *rewriter) message(msg []byte) {
 		if body[0] == 'S' && len(body) > 1 && body[1] != 0 {
 			// The statement may serve other clients on this server: keep it,
 			// and let the server answer a Close of a name it does not have.
-			if name := bytes.TrimSuffix(body[1:], []byte{0}); w.c.stmt(name) != nil {
+			name := bytes.TrimSuffix(body[1:], []byte{0})
+			st := w.c.stmt(name)
+			if st != nil {
 				op = w.c.changeStmt(string(name), nil)
 			}
-			w.out = appendMsg(w.out, 'C', "Spgg_closed\x00")
+			if st != nil && st.sql {
+				w.out = append(w.out, msg...)
+			} else {
+				w.out = appendMsg(w.out, 'C', "Spgg_closed\x00")
+			}
 		} else {
 			w.out = append(w.out, msg...)
 		}
@@ -507,6 +517,9 @@ func (b *backend) reply(typ byte) (swallow bool) {
 	n := copy(b.replies, b.replies[1:])
 	b.replies[n] = pendingReply{}
 	b.replies = b.replies[:n]
+	if r.op != nil {
+		r.op.settled = true
+	}
 	if r.typ != typ {
 		b.db.p.log.Error("prepared statement bookkeeping out of step; closing server connection", "server", b.id, "want", string(r.typ), "got", string(typ))
 		b.dead.Store(true)
@@ -538,7 +551,7 @@ func (b *backend) skipped(r pendingReply) {
 		b.stmts.removeIf(r.key, r.batch)
 	}
 	if r.op != nil {
-		r.op.skipped = true
+		r.op.skipped, r.op.settled = true, true
 	}
 }
 
@@ -593,6 +606,38 @@ func (c *client) awaitStmtOps() {
 	clear(c.stmtOps)
 	c.stmtOps = c.stmtOps[:0]
 	c.stmtOpState = stmtOpsNone
+	c.dropStmtsIfDropped()
+}
+
+// settleStmtOps is awaitStmtOps without the wait, for session mode, where
+// the server is the client's for good and names are passed through: the
+// operations the server has answered are kept or undone, the others stay
+// pending (what they did stands for now, as the batch that sent them would
+// have it).
+func (c *client) settleStmtOps() {
+	b := c.server.Load()
+	if b == nil {
+		c.awaitStmtOps()
+		return
+	}
+	b.mu.Lock()
+	keep := c.stmtOps[:0]
+	for _, op := range c.stmtOps {
+		switch {
+		case !op.settled:
+			keep = append(keep, op)
+		case op.skipped && op.prev == nil:
+			delete(c.stmts, op.name)
+		case op.skipped:
+			c.stmts[op.name] = op.prev
+		}
+	}
+	b.mu.Unlock()
+	clear(c.stmtOps[len(keep):])
+	c.stmtOps = keep
+	if len(keep) == 0 {
+		c.stmtOpState = stmtOpsNone
+	}
 	c.dropStmtsIfDropped()
 }
 

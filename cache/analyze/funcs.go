@@ -149,3 +149,17 @@ func foldEqual(b []byte, w string) bool {
 	}
 	return true
 }
+
+// IsBuiltin reports whether name (lower case) is a function built into
+// pg_catalog. Any other is a user or extension function, which may change
+// session state (a set_config inside it) where the text does not show.
+func IsBuiltin(name string) bool {
+	_, ok := builtins()[name]
+	return ok
+}
+
+// IsBuiltinBytes is IsBuiltin of a name in bytes, without allocating.
+func IsBuiltinBytes(name []byte) bool {
+	_, ok := builtins()[string(name)]
+	return ok
+}
