@@ -345,9 +345,13 @@ func primaryDiesUnderSessions(t *testing.T, n guardtest.Net) {
 		took := time.Since(killed)
 		code := pgCode(err)
 		t.Logf("%s: error after %s: SQLSTATE %q: %v", what, took.Round(time.Millisecond), code, err)
+		// pgguard sends its FATAL and closes the socket at once; a client
+		// whose next write meets the closed socket's reset loses the
+		// unread FATAL in its kernel, as it would from a dying server.
+		closed := code == "" && strings.Contains(err.Error(), "conn closed") && slices.Contains(want, "closed")
 		if err == nil {
 			t.Errorf("%s: no error from a dead primary", what)
-		} else if !slices.Contains(want, code) {
+		} else if !slices.Contains(want, code) && !closed {
 			t.Errorf("%s: SQLSTATE %q, want one of %v", what, code, want)
 		}
 		if took > prompt {
@@ -363,9 +367,9 @@ func primaryDiesUnderSessions(t *testing.T, n guardtest.Net) {
 	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	_, err := inTx.Exec(qctx, "SELECT 1")
-	check("session mode, inside a transaction", err, "08006", "57P01")
+	check("session mode, inside a transaction", err, "08006", "57P01", "closed")
 	_, err = idle.Exec(qctx, "SELECT 1")
-	check("session mode, idle session", err, "08006", "57P01")
+	check("session mode, idle session", err, "08006", "57P01", "closed")
 
 	// A new session lands on the fallback.
 	c := connect(t, gs.url("app"), pgx.QueryExecModeSimpleProtocol)
