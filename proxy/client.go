@@ -648,6 +648,7 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 		return nil
 	}
 	c.db.listen.beforeQuery() // a listening connection the upstream closed comes back first
+	c.awaitSettled()
 	open := c.skip > 0 || !isSyncPoint(c.lastTyp)
 	ops := len(c.stmtOps)
 	var work route.Chunk // what p means for routing (replica.go)
@@ -728,6 +729,24 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 		c.p.bytesIn.Add(float64(len(out)))
 		c.sentUnnamed()
 		return nil
+	}
+}
+
+// awaitSettled waits while c's server finishes c's last request (its reply
+// is out; the pump has yet to invalidate, store, release) or learns c's
+// session: until then the server still looks linked and busy, and what c
+// sends now would skip what a new unit gets (the limiter's admission, the
+// parameter sync, routing).
+func (c *client) awaitSettled() {
+	b := c.server.Load()
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	wait := b.client == c && (b.settling || b.queue.learning())
+	b.mu.Unlock()
+	if wait {
+		b.awaitAnswered(c)
 	}
 }
 
