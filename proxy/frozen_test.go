@@ -189,6 +189,10 @@ func frozenPrimary(t *testing.T, queryTimeout, checkAfter time.Duration) {
 		r := <-results
 		var pe *pgconn.PgError
 		switch {
+		case r.err == nil && switchAway && strings.HasPrefix(r.who, "idle-pooled") && r.took <= bound:
+			// Its query reached pgguard after the switch (a loaded machine
+			// runs the goroutine late) and the fallback answered it.
+			t.Logf("%s: answered by the fallback after %s", r.who, r.took.Round(time.Millisecond))
 		case r.err == nil:
 			t.Errorf("%s: succeeded on a frozen primary?", r.who)
 		case !errors.As(r.err, &pe):
