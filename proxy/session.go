@@ -11,6 +11,8 @@ import (
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/pgguard/pgguard/cache/analyze"
 )
 
 // Session state under transaction pooling: a client's session parameters
@@ -619,23 +621,7 @@ func tempObject(tree *pg_query.ParseResult) bool {
 
 // visitNodes calls f on m and every message below it.
 func visitNodes(m protoreflect.Message, f func(proto.Message)) {
-	if !m.IsValid() {
-		return
-	}
-	f(m.Interface())
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		switch {
-		case fd.Message() == nil || fd.IsMap():
-		case fd.IsList():
-			l := v.List()
-			for i := range l.Len() {
-				visitNodes(l.Get(i).Message(), f)
-			}
-		default:
-			visitNodes(v.Message(), f)
-		}
-		return true
-	})
+	analyze.VisitMessage(m, func(x proto.Message) bool { f(x); return true })
 }
 
 func funcName(f *pg_query.FuncCall) string {
