@@ -226,17 +226,13 @@ func (c *client) idleSession() (*cache.Session, bool) {
 		if b == nil {
 			return c.cacheSession(), true
 		}
+		// Its last reply written, or about to be once Redis has answered:
+		// wait for the pump to finish the request (and release the
+		// server), rather than send this to the server.
+		c.awaitSettled()
 		b.mu.Lock()
-		switch {
-		case b.client != c: // unlinked meanwhile: look again
+		if b.client != c { // unlinked meanwhile: look again
 			b.mu.Unlock()
-			continue
-		case b.settling:
-			// Its last reply is written, or about to be once Redis has
-			// answered: wait for the pump to finish the request (and
-			// release the server), rather than send this to the server.
-			b.mu.Unlock()
-			b.awaitAnswered(c)
 			continue
 		}
 		idle := b.queue.len() == 0 && !b.open && b.txStatus == 'I'

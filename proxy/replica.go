@@ -303,12 +303,7 @@ func (c *client) leaveReplica(work route.Chunk) (unitStart bool) {
 	if b == nil || b.db.replicaOf == nil {
 		return false
 	}
-	b.mu.Lock()
-	if b.client == c && b.settling { // its last reply is out, the pump is about to settle it
-		b.mu.Unlock()
-		b.awaitAnswered(c)
-		b.mu.Lock()
-	}
+	b.mu.Lock() // send waited for c's last request to settle (awaitSettled)
 	if b.client != c || b.queue.len() > 0 || b.open || b.txStatus != 'I' {
 		b.mu.Unlock()
 		return false

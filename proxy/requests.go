@@ -152,16 +152,7 @@ func (b *backend) inSync(c *client) bool {
 // run with another client's settings. It reports false when the sync failed
 // (b is then unusable: its values are unknown) or b was lost meanwhile.
 func (b *backend) syncParams(c *client) bool {
-	b.mu.Lock()
-	if b.client == c && (b.settling || b.queue.learning()) {
-		// The client has its last reply but the pump has not finished that
-		// request: wait, or needsSync would see a reply outstanding and
-		// skip a sync the finished request made necessary (a RESET). Or
-		// what c's session holds is being learned: compare with that.
-		b.mu.Unlock()
-		b.awaitAnswered(c)
-		b.mu.Lock()
-	}
+	b.mu.Lock() // send waited for c's last request to settle (awaitSettled)
 	if b.client != c || b.inSync(c) {
 		b.mu.Unlock()
 		return true
