@@ -79,16 +79,20 @@ type guardOpts struct {
 	readOnly     bool
 	queryLogPath string // "" is off
 	extra        string // more TOML, appended ([[cache]] rules, say)
+	bin          string // a pgguard binary to run instead of this tree's
 }
 
 func startGuardProc(t *testing.T, pg *localpg.Cluster, o guardOpts) *guardProc {
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "pgguard")
-	// Built as `make build` builds the binary users run (static), so that
-	// its resident memory is what ships.
-	build := exec.Command("make", "-C", "..", "build", "BIN="+bin)
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build pgguard: %v\n%s", err, out)
+	bin := o.bin
+	if bin == "" {
+		bin = filepath.Join(dir, "pgguard")
+		// Built as `make build` builds the binary users run (static), so that
+		// its resident memory is what ships.
+		build := exec.Command("make", "-C", "..", "build", "BIN="+bin)
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build pgguard: %v\n%s", err, out)
+		}
 	}
 	port := freePort(t)
 	cfg := fmt.Sprintf(`listen = "127.0.0.1:%d"
@@ -164,6 +168,7 @@ type result struct {
 	failed         int
 	transactions   int
 	cpu            time.Duration // the pooler's user+system time during the run
+	switches       int64         // ... and its threads' context switches (ctxSwitches)
 }
 
 func pgbench(t *testing.T, args ...string) string {

@@ -16,7 +16,8 @@ import (
 // pgguard's default config (query log to stderr, a pipe) and with the query
 // log off, against PgBouncer (PGBOUNCER_BIN picks the binary; Debian's by
 // default), interleaved in one run: CPU per transaction (the pooler's
-// user+system time over the transactions pgbench completed), throughput at
+// user+system time over the transactions pgbench completed) and context
+// switches per transaction (every thread's, voluntary and not), throughput at
 // 50 clients on pools of 10 and as a share of the limit (direct, 10
 // clients), single-client latency over direct, resident memory fresh and
 // after a 10-client load (and how much of it is anonymous: the rest maps the
@@ -60,9 +61,10 @@ func TestSidecarCost(t *testing.T) {
 		limit = append(limit, run(t, e.pg.URL("bench"), "-S", "-n", "-c", "10", "-j", "2", "-T", secs, "-M", "simple"))
 		direct1 = append(direct1, run(t, e.pg.URL("bench"), "-S", "-n", "-c", "1", "-j", "1", "-T", secs, "-M", "simple"))
 		for _, tg := range targets {
-			before := cpuTime(t, tg.pid)
+			before, switches := cpuTime(t, tg.pid), ctxSwitches(tg.pid)
 			res := run(t, tg.url, "-S", "-n", "-c", "50", "-j", "2", "-T", secs, "-M", "simple")
 			res.cpu = cpuTime(t, tg.pid) - before
+			res.switches = ctxSwitches(tg.pid) - switches
 			if res.failed != 0 {
 				t.Errorf("%s: %d failed transactions", tg.name, res.failed)
 			}
@@ -73,6 +75,7 @@ func TestSidecarCost(t *testing.T) {
 	tps := func(r result) float64 { return r.tps }
 	lat := func(r result) float64 { return r.latencyMS * 1000 }
 	cpuPerTx := func(r result) float64 { return float64(r.cpu.Microseconds()) / float64(max(r.transactions, 1)) }
+	switchesPerTx := func(r result) float64 { return float64(r.switches) / float64(max(r.transactions, 1)) }
 	// Last: idle sessions leave memory behind.
 	idle := map[string]float64{}
 	for _, tg := range targets {
@@ -80,11 +83,11 @@ func TestSidecarCost(t *testing.T) {
 	}
 	limitTPS, direct1Lat := median(limit, tps), median(direct1, lat)
 	t.Logf("pgbench -S -M simple, transaction pools of 10, %d rounds of %ss, medians (%s):", rounds, secs, e.bouncer.Version())
-	t.Logf("  %-16s %11s %9s %8s %15s %18s %18s %10s", "", "CPU/tx (µs)", "tps c=50", "of limit", "c=1 over direct", "RSS fresh (anon)", "RSS loaded (anon)", "idle KiB")
+	t.Logf("  %-16s %11s %11s %9s %8s %15s %18s %18s %10s", "", "CPU/tx (µs)", "switches/tx", "tps c=50", "of limit", "c=1 over direct", "RSS fresh (anon)", "RSS loaded (anon)", "idle KiB")
 	for _, tg := range targets {
 		f, l := fresh[tg.name], loaded[tg.name]
-		t.Logf("  %-16s %11.1f %9.0f %8.3f %12.0f µs %7.1f (%4.1f) MB %7.1f (%4.1f) MB %10.2f", tg.name,
-			median(many[tg.name], cpuPerTx), median(many[tg.name], tps), median(many[tg.name], tps)/limitTPS,
+		t.Logf("  %-16s %11.1f %11.2f %9.0f %8.3f %12.0f µs %7.1f (%4.1f) MB %7.1f (%4.1f) MB %10.2f", tg.name,
+			median(many[tg.name], cpuPerTx), median(many[tg.name], switchesPerTx), median(many[tg.name], tps), median(many[tg.name], tps)/limitTPS,
 			median(single[tg.name], lat)-direct1Lat, mb(f.rss), mb(f.anon), mb(l.rss), mb(l.anon), idle[tg.name]/1024)
 	}
 	b := func(name string, f func(result) float64) float64 { return median(many[name], f) }
