@@ -36,6 +36,29 @@ type Taker[C Conn] interface {
 	Take(c C) bool
 }
 
+// A LateTaker is a Taker whose caller did not stay to wait (AcquireLater):
+// Wake is called on the delivering goroutine, after the result is in,
+// whenever that result needs the caller (the connection not taken, or an
+// error); a result Take used needs nobody, so no goroutine is woken for it.
+type LateTaker[C Conn] interface {
+	Taker[C]
+	Wake()
+}
+
+// Later is a queued AcquireLater whose caller went on; Wait ends it.
+type Later[C Conn] struct {
+	p *Pool[C]
+	w *waiter[C]
+}
+
+// Deadline is when the wait times out (zero: never): the caller must call
+// Wait by then, or when woken, whichever comes first.
+func (l *Later[C]) Deadline() time.Time { return l.w.deadline }
+
+// Wait returns the queued acquire's result as AcquireFor would, blocking
+// until it is in. Called once.
+func (l *Later[C]) Wait() (C, bool, error) { return l.p.wait(l.w.ctx, l.w) }
+
 // Leaser grants the leases a fleet-wide cap on connections is made of
 // (package fleet): the pool opens a connection only after TryTake, and
 // gives the lease back when the connection closes or its dial fails.
@@ -162,14 +185,35 @@ func (p *Pool[C]) Acquire(ctx context.Context, priority int) (C, error) {
 // the connection it is handed on the releasing goroutine (see Taker);
 // taken reports whether t did.
 func (p *Pool[C]) AcquireFor(ctx context.Context, priority int, t Taker[C]) (c C, taken bool, err error) {
+	c, taken, w, err := p.acquire(ctx, priority, t, false)
+	if w != nil {
+		return p.wait(ctx, w)
+	}
+	return c, taken, err
+}
+
+// AcquireLater is AcquireFor for a caller that, when it has to queue, goes
+// on instead of blocking: it gets a Later, and t is woken when the result
+// needs it (see LateTaker). A connection t takes is then used without the
+// caller's goroutine being scheduled at all until it next has work.
+func (p *Pool[C]) AcquireLater(ctx context.Context, priority int, t LateTaker[C]) (C, *Later[C], error) {
+	c, _, w, err := p.acquire(ctx, priority, t, true)
+	if w != nil {
+		return c, &Later[C]{p: p, w: w}, nil
+	}
+	return c, nil, err
+}
+
+// acquire returns a connection at once, or queues and returns the waiter.
+func (p *Pool[C]) acquire(ctx context.Context, priority int, t Taker[C], late bool) (c C, taken bool, queued *waiter[C], err error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return c, false, ErrClosed
+		return c, false, nil, ErrClosed
 	}
 	if c, ok := p.popIdleLocked(); ok {
 		p.mu.Unlock()
-		return c, false, nil
+		return c, false, nil, nil
 	}
 	// Open a new connection when under Size, or under Size+MaxOverflow now
 	// that this client would otherwise queue; not while refusals are being
@@ -183,23 +227,23 @@ func (p *Pool[C]) AcquireFor(ctx context.Context, priority int, t Taker[C]) (c C
 		p.mu.Unlock()
 		c, err := p.open(ctx)
 		if !errors.Is(err, ErrFull) {
-			return c, false, err
+			return c, false, nil, err
 		}
 		// No room upstream (no lease, or the upstream is full): queue like
 		// any caller over the pool's cap, and try again later.
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
-			return c, false, ErrClosed
+			return c, false, nil, ErrClosed
 		}
 		if c, ok := p.popIdleLocked(); ok {
 			p.mu.Unlock()
-			return c, false, nil
+			return c, false, nil, nil
 		}
 		full = true
 	}
 	w := p.waiters.push(priority)
-	w.taker, w.ctx, w.deadline = t, ctx, time.Time{}
+	w.taker, w.ctx, w.deadline, w.late, w.since = t, ctx, time.Time{}, late, time.Now()
 	if d := p.opts.WaitTimeout; d > 0 {
 		w.deadline = time.Now().Add(d)
 	}
@@ -216,7 +260,7 @@ func (p *Pool[C]) AcquireFor(ctx context.Context, priority int, t Taker[C]) (c C
 	if ask {
 		p.refill()
 	}
-	return p.wait(ctx, w)
+	return c, false, w, nil
 }
 
 // open takes a lease, when the pool has a Leaser, and dials, for a caller
@@ -272,7 +316,7 @@ func (p *Pool[C]) requeue(w *waiter[C]) {
 	}
 	if err != nil {
 		p.mu.Unlock()
-		w.ready <- result[C]{err: err}
+		deliver(w, result[C]{err: err})
 		return
 	}
 	// A connection released while this waiter was out of the queue went
@@ -280,7 +324,7 @@ func (p *Pool[C]) requeue(w *waiter[C]) {
 	if c, ok := p.popIdleLocked(); ok {
 		p.mu.Unlock()
 		taken := w.taker != nil && w.taker.Take(c)
-		w.ready <- result[C]{conn: c, taken: taken}
+		deliver(w, result[C]{conn: c, taken: taken})
 		return
 	}
 	p.waiters.pushFront(w)
@@ -288,9 +332,19 @@ func (p *Pool[C]) requeue(w *waiter[C]) {
 	p.mu.Unlock()
 }
 
+// deliver hands w its result, and wakes a caller that did not stay to
+// wait (AcquireLater) when the result needs it.
+func deliver[C Conn](w *waiter[C], r result[C]) {
+	t, late := w.taker, w.late // w may be reused once r is in
+	w.ready <- r
+	if late && !r.taken {
+		t.(LateTaker[C]).Wake()
+	}
+}
+
 func (p *Pool[C]) wait(ctx context.Context, w *waiter[C]) (C, bool, error) {
 	var zero C
-	start := time.Now()
+	start := w.since
 	var timeout <-chan time.Time
 	if !w.deadline.IsZero() {
 		d := time.Until(w.deadline)
@@ -336,7 +390,7 @@ func (p *Pool[C]) recycle(w *waiter[C]) {
 	if w.timer != nil {
 		w.timer.Stop()
 	}
-	w.taker, w.ctx = nil, nil
+	w.taker, w.ctx, w.late = nil, nil, false
 	p.waiters.free.Put(w)
 	if p.testHookRecycled != nil {
 		p.testHookRecycled()
@@ -392,7 +446,7 @@ func (p *Pool[C]) Release(c C) {
 	if w := p.waiters.pop(); w != nil {
 		p.mu.Unlock()
 		taken := w.taker != nil && w.taker.Take(c)
-		w.ready <- result[C]{conn: c, taken: taken}
+		deliver(w, result[C]{conn: c, taken: taken})
 		return
 	}
 	if p.total > p.opts.Size {
@@ -500,7 +554,7 @@ func (p *Pool[C]) dialFor(w *waiter[C]) {
 	if err != nil {
 		err = p.refillError(err, wctx, ctx)
 	}
-	w.ready <- result[C]{conn: c, err: err}
+	deliver(w, result[C]{conn: c, err: err})
 	if err == nil {
 		p.refill() // room for this one: maybe for the next waiter too
 	}
@@ -654,7 +708,7 @@ func (p *Pool[C]) Close() {
 		ic.conn.Close()
 	}
 	for _, w := range ws {
-		w.ready <- result[C]{err: ErrClosed}
+		deliver(w, result[C]{err: ErrClosed})
 	}
 }
 

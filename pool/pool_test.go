@@ -292,6 +292,62 @@ func TestTakerRunsOnRelease(t *testing.T) {
 	}
 }
 
+// lateTaker is a taker that did not stay to wait: it counts its wake-ups.
+type lateTaker struct {
+	taker
+	woken atomic.Int32
+}
+
+func (k *lateTaker) Wake() { k.woken.Add(1) }
+
+// TestAcquireLater: a caller that goes on instead of waiting is handed a
+// released connection on the releasing goroutine like AcquireFor's; it is
+// woken only when the result needs it (not taken, an error, a timeout
+// reached by Wait itself), and Wait then returns what AcquireFor would.
+func TestAcquireLater(t *testing.T) {
+	for _, take := range []bool{true, false} {
+		p, _ := newPool(t, 1, 0, time.Second)
+		held, _ := p.Acquire(context.Background(), 0)
+		var releasing atomic.Bool
+		k := &lateTaker{taker: taker{take: take, rel: &releasing}}
+		c, later, err := p.AcquireLater(context.Background(), 0, k)
+		if c != nil || later == nil || err != nil || later.Deadline().IsZero() {
+			t.Fatalf("take=%v: AcquireLater with the pool busy = %v, %v, %v; want queued with a deadline", take, c, later, err)
+		}
+		releasing.Store(true)
+		p.Release(held)
+		releasing.Store(false)
+		if want := map[bool]int32{true: 0, false: 1}[take]; k.woken.Load() != want || k.got != held || !k.inRel.Load() {
+			t.Fatalf("take=%v: woken %d times (want %d), Take got %v during Release %v", take, k.woken.Load(), want, k.got, k.inRel.Load())
+		}
+		c, taken, err := later.Wait()
+		if c != held || taken != take || err != nil {
+			t.Fatalf("take=%v: Wait = %v, %v, %v", take, c, taken, err)
+		}
+		p.Release(c)
+	}
+	// The pool closes: the caller is woken and told.
+	p, _ := newPool(t, 1, 0, time.Second)
+	held, _ := p.Acquire(context.Background(), 0)
+	k := &lateTaker{taker: taker{take: true, rel: new(atomic.Bool)}}
+	_, later, _ := p.AcquireLater(context.Background(), 0, k)
+	p.Close()
+	if _, _, err := later.Wait(); err != ErrClosed || k.woken.Load() != 1 {
+		t.Fatalf("closed: Wait error %v, woken %d times; want ErrClosed, once", err, k.woken.Load())
+	}
+	p.Release(held)
+	// Its wait times out: Wait, called when the deadline passed, says so.
+	p, _ = newPool(t, 1, 0, 20*time.Millisecond)
+	held, _ = p.Acquire(context.Background(), 0)
+	k = &lateTaker{taker: taker{take: true, rel: new(atomic.Bool)}}
+	_, later, _ = p.AcquireLater(context.Background(), 0, k)
+	time.Sleep(time.Until(later.Deadline()))
+	if _, _, err := later.Wait(); err != ErrWaitTimeout || p.Stats().Waiting != 0 {
+		t.Fatalf("timed out: Wait error %v, %d still waiting; want ErrWaitTimeout, none", err, p.Stats().Waiting)
+	}
+	p.Release(held)
+}
+
 // TestReusedWaiterKeepsItsTimeout: a waiter goes back for reuse only once
 // its wait timer is stopped, so the next caller that reuses it still times
 // out. A hook runs a second caller right after the first one's waiter is

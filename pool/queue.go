@@ -13,6 +13,8 @@ type waiter[C Conn] struct {
 	taker      Taker[C]    // may take the connection on the releasing goroutine
 	ctx        context.Context
 	deadline   time.Time // end of the wait; zero: none
+	since      time.Time // when it queued
+	late       bool      // AcquireLater: the taker is a LateTaker, woken by deliver
 	priority   int
 	prev, next *waiter[C]
 }

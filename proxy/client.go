@@ -122,6 +122,9 @@ type client struct {
 	state        atomic.Int32          // beside the 4-byte fields: the struct fits a smaller size class
 	leakWarned   atomic.Bool
 	cancelQueued atomic.Bool // a CancelRequest came while queued for a server
+	// woken: the queued send c's goroutine did not stay to wait for needs
+	// it (Wake; see deferSend).
+	woken atomic.Bool
 
 	// Parking (park.go): parked is set while no goroutine serves c;
 	// parkReq while the janitor asks it to park; inEpoll (client
@@ -138,6 +141,10 @@ type client struct {
 	rerun atomic.Pointer[[]byte]
 	// toPrimary: the send being run again goes to the primary (client goroutine).
 	toPrimary bool
+	// mayDefer: the send under way is the last of its input, which it
+	// consumes whole, so c's goroutine need not stay to wait for a server
+	// (deferSend; client goroutine).
+	mayDefer bool
 	// listen is the client's part in its database's listener
 	// (listen_client.go), set when it first LISTENs in transaction mode.
 	listen atomic.Pointer[subscriber]
@@ -168,7 +175,14 @@ func (c *client) serve() {
 		c.disconnect(nil)
 	})
 	for {
-		if err := c.fill(); err != nil {
+		err := c.fill()
+		if c.deferred() {
+			if err := c.resumeSend(); err != nil {
+				c.disconnect(err)
+				return
+			}
+		}
+		if err != nil {
 			if c.rerunRequested(err) {
 				if err := c.runAgain(); err != nil {
 					c.disconnect(err)
@@ -180,6 +194,9 @@ func (c *client) serve() {
 				if c.canPark() && c.p.parker.park(c) {
 					return
 				}
+				continue
+			}
+			if c.wokenOnly(err) {
 				continue
 			}
 			c.disconnect(err)
@@ -472,7 +489,15 @@ func (c *client) process() error {
 		}
 	}
 	c.lastActive.Store(time.Now().UnixNano())
-	if err := c.send(data[from:pos], lead, slow); err != nil {
+	c.mayDefer = pos == len(data) && c.skip == 0 && !c.discarding && transaction && c.raw != nil && c.db.rs == nil
+	err := c.send(data[from:pos], lead, slow)
+	c.mayDefer = false
+	switch {
+	case err == errDeferred:
+		// p stays where it is: the read buffer goes to the handoff.
+		c.handoff.syncs, c.handoff.buf, c.buf, c.w = syncs, c.buf, nil, 0
+		return nil
+	case err != nil:
 		var e *Error
 		if !errors.As(err, &e) || e.Fatal() {
 			return err
@@ -643,8 +668,8 @@ func (c *client) keep(rest []byte) {
 // for prepared statement names to be translated. Each sync point in p has
 // its entry in c.queued.
 func (c *client) send(p []byte, lead int, slow bool) error {
-	defer c.sent()
 	if len(p) == 0 {
+		c.sent()
 		return nil
 	}
 	c.db.listen.beforeQuery() // a listening connection the upstream closed comes back first
@@ -657,10 +682,25 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 		work = c.classifySend(p, lead, open)
 		unitStart = c.leaveReplica(work)
 	}
+	err := c.sendAttempts(p, lead, open, slow, ops, work, unitStart, false)
+	if err == errDeferred {
+		c.handoff.ops = ops
+		return err // c.sent() once resumed
+	}
+	c.sent()
+	return err
+}
+
+// sendAttempts is send's part from the admission on: it takes a server
+// when c has none and writes p, trying another server when a fresh one
+// fails at once. resumed: c's goroutine comes back for a send acquire
+// deferred (resumeSend), whose admission is done and whose server, if
+// one was handed over, is the queued acquire's.
+func (c *client) sendAttempts(p []byte, lead int, open, slow bool, ops int, work route.Chunk, unitStart, resumed bool) error {
 	for attempt := 0; ; attempt++ {
 		b := c.server.Load()
-		fresh := b == nil
-		if attempt == 0 && (fresh && c.pooling == poolTransaction || c.pooling == poolSession && len(c.queued) > 0) {
+		fresh := b == nil || resumed && attempt == 0
+		if attempt == 0 && !resumed && (fresh && c.pooling == poolTransaction || c.pooling == poolSession && len(c.queued) > 0) {
 			// A new transaction (transaction mode) or query (session mode,
 			// where one inside a transaction block is let finish it).
 			inTx := false
@@ -912,6 +952,16 @@ type handoff struct {
 	err        error     // ... and the write failed
 	wrote      int       // ... after writing this many bytes
 	waited     bool      // Take was called: the client queued for its server
+	// A send whose goroutine did not stay to wait (deferSend): the queued
+	// acquire, the send as process made it (Take replaces p), the read
+	// buffer it lies in, kept until then, and what resumeSend needs to
+	// finish the send.
+	later *pool.Later[*backend]
+	late  bool // set before it queued: Take wakes c's goroutine if its write fails
+	sent0 []byte
+	buf   []byte
+	ops   int // c.stmtOps before the send
+	syncs int // its sync points, answered with errors if it is refused
 }
 
 // handoffMax bounds what a releasing pump writes for a queued client: more
@@ -925,7 +975,7 @@ const handoffMax = 8 << 10
 func (c *client) Take(b *backend) bool {
 	h := c.handoff
 	h.waited = true
-	if h.p == nil || c.cancelQueued.Load() || c.gaveUp(h.start) || !b.link(c) {
+	if h.p == nil || c.cancelQueued.Load() || c.gaveUp(h.start) || h.late && c.fallbackDue(b) || !b.link(c) {
 		return false // c's goroutine deals with it
 	}
 	b.mu.Lock()
@@ -940,6 +990,10 @@ func (c *client) Take(b *backend) bool {
 	}
 	h.wrote, h.err = b.out.Write(out)
 	h.p, h.sent = out, true
+	c.state.Store(stateIdle) // linked: the server says active
+	if h.err != nil && h.late {
+		c.Wake() // the send failed: c's goroutine sees to it
+	}
 	return true
 }
 
@@ -953,24 +1007,47 @@ func (c *client) linked(start time.Time) {
 // mode a small send (p and the rest) may be written by the pump that hands
 // the server over (see handoff).
 func (c *client) acquire(p []byte, lead int, open, slow bool) (*backend, error) {
-	c.setState(stateWaiting)
-	defer c.setState(stateIdle) // linked: the server says active
-	if err := c.p.waitResumed(); err != nil {
-		return nil, c.p.clientError(pool.ErrClosed, c.db, true)
+	later, start := c.handoff.resuming()
+	if later == nil {
+		c.setState(stateWaiting)
+		if err := c.p.waitResumed(); err != nil {
+			c.setState(stateIdle)
+			return nil, c.p.clientError(pool.ErrClosed, c.db, true)
+		}
+		start = time.Now()
+		if err := c.acquireSlot(); err != nil {
+			c.setState(stateIdle)
+			return nil, c.p.clientError(err, c.db, false)
+		}
+		if c.handoff == nil {
+			c.handoff = new(handoff)
+		}
+		*c.handoff = handoff{start: start}
+		if c.pooling == poolTransaction && len(p) <= handoffMax {
+			*c.handoff = handoff{p: p, lead: lead, open: open, slow: slow, start: start}
+		}
 	}
-	start := time.Now()
-	if err := c.acquireSlot(); err != nil {
-		return nil, c.p.clientError(err, c.db, false)
-	}
-	if c.handoff == nil {
-		c.handoff = new(handoff)
-	}
-	*c.handoff = handoff{start: start}
-	if c.pooling == poolTransaction && len(p) <= handoffMax {
-		*c.handoff = handoff{p: p, lead: lead, open: open, slow: slow, start: start}
-	}
+	deferred := false
+	defer func() {
+		if !deferred {
+			c.setState(stateIdle) // linked: the server says active
+		}
+	}()
 	for {
-		b, taken, err := c.db.pool.AcquireFor(c.p.ctx, int(c.priority), c)
+		var b *backend
+		var taken bool
+		var err error
+		switch {
+		case later != nil:
+			b, taken, err = later.Wait()
+			later = nil
+		case c.mayDefer && c.handoff.p != nil:
+			if b, deferred, err = c.deferSend(); deferred {
+				return nil, errDeferred
+			}
+		default:
+			b, taken, err = c.db.pool.AcquireFor(c.p.ctx, int(c.priority), c)
+		}
 		if taken {
 			if c.cancelQueued.Swap(false) {
 				go b.cancelFor(c) // it came as Take sent the query: cancel it there
