@@ -243,9 +243,10 @@ func (p *Pool[C]) acquire(ctx context.Context, priority int, t Taker[C], late bo
 		full = true
 	}
 	w := p.waiters.push(priority)
-	w.taker, w.ctx, w.deadline, w.late, w.since = t, ctx, time.Time{}, late, time.Now()
+	now := time.Now()
+	w.taker, w.ctx, w.deadline, w.late, w.since = t, ctx, time.Time{}, late, now
 	if d := p.opts.WaitTimeout; d > 0 {
-		w.deadline = time.Now().Add(d)
+		w.deadline = now.Add(d)
 	}
 	p.stats.Waits++
 	// Queued under the cap: a lease (or room upstream) is what is missing.
