@@ -1005,7 +1005,9 @@ func (c *client) linked(start time.Time) {
 
 // acquire takes a server from the pool and links it to c. In transaction
 // mode a small send (p and the rest) may be written by the pump that hands
-// the server over (see handoff).
+// the server over (see handoff); when it is the last of c's input, c's
+// goroutine does not stay to wait for that (errDeferred, later.go), and
+// comes back to acquire for the result (resumeSend).
 func (c *client) acquire(p []byte, lead int, open, slow bool) (*backend, error) {
 	later, start := c.handoff.resuming()
 	if later == nil {
@@ -1178,7 +1180,8 @@ func (c *client) unlink() {
 	c.server.Store(nil)
 }
 
-// setState records what c's goroutine is doing; only that goroutine calls it.
+// setState records what c's goroutine is doing; only that goroutine calls
+// it (and Take, which ends a wait the goroutine may not have stayed for).
 func (c *client) setState(s int32) { c.state.Store(s) }
 
 // currentState is c's state for metrics, the janitor and SHOW CLIENTS: a
