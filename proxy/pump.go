@@ -121,6 +121,7 @@ func (o *output) flush() {
 
 // pump relays server output until the connection ends.
 func (b *backend) pump() {
+	defer close(b.ended)
 	defer b.db.p.recoverPanic("server", func() { b.lostToPanic() })
 	buf := make([]byte, 32<<10)
 	for {
