@@ -305,7 +305,9 @@ func (b *backend) inspect(typ byte, body []byte) (*client, *Error) {
 			b.commandComplete(h, body)
 		}
 	case 'E':
-		return b.serverError(h, body)
+		to, repl := b.serverError(h, body)
+		b.noteFatal(to, repl) // lost.go
+		return to, repl
 	}
 	if !forwarded {
 		return nil, nil

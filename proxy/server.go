@@ -115,6 +115,8 @@ type backend struct {
 	// serverEnded: the server said it is closing (FATAL): its backend is
 	// gone, and nothing it ran can commit later.
 	serverEnded bool
+	// fatalTo: the client that server's FATAL was forwarded to (lost.go).
+	fatalTo *client
 	// Whose unnamed statement the server holds (a client and its number).
 	unnamedOwner *client
 	unnamedGen   uint64
@@ -260,6 +262,7 @@ func (b *backend) died(err error) {
 	b.queue.clear()
 	b.signalAnswered()
 	c := b.unlinkLocked()
+	told := c != nil && b.fatalTo == c
 	if learning {
 		if c != nil && held != nil {
 			c.write(held)
@@ -285,7 +288,7 @@ func (b *backend) died(err error) {
 		if why == "" {
 			why = "was lost"
 		}
-		c.serverLost(b, err, lostError(b.db, b.db.hostOf(b.upstream), why, outcome))
+		b.tellLost(c, err, lostError(b.db, b.db.hostOf(b.upstream), why, outcome), told && outcome != lostUnknown)
 	}
 	b.enter(srvClosed)
 	if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
