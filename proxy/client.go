@@ -1065,6 +1065,7 @@ type linkState struct {
 	running       bool      // a query is in flight
 	since         time.Time // when it was sent
 	inTransaction bool      // idle inside a transaction block
+	openSince     time.Time // ... or mid extended-protocol batch, since (opentimeout.go)
 }
 
 func (c *client) linkState() linkState {
@@ -1082,6 +1083,7 @@ func (c *client) linkState() linkState {
 		st.running, st.since = true, h.start
 	} else {
 		st.inTransaction = b.txStatus != 'I' || b.open
+		st.openSince = b.openSince(c)
 	}
 	return st
 }

@@ -332,6 +332,7 @@ func (p *Proxy) reapIdleClients(now time.Time, clients []*client) {
 				p.log.Warn("cancelling a query past pool.query_timeout", "client", c.id, "application_name", c.app, "running", d.Round(time.Millisecond))
 				go st.b.cancelFor(c)
 			}
+		case p.cancelOpenBatch(c, st, now, pc): // pool.query_timeout before a Sync (opentimeout.go)
 		case st.inTransaction:
 			if limit := pc.IdleTransactionTimeout.Duration; limit > 0 && idle > limit {
 				p.metrics.ClientsReaped.WithLabelValues("idle_transaction_timeout").Inc()

@@ -68,6 +68,7 @@ type backend struct {
 	queue    requestQueue   // what the server will answer, in order
 	replies  []pendingReply // ParseComplete/CloseComplete expected for client batches
 	open     bool           // the client sent messages after its last sync point (mid extended-protocol batch)
+	batch    openBatch      // ... since when, for pool.query_timeout (opentimeout.go)
 	txStatus byte           // from the last ReadyForQuery: 'I', 'T' or 'E'
 	answered chan struct{}  // closed when the queue empties, for awaitAnswered
 	cancels  int            // CancelRequests in flight for this connection
