@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgguard/pgguard/internal/guardtest"
 )
 
 // idleEnding reads what an idle connection receives until it ends, without
@@ -42,9 +44,9 @@ func idleEnding(t *testing.T, conn net.Conn) []string {
 }
 
 // terminatedWhileIdle connects to url, runs a query, terminates the
-// session's server by the process id the driver was told at login (or
-// pg_backend_pid() when byKey is false), and returns what the idle
-// connection then reads.
+// session's server by pg_backend_pid(), and returns what the idle
+// connection then reads; byKey: with no query, by the process ID the
+// driver was told at login.
 func terminatedWhileIdle(t *testing.T, url string, byKey bool) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
@@ -54,13 +56,13 @@ func terminatedWhileIdle(t *testing.T, url string, byKey bool) []string {
 		t.Fatal(err)
 	}
 	defer pc.Close(context.Background())
-	rr := pc.ExecParams(ctx, "SELECT pg_backend_pid()", nil, nil, nil, nil).Read()
-	if rr.Err != nil {
-		t.Fatal(rr.Err)
-	}
-	pid := string(rr.Rows[0][0])
-	if byKey {
-		pid = fmt.Sprint(pc.PID())
+	pid := fmt.Sprint(pc.PID())
+	if !byKey {
+		rr := pc.ExecParams(ctx, "SELECT pg_backend_pid()", nil, nil, nil, nil).Read()
+		if rr.Err != nil {
+			t.Fatal(rr.Err)
+		}
+		pid = string(rr.Rows[0][0])
 	}
 	hc, err := pc.Hijack()
 	if err != nil {
@@ -83,9 +85,37 @@ func TestSessionServerDeathClosesClient(t *testing.T) {
 	if len(direct) == 0 || direct[len(direct)-1] != "EOF" {
 		t.Fatalf("direct connection read %v", direct)
 	}
-	g := startGuard(t, testConfig("session"))
-	got := terminatedWhileIdle(t, g.url("app"), false)
-	if strings.Join(got, "; ") != strings.Join(direct, "; ") {
-		t.Fatalf("through pgguard the idle client read\n  %s\ndirect:\n  %s", strings.Join(got, "; "), strings.Join(direct, "; "))
+	guardtest.EachNet(t, func(t *testing.T, n guardtest.Net) {
+		cfg := testConfig("session")
+		n.Route(t, cfg)
+		g := startGuard(t, cfg)
+		for _, byKey := range []bool{false, true} {
+			got := terminatedWhileIdle(t, g.url("app"), byKey)
+			if strings.Join(got, "; ") != strings.Join(direct, "; ") {
+				t.Fatalf("through pgguard (no query, terminated by the PID the driver was told: %v) the idle client read\n  %s\ndirect:\n  %s",
+					byKey, strings.Join(got, "; "), strings.Join(direct, "; "))
+			}
+		}
+	})
+
+	// The upstream goes away without a word (its connection reset): the
+	// idle client reads pgguard's FATAL saying so, then end-of-file.
+	cfg := testConfig("session")
+	u, relay := guardtest.Net{Name: "relay", Relay: &guardtest.Shapes{}}.URL(t, cfg.Databases["app"].Primary)
+	cfg.Databases["app"].Primary = u
+	g := startGuard(t, cfg)
+	pc := connectPg(t, g.url("app"))
+	if _, err := queryOne(t, pc, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	hc, err := pc.Hijack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hc.Conn.Close()
+	relay.Reset()
+	got := idleEnding(t, hc.Conn)
+	if strings.Join(got, "; ") != "ErrorResponse FATAL 08006; EOF" {
+		t.Fatalf("after its upstream connection was reset, the idle client read %v; want pgguard's FATAL 08006, then EOF", got)
 	}
 }
