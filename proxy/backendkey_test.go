@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -139,6 +140,20 @@ func TestSessionBackendKey(t *testing.T) {
 	got := backendKeyTranscript(t, g.url("app"), g.addr)
 	if strings.Join(got, "\n") != strings.Join(direct, "\n") {
 		t.Fatalf("through pgguard:\n%s\ndirect:\n%s", strings.Join(got, "\n"), strings.Join(direct, "\n"))
+	}
+
+	// Its own notifications carry the PID it was told, as directly.
+	for _, url := range []string{pg.URL("app"), g.url("app")} {
+		conn := connect(t, url, pgx.QueryExecModeExec)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if _, err := conn.Exec(ctx, "LISTEN backendkey_own; NOTIFY backendkey_own"); err != nil {
+			t.Fatal(err)
+		}
+		n, err := conn.WaitForNotification(ctx)
+		cancel()
+		if err != nil || n.PID != conn.PgConn().PID() {
+			t.Fatalf("%s: own notification %+v, %v; want its PID %d", url, n, err, conn.PgConn().PID())
+		}
 	}
 
 	// The key the driver holds is pgguard's: sent to the server itself,
