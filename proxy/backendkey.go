@@ -78,18 +78,28 @@ func (p *Proxy) keyedClient(pid, secret uint32) *client {
 // process ID. A refusal (pool.wait_timeout, a [[limits]] rule's
 // max_connections, no upstream) is FATAL, as a direct connection's
 // refusal at login is; a client that hung up while it waited gets
-// nothing.
+// nothing. So is a worker's login while the worker kill switch is on
+// (DISABLE_WORKERS): it could run nothing, and would hold a server.
 func (c *client) linkSession() (map[string]string, error) {
-	c.conn.SetDeadline(time.Time{}) // pool.wait_timeout bounds the wait, not pool.login_timeout
-	b, err := c.acquire(nil, 0, false, false)
-	if err != nil {
+	fatal := func(err error) error {
 		var e *Error
 		if errors.As(err, &e) {
 			fe := *e
 			fe.Severity = "FATAL"
-			return nil, &fe
+			return &fe
 		}
-		return nil, err
+		return err
+	}
+	if err := c.lim.AdmitCached(); err != nil { // only the worker kill switch refuses
+		return nil, fatal(c.p.clientError(err, c.db, true))
+	}
+	c.conn.SetDeadline(time.Time{}) // pool.wait_timeout bounds the wait, not pool.login_timeout
+	b, err := c.acquire(nil, 0, false, false)
+	if err != nil {
+		return nil, fatal(err)
+	}
+	if d := c.p.cfg.Load().Pool.LoginTimeout.Duration; d > 0 {
+		c.conn.SetDeadline(time.Now().Add(d)) // for the rest of the login
 	}
 	b.mu.Lock()
 	params := maps.Clone(b.params)
