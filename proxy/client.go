@@ -350,11 +350,7 @@ func (c *client) process() error {
 				return err
 			}
 			from, syncs, lead, slow = pos, 0, 0, false
-			if transaction {
-				c.awaitStmtOps()
-			} else {
-				c.settleStmtOps() // session mode: what the server answered so far, without waiting
-			}
+			c.learnStmtOps()
 		}
 		if readOnly {
 			if v := c.p.guard(typ, body, c); v.Write {
@@ -806,6 +802,18 @@ const (
 	stmtOpsOpen   // in the batch under way: later messages of it see their effect
 	stmtOpsBehind // in a batch sent before: the server may yet skip them
 )
+
+// learnStmtOps learns the outcome of the Parse and Close messages of named
+// statements sent in batches before: in transaction mode it waits for the
+// server's answers; in session mode it takes what the server answered so
+// far, without waiting.
+func (c *client) learnStmtOps() {
+	if c.pooling == poolTransaction {
+		c.awaitStmtOps()
+	} else {
+		c.settleStmtOps()
+	}
+}
 
 // stmtOpsSynced notes a sync point: a batch with Parse/Close messages ends.
 func (c *client) stmtOpsSynced() {

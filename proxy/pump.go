@@ -452,6 +452,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	}
 	if last && to != nil {
 		b.fwd.flush() // the client has every reply before it may count as idle
+		testPanic("replied")
 	}
 
 	b.mu.Lock()
