@@ -45,8 +45,9 @@ var stateNames = [...]string{"login", "idle", "waiting", "active"}
 // borrowed from readBufs only while bytes are pending.
 type client struct {
 	p      *Proxy
-	id     uint32 // also the BackendKeyData process ID
-	secret uint32
+	id     uint32 // pgguard's client ID (SHOW CLIENTS, KILL)
+	secret uint32 // BackendKeyData: secret key, and process ID (keyPID; backendkey.go)
+	keyPID uint32
 	conn   net.Conn
 	out    *sock           // writes to the client
 	raw    syscall.RawConn // reads, for plain TCP; nil for TLS connections
@@ -656,6 +657,9 @@ func (c *client) send(p []byte, lead int, slow bool) error {
 	for attempt := 0; ; attempt++ {
 		b := c.server.Load()
 		fresh := b == nil
+		if fresh && c.pooling == poolSession {
+			return c.sessionServerGone() // its server, linked at login, is the session's (backendkey.go)
+		}
 		if attempt == 0 && (fresh && c.pooling == poolTransaction || c.pooling == poolSession && len(c.queued) > 0) {
 			// A new transaction (transaction mode) or query (session mode,
 			// where one inside a transaction block is let finish it).
@@ -1069,6 +1073,7 @@ type linkState struct {
 	running       bool      // a query is in flight
 	since         time.Time // when it was sent
 	inTransaction bool      // idle inside a transaction block
+	openSince     time.Time // ... or mid extended-protocol batch, since (opentimeout.go)
 }
 
 func (c *client) linkState() linkState {
@@ -1086,6 +1091,7 @@ func (c *client) linkState() linkState {
 		st.running, st.since = true, h.start
 	} else {
 		st.inTransaction = b.txStatus != 'I' || b.open
+		st.openSince = b.openSince(c)
 	}
 	return st
 }

@@ -306,7 +306,9 @@ func (b *backend) inspect(typ byte, body []byte) (*client, *Error) {
 			b.commandComplete(h, body)
 		}
 	case 'E':
-		return b.serverError(h, body)
+		to, repl := b.serverError(h, body)
+		b.noteFatal(to, repl) // lost.go
+		return to, repl
 	}
 	if !forwarded {
 		return nil, nil
@@ -366,7 +368,7 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 	if staleStatementError(code, body) {
 		b.staleStatements(body)
 	}
-	if h != nil && h.timedOut && code == codeQueryCanceled {
+	if code == codeQueryCanceled && b.queryTimedOut(h) { // opentimeout.go
 		return b.client, errorf(codeQueryCanceled, "canceling statement: it ran longer than pool.query_timeout = %s; raise pool.query_timeout or speed the query up",
 			b.db.p.cfg.Load().Pool.QueryTimeout.Duration)
 	}

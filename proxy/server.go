@@ -69,6 +69,7 @@ type backend struct {
 	queue    requestQueue   // what the server will answer, in order
 	replies  []pendingReply // ParseComplete/CloseComplete expected for client batches
 	open     bool           // the client sent messages after its last sync point (mid extended-protocol batch)
+	batch    openBatch      // ... since when, for pool.query_timeout (opentimeout.go)
 	txStatus byte           // from the last ReadyForQuery: 'I', 'T' or 'E'
 	answered chan struct{}  // closed when the queue empties, for awaitAnswered
 	cancels  int            // CancelRequests in flight for this connection
@@ -116,6 +117,8 @@ type backend struct {
 	// serverEnded: the server said it is closing (FATAL): its backend is
 	// gone, and nothing it ran can commit later.
 	serverEnded bool
+	// fatalTo: the client that server's FATAL was forwarded to (lost.go).
+	fatalTo *client
 	// Whose unnamed statement the server holds (a client and its number).
 	unnamedOwner *client
 	unnamedGen   uint64
@@ -283,6 +286,7 @@ func (b *backend) died(err error) {
 	b.queue.clear()
 	b.signalAnswered()
 	c := b.unlinkLocked()
+	told := c != nil && b.fatalTo == c
 	if learning {
 		if c != nil && held != nil {
 			c.write(held)
@@ -308,7 +312,7 @@ func (b *backend) died(err error) {
 		if why == "" {
 			why = "was lost"
 		}
-		c.serverLost(b, err, lostError(b.db, b.db.hostOf(b.upstream), why, outcome))
+		b.tellLost(c, err, lostError(b.db, b.db.hostOf(b.upstream), why, outcome), told && outcome != lostUnknown)
 	}
 	b.enter(srvClosed)
 	if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
