@@ -470,7 +470,7 @@ type stateCollector struct{ p *Proxy }
 
 var (
 	clientsDesc     = prometheus.NewDesc("pgguard_client_connections", "Client connections by state (login, idle, waiting, active).", []string{"state"}, nil)
-	serversDesc     = prometheus.NewDesc("pgguard_server_connections", "Server connections by database, upstream and state (opening, idle, active, syncing, resetting, cancelling, listening).", []string{"database", "upstream", "state"}, nil)
+	serversDesc     = prometheus.NewDesc("pgguard_server_connections", "Server connections by database, upstream and state (opening, idle, active, syncing, resetting, cancelling, closing, listening).", []string{"database", "upstream", "state"}, nil)
 	transitionsDesc = prometheus.NewDesc("pgguard_server_state_transitions_total", "Server connection state changes by database, from and to (from \"new\": a connection opened).", []string{"database", "from", "to"}, nil)
 )
 
@@ -489,7 +489,9 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(clientsDesc, prometheus.GaugeValue, float64(n), stateNames[i])
 	}
 	for _, db := range s.p.databases() {
-		ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(db.pool.Stats().Opening), db.name, db.upstreamName(), "opening")
+		st := db.pool.Stats()
+		ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(st.Opening), db.name, db.upstreamName(), "opening")
+		ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(st.Closing), db.name, db.upstreamName(), "closing")
 		if upstream, ok := db.listen.connected(); ok { // the listening connection (listen.go), outside the pool
 			ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, 1, db.name, upstream, "listening")
 		}

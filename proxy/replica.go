@@ -712,7 +712,7 @@ func (db *database) replicaPools(mode string) []PoolStatus {
 		st := r.db.pool.Stats()
 		out = append(out, PoolStatus{
 			Database: db.name, Upstream: replicaUpstream, UpstreamHost: r.db.hostOf(replicaUpstream), Mode: mode, Failover: r.db.fo.State(),
-			ServersActive: st.Active, ServersIdle: st.Idle, ServersOpening: st.Opening,
+			ServersActive: st.Active, ServersIdle: st.Idle, ServersOpening: st.Opening, ServersClosing: st.Closing,
 			Size: st.Size, MaxOverflow: st.MaxOverflow,
 			Dials: st.Dials, DialErrors: st.DialErrors, WaitTimeouts: st.WaitTimeouts, Waits: st.Waits,
 			Transactions: r.db.xacts.Load(), Queries: r.db.queryCount.Load(),
