@@ -13,6 +13,24 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
+// sleeping runs sleep (a pg_sleep query) on each of pcs and returns once
+// PostgreSQL runs them all; each one's outcome then arrives on the channel.
+func sleeping(t *testing.T, sleep string, pcs ...*pgconn.PgConn) <-chan error {
+	t.Helper()
+	errc := make(chan error, len(pcs))
+	for _, pc := range pcs {
+		go func() {
+			_, err := queryOne(t, pc, sleep)
+			errc <- err
+		}()
+	}
+	waitUntil(t, sleep+" to run", func() bool {
+		n, err := pg.QueryInt(context.Background(), "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'", sleep)
+		return err == nil && n == int64(len(pcs))
+	})
+	return errc
+}
+
 // connectPg opens a pgconn session to url, closed when the test ends.
 func connectPg(t *testing.T, url string) *pgconn.PgConn {
 	t.Helper()
@@ -90,25 +108,10 @@ func backendKeyTranscript(t *testing.T, url, addr string) []string {
 	out = append(out, fmt.Sprintf("pg_stat_activity rows of the told PID running its query: %d", n))
 
 	// A cancel with the wrong secret is ignored; the right key cancels.
-	errc := make(chan error, 1)
-	go func() {
-		_, err := queryOne(t, pc, "SELECT pg_sleep(0.5)")
-		errc <- err
-	}()
-	waitUntil(t, "pg_sleep to run", func() bool {
-		n, err := pg.QueryInt(context.Background(), "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(0.5)' AND state = 'active'")
-		return err == nil && n == 1
-	})
+	errc := sleeping(t, "SELECT pg_sleep(0.5)", pc)
 	sendCancel(t, addr, pc.PID(), secretOf(pc)+1)
 	out = append(out, fmt.Sprintf("after a cancel with a wrong secret: %v", pgCode(<-errc)))
-	go func() {
-		_, err := queryOne(t, pc, "SELECT pg_sleep(20)")
-		errc <- err
-	}()
-	waitUntil(t, "pg_sleep to run", func() bool {
-		n, err := pg.QueryInt(context.Background(), "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)' AND state = 'active'")
-		return err == nil && n == 1
-	})
+	errc = sleeping(t, "SELECT pg_sleep(20)", pc)
 	sendCancel(t, addr, pc.PID(), secretOf(pc))
 	out = append(out, fmt.Sprintf("after a cancel with its key: %v", pgCode(<-errc)))
 
@@ -159,15 +162,7 @@ func TestSessionBackendKey(t *testing.T) {
 	// The key the driver holds is pgguard's: sent to the server itself,
 	// it cancels nothing.
 	pc := connectPg(t, g.url("app"))
-	errc := make(chan error, 1)
-	go func() {
-		_, err := queryOne(t, pc, "SELECT pg_sleep(0.5)")
-		errc <- err
-	}()
-	waitUntil(t, "pg_sleep to run", func() bool {
-		n, err := pg.QueryInt(context.Background(), "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(0.5)' AND state = 'active'")
-		return err == nil && n == 1
-	})
+	errc := sleeping(t, "SELECT pg_sleep(0.5)", pc)
 	sendCancel(t, pg.Addr(), pc.PID(), secretOf(pc))
 	if err := <-errc; err != nil {
 		t.Fatalf("pgguard's cancel key sent straight to the server cancelled the query: %v", err)
@@ -205,17 +200,7 @@ func TestBackendKeysUnique(t *testing.T) {
 		t.Fatalf("8 sessions got %d distinct keys", len(seen))
 	}
 	// A cancel of session 0 leaves session 1's query alone.
-	errc := make(chan error, 2)
-	for _, pc := range sessions[:2] {
-		go func() {
-			_, err := queryOne(t, pc, "SELECT pg_sleep(1)")
-			errc <- err
-		}()
-	}
-	waitUntil(t, "both to sleep", func() bool {
-		n, err := pg.QueryInt(context.Background(), "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(1)' AND state = 'active'")
-		return err == nil && n == 2
-	})
+	errc := sleeping(t, "SELECT pg_sleep(1)", sessions[:2]...)
 	sendCancel(t, gs.addr, sessions[0].PID(), secretOf(sessions[0]))
 	codes := map[string]int{}
 	for range 2 {

@@ -18,13 +18,7 @@ import (
 // socket, for a client that misbehaves at the protocol level.
 func rawSession(t *testing.T, url string) net.Conn {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	pc, err := pgconn.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hc, err := pc.Hijack()
+	hc, err := connectPg(t, url).Hijack()
 	if err != nil {
 		t.Fatal(err)
 	}

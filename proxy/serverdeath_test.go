@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgguard/pgguard/internal/guardtest"
@@ -51,11 +50,7 @@ func terminatedWhileIdle(t *testing.T, url string, byKey bool) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	pc, err := pgconn.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close(context.Background())
+	pc := connectPg(t, url)
 	pid := fmt.Sprint(pc.PID())
 	if !byKey {
 		rr := pc.ExecParams(ctx, "SELECT pg_backend_pid()", nil, nil, nil, nil).Read()
