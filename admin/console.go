@@ -266,10 +266,10 @@ func (c *Console) view(name string) (Table, bool) {
 
 func poolsTable(pools []proxy.PoolStatus) Table {
 	t := Table{Columns: []string{"database", "upstream", "upstream_host", "pool_mode", "cl_active", "cl_waiting", "cl_idle",
-		"sv_active", "sv_idle", "sv_opening", "pool_size", "max_overflow", "avg_wait_ms"}}
+		"sv_active", "sv_idle", "sv_opening", "pool_size", "max_overflow", "avg_wait_ms", "sv_closing"}}
 	for _, p := range pools {
 		t.Rows = append(t.Rows, []string{p.Database, p.Upstream, p.UpstreamHost, p.Mode, itoa(p.ClientsActive), itoa(p.ClientsWaiting), itoa(p.ClientsIdle),
-			itoa(p.ServersActive), itoa(p.ServersIdle), itoa(p.ServersOpening), itoa(p.Size), itoa(p.MaxOverflow), ms(p.AvgWaitSeconds)})
+			itoa(p.ServersActive), itoa(p.ServersIdle), itoa(p.ServersOpening), itoa(p.Size), itoa(p.MaxOverflow), ms(p.AvgWaitSeconds), itoa(p.ServersClosing)})
 	}
 	return t
 }

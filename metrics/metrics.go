@@ -96,7 +96,7 @@ func New() *Metrics {
 		}, []string{"sqlstate"}),
 		ClientsPinned: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgguard_clients_pinned_total",
-			Help: "Transaction-mode clients pinned to one server for the rest of their session, by reason (LISTEN, SQL PREPARE, session advisory lock, cursor WITH HOLD, temporary table).",
+			Help: "Transaction-mode clients pinned to one server for the rest of their session, by reason (LISTEN, SQL PREPARE, session advisory lock, cursor WITH HOLD, temporary table, temporary object).",
 		}, []string{"reason"}),
 		SessionsLearned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pgguard_sessions_learned_total",

@@ -112,6 +112,7 @@ func TestLeasesCapConnectionsAcrossPools(t *testing.T) {
 	}
 	for _, p := range pools {
 		p.CloseIdle()
+		closed(t, p)
 	}
 	if l.held != 0 {
 		t.Fatalf("leases held after every connection closed: %d, want 0", l.held)

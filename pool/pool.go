@@ -22,7 +22,10 @@ type Conn interface {
 	// Dead reports whether the connection can no longer serve (closed by the
 	// upstream, broken, or retired); the pool never hands out a dead one.
 	Dead() bool
-	// Close closes the connection. It may be called more than once.
+	// Close closes the connection and returns once the upstream has let
+	// go of it, or soon after (a bounded wait): the pool counts the
+	// connection against its caps until then, so that the upstream never
+	// holds more than they allow. It may be called more than once.
 	Close()
 }
 
@@ -118,11 +121,12 @@ type Pool[C Conn] struct {
 	mu      sync.Mutex
 	opts    Options[C]
 	idle    []idleConn[C] // LIFO: the most recently used is reused first, so the rest can idle out
-	total   int           // open or opening connections
+	total   int           // open, opening or closing connections
 	opening int           // dials under way
+	closing int           // closes under way (closeLocked)
 	waiters waitQueue[C]
 	closed  bool
-	born    map[any]time.Time // when each open connection was dialed, for Lifetime
+	born    map[any]connInfo // each connection counted in total
 	// ctx ends on Close: it aborts the dials made for queued callers.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -142,6 +146,12 @@ type Pool[C Conn] struct {
 	testHookRecycled func() // tests: runs after a waiter went back for reuse
 }
 
+// connInfo is what the pool keeps of a connection it counts.
+type connInfo struct {
+	born    time.Time // when it was dialed, for Lifetime
+	closing bool      // counted in closing
+}
+
 type idleConn[C Conn] struct {
 	conn  C
 	since time.Time
@@ -150,6 +160,9 @@ type idleConn[C Conn] struct {
 // Stats are the pool's counters and gauges.
 type Stats struct {
 	Idle, Active, Opening, Waiting int
+	// Closing: connections the pool closed that the upstream has not let
+	// go of yet; they count against the caps.
+	Closing int
 	// Size and MaxOverflow are the current limits.
 	Size, MaxOverflow int
 	// Dials, DialErrors, WaitTimeouts, Waits count since start.
@@ -167,7 +180,7 @@ func New[C Conn](opts Options[C]) *Pool[C] {
 	if opts.Size < 1 {
 		opts.Size = 1
 	}
-	p := &Pool[C]{opts: opts, born: make(map[any]time.Time)}
+	p := &Pool[C]{opts: opts, born: make(map[any]connInfo)}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	return p
 }
@@ -426,7 +439,7 @@ func (p *Pool[C]) dial(ctx context.Context) (C, error) {
 		var zero C
 		return zero, err
 	}
-	p.born[any(c)] = time.Now()
+	p.born[any(c)] = connInfo{born: time.Now()}
 	p.refusing, p.retryDelay = false, 0
 	p.mu.Unlock()
 	return c, nil
@@ -437,11 +450,16 @@ func (p *Pool[C]) dial(ctx context.Context) (C, error) {
 // idle list, or is closed when it is overflow and nobody waits.
 func (p *Pool[C]) Release(c C) {
 	p.mu.Lock()
-	if p.closed || c.Dead() || p.retireLocked(c) {
+	if c.Dead() {
 		p.forgetLocked(c)
 		p.mu.Unlock()
 		c.Close()
 		p.refill()
+		return
+	}
+	if p.closed || p.retireLocked(c) {
+		p.closeLocked(c)
+		p.mu.Unlock()
 		return
 	}
 	if w := p.waiters.pop(); w != nil {
@@ -450,10 +468,9 @@ func (p *Pool[C]) Release(c C) {
 		deliver(w, result[C]{conn: c, taken: taken})
 		return
 	}
-	if p.total > p.opts.Size {
-		p.forgetLocked(c)
+	if p.total-p.closing > p.opts.Size {
+		p.closeLocked(c)
 		p.mu.Unlock()
-		c.Close()
 		return
 	}
 	p.idle = append(p.idle, idleConn[C]{conn: c, since: time.Now()})
@@ -582,9 +599,13 @@ func (p *Pool[C]) popIdleLocked() (C, bool) {
 	for n := len(p.idle); n > 0; n = len(p.idle) {
 		ic := p.idle[n-1]
 		p.idle = p.idle[:n-1]
-		if ic.conn.Dead() || p.retireLocked(ic.conn) {
+		if ic.conn.Dead() {
 			p.forgetLocked(ic.conn)
 			go ic.conn.Close()
+			continue
+		}
+		if p.retireLocked(ic.conn) {
+			p.closeLocked(ic.conn)
 			continue
 		}
 		return ic.conn, true
@@ -595,7 +616,7 @@ func (p *Pool[C]) popIdleLocked() (C, bool) {
 
 func (p *Pool[C]) retireLocked(c C) bool {
 	if p.opts.Lifetime > 0 {
-		if born, ok := p.born[any(c)]; ok && time.Since(born) > p.opts.Lifetime {
+		if ci, ok := p.born[any(c)]; ok && time.Since(ci.born) > p.opts.Lifetime {
 			return true
 		}
 	}
@@ -603,37 +624,63 @@ func (p *Pool[C]) retireLocked(c C) bool {
 }
 
 func (p *Pool[C]) forgetLocked(c C) {
-	if _, ok := p.born[any(c)]; ok {
+	if ci, ok := p.born[any(c)]; ok {
 		delete(p.born, any(c))
 		p.total--
+		if ci.closing {
+			p.closing--
+		}
 		if p.opts.Leases != nil {
 			p.opts.Leases.Give()
 		}
 	}
 }
 
+// closeLocked closes c, which is no longer handed out, off the caller's
+// goroutine (its Close waits for the upstream): c counts against the caps
+// until Close returns, then its slot serves the queue (mu held).
+func (p *Pool[C]) closeLocked(c C) {
+	ci, ok := p.born[any(c)]
+	if !ok || ci.closing {
+		return
+	}
+	ci.closing = true
+	p.born[any(c)] = ci
+	p.closing++
+	go func() {
+		c.Close()
+		p.mu.Lock()
+		p.forgetLocked(c)
+		p.mu.Unlock()
+		p.refill()
+	}()
+}
+
 // Sweep closes idle connections past IdleTimeout or Lifetime, and dead ones.
 // The janitor calls it periodically.
 func (p *Pool[C]) Sweep(now time.Time) {
-	var doomed []C
+	var dead []C
 	p.mu.Lock()
 	kept := p.idle[:0]
 	for _, ic := range p.idle {
 		expired := p.opts.IdleTimeout > 0 && now.Sub(ic.since) > p.opts.IdleTimeout
-		if expired || ic.conn.Dead() || p.retireLocked(ic.conn) {
+		switch {
+		case ic.conn.Dead():
 			p.forgetLocked(ic.conn)
-			doomed = append(doomed, ic.conn)
-			continue
+			dead = append(dead, ic.conn)
+		case expired || p.retireLocked(ic.conn):
+			p.closeLocked(ic.conn)
+		default:
+			kept = append(kept, ic)
 		}
-		kept = append(kept, ic)
 	}
 	clear(p.idle[len(kept):])
 	p.idle = kept
 	p.mu.Unlock()
-	for _, c := range doomed {
+	for _, c := range dead {
 		c.Close()
 	}
-	if len(doomed) > 0 {
+	if len(dead) > 0 {
 		p.refill()
 	}
 }
@@ -644,20 +691,15 @@ func (p *Pool[C]) SetLimits(size, maxOverflow int, waitTimeout, idleTimeout, lif
 	if size < 1 {
 		size = 1
 	}
-	var doomed []C
 	p.mu.Lock()
 	p.opts.Size, p.opts.MaxOverflow = size, maxOverflow
 	p.opts.WaitTimeout, p.opts.IdleTimeout, p.opts.Lifetime = waitTimeout, idleTimeout, lifetime
-	for p.total > size && len(p.idle) > 0 {
+	for p.total-p.closing > size && len(p.idle) > 0 {
 		ic := p.idle[0]
 		p.idle = p.idle[1:]
-		p.forgetLocked(ic.conn)
-		doomed = append(doomed, ic.conn)
+		p.closeLocked(ic.conn)
 	}
 	p.mu.Unlock()
-	for _, c := range doomed {
-		c.Close()
-	}
 	// A larger pool may serve waiters at once.
 	for i := 0; i < size+maxOverflow; i++ {
 		p.refill()
@@ -678,15 +720,11 @@ func (p *Pool[C]) Idle() []C {
 // CloseIdle closes every idle connection (e.g. when the upstream switches).
 func (p *Pool[C]) CloseIdle() {
 	p.mu.Lock()
-	idle := p.idle
+	for _, ic := range p.idle {
+		p.closeLocked(ic.conn)
+	}
 	p.idle = nil
-	for _, ic := range idle {
-		p.forgetLocked(ic.conn)
-	}
 	p.mu.Unlock()
-	for _, ic := range idle {
-		ic.conn.Close()
-	}
 }
 
 // Close closes idle connections and fails every waiter; connections in use
@@ -695,19 +733,15 @@ func (p *Pool[C]) Close() {
 	p.cancel()
 	p.mu.Lock()
 	p.closed = true
-	idle := p.idle
-	p.idle = nil
-	for _, ic := range idle {
-		p.forgetLocked(ic.conn)
+	for _, ic := range p.idle {
+		p.closeLocked(ic.conn)
 	}
+	p.idle = nil
 	var ws []*waiter[C]
 	for w := p.waiters.pop(); w != nil; w = p.waiters.pop() {
 		ws = append(ws, w)
 	}
 	p.mu.Unlock()
-	for _, ic := range idle {
-		ic.conn.Close()
-	}
 	for _, w := range ws {
 		deliver(w, result[C]{err: ErrClosed})
 	}
@@ -721,7 +755,8 @@ func (p *Pool[C]) Stats() Stats {
 	s.WaitTotal = time.Duration(p.waitTotal.Load())
 	s.Idle = len(p.idle)
 	s.Opening = p.opening
-	s.Active = p.total - s.Idle - s.Opening
+	s.Closing = p.closing
+	s.Active = p.total - s.Idle - s.Opening - s.Closing
 	s.Waiting = p.waiters.len()
 	s.Size, s.MaxOverflow = p.opts.Size, p.opts.MaxOverflow
 	return s

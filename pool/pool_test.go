@@ -79,6 +79,7 @@ func TestOverflowOnlyWhileQueued(t *testing.T) {
 		t.Fatalf("overflow: err=%v dials=%d", err, d.n.Load())
 	}
 	p.Release(b) // overflow and nobody waits: closed
+	closed(t, p)
 	if b.closed.Load() != 1 {
 		t.Fatal("overflow connection kept after release with no waiters")
 	}
@@ -168,6 +169,7 @@ func TestSweepIdleTimeoutAndLifetime(t *testing.T) {
 		t.Fatal("swept a fresh idle connection")
 	}
 	p.Sweep(time.Now().Add(2 * time.Minute))
+	closed(t, p)
 	if p.Stats().Idle != 0 || a.closed.Load() != 1 {
 		t.Fatal("idle connection past IdleTimeout kept")
 	}
@@ -175,6 +177,7 @@ func TestSweepIdleTimeoutAndLifetime(t *testing.T) {
 	b, _ := p.Acquire(context.Background(), 0)
 	time.Sleep(time.Millisecond)
 	p.Release(b)
+	closed(t, p)
 	if b.closed.Load() != 1 {
 		t.Fatal("connection past Lifetime returned to the pool")
 	}
@@ -214,8 +217,56 @@ func TestCloseFailsWaiters(t *testing.T) {
 		t.Fatalf("waiter after Close: %v", err)
 	}
 	p.Release(a)
+	closed(t, p)
 	if a.closed.Load() != 1 {
 		t.Fatal("connection released after Close not closed")
+	}
+}
+
+// closed waits for the closes the pool started to end.
+func closed[C Conn](t *testing.T, p *Pool[C]) {
+	t.Helper()
+	waitFor(t, func() bool { return p.Stats().Closing == 0 })
+}
+
+// slowClose is a connection whose Close waits for its upstream (release).
+type slowClose struct {
+	fakeConn
+	release chan struct{}
+}
+
+func (c *slowClose) Close() { <-c.release; c.fakeConn.Close() }
+
+// TestClosingCountsAgainstTheCap: a connection the pool closes holds its
+// slot until its Close returns (the upstream has let go of it): a caller
+// arriving meanwhile queues instead of opening one more, and gets the
+// connection dialed once the slot frees.
+func TestClosingCountsAgainstTheCap(t *testing.T) {
+	release := make(chan struct{})
+	var dials atomic.Int32
+	p := New(Options[*slowClose]{Size: 1, MaxOverflow: 1, WaitTimeout: 5 * time.Second, Dial: func(context.Context) (*slowClose, error) {
+		return &slowClose{fakeConn: fakeConn{id: int(dials.Add(1))}, release: release}, nil
+	}})
+	a, _ := p.Acquire(context.Background(), 0)
+	b, _ := p.Acquire(context.Background(), 0) // overflow
+	p.Release(b)                               // nobody waits: b closes, slowly
+	if s := p.Stats(); s.Closing != 1 || s.Active != 1 {
+		t.Fatalf("after the overflow release: %+v, want 1 closing, 1 active", s)
+	}
+	got := make(chan *slowClose, 1)
+	go func() { c, _ := p.Acquire(context.Background(), 0); got <- c }()
+	waitFor(t, func() bool { return p.Stats().Waiting == 1 })
+	if n := dials.Load(); n != 2 {
+		t.Fatalf("%d dials while a close was under way, want 2 (no third over the cap)", n)
+	}
+	close(release)
+	c := <-got
+	if c == nil || c == a || c == b || dials.Load() != 3 {
+		t.Fatalf("waiter got %v after %d dials, want a third connection", c, dials.Load())
+	}
+	closed(t, p)
+	if b.closed.Load() != 1 {
+		t.Fatal("the overflow connection was not closed")
 	}
 }
 

@@ -310,8 +310,21 @@ func TestCacheRepliesByteIdentical(t *testing.T) {
 		{"named, Bind/Execute without Describe (asyncpg)", enc(&pgproto3.Parse{Name: "s2", Query: brandingQuery, ParameterOIDs: []uint32{23}}, sync),
 			enc(bind("s2", 1), exec, sync)},
 		{"unnamed Bind after a Parse sent before", enc(parse, sync), enc(bind(""), describe, exec, sync)},
+		// The client sends its Bind as soon as it has the Parse's reply,
+		// while the pump, paused, has not yet settled the server (psycopg 3
+		// and asyncpg prepare in a round trip of their own).
+		{"named, Bind at once after its Parse's reply", enc(&pgproto3.Parse{Name: "s3", Query: brandingQuery, ParameterOIDs: []uint32{23}}, sync),
+			enc(bind("s3", 1), exec, sync)},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			if strings.Contains(c.name, "at once") {
+				proxy.SetPanicHook(func(where string) {
+					if where == "replied" {
+						time.Sleep(20 * time.Millisecond)
+					}
+				})
+				defer proxy.SetPanicHook(nil)
+			}
 			session := func() *rawConn {
 				conn := newRawConn(t, g.url("app"))
 				if c.prepare != nil {

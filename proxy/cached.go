@@ -122,8 +122,8 @@ func (c *client) scanExec(data []byte) (cacheExec, scanned) {
 	}
 	switch {
 	case len(name) > 0:
-		if c.stmtOpState == stmtOpsBehind && c.server.Load() == nil {
-			c.awaitStmtOps() // answered: the server was released
+		if c.stmtOpState == stmtOpsBehind {
+			c.learnStmtOps() // as relaying it would (handle): then it is known
 		}
 		st := c.stmt(name)
 		if st == nil || c.stmtOpState != stmtOpsNone || x.parse != nil {

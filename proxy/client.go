@@ -45,8 +45,9 @@ var stateNames = [...]string{"login", "idle", "waiting", "active"}
 // borrowed from readBufs only while bytes are pending.
 type client struct {
 	p      *Proxy
-	id     uint32 // also the BackendKeyData process ID
-	secret uint32
+	id     uint32 // pgguard's client ID (SHOW CLIENTS, KILL)
+	secret uint32 // BackendKeyData: secret key, and process ID (keyPID; backendkey.go)
+	keyPID uint32
 	conn   net.Conn
 	out    *sock           // writes to the client
 	raw    syscall.RawConn // reads, for plain TCP; nil for TLS connections
@@ -366,11 +367,7 @@ func (c *client) process() error {
 				return err
 			}
 			from, syncs, lead, slow = pos, 0, 0, false
-			if transaction {
-				c.awaitStmtOps()
-			} else {
-				c.settleStmtOps() // session mode: what the server answered so far, without waiting
-			}
+			c.learnStmtOps()
 		}
 		if readOnly {
 			if v := c.p.guard(typ, body, c); v.Write {
@@ -700,6 +697,9 @@ func (c *client) sendAttempts(p []byte, lead int, open, slow bool, ops int, work
 	for attempt := 0; ; attempt++ {
 		b := c.server.Load()
 		fresh := b == nil || resumed && attempt == 0
+		if fresh && c.pooling == poolSession {
+			return c.sessionServerGone() // its server, linked at login, is the session's (backendkey.go)
+		}
 		if attempt == 0 && !resumed && (fresh && c.pooling == poolTransaction || c.pooling == poolSession && len(c.queued) > 0) {
 			// A new transaction (transaction mode) or query (session mode,
 			// where one inside a transaction block is let finish it).
@@ -842,6 +842,18 @@ const (
 	stmtOpsOpen   // in the batch under way: later messages of it see their effect
 	stmtOpsBehind // in a batch sent before: the server may yet skip them
 )
+
+// learnStmtOps learns the outcome of the Parse and Close messages of named
+// statements sent in batches before: in transaction mode it waits for the
+// server's answers; in session mode it takes what the server answered so
+// far, without waiting.
+func (c *client) learnStmtOps() {
+	if c.pooling == poolTransaction {
+		c.awaitStmtOps()
+	} else {
+		c.settleStmtOps()
+	}
+}
 
 // stmtOpsSynced notes a sync point: a batch with Parse/Close messages ends.
 func (c *client) stmtOpsSynced() {
@@ -1140,6 +1152,7 @@ type linkState struct {
 	running       bool      // a query is in flight
 	since         time.Time // when it was sent
 	inTransaction bool      // idle inside a transaction block
+	openSince     time.Time // ... or mid extended-protocol batch, since (opentimeout.go)
 }
 
 func (c *client) linkState() linkState {
@@ -1157,6 +1170,7 @@ func (c *client) linkState() linkState {
 		st.running, st.since = true, h.start
 	} else {
 		st.inTransaction = b.txStatus != 'I' || b.open
+		st.openSince = b.openSince(c)
 	}
 	return st
 }

@@ -18,13 +18,7 @@ import (
 // socket, for a client that misbehaves at the protocol level.
 func rawSession(t *testing.T, url string) net.Conn {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	pc, err := pgconn.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hc, err := pc.Hijack()
+	hc, err := connectPg(t, url).Hijack()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,10 +136,29 @@ func TestQueuedClientHangsUp(t *testing.T) {
 			if _, err := holder.Exec(ctx, "BEGIN; SELECT 1"); err != nil {
 				t.Fatal(err)
 			}
-			quitter := rawSession(t, g.url("app"))
-			sendQuery(t, quitter, "INSERT INTO "+table+" VALUES (1)")
-			waitUntil(t, "the client to queue", func() bool { return g.Pools()[0].ClientsWaiting == 1 })
-			quitter.Close()
+			if mode == "session" {
+				// A session-mode client queues at login, for its session's
+				// server (backendkey.go): one hangs up there.
+				qctx, quit := context.WithCancel(ctx)
+				done := make(chan error, 1)
+				go func() {
+					pc, err := pgconn.Connect(qctx, g.url("app"))
+					if err == nil {
+						pc.Close(ctx)
+					}
+					done <- err
+				}()
+				waitUntil(t, "the client to queue", func() bool { return g.Pools()[0].ClientsWaiting == 1 })
+				quit()
+				if err := <-done; err == nil {
+					t.Fatal("a login queued for the only server connection succeeded")
+				}
+			} else {
+				quitter := rawSession(t, g.url("app"))
+				sendQuery(t, quitter, "INSERT INTO "+table+" VALUES (1)")
+				waitUntil(t, "the client to queue", func() bool { return g.Pools()[0].ClientsWaiting == 1 })
+				quitter.Close()
+			}
 			time.Sleep(100 * time.Millisecond) // let its FIN land
 			if mode == "session" {
 				holder.Close(ctx) // the server goes back only with the session

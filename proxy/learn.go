@@ -22,7 +22,7 @@ import (
 // another client, the pump asks the server on the connection already open
 // (one round trip, only after such units; the client's next query is
 // pipelined behind it) which settings the session holds, and what else it
-// holds that cannot move (temporary tables, session advisory locks, SQL
+// holds that cannot move (temporary tables and other objects in pg_temp, session advisory locks, SQL
 // prepared statements, cursors WITH HOLD, LISTEN). The answer becomes the
 // client's tracked parameters (sessionWant.custom, from which the
 // parameter sync and the cache key derive), or pins the client.
@@ -44,6 +44,9 @@ UNION ALL SELECT n, pg_catalog.current_setting(n, true) FROM (SELECT DISTINCT pg
  WHERE n NOT IN (SELECT pg_catalog.lower(name) FROM pg_catalog.pg_settings) AND pg_catalog.current_setting(n, true) <> ''
 UNION ALL SELECT NULL, CASE
  WHEN EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) THEN 'temporary table'
+ WHEN EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace = pg_catalog.pg_my_temp_schema())
+  OR EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace = pg_catalog.pg_my_temp_schema())
+  OR EXISTS (SELECT FROM pg_catalog.pg_operator WHERE oprnamespace = pg_catalog.pg_my_temp_schema()) THEN 'temporary object'
  WHEN EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()) THEN 'session advisory lock'
  WHEN EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql) THEN 'SQL PREPARE'
  WHEN EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable) THEN 'cursor WITH HOLD'

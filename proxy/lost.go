@@ -87,3 +87,29 @@ func lostError(db *database, host, why string, o lostOutcome) *Error {
 	}
 	return fatalf(codeConnectionFailure, "%s; no transaction was open", prefix)
 }
+
+// noteFatal remembers the client a FATAL ErrorResponse of the server goes
+// to (mu held, on the pump): to, unless pgguard replaces the error (repl).
+func (b *backend) noteFatal(to *client, repl *Error) {
+	if b.serverEnded && to != nil && repl == nil && b.fatalTo == nil {
+		b.fatalTo = to
+	}
+}
+
+// tellLost ends client c, whose server connection ended (died, on the
+// pump). When the server's own FATAL went to c (told; pg_terminate_backend,
+// a compute's suspend, a shutdown), c reads it and then end-of-file, as on
+// a direct connection, with nothing after it; else pgguard's error (lost)
+// says what became of its work. A client whose work may have committed
+// (08007) always hears pgguard's word on it. The socket is closed at once
+// either way, so a driver's idle-connection check sees it without a query.
+func (b *backend) tellLost(c *client, err error, lost *Error, told bool) {
+	if !told {
+		c.serverLost(b, err, lost)
+		return
+	}
+	b.fwd.flush() // the FATAL, if a read held it back (rerun.go)
+	lost.Cause = err
+	c.closing.CompareAndSwap(nil, lost) // a send under way does not try another server
+	c.conn.Close()
+}

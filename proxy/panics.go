@@ -12,7 +12,8 @@ import (
 // pgguard_panics_total, and the process serves on.
 
 // panicHook, when set (tests only), is called at the points named by where
-// ("relay", "process") and may panic.
+// ("relay", "process", "replied": a request's last reply written, its
+// server not yet settled) and may panic, or pause to widen a race.
 var panicHook atomic.Pointer[func(where string)]
 
 // testPanic calls panicHook, if set.

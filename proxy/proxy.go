@@ -11,9 +11,7 @@ package proxy
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -86,6 +84,9 @@ type Proxy struct {
 	bytesIn, bytesOut prometheus.Counter
 	started           time.Time
 	routes            proxyRoutes // read replica routing (replica.go)
+
+	// cancelKeys indexes clients by BackendKeyData (backendkey.go); guarded by mu.
+	cancelKeys map[uint64]*client
 }
 
 // New builds a proxy for cfg. Nothing connects upstream until a client asks.
@@ -178,11 +179,8 @@ func (p *Proxy) serveConsole(c *client) {
 	p.Console(c.conn, c.user)
 }
 
-// register gives c its BackendKeyData and makes it visible.
+// register gives c its ID and BackendKeyData and makes it visible.
 func (p *Proxy) register(c *client) {
-	var s [4]byte
-	rand.Read(s[:])
-	c.secret = binary.BigEndian.Uint32(s[:])
 	p.mu.Lock()
 	for {
 		p.nextID++
@@ -192,6 +190,7 @@ func (p *Proxy) register(c *client) {
 	}
 	c.id = p.nextID
 	p.clients[c.id] = c
+	p.keyClientLocked(c, c.id)
 	p.mu.Unlock()
 }
 
@@ -200,6 +199,7 @@ func (p *Proxy) forget(c *client) {
 	p.mu.Lock()
 	if p.clients[c.id] == c {
 		delete(p.clients, c.id)
+		p.unkeyClientLocked(c)
 		p.gone.Add(1)
 	}
 	if len(p.clients) == 0 && p.drained != nil {
@@ -332,6 +332,7 @@ func (p *Proxy) reapIdleClients(now time.Time, clients []*client) {
 				p.log.Warn("cancelling a query past pool.query_timeout", "client", c.id, "application_name", c.app, "running", d.Round(time.Millisecond))
 				go st.b.cancelFor(c)
 			}
+		case p.cancelOpenBatch(c, st, now, pc): // pool.query_timeout before a Sync (opentimeout.go)
 		case st.inTransaction:
 			if limit := pc.IdleTransactionTimeout.Duration; limit > 0 && idle > limit {
 				p.metrics.ClientsReaped.WithLabelValues("idle_transaction_timeout").Inc()
@@ -469,7 +470,7 @@ type stateCollector struct{ p *Proxy }
 
 var (
 	clientsDesc     = prometheus.NewDesc("pgguard_client_connections", "Client connections by state (login, idle, waiting, active).", []string{"state"}, nil)
-	serversDesc     = prometheus.NewDesc("pgguard_server_connections", "Server connections by database, upstream and state (opening, idle, active, syncing, resetting, cancelling, listening).", []string{"database", "upstream", "state"}, nil)
+	serversDesc     = prometheus.NewDesc("pgguard_server_connections", "Server connections by database, upstream and state (opening, idle, active, syncing, resetting, cancelling, closing, listening).", []string{"database", "upstream", "state"}, nil)
 	transitionsDesc = prometheus.NewDesc("pgguard_server_state_transitions_total", "Server connection state changes by database, from and to (from \"new\": a connection opened).", []string{"database", "from", "to"}, nil)
 )
 
@@ -488,7 +489,9 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(clientsDesc, prometheus.GaugeValue, float64(n), stateNames[i])
 	}
 	for _, db := range s.p.databases() {
-		ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(db.pool.Stats().Opening), db.name, db.upstreamName(), "opening")
+		st := db.pool.Stats()
+		ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(st.Opening), db.name, db.upstreamName(), "opening")
+		ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(st.Closing), db.name, db.upstreamName(), "closing")
 		if upstream, ok := db.listen.connected(); ok { // the listening connection (listen.go), outside the pool
 			ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, 1, db.name, upstream, "listening")
 		}

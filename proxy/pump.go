@@ -121,6 +121,7 @@ func (o *output) flush() {
 
 // pump relays server output until the connection ends.
 func (b *backend) pump() {
+	defer close(b.ended)
 	defer b.db.p.recoverPanic("server", func() { b.lostToPanic() })
 	buf := make([]byte, 32<<10)
 	for {
@@ -305,7 +306,9 @@ func (b *backend) inspect(typ byte, body []byte) (*client, *Error) {
 			b.commandComplete(h, body)
 		}
 	case 'E':
-		return b.serverError(h, body)
+		to, repl := b.serverError(h, body)
+		b.noteFatal(to, repl) // lost.go
+		return to, repl
 	}
 	if !forwarded {
 		return nil, nil
@@ -365,7 +368,7 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 	if staleStatementError(code, body) {
 		b.staleStatements(body)
 	}
-	if h != nil && h.timedOut && code == codeQueryCanceled {
+	if code == codeQueryCanceled && b.queryTimedOut(h) { // opentimeout.go
 		return b.client, errorf(codeQueryCanceled, "canceling statement: it ran longer than pool.query_timeout = %s; raise pool.query_timeout or speed the query up",
 			b.db.p.cfg.Load().Pool.QueryTimeout.Duration)
 	}
@@ -415,13 +418,14 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	case reqClient:
 		to = b.client
 		c := b.client
-		ends := c != nil && last && !b.open && status == 'I' && c.pooling == poolTransaction && !c.pinned.Load()
+		unitEnds := c != nil && last && !b.open && status == 'I'
+		ends := unitEnds && c.pooling == poolTransaction && !c.pinned.Load() // ... and the server goes back
 		switch {
 		case h.refused != nil && ends:
 			again, to = true, nil
 		case h.refused != nil:
 			refused = h.refused
-		case ends && b.wantsPosition():
+		case unitEnds && b.wantsPosition():
 			hold, to = true, nil
 		}
 		if last && !again && len(b.rerun) > 0 {
@@ -450,6 +454,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 	}
 	if last && to != nil {
 		b.fwd.flush() // the client has every reply before it may count as idle
+		testPanic("replied")
 	}
 
 	b.mu.Lock()
@@ -462,7 +467,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		next.start = now // pipelined: the next one starts when this one ends
 	}
 	next := numServerStates // none
-	position := false       // the position query is to be written
+	position := false       // positionQuery is to be written
 	var late *client        // a held ReadyForQuery goes to it after all
 	var againFor *client
 	var againSend []byte
@@ -509,11 +514,17 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 				againFor, againSend = c, b.rerun
 				b.rerun = nil
 			case hold:
-				if position = b.holdForPosition(c, msg); position {
+				if position = b.holdForPosition(c, msg, false); position {
 					next = numServerStates
 				} else {
 					late = c
 				}
+			}
+		case hold && !again && b.queue.len() == 0 && !b.open && c != nil:
+			// A client that keeps its server (session mode, pinned): the
+			// position is asked on it, in its session.
+			if !b.holdForPosition(c, msg, true) {
+				late = c
 			}
 		case hold || again:
 			late = c // the client sent more meanwhile: it keeps its server and has its reply now
@@ -528,7 +539,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 			b.unlinkLocked()
 			next = srvIdle
 			msg = r.held
-			if position = b.holdForPosition(c, msg); position {
+			if position = b.holdForPosition(c, msg, false); position {
 				next = numServerStates
 			} else {
 				late = c
@@ -537,7 +548,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 			late, msg = c, r.held
 		}
 	case reqProbe:
-		if r.probe.held != nil {
+		if r.probe.held != nil && !r.probe.linked {
 			next = srvIdle
 			if status != 'I' || r.failed {
 				next = srvClosed
@@ -568,7 +579,7 @@ func (b *backend) readyForQuery(msg []byte, inRead bool) {
 		againFor.requestRerun(againSend) // b is back in the pool
 	}
 	if position {
-		if _, err := b.out.Write(appendQuery(nil, positionSQL)); err != nil {
+		if _, err := b.out.Write(positionQuery); err != nil {
 			b.conn.Close() // the pump's read fails: died gives the client its ReadyForQuery
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgguard/pgguard/config"
@@ -483,6 +484,9 @@ type probe struct {
 	held   []byte
 	client *client
 	scope  string
+	// linked: the client keeps its server (session mode, pinned), which
+	// the probe leaves as it was, its unnamed statement included.
+	linked bool
 }
 
 // values reads the probe's row as text ("" for NULL).
@@ -526,6 +530,22 @@ func (pr *probe) values() []string {
 // record (a page header), which no replica replays until more WAL comes.
 const positionSQL = "SELECT pg_catalog.pg_current_wal_lsn()"
 
+// The position query as sent: a Query for a server going back to the pool;
+// for one its client keeps, a named statement closed in the same batch,
+// since a Query would destroy the client's unnamed statement.
+var (
+	positionQuery = appendQuery(nil, positionSQL)
+	positionKept  = func() []byte {
+		const name = "pgguard.position"
+		var b []byte
+		for _, m := range []pgproto3.FrontendMessage{&pgproto3.Parse{Name: name, Query: positionSQL},
+			&pgproto3.Bind{PreparedStatement: name}, &pgproto3.Execute{}, &pgproto3.Close{ObjectType: 'S', Name: name}, &pgproto3.Sync{}} {
+			b, _ = m.Encode(b)
+		}
+		return b
+	}()
+)
+
 // wantsPosition reports whether the unit of work ending on b may have
 // written and read-your-writes wants its commit position (mu held).
 func (b *backend) wantsPosition() bool {
@@ -533,11 +553,14 @@ func (b *backend) wantsPosition() bool {
 }
 
 // holdForPosition is called by the pump (mu held) at the ReadyForQuery that
-// ends a transaction-mode client's unit of work on the primary, when
-// wantsPosition said so: it queues the position query, which keeps the
-// client's ReadyForQuery (msg) until its answer. It reports whether it
-// did; the pump then writes positionSQL.
-func (b *backend) holdForPosition(c *client, msg []byte) bool {
+// ends a client's unit of work on the primary, when wantsPosition said so:
+// it queues the position query, which keeps the client's ReadyForQuery
+// (msg) until its answer, and reports whether it did. A transaction-mode
+// client's server was unlinked and goes back to the pool after, the pump
+// writing positionQuery; one the client keeps (linked: session mode,
+// pinned) stays as it was, and the query is written here, under mu, so
+// that what the client sends next follows it on the wire as in the queue.
+func (b *backend) holdForPosition(c *client, msg []byte, linked bool) bool {
 	rs := b.db.rs
 	if rs == nil || !b.wrote.Load() {
 		return false
@@ -548,7 +571,11 @@ func (b *backend) holdForPosition(c *client, msg []byte) bool {
 		return false
 	}
 	rs.positions.Begin(scope)
-	b.queue.push(request{kind: reqProbe, probe: &probe{fill: cacheFill{max: 4096}, held: append([]byte(nil), msg...), client: c, scope: scope}})
+	b.queue.push(request{kind: reqProbe, probe: &probe{fill: cacheFill{max: 4096}, held: append([]byte(nil), msg...), client: c, scope: scope, linked: linked}})
+	if linked {
+		b.out.Write(positionKept) // a failure ends the connection: died gives c its ReadyForQuery
+		return true
+	}
 	b.unnamedOwner = nil
 	b.setStateLocked(srvResetting)
 	return true
@@ -712,7 +739,7 @@ func (db *database) replicaPools(mode string) []PoolStatus {
 		st := r.db.pool.Stats()
 		out = append(out, PoolStatus{
 			Database: db.name, Upstream: replicaUpstream, UpstreamHost: r.db.hostOf(replicaUpstream), Mode: mode, Failover: r.db.fo.State(),
-			ServersActive: st.Active, ServersIdle: st.Idle, ServersOpening: st.Opening,
+			ServersActive: st.Active, ServersIdle: st.Idle, ServersOpening: st.Opening, ServersClosing: st.Closing,
 			Size: st.Size, MaxOverflow: st.MaxOverflow,
 			Dials: st.Dials, DialErrors: st.DialErrors, WaitTimeouts: st.WaitTimeouts, Waits: st.Waits,
 			Transactions: r.db.xacts.Load(), Queries: r.db.queryCount.Load(),

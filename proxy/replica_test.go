@@ -292,6 +292,49 @@ func TestReadYourWrites(t *testing.T) {
 	}
 }
 
+// TestReadYourWritesPinnedWriter: a client pinned to its server (SQL
+// PREPARE) keeps it, and its writes still count for read-your-writes
+// (ryw_scope "user"): another session of the user reads them on the
+// replica only once it has replayed them. Its unnamed statement survives
+// the position query asked in its session.
+func TestReadYourWritesPinnedWriter(t *testing.T) {
+	ctx := context.Background()
+	if err := pg.Exec(ctx, "DROP TABLE IF EXISTS rr_pinned; CREATE TABLE rr_pinned (id int); GRANT ALL ON rr_pinned TO tester"); err != nil {
+		t.Fatal(err)
+	}
+	sb := startStandby(t, map[string]string{"recovery_min_apply_delay": "30ms"})
+	waitReplayed(t, sb)
+	cfg := replicaConfig(sb, "read_only")
+	cfg.Replica.RYWWait = config.D(2 * time.Second)
+	cfg.Replica.RYWScope = "user"
+	g := startGuard(t, cfg)
+	w := connect(t, g.url("app")+syncCommit, pgx.QueryExecModeCacheStatement)
+	if _, err := w.Exec(ctx, "PREPARE rr_pin AS SELECT 1"); err != nil { // pins w
+		t.Fatal(err)
+	}
+	r := connect(t, g.url("app"), pgx.QueryExecModeCacheStatement)
+	rounds := rywRoundCount() / 2
+	r0, _ := sb.SeqScans(ctx, "rr_pinned")
+	if m := rywRounds(t, w, r, "rr_pinned", rounds); m != 0 {
+		t.Errorf("writes of a pinned session, read by another session of the user: %d of %d reads missed", m, rounds)
+	}
+	r1, _ := sb.SeqScans(ctx, "rr_pinned")
+	t.Logf("pinned writer: %d of %d reads ran on the replica", r1-r0, rounds)
+	if r1-r0 < int64(rounds/2) {
+		t.Errorf("only %d of %d reads ran on the replica", r1-r0, rounds)
+	}
+	// The writer's server kept its unnamed statement through the position
+	// queries: a Bind of "" after a write finds the statement parsed before.
+	pc := w.PgConn()
+	if rr := pc.ExecParams(ctx, "INSERT INTO rr_pinned VALUES (-1)", nil, nil, nil, nil).Read(); rr.Err != nil {
+		t.Fatal(rr.Err)
+	}
+	rr := pc.ExecPrepared(ctx, "", nil, nil, nil).Read() // the INSERT again
+	if rr.Err != nil || rr.CommandTag.String() != "INSERT 0 1" {
+		t.Errorf("Bind of the unnamed statement after a write: %v, %q", rr.Err, rr.CommandTag)
+	}
+}
+
 // TestReadYourWritesAcrossInstances: two pgguards on one Redis, ryw_scope
 // "user": a write through one is seen by the read through the other.
 func TestReadYourWritesAcrossInstances(t *testing.T) {

@@ -227,6 +227,7 @@ func (b *backend) prepareSend(c *client, p []byte, lead int, open, slow bool) ([
 		b.queue.push(request{kind: kind, op: op, inflightQuery: inflightQuery{pendingQuery: q, client: c, start: now, wait: c.wait}})
 		c.wait = 0
 	}
+	b.batch.sent(b.open, open, len(c.queued) > 0, now) // opentimeout.go
 	b.open = open
 	return out, true
 }

@@ -57,9 +57,10 @@ type backend struct {
 	created  time.Time
 	act      *limiter.Activity // the budget model's view of it; nil on the fallback or without a limiter
 
-	dead     atomic.Bool  // the server is closing or closed: never hand it out
-	wrote    atomic.Bool  // the unit of work under way may have written (read-your-writes, replica.go)
-	lastUsed atomic.Int64 // unix nanos of the last link, for SHOW SERVERS
+	dead     atomic.Bool   // the server is closing or closed: never hand it out
+	ended    chan struct{} // closed when the pump stops reading: the connection is over
+	wrote    atomic.Bool   // the unit of work under way may have written (read-your-writes, replica.go)
+	lastUsed atomic.Int64  // unix nanos of the last link, for SHOW SERVERS
 
 	// Guarded by mu.
 	mu       sync.Mutex
@@ -68,6 +69,7 @@ type backend struct {
 	queue    requestQueue   // what the server will answer, in order
 	replies  []pendingReply // ParseComplete/CloseComplete expected for client batches
 	open     bool           // the client sent messages after its last sync point (mid extended-protocol batch)
+	batch    openBatch      // ... since when, for pool.query_timeout (opentimeout.go)
 	txStatus byte           // from the last ReadyForQuery: 'I', 'T' or 'E'
 	answered chan struct{}  // closed when the queue empties, for awaitAnswered
 	cancels  int            // CancelRequests in flight for this connection
@@ -115,6 +117,8 @@ type backend struct {
 	// serverEnded: the server said it is closing (FATAL): its backend is
 	// gone, and nothing it ran can commit later.
 	serverEnded bool
+	// fatalTo: the client that server's FATAL was forwarded to (lost.go).
+	fatalTo *client
 	// Whose unnamed statement the server holds (a client and its number).
 	unnamedOwner *client
 	unnamedGen   uint64
@@ -143,6 +147,7 @@ func newBackend(db *database, hc *pgconn.HijackedConn, upstream string) *backend
 		params:   maps.Clone(hc.ParameterStatuses),
 		initial:  hc.ParameterStatuses,
 		state:    srvIdle,
+		ended:    make(chan struct{}),
 	}
 	b.in.init(b.out)
 	db.countState(b, srvClosed, srvIdle)
@@ -152,11 +157,32 @@ func newBackend(db *database, hc *pgconn.HijackedConn, upstream string) *backend
 // Dead implements pool.Conn.
 func (b *backend) Dead() bool { return b.dead.Load() }
 
-// Close implements pool.Conn: it closes the socket; the pump then exits.
+// serverCloseWait bounds the wait for an upstream to end a connection
+// pgguard closes (backend.Close).
+const serverCloseWait = time.Second
+
+// Close implements pool.Conn. A connection that is still up is ended as a
+// client would end it, with a Terminate, and its socket closed once the
+// server has closed its end (the pump reads EOF), within serverCloseWait:
+// the upstream counts a connection until its backend exits, and the pool
+// counts it against the caps until Close returns. A connection already
+// lost or closed is closed at once.
 func (b *backend) Close() {
 	b.mu.Lock()
+	up := b.state != srvClosed && !b.dead.Load()
 	b.setStateLocked(srvClosed)
 	b.mu.Unlock()
+	if up {
+		b.conn.SetWriteDeadline(time.Now().Add(serverCloseWait))
+		if _, err := b.out.Write([]byte{'X', 0, 0, 0, 4}); err == nil {
+			t := time.NewTimer(serverCloseWait)
+			select {
+			case <-b.ended:
+			case <-t.C:
+			}
+			t.Stop()
+		}
+	}
 	b.conn.Close()
 }
 
@@ -260,6 +286,7 @@ func (b *backend) died(err error) {
 	b.queue.clear()
 	b.signalAnswered()
 	c := b.unlinkLocked()
+	told := c != nil && b.fatalTo == c
 	if learning {
 		if c != nil && held != nil {
 			c.write(held)
@@ -285,7 +312,7 @@ func (b *backend) died(err error) {
 		if why == "" {
 			why = "was lost"
 		}
-		c.serverLost(b, err, lostError(b.db, b.db.hostOf(b.upstream), why, outcome))
+		b.tellLost(c, err, lostError(b.db, b.db.hostOf(b.upstream), why, outcome), told && outcome != lostUnknown)
 	}
 	b.enter(srvClosed)
 	if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {

@@ -489,8 +489,8 @@ func parseEffect(sql string) *effect {
 	case fn != "" && e.learn == "":
 		e.learn = "a call of " + fn
 	}
-	if e.pin == "" && tempObject(tree) {
-		e.pin = "temporary table"
+	if why := tempObject(tree); e.pin == "" && why != "" {
+		e.pin = why
 	}
 	for _, raw := range tree.Stmts {
 		n := raw.Stmt
@@ -604,19 +604,55 @@ func countSetConfig(tree *pg_query.ParseResult) int {
 	return n
 }
 
-// tempObject reports whether a statement creates a relation that is
-// temporary (TEMP, or in pg_temp) anywhere: CREATE, SELECT INTO, CREATE
-// TABLE AS, a view or a sequence.
-func tempObject(tree *pg_query.ParseResult) bool {
-	found := false
+// tempObject reports why a statement pins when it creates (or names) an
+// object in the session's temporary schema anywhere: "temporary table" for
+// a relation that is TEMP or in pg_temp (CREATE, SELECT INTO, CREATE TABLE
+// AS, a view, a sequence, a composite type), "temporary object" for a
+// type, domain, function, operator or other object created in pg_temp by
+// name (CREATE TYPE pg_temp.t AS ENUM ..., CREATE FUNCTION pg_temp.f ...);
+// "" when it does neither. Such objects live in the server's session, as
+// a temporary table does.
+func tempObject(tree *pg_query.ParseResult) string {
+	why := ""
 	for _, raw := range tree.Stmts {
 		visitNodes(raw.ProtoReflect(), func(m proto.Message) {
-			if rv, ok := m.(*pg_query.RangeVar); ok && (rv.GetRelpersistence() == "t" || strings.EqualFold(rv.GetSchemaname(), "pg_temp")) {
-				found = true
+			var names []*pg_query.Node
+			switch n := m.(type) {
+			case *pg_query.RangeVar:
+				if n.GetRelpersistence() == "t" || tempSchema(n.GetSchemaname()) {
+					why = "temporary table"
+				}
+				return
+			case *pg_query.CreateEnumStmt:
+				names = n.GetTypeName()
+			case *pg_query.CreateRangeStmt:
+				names = n.GetTypeName()
+			case *pg_query.CreateDomainStmt:
+				names = n.GetDomainname()
+			case *pg_query.DefineStmt: // base and shell types, operators, aggregates, collations, text search
+				names = n.GetDefnames()
+			case *pg_query.CreateFunctionStmt: // functions and procedures
+				names = n.GetFuncname()
+			case *pg_query.CreateStatsStmt:
+				names = n.GetDefnames()
+			case *pg_query.CreateConversionStmt:
+				names = n.GetConversionName()
+			default:
+				return
+			}
+			if len(names) >= 2 && tempSchema(names[len(names)-2].GetString_().GetSval()) && why == "" {
+				why = "temporary object"
 			}
 		})
 	}
-	return found
+	return why
+}
+
+// tempSchema reports whether a schema name is the session's temporary
+// schema: pg_temp, or its real name pg_temp_N (PostgreSQL docs 5.10.5).
+// No user schema can start with pg_, so the prefix decides.
+func tempSchema(name string) bool {
+	return len(name) >= 7 && strings.EqualFold(name[:7], "pg_temp")
 }
 
 // visitNodes calls f on m and every message below it.

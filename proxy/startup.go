@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgguard/pgguard/auth"
+	"github.com/pgguard/pgguard/failover"
 	"github.com/pgguard/pgguard/limiter"
 )
 
@@ -164,6 +165,19 @@ func (p *Proxy) authenticate(conn net.Conn, params map[string]string) *client {
 	var status map[string]string
 	if admin {
 		status = adminParams
+	} else if c.pooling == poolSession {
+		// The session's server, from login: its process ID is the client's (backendkey.go).
+		p.register(c)
+		var err error
+		if status, err = c.linkSession(); err != nil {
+			var e *Error
+			if errors.As(err, &e) {
+				p.log.Warn("login failed: no server connection", "database", db.name, "user", user, "err", e.Cause)
+				writeFatal(conn, e)
+			}
+			p.forget(c)
+			return nil
+		}
 	} else {
 		ctx, cancel := context.WithTimeout(p.ctx, cfg.Pool.ConnectTimeout.Duration+cfg.Pool.WaitTimeout.Duration+time.Second)
 		var err error
@@ -176,7 +190,9 @@ func (p *Proxy) authenticate(conn net.Conn, params map[string]string) *client {
 			return nil
 		}
 	}
-	p.register(c)
+	if c.id == 0 {
+		p.register(c)
+	}
 	buf, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
 	for _, k := range slices.Sorted(maps.Keys(status)) {
 		v := status[k]
@@ -187,11 +203,17 @@ func (p *Proxy) authenticate(conn net.Conn, params map[string]string) *client {
 	}
 	key := make([]byte, 4)
 	binary.BigEndian.PutUint32(key, c.secret)
-	buf, _ = (&pgproto3.BackendKeyData{ProcessID: c.id, SecretKey: key}).Encode(buf)
+	buf, _ = (&pgproto3.BackendKeyData{ProcessID: c.keyPID, SecretKey: key}).Encode(buf)
 	buf = append(buf, 'Z', 0, 0, 0, 5, 'I')
 	if _, err := conn.Write(buf); err != nil {
+		if b := c.server.Load(); b != nil {
+			b.reset(c, true)
+		}
 		p.forget(c)
 		return nil
+	}
+	if b := c.server.Load(); b != nil && b.upstreamOf() == failover.Fallback {
+		c.noticeFallback() // its session is served by the fallback, from the start
 	}
 	conn.SetDeadline(time.Time{})
 	c.state.Store(stateIdle)

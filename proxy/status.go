@@ -21,6 +21,9 @@ type PoolStatus struct {
 	ServersActive  int    `json:"sv_active"`
 	ServersIdle    int    `json:"sv_idle"`
 	ServersOpening int    `json:"sv_opening"`
+	// ServersClosing: connections pgguard is closing that the upstream has
+	// not let go of yet; they still count against the caps.
+	ServersClosing int    `json:"sv_closing"`
 	Size           int    `json:"pool_size"`
 	MaxOverflow    int    `json:"max_overflow"`
 	Dials          uint64 `json:"dials"`
@@ -96,7 +99,7 @@ func (p *Proxy) Pools() []PoolStatus {
 		st := db.pool.Stats()
 		ps := PoolStatus{
 			Database: db.name, Upstream: db.upstreamName(), UpstreamHost: db.upstreamHost(), Mode: mode, Failover: db.fo.State(),
-			ServersActive: st.Active, ServersIdle: st.Idle, ServersOpening: st.Opening,
+			ServersActive: st.Active, ServersIdle: st.Idle, ServersOpening: st.Opening, ServersClosing: st.Closing,
 			Size: st.Size, MaxOverflow: st.MaxOverflow,
 			Dials: st.Dials, DialErrors: st.DialErrors, WaitTimeouts: st.WaitTimeouts, Waits: st.Waits,
 			UpstreamFull: st.UpstreamFull, LeaseRefusals: st.LeaseRefusals,

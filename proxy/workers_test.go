@@ -94,6 +94,17 @@ func TestDisableWorkers(t *testing.T) {
 			if _, err := worker.Begin(ctx); pgCode(err) != "53400" {
 				t.Fatalf("worker BEGIN with the switch on: %v", err)
 			}
+			if mode == "session" {
+				// A new worker session, which would hold a server from its
+				// login (backendkey.go) and run nothing, is refused there.
+				c, err := pgx.Connect(ctx, g.url("app")+"&application_name=availability-worker")
+				if err == nil {
+					c.Close(ctx)
+				}
+				if pgCode(err) != "53400" || !strings.Contains(err.Error(), "DISABLE_WORKERS") {
+					t.Fatalf("worker login with the switch on, session mode: %v, want 53400 naming DISABLE_WORKERS", err)
+				}
+			}
 			guardtest.WaitFor(t, "web transactions", func() bool { return webOK.Load() >= 20 })
 			lim.SetWorkersDisabled(false, "test")
 			if err := worker.QueryRow(ctx, "SELECT 4").Scan(&n); err != nil || n != 4 {

@@ -21,6 +21,10 @@ type shapeInfo struct {
 	hex      string // fp as 16 hex digits, for the log and ShapeStats
 	norm     string // normalized text: literals replaced by $n (or ? in the fallback)
 	fallback bool   // pg_query could not parse the text
+	// exact: the normalized text shows numbers the query wrote (ORDER BY
+	// 1, varchar(20)), so the shape is cached under the exact text, not
+	// under the text with numbers zeroed.
+	exact bool
 }
 
 // Shape returns the fingerprint and normalized text of query. Literals
@@ -30,10 +34,7 @@ type shapeInfo struct {
 // numbers and quoted strings masked as ?. Results are cached by text in a
 // bounded LRU; a miss costs a parse (tens of µs). Safe for concurrent use.
 func Shape(query string) (fingerprint uint64, normalized string) {
-	// Key the cache by the text with numbers zeroed: queries that differ
-	// only in numeric literals (pgbench -M simple, ORMs inlining ids) then
-	// parse once, not once per call.
-	s := shapes.get(string(ZeroNumbers(nil, []byte(query))))
+	s := shapes.shape(ZeroNumbers(nil, []byte(query)), query)
 	return s.fp, s.norm
 }
 
@@ -61,37 +62,35 @@ func newShapeCache(entries, bytes int) *shapeCache {
 	return c
 }
 
-func (c *shapeCache) get(q string) shapeInfo {
-	if info, ok := c.lookup([]byte(q)); ok {
-		return info
-	}
-	return c.add(q)
-}
-
-// getBytes is get for a key in a scratch buffer: a hit allocates nothing.
-func (c *shapeCache) getBytes(q []byte) shapeInfo {
-	if info, ok := c.lookup(q); ok {
-		return info
-	}
-	return c.add(string(q))
-}
-
-// lookup returns the cached shape of q, most recent first.
-func (c *shapeCache) lookup(q []byte) (shapeInfo, bool) {
+// shape returns the shape of query, whose text with numbers zeroed
+// (ZeroNumbers) is zeroed. The cache is keyed by that text: queries that
+// differ only in numeric literals (pgbench -M simple, ORMs inlining ids)
+// then parse once, not once per call; a shape whose normalized text shows
+// numbers (exact) is keyed by the exact text instead, under a marker at
+// the zeroed one. A hit allocates nothing.
+func (c *shapeCache) shape(zeroed []byte, query string) shapeInfo {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	e := c.m[string(q)] // no allocation: the conversion only indexes
-	if e == nil {
-		return shapeInfo{}, false
+	e := c.m[string(zeroed)] // no allocation: the conversion only indexes
+	if e != nil && e.info.exact {
+		e = c.m[query]
 	}
-	c.unlink(e)
-	c.pushFront(e)
-	return e.info, true
+	if e != nil {
+		c.unlink(e)
+		c.pushFront(e)
+		c.mu.Unlock()
+		return e.info
+	}
+	c.mu.Unlock()
+	info := parseShape(query) // outside the lock: parsing is the slow part
+	if !info.exact {
+		return c.add(string(zeroed), info)
+	}
+	c.add(string(zeroed), shapeInfo{exact: true})
+	return c.add(query, info)
 }
 
-// add parses q and caches its shape.
-func (c *shapeCache) add(q string) shapeInfo {
-	info := parseShape(q) // outside the lock: parsing is the slow part
+// add caches info as the shape of the text q.
+func (c *shapeCache) add(q string, info shapeInfo) shapeInfo {
 	if len(q) > shapeCacheMaxLen {
 		return info
 	}
@@ -132,7 +131,8 @@ func parseShape(q string) shapeInfo {
 		if err == nil {
 			fp, err := pg_query.FingerprintToUInt64(q)
 			if err == nil {
-				return shapeInfo{fp: fp, hex: fpHex(fp), norm: norm}
+				exact := string(ZeroNumbers(nil, []byte(norm))) != norm
+				return shapeInfo{fp: fp, hex: fpHex(fp), norm: norm, exact: exact}
 			}
 		}
 	}

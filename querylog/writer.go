@@ -419,7 +419,7 @@ func (l *Logger) writeError(err error) {
 // line and slow-query warning.
 func (l *Logger) write(r *Record) {
 	l.keyBuf = ZeroNumbers(l.keyBuf[:0], []byte(r.Query))
-	info := shapes.getBytes(l.keyBuf)
+	info := shapes.shape(l.keyBuf, r.Query)
 	l.stats.add(&info, r)
 	if o := l.observer.Load(); o != nil {
 		(*o)(r, info.fp, info.norm)

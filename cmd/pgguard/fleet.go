@@ -20,7 +20,7 @@ func wireFleet(fl *fleet.Fleet, p *proxy.Proxy, lim *limiter.Limiter, dash func(
 			in.Clients += clients
 			in.Waiting += ps.ClientsWaiting
 			in.Pools = append(in.Pools, fleet.Pool{Database: ps.Database,
-				ServerConns: ps.ServersActive + ps.ServersIdle + ps.ServersOpening,
+				ServerConns: ps.ServersActive + ps.ServersIdle + ps.ServersOpening + ps.ServersClosing,
 				Clients:     clients, Waiting: ps.ClientsWaiting, UpstreamRefusals: ps.UpstreamFull})
 		}
 		if d := dash(); d != nil {

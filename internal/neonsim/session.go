@@ -226,6 +226,10 @@ func (ss *session) relay() {
 	done := make(chan struct{})
 	go func() {
 		ss.serverToClient()
+		// As PostgreSQL does: the backend leaves the compute's count
+		// before its socket closes, so a client that saw the close may
+		// count on the slot.
+		ss.c.leave(ss)
 		ss.client.Close()
 		ss.server.Close()
 		close(done)

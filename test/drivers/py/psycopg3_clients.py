@@ -51,16 +51,24 @@ def transcript(url):
         say("pipeline", [c1.fetchall(), c2.fetchall(), c3.fetchall()])
 
         # An error in the middle of a pipeline: later statements are aborted
-        # until the sync; the connection works after it.
+        # until the sync; the connection works after it. psycopg reads what
+        # has arrived at each execute, so an error that came back early
+        # would be raised by the next execute instead of the sync: the
+        # failing statement first waits for a lock a second connection
+        # holds until every statement is queued, so that the error can
+        # only arrive at the sync, on any machine.
         got = []
-        try:
-            with conn.pipeline() as p:
-                a = conn.execute("SELECT 'before'")
-                conn.execute("SELECT 1 / (0 * %s::int)", (1,))
-                c = conn.execute("SELECT 'after'")
-                p.sync()
-        except errors.DivisionByZero as e:
-            got.append(err(e))
+        with psycopg.connect(url) as gate:
+            gate.execute("SELECT pg_advisory_xact_lock(4242)")
+            try:
+                with conn.pipeline() as p:
+                    a = conn.execute("SELECT 'before'")
+                    conn.execute("SELECT (SELECT 1 FROM pg_advisory_xact_lock(4242)) / (0 * %s::int)", (1,))
+                    c = conn.execute("SELECT 'after'")
+                    gate.rollback()
+                    p.sync()
+            except errors.DivisionByZero as e:
+                got.append(err(e))
         try:
             got.append(a.fetchall())
         except Exception as e:
