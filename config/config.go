@@ -33,6 +33,11 @@ type Config struct {
 	// MemoryLimit is the Go runtime's soft memory limit in bytes
 	// (memory_limit); 0 leaves the runtime's default (or GOMEMLIMIT).
 	MemoryLimit int `toml:"memory_limit"`
+	// MaxProcs is how many threads run Go code at once (max_procs,
+	// GOMAXPROCS): 1 by default, as PgBouncer runs on one, which costs the
+	// app beside pgguard the least CPU per transaction; 0 is one per core
+	// (the runtime's default). GOMAXPROCS in the environment wins.
+	MaxProcs int `toml:"max_procs"`
 
 	// Databases maps the database name clients connect to onto its upstreams ([databases.NAME]).
 	Databases map[string]*Database `toml:"databases"`
@@ -370,6 +375,7 @@ func Default() *Config {
 		MaxMessageSize:  64 << 20,
 		LogLevel:        "info",
 		MemoryLimit:     32 << 20,
+		MaxProcs:        1,
 		Databases:       map[string]*Database{},
 		Admin:           Admin{HTTPAuth: "auto"},
 		Pool: Pool{

@@ -120,6 +120,7 @@ func (v *validator) top() {
 	if c.MemoryLimit != 0 {
 		v.atLeast("memory_limit", c.MemoryLimit, 8<<20)
 	}
+	v.atLeast("max_procs", c.MaxProcs, 0)
 	v.oneOf("log_level", c.LogLevel, "debug", "info", "warn", "error")
 }
 

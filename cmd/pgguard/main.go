@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -141,6 +142,7 @@ func serveWith(cfg *config.Config, log *slog.Logger, o serveOptions) error {
 	}
 	redis.SetLogger(redisLogger{log.With("component", "redis")})
 	applyMemoryLimit(cfg)
+	applyMaxProcs(cfg)
 	m := metrics.New()
 
 	ql, err := querylog.New(cfg.QueryLog, log)
@@ -301,6 +303,7 @@ func reloader(p *proxy.Proxy, ql *querylog.Logger, lim *limiter.Limiter, rc *cac
 		lim.Reconfigure(cfg)
 		rc.Reconfigure(cfg)
 		applyMemoryLimit(cfg)
+		applyMaxProcs(cfg)
 		for _, k := range restart {
 			log.Warn("config key changed but needs a restart to take effect", "key", k)
 		}
@@ -332,6 +335,19 @@ type redisLogger struct{ log *slog.Logger }
 // Printf implements go-redis's logging interface.
 func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	r.log.DebugContext(ctx, strings.TrimSpace(fmt.Sprintf(format, v...)))
+}
+
+// applyMaxProcs sets how many threads run Go code at once from max_procs
+// (0: the runtime's default), unless GOMAXPROCS set it for the process.
+func applyMaxProcs(cfg *config.Config) {
+	if os.Getenv("GOMAXPROCS") != "" {
+		return
+	}
+	if cfg.MaxProcs <= 0 {
+		runtime.SetDefaultGOMAXPROCS() // one per core, or the container's CPU limit
+		return
+	}
+	runtime.GOMAXPROCS(cfg.MaxProcs)
 }
 
 // applyMemoryLimit sets the Go runtime's soft memory limit from
