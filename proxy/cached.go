@@ -31,7 +31,7 @@ type clientCache struct {
 	missFill *cacheFill
 	// sess is the session as the cache keys it, as of the client's wantGen sessGen.
 	sess    *cache.Session
-	sessGen uint64
+	sessGen uint32
 }
 
 // cacheExec is one execution at the head of a client's input that the

@@ -368,7 +368,7 @@ func (b *backend) serverError(h *request, body []byte) (*client, *Error) {
 	if staleStatementError(code, body) {
 		b.staleStatements(body)
 	}
-	if code == codeQueryCanceled && b.queryTimedOut(h) { // opentimeout.go
+	if code == codeQueryCanceled && b.queryTimedOut(h) { // timeouts.go
 		return b.client, errorf(codeQueryCanceled, "canceling statement: it ran longer than pool.query_timeout = %s; raise pool.query_timeout or speed the query up",
 			b.db.p.cfg.Load().Pool.QueryTimeout.Duration)
 	}

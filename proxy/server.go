@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"io"
 	"maps"
@@ -69,7 +68,7 @@ type backend struct {
 	queue    requestQueue   // what the server will answer, in order
 	replies  []pendingReply // ParseComplete/CloseComplete expected for client batches
 	open     bool           // the client sent messages after its last sync point (mid extended-protocol batch)
-	batch    openBatch      // ... since when, for pool.query_timeout (opentimeout.go)
+	batch    openBatch      // ... since when, for pool.query_timeout (timeouts.go)
 	txStatus byte           // from the last ReadyForQuery: 'I', 'T' or 'E'
 	answered chan struct{}  // closed when the queue empties, for awaitAnswered
 	cancels  int            // CancelRequests in flight for this connection
@@ -221,43 +220,6 @@ func (b *backend) enter(to serverState) {
 			b.db.pool.Discard(b)
 		}
 	}
-}
-
-// link attaches b to c for a transaction (or a session). It fails when b died
-// since it was taken from the pool.
-func (b *backend) link(c *client) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.dead.Load() || b.state == srvClosed {
-		return false
-	}
-	b.client = c
-	b.open = false
-	b.setStateLocked(srvLinked)
-	c.server.Store(b)
-	b.lastUsed.Store(time.Now().UnixNano())
-	return true
-}
-
-// unlinkLocked detaches b's client (mu held).
-func (b *backend) unlinkLocked() *client {
-	c := b.client
-	if c != nil {
-		b.client = nil
-		c.unlink()
-	}
-	return c
-}
-
-// drop closes b after the linked client c could not use it (a failed
-// write or parameter sync).
-func (b *backend) drop(c *client) {
-	b.mu.Lock()
-	if b.client == c {
-		b.unlinkLocked()
-	}
-	b.mu.Unlock()
-	b.enter(srvClosed)
 }
 
 // died handles the end of the server connection: out of the pool if idle; the
@@ -429,50 +391,6 @@ func (b *backend) awaitAnswered(c *client) {
 		b.mu.Lock()
 	}
 	b.mu.Unlock()
-}
-
-// markTimedOut flags the running query of c as cancelled for
-// pool.query_timeout; false if it already is, or c no longer runs one on b.
-func (b *backend) markTimedOut(c *client) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	h := b.queue.front()
-	if b.client != c || h == nil || h.kind != reqClient || h.timedOut {
-		return false
-	}
-	h.timedOut, h.cancelAt = true, time.Now()
-	return true
-}
-
-// cancelFor sends a CancelRequest for what b runs for client c, and for
-// nothing else: if b is no longer c's it does nothing, and b cannot go to
-// another client until the request has been delivered (state cancelling).
-// pgconn dials the same address, with TLS when the connection uses it.
-func (b *backend) cancelFor(c *client) {
-	b.mu.Lock()
-	if b.client != c {
-		b.mu.Unlock()
-		return
-	}
-	b.cancels++
-	b.mu.Unlock()
-
-	hc := *b.hc
-	if pc, err := pgconn.Construct(&hc); err == nil {
-		ctx, done := context.WithTimeout(context.Background(), cancelDialTimeout(b.db.p.cfg.Load().Pool))
-		if err := pc.CancelRequest(ctx); err != nil {
-			b.db.p.log.Warn("cancel request failed", "database", b.db.name, "server", b.id, "err", err)
-		}
-		done()
-	}
-
-	b.mu.Lock()
-	b.cancels--
-	settled := b.cancels == 0 && b.state == srvCancelling
-	b.mu.Unlock()
-	if settled {
-		b.enter(srvIdle)
-	}
 }
 
 // appendQuery appends a simple-protocol Query message.

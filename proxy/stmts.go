@@ -671,3 +671,108 @@ func boundStmt(body []byte) []byte {
 	name, _, _ := cbytes(rest)
 	return name
 }
+
+// expectedReply is a ParseComplete ('1') or CloseComplete ('3') a chunk's
+// message will produce, and how many sync points precede it in the chunk.
+type expectedReply struct {
+	typ   byte
+	syncs int
+	op    *stmtOp // session mode: the named Parse or Close it settles
+}
+
+// Where a client's Parse/Close messages of named statements stand.
+const (
+	stmtOpsNone   = iota
+	stmtOpsOpen   // in the batch under way: later messages of it see their effect
+	stmtOpsBehind // in a batch sent before: the server may yet skip them
+)
+
+// learnStmtOps learns the outcome of the Parse and Close messages of named
+// statements sent in batches before: in transaction mode it waits for the
+// server's answers; in session mode it takes what the server answered so
+// far, without waiting.
+func (c *client) learnStmtOps() {
+	if c.pooling == poolTransaction {
+		c.awaitStmtOps()
+	} else {
+		c.settleStmtOps()
+	}
+}
+
+// stmtOpsSynced notes a sync point: a batch with Parse/Close messages ends.
+func (c *client) stmtOpsSynced() {
+	if c.stmtOpState == stmtOpsOpen {
+		c.stmtOpState = stmtOpsBehind
+	}
+}
+
+// setStmt and friends keep the client's named prepared statements.
+func (c *client) setStmt(name string, st *stmt) {
+	if c.stmts == nil {
+		c.stmts = make(map[string]*stmt)
+	}
+	c.stmts[name] = st
+}
+
+// sessionStmtsMax bounds the statements a session-mode client is remembered
+// to have prepared. Past it one is forgotten: the guard then lets a Bind of
+// it through, and the server's default_transaction_read_only refuses a write.
+const sessionStmtsMax = 1000
+
+// parseSession follows a session-mode client's Parse of a named statement
+// (the body after the name) for the read-only guard, which judges a Bind by
+// its statement's text. The server refuses a name it holds (42P05), so that
+// Parse changes nothing; otherwise the name means the new text unless the
+// server fails or skips the Parse (the returned op, settled by its
+// ParseComplete or its batch's end).
+func (c *client) parseSession(name, parse []byte) *stmtOp {
+	if c.stmt(name) != nil {
+		return nil
+	}
+	if len(c.stmts) >= sessionStmtsMax {
+		for k := range c.stmts {
+			delete(c.stmts, k)
+			break
+		}
+	}
+	c.stmtOpState = stmtOpsOpen
+	return c.changeStmt(string(name), &stmt{parse: append([]byte(nil), parse...), effect: statementEffect(queryText(parse))})
+}
+
+// stmtOfQuery returns the statement a SQL PREPARE or DEALLOCATE name (e)
+// acts on: the new one for a PREPARE of a name the client does not hold,
+// the one it holds for a DEALLOCATE; else nil.
+func (c *client) stmtOfQuery(e *effect) *stmt {
+	switch {
+	case e == nil:
+	case e.prepare != "" && c.stmts[e.prepare] == nil:
+		return &stmt{sql: true, name: e.prepare, parse: e.prepareParse, effect: statementEffect(queryText(e.prepareParse))}
+	case e.dealloc != "":
+		return c.stmts[e.dealloc]
+	}
+	return nil
+}
+
+// sqlStmtOp enters a SQL PREPARE (st) or DEALLOCATE name in the client's
+// statements, in every pool mode, to be undone if the server fails the
+// Query (the request carries the op). A statement prepared with SQL is
+// held by the server under the client's own name (transaction mode pins
+// the client), so a later protocol Parse of that name gets the server's
+// 42P05 and a Bind, Describe or Close of it goes through unchanged.
+func (c *client) sqlStmtOp(e *effect, st *stmt) *stmtOp {
+	c.stmtOpState = stmtOpsOpen
+	if e.prepare != "" {
+		return c.changeStmt(e.prepare, st)
+	}
+	return c.changeStmt(e.dealloc, nil)
+}
+
+// stmtQuery reports whether a Query body is one SQL PREPARE or DEALLOCATE
+// name, whose outcome the statement table follows.
+func stmtQuery(body []byte) bool {
+	e := statementEffect(queryText(body))
+	return e != nil && (e.prepare != "" || e.dealloc != "")
+}
+
+// stmt looks a statement up by a name still in the read buffer (no copy).
+func (c *client) stmt(name []byte) *stmt { return c.stmts[string(name)] }
