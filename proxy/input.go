@@ -123,15 +123,14 @@ func (c *client) process() error {
 		from = pos
 	}
 	lead := pos - from // bytes continuing a message streamed from the last read
-	syncs, queries := 0, 0
-	slow := false
-	transaction := c.pooling == poolTransaction
+	ch := chunk{transaction: c.pooling == poolTransaction}
+	transaction := ch.transaction
 	cfg := c.p.cfg.Load()
 	maxMsg, readOnly := cfg.MaxMessageSize, cfg.ReadOnly || c.p.Limiter.Budget().Action() == "read_only"
 	fallbackWhy, onFallback := c.db.fallbackReadOnly()
 	readOnly = readOnly || onFallback
-	rc := c.p.Cache
-	cached := rc.Enabled()
+	ch.cached = c.p.Cache.Enabled()
+	cached := ch.cached
 	if cached && c.cached == nil {
 		c.cached = new(clientCache)
 	}
@@ -184,18 +183,20 @@ func (c *client) process() error {
 		if c.stmtOpState == stmtOpsBehind && namedStmtMessage(typ, body) || c.stmtOpState != stmtOpsNone && typ == 'Q' && stmtQuery(body) {
 			// A statement name after a batch whose Parse or Close of one
 			// may yet be skipped: send what came before and learn how it went.
-			if err := c.send(data[from:pos], lead, slow); err != nil {
+			if err := c.send(data[from:pos], lead, ch.slow); err != nil {
 				return err
 			}
-			from, syncs, lead, slow = pos, 0, 0, false
+			from, lead = pos, 0
+			ch.sent()
 			c.learnStmtOps()
 		}
 		if readOnly {
 			if v := c.p.guard(typ, body, c); v.Write {
-				if err := c.send(data[from:pos], lead, slow); err != nil {
+				if err := c.send(data[from:pos], lead, ch.slow); err != nil {
 					return err
 				}
-				from, syncs, lead, slow = end, 0, 0, false
+				from, lead = end, 0
+				ch.sent()
 				if err := c.refuseWrite(typ, v.Reason, fallbackWhy, body); err != nil {
 					return err
 				}
@@ -208,98 +209,17 @@ func (c *client) process() error {
 				continue
 			}
 		}
-		switch typ {
-		case 'X':
-			if err := c.send(data[from:pos], lead, slow); err != nil {
+		if typ == 'X' {
+			if err := c.send(data[from:pos], lead, ch.slow); err != nil {
 				return err
 			}
 			return errTerminate
-		case 'Q':
-			syncs++
-			queries++
-			e := statementEffect(queryText(body))
-			c.addEffect(e)
-			var op *stmtOp
-			switch st := c.stmtOfQuery(e); {
-			case st == nil:
-			case transaction && !st.sql:
-				slow = true // a statement the client prepared with Parse (rewriter.deallocate)
-				c.stmtOpState = stmtOpsOpen
-			default:
-				op = c.sqlStmtOp(e, st)
-			}
-			c.stmtOpsSynced()
-			c.unnamedSeen = 2
-			if cached {
-				c.cached.writes.Add(rc.Writes(queryText(body)))
-			}
-			c.noteQuery(queryText(body), false)
-			c.queued[len(c.queued)-1].op = op
-		case 'P':
-			var op *stmtOp
-			if name, rest, ok := cbytes(body); ok {
-				// What it does to the session counts when it runs (Bind).
-				c.batchText = c.intern(queryText(rest))
-				if len(name) == 0 {
-					c.unnamedNext = append(c.unnamedNext[:0], rest...)
-					c.unnamedNextEffect = statementEffect(queryText(rest))
-					c.unnamedSeen = 1
-				}
-				if transaction && len(name) > 0 {
-					slow = true
-					c.stmtOpState = stmtOpsOpen
-				}
-				if !transaction && len(name) > 0 {
-					op = c.parseSession(name, rest)
-				}
-			}
-			c.expect = append(c.expect, expectedReply{'1', syncs, op})
-		case 'C':
-			var op *stmtOp
-			if transaction && namedStmtMessage(typ, body) {
-				slow = true
-				c.stmtOpState = stmtOpsOpen
-			}
-			if !transaction && namedStmtMessage(typ, body) {
-				if name, _, _ := cbytes(body[1:]); c.stmt(name) != nil {
-					op = c.changeStmt(string(name), nil)
-					c.stmtOpState = stmtOpsOpen
-				}
-			}
-			c.expect = append(c.expect, expectedReply{'3', syncs, op})
-		case 'B', 'D':
-			slow = slow || (transaction && (namedStmtMessage(typ, body) ||
-				c.unnamedSeen == 0 && c.unnamed != nil && unnamedStmtMessage(typ, body)))
-			if typ == 'B' && cached {
-				c.cached.writes.Add(c.boundWrites(body))
-			}
-			if typ == 'B' {
-				if name := boundStmt(body); len(name) > 0 {
-					if st := c.stmt(name); st != nil {
-						c.batchText = c.intern(queryText(st.parse))
-						c.addEffect(st.effect) // each run: a cached SET run again, say
-					}
-				} else {
-					c.addEffect(c.unnamedEffect())
-				}
-				c.batchArgs = c.bindArgs(c.batchArgs, body)
-			}
-		case 'E':
-			queries++
-			c.batchExec = true
-		case 'S', 'F':
-			syncs++
-			c.stmtOpsSynced()
-			if typ == 'F' && cached {
-				c.cached.writes.Add(cache.Targets{All: true}) // a function may write anything
-			}
-			c.syncPoint(pendingQuery{text: c.batchText, query: c.batchExec, extended: true, args: c.batchArgs})
-			c.batchText, c.batchExec, c.batchArgs = "", false, 0
 		}
+		c.note(typ, body, &ch)
 		c.lastTyp = typ
 		pos = end
 	}
-	if queries > 0 {
+	if queries := ch.queries; queries > 0 {
 		c.db.queryCount.Add(uint64(queries))
 		c.db.queries.Add(float64(queries))
 		for i := 0; i < queries; i++ {
@@ -308,22 +228,150 @@ func (c *client) process() error {
 	}
 	c.lastActive.Store(time.Now().UnixNano())
 	c.mayDefer = pos == len(data) && c.skip == 0 && !c.discarding && transaction && c.raw != nil && c.db.rs == nil
-	err := c.send(data[from:pos], lead, slow)
+	err := c.send(data[from:pos], lead, ch.slow)
 	c.mayDefer = false
 	switch {
 	case err == errDeferred:
 		// p stays where it is: the read buffer goes to the handoff.
-		c.handoff.syncs, c.handoff.buf, c.buf, c.w = syncs, c.buf, nil, 0
+		c.handoff.syncs, c.handoff.buf, c.buf, c.w = ch.syncs, c.buf, nil, 0
 		return nil
 	case err != nil:
 		var e *Error
 		if !errors.As(err, &e) || e.Fatal() {
 			return err
 		}
-		c.refuse(e, syncs)
+		c.refuse(e, ch.syncs)
 	}
 	c.keep(data[pos:])
 	return nil
+}
+
+// chunk is what process notes of the messages it relays from one read,
+// for send: since the last send, how many sync points and executions
+// they hold, and whether statement names must be translated or the
+// unnamed statement parsed again (slow: the rewriter, stmts.go).
+type chunk struct {
+	syncs, queries int
+	slow           bool
+	// transaction mode; the result cache has rules.
+	transaction, cached bool
+}
+
+// sent starts the notes over after a send.
+func (ch *chunk) sent() { ch.syncs, ch.slow = 0, false }
+
+// note records what a message relayed to the server means for the
+// client's bookkeeping: its statements (stmts.go), its session effects,
+// the tables it may write (the result cache), its sync points for the
+// query log and the limiter.
+func (c *client) note(typ byte, body []byte, ch *chunk) {
+	switch typ {
+	case 'Q':
+		c.noteSimpleQuery(body, ch)
+	case 'P':
+		c.noteParse(body, ch)
+	case 'C':
+		c.noteClose(body, ch)
+	case 'B', 'D':
+		c.noteBind(typ, body, ch)
+	case 'E':
+		ch.queries++
+		c.batchExec = true
+	case 'S', 'F':
+		ch.syncs++
+		c.stmtOpsSynced()
+		if typ == 'F' && ch.cached {
+			c.cached.writes.Add(cache.Targets{All: true}) // a function may write anything
+		}
+		c.syncPoint(pendingQuery{text: c.batchText, query: c.batchExec, extended: true, args: c.batchArgs})
+		c.batchText, c.batchExec, c.batchArgs = "", false, 0
+	}
+}
+
+// noteSimpleQuery notes a simple Query: a sync point and an execution.
+func (c *client) noteSimpleQuery(body []byte, ch *chunk) {
+	ch.syncs++
+	ch.queries++
+	text := queryText(body)
+	e := statementEffect(text)
+	c.addEffect(e)
+	var op *stmtOp
+	switch st := c.stmtOfQuery(e); {
+	case st == nil:
+	case ch.transaction && !st.sql:
+		ch.slow = true // a statement the client prepared with Parse (rewriter.deallocate)
+		c.stmtOpState = stmtOpsOpen
+	default:
+		op = c.sqlStmtOp(e, st)
+	}
+	c.stmtOpsSynced()
+	c.unnamedSeen = 2
+	if ch.cached {
+		c.cached.writes.Add(c.p.Cache.Writes(text))
+	}
+	c.noteQuery(text, false)
+	c.queued[len(c.queued)-1].op = op
+}
+
+// noteParse notes a Parse: the statement it makes, named or unnamed.
+func (c *client) noteParse(body []byte, ch *chunk) {
+	var op *stmtOp
+	if name, rest, ok := cbytes(body); ok {
+		// What it does to the session counts when it runs (Bind).
+		c.batchText = c.intern(queryText(rest))
+		if len(name) == 0 {
+			c.unnamedNext = append(c.unnamedNext[:0], rest...)
+			c.unnamedNextEffect = statementEffect(queryText(rest))
+			c.unnamedSeen = 1
+		}
+		if ch.transaction && len(name) > 0 {
+			ch.slow = true
+			c.stmtOpState = stmtOpsOpen
+		}
+		if !ch.transaction && len(name) > 0 {
+			op = c.parseSession(name, rest)
+		}
+	}
+	c.expect = append(c.expect, expectedReply{'1', ch.syncs, op})
+}
+
+// noteClose notes a Close of a statement or portal.
+func (c *client) noteClose(body []byte, ch *chunk) {
+	var op *stmtOp
+	named := namedStmtMessage('C', body)
+	if ch.transaction && named {
+		ch.slow = true
+		c.stmtOpState = stmtOpsOpen
+	}
+	if !ch.transaction && named {
+		if name, _, _ := cbytes(body[1:]); c.stmt(name) != nil {
+			op = c.changeStmt(string(name), nil)
+			c.stmtOpState = stmtOpsOpen
+		}
+	}
+	c.expect = append(c.expect, expectedReply{'3', ch.syncs, op})
+}
+
+// noteBind notes a Bind or Describe: the statement it names, and for a
+// Bind what running it does to the session and may write.
+func (c *client) noteBind(typ byte, body []byte, ch *chunk) {
+	ch.slow = ch.slow || (ch.transaction && (namedStmtMessage(typ, body) ||
+		c.unnamedSeen == 0 && c.unnamed != nil && unnamedStmtMessage(typ, body)))
+	if typ != 'B' {
+		return
+	}
+	if ch.cached {
+		c.cached.writes.Add(c.boundWrites(body))
+	}
+	if name := boundStmt(body); len(name) > 0 {
+		if st := c.stmt(name); st != nil {
+			c.batchText = c.intern(queryText(st.parse))
+			c.addEffect(st.effect) // each run: a cached SET run again, say
+		}
+	} else {
+		c.addEffect(c.unnamedEffect())
+	}
+	c.batchArgs = c.bindArgs(c.batchArgs, body)
 }
 
 // queryText returns the SQL of a Query or Parse body (up to its NUL).
