@@ -34,9 +34,10 @@ type Config struct {
 	// (memory_limit); 0 leaves the runtime's default (or GOMEMLIMIT).
 	MemoryLimit int `toml:"memory_limit"`
 	// MaxProcs is how many threads run Go code at once (max_procs,
-	// GOMAXPROCS): 1 by default, as PgBouncer runs on one, which costs the
-	// app beside pgguard the least CPU per transaction; 0 is one per core
-	// (the runtime's default). GOMAXPROCS in the environment wins.
+	// GOMAXPROCS); 0, the default, is the runtime's: one per core, or the
+	// container's CPU limit. 1, as PgBouncer runs on one thread, takes a
+	// little less CPU per transaction at a cost in peak throughput.
+	// GOMAXPROCS in the environment wins.
 	MaxProcs int `toml:"max_procs"`
 
 	// Databases maps the database name clients connect to onto its upstreams ([databases.NAME]).
@@ -375,7 +376,6 @@ func Default() *Config {
 		MaxMessageSize:  64 << 20,
 		LogLevel:        "info",
 		MemoryLimit:     32 << 20,
-		MaxProcs:        1,
 		Databases:       map[string]*Database{},
 		Admin:           Admin{HTTPAuth: "auto"},
 		Pool: Pool{
