@@ -31,11 +31,37 @@ import (
 func listenBackends(t testing.TB) int {
 	t.Helper()
 	n, err := pg.QueryInt(context.Background(),
-		"SELECT count(*) FROM pg_stat_activity WHERE usename = 'tester' AND query ILIKE 'LISTEN%'")
+		"SELECT count(*) FROM pg_stat_activity WHERE usename = 'tester' AND query ~* '^\\s*(UN)?LISTEN'")
 	if err != nil {
 		t.Fatal(err)
 	}
 	return int(n)
+}
+
+// testerActivity lists the test user's backends (pid, state, last
+// statement), for a failure's message.
+func testerActivity(t testing.TB) string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, pg.SuperURL("app"))
+	if err != nil {
+		return err.Error()
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, "SELECT pid, state, query FROM pg_stat_activity WHERE usename = 'tester' ORDER BY pid")
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for rows.Next() {
+		var pid int
+		var state, query string
+		if err := rows.Scan(&pid, &state, &query); err != nil {
+			return err.Error()
+		}
+		out = append(out, fmt.Sprintf("%d %s %q", pid, state, query))
+	}
+	return strings.Join(out, "; ")
 }
 
 // waitNote waits up to d for a notification on conn.
@@ -130,7 +156,7 @@ func TestListenTransactional(t *testing.T) {
 			t.Errorf("unexpected notification %s:%s", nt.Channel, nt.Payload)
 		}
 		if n := listenBackends(t); n != 1 {
-			t.Errorf("%d listening backends, want 1", n)
+			t.Errorf("%d listening backends, want 1; the user's backends: %s", n, testerActivity(t))
 		}
 	})
 }
