@@ -25,10 +25,6 @@ func TestBaselineSideBySide(t *testing.T) {
 	old := startGuardProc(t, e.pg, guardOpts{bin: base})
 	rounds := envInt("PGGUARD_BENCH_ROUNDS", 3)
 	secs := strconv.Itoa(envInt("PGGUARD_BENCH_SECONDS", 10))
-	type target struct {
-		name, url string
-		pid       int
-	}
 	targets := []target{
 		{"pgbouncer", e.bouncer.URL("bench"), e.bouncer.Pid()},
 		{"pgguard base", old.url("bench"), old.pid()},
@@ -37,27 +33,9 @@ func TestBaselineSideBySide(t *testing.T) {
 	for _, tg := range targets { // warm up: every pool full
 		run(t, tg.url, "-S", "-n", "-c", "10", "-j", "2", "-T", "2", "-M", "simple")
 	}
-	many, single := map[string][]result{}, map[string][]result{}
-	var direct1 []result
-	for r := 0; r < rounds; r++ {
-		direct1 = append(direct1, run(t, e.pg.URL("bench"), "-S", "-n", "-c", "1", "-j", "1", "-T", secs, "-M", "simple"))
-		for _, tg := range targets {
-			before, switches := cpuTime(t, tg.pid), ctxSwitches(tg.pid)
-			res := run(t, tg.url, "-S", "-n", "-c", "50", "-j", "2", "-T", secs, "-M", "simple")
-			res.cpu = cpuTime(t, tg.pid) - before
-			res.switches = ctxSwitches(tg.pid) - switches
-			if res.failed != 0 {
-				t.Errorf("%s: %d failed transactions", tg.name, res.failed)
-			}
-			many[tg.name] = append(many[tg.name], res)
-			single[tg.name] = append(single[tg.name], run(t, tg.url, "-S", "-n", "-c", "1", "-j", "1", "-T", secs, "-M", "simple"))
-		}
-	}
-	tps := func(r result) float64 { return r.tps }
-	lat := func(r result) float64 { return r.latencyMS * 1000 }
-	cpuPerTx := func(r result) float64 { return float64(r.cpu.Microseconds()) / float64(max(r.transactions, 1)) }
-	switchesPerTx := func(r result) float64 { return float64(r.switches) / float64(max(r.transactions, 1)) }
-	d1 := median(direct1, lat)
+	rs := interleave(t, e.pg.URL("bench"), targets, rounds, secs, false)
+	many, single := rs.many, rs.single
+	d1 := median(rs.direct1, lat)
 	t.Logf("pgbench -S -M simple, transaction pools of 10, %d rounds of %ss, medians:", rounds, secs)
 	t.Logf("  %-13s %11s %11s %9s %15s", "", "CPU/tx (µs)", "switches/tx", "tps c=50", "c=1 over direct")
 	for _, tg := range targets {

@@ -259,8 +259,6 @@ func TestPgbenchSideBySide(t *testing.T) {
 			t.Logf("  pgguard / pgbouncer = %.3f", median(s["pgguard"], metric)/median(s["pgbouncer"], metric))
 		}
 	}
-	tps := func(r result) float64 { return r.tps }
-	lat := func(r result) float64 { return r.latencyMS * 1000 }
 
 	// PGGUARD_BENCH_SERIES picks some of: simple, extended, prepared, single.
 	want := func(name string) bool {
@@ -390,7 +388,6 @@ func TestFeatureCost(t *testing.T) {
 				res[tg.name] = append(res[tg.name], out)
 			}
 		}
-		tps := func(r result) float64 { return r.tps }
 		base := median(res["plain"], tps)
 		t.Logf("pgbench -S -c 50 -M %s through pgguard:", mode)
 		for _, tg := range targets {

@@ -32,10 +32,6 @@ func TestSidecarCost(t *testing.T) {
 	floor := startFloorRelay(t, e.pg)
 	rounds := envInt("PGGUARD_BENCH_ROUNDS", 3)
 	secs := strconv.Itoa(envInt("PGGUARD_BENCH_SECONDS", 10))
-	type target struct {
-		name, url string
-		pid       int
-	}
 	targets := []target{
 		{"pgbouncer", e.bouncer.URL("bench"), e.bouncer.Pid()},
 		{"pgguard default", logged.url("bench"), logged.pid()},
@@ -56,26 +52,8 @@ func TestSidecarCost(t *testing.T) {
 		loaded[tg.name] = memOf(t, tg.pid)
 	}
 
-	many, limit, single, direct1 := map[string][]result{}, []result{}, map[string][]result{}, []result{}
-	for r := 0; r < rounds; r++ {
-		limit = append(limit, run(t, e.pg.URL("bench"), "-S", "-n", "-c", "10", "-j", "2", "-T", secs, "-M", "simple"))
-		direct1 = append(direct1, run(t, e.pg.URL("bench"), "-S", "-n", "-c", "1", "-j", "1", "-T", secs, "-M", "simple"))
-		for _, tg := range targets {
-			before, switches := cpuTime(t, tg.pid), ctxSwitches(tg.pid)
-			res := run(t, tg.url, "-S", "-n", "-c", "50", "-j", "2", "-T", secs, "-M", "simple")
-			res.cpu = cpuTime(t, tg.pid) - before
-			res.switches = ctxSwitches(tg.pid) - switches
-			if res.failed != 0 {
-				t.Errorf("%s: %d failed transactions", tg.name, res.failed)
-			}
-			many[tg.name] = append(many[tg.name], res)
-			single[tg.name] = append(single[tg.name], run(t, tg.url, "-S", "-n", "-c", "1", "-j", "1", "-T", secs, "-M", "simple"))
-		}
-	}
-	tps := func(r result) float64 { return r.tps }
-	lat := func(r result) float64 { return r.latencyMS * 1000 }
-	cpuPerTx := func(r result) float64 { return float64(r.cpu.Microseconds()) / float64(max(r.transactions, 1)) }
-	switchesPerTx := func(r result) float64 { return float64(r.switches) / float64(max(r.transactions, 1)) }
+	rs := interleave(t, e.pg.URL("bench"), targets, rounds, secs, true)
+	many, limit, single, direct1 := rs.many, rs.limit, rs.single, rs.direct1
 	// Last: idle sessions leave memory behind.
 	idle := map[string]float64{}
 	for _, tg := range targets {
@@ -103,6 +81,52 @@ func TestSidecarCost(t *testing.T) {
 }
 
 // memUse is a process's resident memory, and the anonymous part of it.
+// target is a pooler under measure: its URL and the process whose CPU
+// time and context switches count.
+type target struct {
+	name, url string
+	pid       int
+}
+
+// interleaved is what interleave measured, per target by name.
+type interleaved struct {
+	many, single   map[string][]result // -c 50 (with cpu and switches), -c 1
+	limit, direct1 []result            // direct at 10 clients (when asked), at 1
+}
+
+// interleave runs rounds of pgbench -S -M simple for secs each: per round,
+// direct (at 10 clients when limit, and at 1), then for each target 50
+// clients, its CPU time and context switches measured, and 1 client.
+func interleave(t *testing.T, direct string, targets []target, rounds int, secs string, limit bool) interleaved {
+	rs := interleaved{many: map[string][]result{}, single: map[string][]result{}}
+	for r := 0; r < rounds; r++ {
+		if limit {
+			rs.limit = append(rs.limit, run(t, direct, "-S", "-n", "-c", "10", "-j", "2", "-T", secs, "-M", "simple"))
+		}
+		rs.direct1 = append(rs.direct1, run(t, direct, "-S", "-n", "-c", "1", "-j", "1", "-T", secs, "-M", "simple"))
+		for _, tg := range targets {
+			before, switches := cpuTime(t, tg.pid), ctxSwitches(tg.pid)
+			res := run(t, tg.url, "-S", "-n", "-c", "50", "-j", "2", "-T", secs, "-M", "simple")
+			res.cpu = cpuTime(t, tg.pid) - before
+			res.switches = ctxSwitches(tg.pid) - switches
+			if res.failed != 0 {
+				t.Errorf("%s: %d failed transactions", tg.name, res.failed)
+			}
+			rs.many[tg.name] = append(rs.many[tg.name], res)
+			rs.single[tg.name] = append(rs.single[tg.name], run(t, tg.url, "-S", "-n", "-c", "1", "-j", "1", "-T", secs, "-M", "simple"))
+		}
+	}
+	return rs
+}
+
+// Per-result figures, for median.
+func tps(r result) float64 { return r.tps }
+func lat(r result) float64 { return r.latencyMS * 1000 }
+func cpuPerTx(r result) float64 {
+	return float64(r.cpu.Microseconds()) / float64(max(r.transactions, 1))
+}
+func switchesPerTx(r result) float64 { return float64(r.switches) / float64(max(r.transactions, 1)) }
+
 type memUse struct{ rss, anon int64 }
 
 func memOf(t *testing.T, pid int) memUse {
