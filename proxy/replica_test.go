@@ -254,18 +254,27 @@ func rywRoundCount() int {
 	return 200
 }
 
-// TestReadYourWrites: with the standby delayed, no read through pgguard
-// misses the write its session made just before; the same rounds with
-// reads on the standby directly miss.
-func TestReadYourWrites(t *testing.T) {
-	ctx := context.Background()
-	if err := pg.Exec(ctx, "DROP TABLE IF EXISTS rr_ryw; CREATE TABLE rr_ryw (id int); GRANT ALL ON rr_ryw TO tester"); err != nil {
+// delayedStandby creates table (id int) afresh and starts a standby that
+// applies the primary's commits 30 ms late, replayed up to now, with a
+// config reading on it (replica_reads "read_only", ryw_wait 2s).
+func delayedStandby(t *testing.T, table string) (*localpg.Cluster, *config.Config) {
+	t.Helper()
+	if err := pg.Exec(context.Background(), "DROP TABLE IF EXISTS "+table+"; CREATE TABLE "+table+" (id int); GRANT ALL ON "+table+" TO tester"); err != nil {
 		t.Fatal(err)
 	}
 	sb := startStandby(t, map[string]string{"recovery_min_apply_delay": "30ms"})
 	waitReplayed(t, sb)
 	cfg := replicaConfig(sb, "read_only")
 	cfg.Replica.RYWWait = config.D(2 * time.Second)
+	return sb, cfg
+}
+
+// TestReadYourWrites: with the standby delayed, no read through pgguard
+// misses the write its session made just before; the same rounds with
+// reads on the standby directly miss.
+func TestReadYourWrites(t *testing.T) {
+	ctx := context.Background()
+	sb, cfg := delayedStandby(t, "rr_ryw")
 	g := startGuard(t, cfg)
 	rounds := rywRoundCount()
 
@@ -299,13 +308,7 @@ func TestReadYourWrites(t *testing.T) {
 // the position query asked in its session.
 func TestReadYourWritesPinnedWriter(t *testing.T) {
 	ctx := context.Background()
-	if err := pg.Exec(ctx, "DROP TABLE IF EXISTS rr_pinned; CREATE TABLE rr_pinned (id int); GRANT ALL ON rr_pinned TO tester"); err != nil {
-		t.Fatal(err)
-	}
-	sb := startStandby(t, map[string]string{"recovery_min_apply_delay": "30ms"})
-	waitReplayed(t, sb)
-	cfg := replicaConfig(sb, "read_only")
-	cfg.Replica.RYWWait = config.D(2 * time.Second)
+	sb, cfg := delayedStandby(t, "rr_pinned")
 	cfg.Replica.RYWScope = "user"
 	g := startGuard(t, cfg)
 	w := connect(t, g.url("app")+syncCommit, pgx.QueryExecModeCacheStatement)
@@ -347,13 +350,7 @@ func TestReadYourWritesAcrossInstances(t *testing.T) {
 	}
 	t.Cleanup(func() { r.Stop() })
 	ctx := context.Background()
-	if err := pg.Exec(ctx, "DROP TABLE IF EXISTS rr_fleet; CREATE TABLE rr_fleet (id int); GRANT ALL ON rr_fleet TO tester"); err != nil {
-		t.Fatal(err)
-	}
-	sb := startStandby(t, map[string]string{"recovery_min_apply_delay": "30ms"})
-	waitReplayed(t, sb)
-	cfg := replicaConfig(sb, "read_only")
-	cfg.Replica.RYWWait = config.D(2 * time.Second)
+	sb, cfg := delayedStandby(t, "rr_fleet")
 	cfg.Replica.RYWScope = "user"
 	cfg.Limiter.RedisURL = r.URL()
 	a, b := startGuard(t, cfg), startGuard(t, cfg)
