@@ -63,6 +63,9 @@ type requestQueue struct {
 func (q *requestQueue) len() int { return len(q.items) - q.head }
 
 func (q *requestQueue) push(r request) {
+	if r.start.IsZero() {
+		r.start = time.Now() // pgguard's own (probes, hidden Syncs): stall.go times every head
+	}
 	q.items = append(q.items, r)
 	q.pushed++
 }
