@@ -289,15 +289,24 @@ func TestReadYourWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitReplayed(t, sb)
-	r0, _ := sb.SeqScans(ctx, "rr_ryw")
 	c := connect(t, g.url("app")+syncCommit, pgx.QueryExecModeCacheStatement)
-	if m := rywRounds(t, c, c, "rr_ryw", rounds); m != 0 {
-		t.Errorf("through pgguard: %d of %d reads missed their session's write", m, rounds)
+	rywOnReplica(t, sb, c, c, "rr_ryw", rounds, "through pgguard, a session's own write")
+}
+
+// rywOnReplica runs rywRounds through pgguard on table and requires that
+// no read missed its write and that most reads ran on the replica sb
+// (after waiting for its replay: ryw_wait 2s, delay 30ms).
+func rywOnReplica(t *testing.T, sb *localpg.Cluster, w, r *pgx.Conn, table string, rounds int, what string) {
+	t.Helper()
+	ctx := context.Background()
+	r0, _ := sb.SeqScans(ctx, table)
+	if m := rywRounds(t, w, r, table, rounds); m != 0 {
+		t.Errorf("%s: %d of %d reads missed", what, m, rounds)
 	}
-	r1, _ := sb.SeqScans(ctx, "rr_ryw")
-	t.Logf("through pgguard: %d of %d reads ran on the replica (after waiting for its replay)", r1-r0, rounds)
+	r1, _ := sb.SeqScans(ctx, table)
+	t.Logf("%s: %d of %d reads ran on the replica", what, r1-r0, rounds)
 	if r1-r0 < int64(rounds/2) {
-		t.Errorf("only %d of %d reads ran on the replica; want most (ryw_wait 2s, delay 30ms)", r1-r0, rounds)
+		t.Errorf("%s: only %d of %d reads ran on the replica; want most", what, r1-r0, rounds)
 	}
 }
 
@@ -316,16 +325,7 @@ func TestReadYourWritesPinnedWriter(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := connect(t, g.url("app"), pgx.QueryExecModeCacheStatement)
-	rounds := rywRoundCount() / 2
-	r0, _ := sb.SeqScans(ctx, "rr_pinned")
-	if m := rywRounds(t, w, r, "rr_pinned", rounds); m != 0 {
-		t.Errorf("writes of a pinned session, read by another session of the user: %d of %d reads missed", m, rounds)
-	}
-	r1, _ := sb.SeqScans(ctx, "rr_pinned")
-	t.Logf("pinned writer: %d of %d reads ran on the replica", r1-r0, rounds)
-	if r1-r0 < int64(rounds/2) {
-		t.Errorf("only %d of %d reads ran on the replica", r1-r0, rounds)
-	}
+	rywOnReplica(t, sb, w, r, "rr_pinned", rywRoundCount()/2, "writes of a pinned session, read by another session of the user")
 	// The writer's server kept its unnamed statement through the position
 	// queries: a Bind of "" after a write finds the statement parsed before.
 	pc := w.PgConn()
@@ -349,7 +349,6 @@ func TestReadYourWritesAcrossInstances(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Stop() })
-	ctx := context.Background()
 	sb, cfg := delayedStandby(t, "rr_fleet")
 	cfg.Replica.RYWScope = "user"
 	cfg.Limiter.RedisURL = r.URL()
@@ -362,15 +361,7 @@ func TestReadYourWritesAcrossInstances(t *testing.T) {
 	rounds := rywRoundCount()
 	ca := connect(t, a.url("app")+syncCommit, pgx.QueryExecModeCacheStatement)
 	cb := connect(t, b.url("app"), pgx.QueryExecModeCacheStatement)
-	r0, _ := sb.SeqScans(ctx, "rr_fleet")
-	if m := rywRounds(t, ca, cb, "rr_fleet", rounds); m != 0 {
-		t.Errorf("write through one pgguard, read through the other: %d of %d reads missed", m, rounds)
-	}
-	r1, _ := sb.SeqScans(ctx, "rr_fleet")
-	t.Logf("across instances: %d of %d reads ran on the replica", r1-r0, rounds)
-	if r1-r0 < int64(rounds/2) {
-		t.Errorf("only %d of %d reads ran on the replica", r1-r0, rounds)
-	}
+	rywOnReplica(t, sb, ca, cb, "rr_fleet", rounds, "write through one pgguard, read through the other")
 }
 
 // TestReplicaLagBound: a replica further behind than max_lag is skipped:
